@@ -1,0 +1,5 @@
+import sys
+
+from vprdistill.cli.main import main
+
+sys.exit(main())

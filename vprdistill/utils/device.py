@@ -1,0 +1,43 @@
+"""Device and thread selection shared by every command."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` (or ``cuda:1``) into a usable ``torch.device``.
+
+    ``auto`` prefers CUDA, then Apple MPS, then the CPU. Asking explicitly for a
+    device that is not present is an error rather than a silent fallback, so a
+    benchmark never reports CPU figures under a GPU label.
+    """
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} was requested but CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps was requested but Apple MPS is not available on this machine")
+    if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    return torch.device(name)
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Set the number of intra-op CPU threads for torch (and faiss, when installed)."""
+    if num_threads is None or num_threads <= 0:
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(num_threads)
+    except ImportError:  # pragma: no cover - faiss is a hard dependency, but keep this helper standalone
+        pass
