@@ -1,0 +1,78 @@
+"""``vprdistill train``: train any method from a YAML preset, or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vprdistill.cli.common import add_device_args
+
+EPILOG = """examples:
+  vprdistill train tscm/synth-teacher-tiny data.dataset=data/synthcity-small --out runs/teacher
+  vprdistill train configs/my.yaml epochs=5 optim.lr=1e-4
+  vprdistill train --resume runs/teacher epochs=20      # continue, with a larger epoch budget
+
+CONFIG is a YAML file or the name of a packaged preset (`vprdistill train --list`).
+Overrides are key=value with dotted keys; values are parsed as YAML."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (baseline, TSCM teacher/student, StructVPR) from a YAML preset",
+        description="Train with NetVLAD-style cached hard-negative mining; writes a run folder with the "
+        "resolved config, log, metrics.jsonl and best/last checkpoints (safetensors + JSON).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", nargs="?", help="YAML preset (path or packaged name)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 data.image_size=[64,64]")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>_<timestamp>)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue an interrupted run from its last finished epoch")
+    parser.add_argument("--list", action="store_true", help="list the packaged presets and exit")
+    add_device_args(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vprdistill.train.config import PACKAGE_CONFIG_DIR, load_config
+    from vprdistill.train.loop import train
+    from vprdistill.train.run_folder import timestamped_run_dir
+
+    if args.list:
+        for path in sorted(PACKAGE_CONFIG_DIR.rglob("*.yaml")):
+            print(path.relative_to(PACKAGE_CONFIG_DIR).with_suffix(""))
+        return 0
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        # With --resume the positional CONFIG, if any, is an override too.
+        if args.config:
+            overrides.insert(0, args.config)
+        config_file = args.resume / "config.yaml"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")
+        config = load_config(config_file, overrides + _device_overrides(args))
+        out = args.resume
+    else:
+        if not args.config:
+            raise ValueError("give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR")
+        config = load_config(args.config, overrides + _device_overrides(args))
+        out = args.out or timestamped_run_dir("runs", config.name)
+    if args.no_progress:
+        config.progress = False
+    result = train(config, out, resume=args.resume is not None)
+    print(f"run folder: {result.run_dir}")
+    print(f"best validation R@1: {result.best_recall_at_1:.2f} (epoch {result.best_epoch}), epochs run: {result.epochs_run}"
+          + (" (stopped early)" if result.stopped_early else ""))
+    return 0
+
+
+def _device_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    if args.device != "auto":
+        overrides.append(f"device={args.device}")
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
+    return overrides

@@ -1,0 +1,144 @@
+"""TSCM cross-metric knowledge distillation (METHODS §4), in the paper's and the official code's form.
+
+``paper`` (the ICRA 2024 paper)::
+
+    L_total = w_hard·L_hard + w_soft·L_soft + w_cm·L_cm
+    L_hard  = triplet loss on the student's descriptors
+    L_soft  = ||S(a) − T(a)||² + ||S(p) − T(p)||² + mean_n ||S(n) − T(n)||²
+    L_cm    = ||S(a) − T(p)||² + ||S(p) − T(a)||²
+
+``L_soft`` and ``L_cm`` are means over the tuples of the batch; the negatives' part of
+``L_soft`` is the mean over each tuple's valid negatives (our choice: the paper writes a
+sum over x ∈ {a, p, n} without saying how several negatives combine).
+
+``official`` (the authors' released code, ``CKD_loss``): for each valid (query, negative) pair::
+
+    D       = w_soft·(||S(a) − T(a)||² + ||S(p) − T(p)||² + ||S(n) − T(n)||²)
+              + w_cm·(||S(a) − T(p)||² + ||S(p) − T(a)||²)
+    L_total = w_hard·L_hard + mean_pairs 0.5·max(margin + D, 0)²
+
+with all weights 1 in the released code. The teacher is always detached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vprdistill.losses.masking import mean_over_valid
+from vprdistill.losses.regression import descriptor_regression, squared_distance
+from vprdistill.losses.triplet import triplet_margin_loss
+from vprdistill.losses.types import LossOutput, TupleDescriptors, paired_teacher
+
+FORMS = ("paper", "official")
+
+
+def cross_metric_distance(student: TupleDescriptors, teacher: TupleDescriptors) -> Tensor:
+    """Per tuple ``||S(a) − T(p)||² + ||S(p) − T(a)||²``: ``(B,)``.
+
+    The anchor of one model is pulled to the positive of the other, so the student
+    learns where the teacher puts a query's positive, not only the teacher's features.
+    """
+    return squared_distance(student.anchor, teacher.positive) + squared_distance(student.positive, teacher.anchor)
+
+
+def official_pair_distance(student: TupleDescriptors, teacher: TupleDescriptors, w_soft: float, w_cm: float) -> tuple[Tensor, Tensor]:
+    """The official code's per-pair sums: soft part and cross-metric part, each ``(B, Nn)``.
+
+    Returns:
+        ``soft``: ``||S(a)−T(a)||² + ||S(p)−T(p)||² + ||S(n)−T(n)||²`` and ``cm``:
+        ``||S(a)−T(p)||² + ||S(p)−T(a)||²`` for every (query, negative) pair, unweighted
+        (the weights only say which parts are needed).
+    """
+    shape = student.negatives.shape[:2]
+    zeros = torch.zeros(shape, dtype=student.anchor.dtype, device=student.anchor.device)
+    soft = zeros
+    if w_soft:
+        per_query = squared_distance(student.anchor, teacher.anchor) + squared_distance(student.positive, teacher.positive)
+        soft = per_query.unsqueeze(1) + squared_distance(student.negatives, teacher.negatives)
+    cm = zeros
+    if w_cm:
+        cm = cross_metric_distance(student, teacher).unsqueeze(1).expand(shape)
+    return soft, cm
+
+
+@dataclass
+class CrossMetricDistillationLoss:
+    """TSCM's student loss: hard triplet term plus soft and cross-metric distillation.
+
+    Call with ``(student, teacher)`` tuples; returns a :class:`LossOutput` whose terms
+    are ``hard``, ``soft``, ``cross_metric`` (unweighted, only the active ones),
+    ``kd`` (official form: the mean of ``0.5·(margin + D)²``) and ``total``.
+
+    Attributes:
+        form: ``"paper"`` or ``"official"`` (see the module docstring).
+        margin: triplet margin; the official form also uses it inside ``(margin + D)²``.
+        w_hard: weight of the student's triplet loss.
+        w_soft: weight of the same-image terms ``||S(x) − T(x)||²``.
+        w_cm: weight of the cross-metric terms ``||S(a) − T(p)||² + ||S(p) − T(a)||²``.
+    """
+
+    form: str = "paper"
+    margin: float = 0.1
+    w_hard: float = 1.0
+    w_soft: float = 1.0
+    w_cm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"CrossMetricDistillationLoss.form: expected one of {FORMS}, got {self.form!r}")
+        for name in ("margin", "w_hard", "w_soft", "w_cm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CrossMetricDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def requires_teacher(self) -> bool:
+        return self.w_soft > 0 or self.w_cm > 0
+
+    def __call__(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> LossOutput:
+        """Loss of a batch: ``student`` and ``teacher`` hold ``(B, D)``, ``(B, D)``, ``(B, Nn, D)`` descriptors."""
+        hard = triplet_margin_loss(
+            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
+        )
+        total = self.w_hard * hard
+        terms = {"hard": hard.item()}
+        if self.requires_teacher:
+            teacher = paired_teacher(student, teacher, "CrossMetricDistillationLoss")
+            if teacher.dim != student.dim:
+                raise ValueError(
+                    f"CrossMetricDistillationLoss: student dimension {student.dim} differs from teacher "
+                    f"dimension {teacher.dim}; TSCM compares descriptors directly, so they must agree"
+                )
+            if self.form == "paper":
+                total = total + self._paper_terms(student, teacher, terms)
+            else:
+                total = total + self._official_term(student, teacher, terms)
+        terms["total"] = total.item()
+        return LossOutput(total, terms)
+
+    def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: dict[str, float]) -> Tensor:
+        weighted = torch.zeros((), dtype=student.anchor.dtype, device=student.anchor.device)
+        if self.w_soft > 0:
+            soft = descriptor_regression(student, teacher).mean()
+            terms["soft"] = soft.item()
+            weighted = weighted + self.w_soft * soft
+        if self.w_cm > 0:
+            cross_metric = cross_metric_distance(student, teacher).mean()
+            terms["cross_metric"] = cross_metric.item()
+            weighted = weighted + self.w_cm * cross_metric
+        return weighted
+
+    def _official_term(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: dict[str, float]) -> Tensor:
+        soft, cross_metric = official_pair_distance(student, teacher, self.w_soft, self.w_cm)
+        distance = self.w_soft * soft + self.w_cm * cross_metric
+        per_pair = 0.5 * torch.clamp(self.margin + distance, min=0).pow(2)
+        mask = student.negative_mask
+        if self.w_soft > 0:
+            terms["soft"] = mean_over_valid(soft, mask).item()
+        if self.w_cm > 0:
+            terms["cross_metric"] = mean_over_valid(cross_metric, mask).item()
+        kd = mean_over_valid(per_pair, mask)
+        terms["kd"] = kd.item()
+        return kd

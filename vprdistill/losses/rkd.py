@@ -1,0 +1,98 @@
+"""Relational knowledge distillation, distance-wise (Park et al., CVPR 2019): the "other counterpart" of TSCM's ablation.
+
+The student copies the *shape* of the teacher's batch, not its coordinates: pairwise
+distances of both models, each divided by its own mean, are matched with a Huber
+(smooth-L1) loss. Teacher and student dimensions may differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vprdistill.losses.triplet import triplet_margin_loss
+from vprdistill.losses.types import LossOutput, TupleDescriptors, paired_teacher
+
+
+def _mean_normalised(distances: Tensor) -> Tensor:
+    positive = distances[distances > 0]
+    if positive.numel() == 0:
+        return distances
+    return distances / positive.mean()
+
+
+def rkd_distance_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Distance-wise RKD between two sets of N embeddings of the same images.
+
+    ``smooth_l1(d_S / mean(d_S), d_T / mean(d_T))`` over the N·(N−1)/2 distinct pairs, where
+    ``d`` are Euclidean distances and each mean is over the non-zero pairs. Park et al.
+    average over the full N×N matrix instead, which is this value times (N−1)/N.
+
+    Args:
+        student: ``(N, Ds)`` student embeddings.
+        teacher: ``(N, Dt)`` teacher embeddings (detached here).
+
+    Returns:
+        A scalar; 0 when N < 2.
+    """
+    if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"rkd_distance_loss: expected student (N, Ds) and teacher (N, Dt), got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if student.shape[0] < 2:
+        return student.sum() * 0.0
+    with torch.no_grad():
+        teacher_distances = _mean_normalised(F.pdist(teacher.detach(), p=2))
+    student_distances = _mean_normalised(F.pdist(student, p=2))
+    return F.smooth_l1_loss(student_distances, teacher_distances, reduction="mean")
+
+
+def flatten_tuples(descriptors: TupleDescriptors) -> Tensor:
+    """Anchors, positives, then the valid negatives of a batch as one ``(N, D)`` set."""
+    negatives = descriptors.negatives[descriptors.valid_negatives()]
+    return torch.cat([descriptors.anchor, descriptors.positive, negatives], dim=0)
+
+
+@dataclass
+class RelationalDistillationLoss:
+    """``w_hard·triplet(student) + w_rkd·RKD-D(student, teacher)`` over all descriptors of the batch.
+
+    Terms: ``hard``, ``rkd`` (unweighted) and ``total``.
+
+    Attributes:
+        margin: triplet margin.
+        w_hard: weight of the student's triplet loss.
+        w_rkd: weight of the distance-wise RKD term (Park et al. use 1 for metric learning).
+    """
+
+    margin: float = 0.1
+    w_hard: float = 1.0
+    w_rkd: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("margin", "w_hard", "w_rkd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RelationalDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def requires_teacher(self) -> bool:
+        return self.w_rkd > 0
+
+    def __call__(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> LossOutput:
+        """Loss of a batch of tuples; the teacher's descriptor dimension may differ from the student's."""
+        hard = triplet_margin_loss(
+            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
+        )
+        total = self.w_hard * hard
+        terms = {"hard": hard.item()}
+        if self.requires_teacher:
+            teacher = paired_teacher(student, teacher, "RelationalDistillationLoss")
+            rkd = rkd_distance_loss(flatten_tuples(student), flatten_tuples(teacher))
+            terms["rkd"] = rkd.item()
+            total = total + self.w_rkd * rkd
+        terms["total"] = total.item()
+        return LossOutput(total, terms)

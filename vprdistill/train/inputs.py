@@ -1,0 +1,37 @@
+"""What the trained model reads from disk: RGB images, or one-hot structural maps (StructVPR seg-branch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vprdistill.data.images import load_image, load_segmentation
+from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.data.structural import StructuralClassMap
+from vprdistill.data.transforms import build_segmentation_transform, build_transform
+from vprdistill.train.config import DataConfig
+
+
+def input_paths(dataset: PlaceDataset, input_kind: str) -> tuple[list[Path], list[Path]]:
+    """(query paths, database paths) of the files a model of ``input_kind`` reads."""
+    if input_kind == "rgb":
+        return list(dataset.query_paths), list(dataset.database_paths)
+    if not dataset.has_segmentation:
+        raise ValueError(
+            f"data.input is 'seg' but dataset {dataset.root} split '{dataset.split}' has no segmentation maps "
+            "(generate them with `vprdistill segment`)"
+        )
+    return list(dataset.query_seg_paths), list(dataset.database_seg_paths)
+
+
+def build_input_loader(data: DataConfig, train: bool) -> Callable[[Path], torch.Tensor]:
+    """A function path → input tensor (C, H, W) for training tuples (augmented when configured)."""
+    image_size = tuple(data.image_size)
+    if data.input == "rgb":
+        transform = build_transform(image_size, augment=data.augment and train)
+        return lambda path: transform(load_image(path))
+    class_map = StructuralClassMap.from_yaml(source=data.structural_source)
+    seg_transform = build_segmentation_transform(image_size, class_map)
+    return lambda path: seg_transform(load_segmentation(path))

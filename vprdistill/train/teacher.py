@@ -1,0 +1,148 @@
+"""A frozen teacher for distillation, with a descriptor cache keyed to its weights and the image set.
+
+When the student sees no augmentation, the teacher's descriptor of every
+training image never changes, so it is computed once and read back for each
+step instead of re-running a network that can be ten times the student's
+size. The cache file's name is a hash of the teacher's fingerprint (config and
+weights), the input kind, the image size and the ordered list of image files
+with their sizes and modification times: change any of them and the cache is
+rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.eval.extract import compute_descriptors
+from vprdistill.models.checkpoint import load_model, model_fingerprint
+from vprdistill.utils.atomic import atomic_path
+from vprdistill.utils.logging import get_logger
+
+logger = get_logger("teacher")
+
+
+def default_cache_dir() -> Path:
+    """``$VPRDISTILL_CACHE`` or ``~/.cache/vprdistill``: teacher caches are shared between student runs."""
+    return Path(os.environ.get("VPRDISTILL_CACHE", Path.home() / ".cache" / "vprdistill"))
+
+
+def image_set_key(paths: Sequence[Path]) -> str:
+    """A hash of the ordered image files, their sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class FrozenTeacher:
+    """A trained model loaded from a run folder or checkpoint, frozen and kept in eval mode.
+
+    Args:
+        source: run folder or checkpoint of the teacher.
+        input_kind: ``rgb`` (appearance teacher, TSCM) or ``seg`` (structural seg-branch, StructVPR).
+        image_size: (H, W) the teacher sees.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        input_kind: str,
+        image_size: Sequence[int],
+        device: torch.device,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        structural_source: str = "cityscapes",
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        if input_kind not in ("rgb", "seg"):
+            raise ValueError(f"teacher {source}: input must be rgb or seg, got {input_kind!r}")
+        self.source = Path(source)
+        self.model = load_model(self.source, device=device)
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.input_kind = input_kind
+        self.image_size = tuple(int(s) for s in image_size)
+        self.device = device
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.structural_source = structural_source
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.progress = progress
+        self.fingerprint = model_fingerprint(self.model)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        """A frozen teacher ignores requests to leave eval mode (no dropout, no BatchNorm updates)."""
+        self.model.eval()
+        return self
+
+    def _paths(self, dataset: PlaceDataset) -> tuple[list[Path], list[Path]]:
+        if self.input_kind == "rgb":
+            return list(dataset.query_paths), list(dataset.database_paths)
+        if not dataset.has_segmentation:
+            raise ValueError(
+                f"teacher {self.source} takes segmentation input, but dataset {dataset.root} split "
+                f"'{dataset.split}' has no segmentation maps (run `vprdistill segment` first)"
+            )
+        return list(dataset.query_seg_paths), list(dataset.database_seg_paths)
+
+    def cached_descriptors(self, dataset: PlaceDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher descriptors of the split's queries (M, D) and database (N, D), from cache when valid."""
+        query_paths, database_paths = self._paths(dataset)
+        key_source = json.dumps(
+            {
+                "teacher": self.fingerprint,
+                "input": self.input_kind,
+                "image_size": self.image_size,
+                "structural_source": self.structural_source if self.input_kind == "seg" else None,
+                "queries": image_set_key(query_paths),
+                "database": image_set_key(database_paths),
+            },
+            sort_keys=True,
+        )
+        key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
+        cache_file = self.cache_dir / "teacher_descriptors" / f"{key}.safetensors"
+        if cache_file.is_file():
+            try:
+                tensors = load_file(str(cache_file))
+                logger.info("teacher %s: descriptors read from cache %s", self.source, cache_file)
+                return tensors["queries"], tensors["database"]
+            except Exception as error:  # a damaged cache is rebuilt rather than trusted
+                logger.warning("teacher cache %s is unreadable (%s); recomputing", cache_file, error)
+        queries = self.describe_paths(query_paths, "teacher: queries")
+        database = self.describe_paths(database_paths, "teacher: database")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            save_file({"queries": queries, "database": database}, str(tmp), metadata={"key": key_source})
+        return queries, database
+
+    def describe_paths(self, paths: Sequence[Path], desc: str = "teacher") -> torch.Tensor:
+        """Descriptors (N, D) of image (or segmentation-map) files."""
+        array = compute_descriptors(
+            self.model,
+            paths,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            device=self.device,
+            num_workers=self.num_workers,
+            input_kind=self.input_kind,
+            structural_source=self.structural_source,
+            progress=self.progress,
+            desc=desc,
+        )
+        return torch.from_numpy(array).float()
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor) -> torch.Tensor:
+        """Descriptors (B, D) of a batch of already-transformed inputs (B, C, H, W)."""
+        return self.model(images.to(self.device))
