@@ -87,9 +87,11 @@ class CrossMetricDistillationLoss:
     w_cm: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.margin <= 0:
+            raise ValueError(f"CrossMetricDistillationLoss.margin: must be > 0, got {self.margin}")
         if self.form not in FORMS:
             raise ValueError(f"CrossMetricDistillationLoss.form: expected one of {FORMS}, got {self.form!r}")
-        for name in ("margin", "w_hard", "w_soft", "w_cm"):
+        for name in ("w_hard", "w_soft", "w_cm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CrossMetricDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
 

@@ -74,7 +74,9 @@ class RelationalDistillationLoss:
     w_rkd: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("margin", "w_hard", "w_rkd"):
+        if self.margin <= 0:
+            raise ValueError(f"RelationalDistillationLoss.margin: must be > 0, got {self.margin}")
+        for name in ("w_hard", "w_rkd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RelationalDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
 

@@ -128,7 +128,9 @@ class StructuralDistillationLoss:
     _weighting: SampleWeighting = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("margin", "w_hard", "w_kd", "w_regression"):
+        if self.margin <= 0:
+            raise ValueError(f"StructuralDistillationLoss.margin: must be > 0, got {self.margin}")
+        for name in ("w_hard", "w_kd", "w_regression"):
             if getattr(self, name) < 0:
                 raise ValueError(f"StructuralDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:

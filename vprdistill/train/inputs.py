@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 from vprdistill.data.images import load_image, load_segmentation
@@ -26,12 +24,24 @@ def input_paths(dataset: PlaceDataset, input_kind: str) -> tuple[list[Path], lis
     return list(dataset.query_seg_paths), list(dataset.database_seg_paths)
 
 
-def build_input_loader(data: DataConfig, train: bool) -> Callable[[Path], torch.Tensor]:
-    """A function path → input tensor (C, H, W) for training tuples (augmented when configured)."""
-    image_size = tuple(data.image_size)
-    if data.input == "rgb":
-        transform = build_transform(image_size, augment=data.augment and train)
-        return lambda path: transform(load_image(path))
-    class_map = StructuralClassMap.from_yaml(source=data.structural_source)
-    seg_transform = build_segmentation_transform(image_size, class_map)
-    return lambda path: seg_transform(load_segmentation(path))
+class InputLoader:
+    """Path → input tensor (C, H, W); a class rather than a closure so data-loader workers can pickle it."""
+
+    def __init__(self, data: DataConfig, train: bool) -> None:
+        image_size = tuple(data.image_size)
+        self.kind = data.input
+        if self.kind == "rgb":
+            self.transform = build_transform(image_size, augment=data.augment and train)
+        else:
+            class_map = StructuralClassMap.from_yaml(source=data.structural_source)
+            self.transform = build_segmentation_transform(image_size, class_map=class_map)
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        if self.kind == "rgb":
+            return self.transform(load_image(path))
+        return self.transform(load_segmentation(path))
+
+
+def build_input_loader(data: DataConfig, train: bool) -> InputLoader:
+    """A callable path → input tensor for training tuples (augmented when configured)."""
+    return InputLoader(data, train)

@@ -40,7 +40,17 @@ from vprdistill.utils.seed import seed_everything
 
 logger = get_logger("train")
 
-StepCallback = Callable[[int, int, float], None]  # (epoch, step, loss) after each optimiser step
+@dataclass
+class StepInfo:
+    """What a step callback sees after each optimiser step."""
+
+    epoch: int
+    step: int
+    loss: float
+    model: torch.nn.Module
+
+
+StepCallback = Callable[[StepInfo], None]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -222,7 +232,7 @@ def train(
                 bar.update(batch.batch_size)
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
                 for callback in step_callbacks:
-                    callback(epoch, steps, loss_value)
+                    callback(StepInfo(epoch, steps, loss_value, model))
         bar.close()
         scheduler.step()
 

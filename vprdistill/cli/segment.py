@@ -1,0 +1,66 @@
+"""``vprdistill segment``: segmentation maps for a folder-format dataset (StructVPR's seg-branch input)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vprdistill.cli.common import add_device_args, apply_device_args
+
+EPILOG = """examples:
+  vprdistill segment data/pitts30k
+  vprdistill segment data/msls --splits val --batch-size 4 --image-size 512 1024
+  vprdistill segment data/pitts30k --model models/segformer-b0-cityscapes --device cuda
+
+Maps are single-channel PNGs of Cityscapes trainIds (0 road ... 18 bicycle, 255 void) in
+ROOT/segmentation/<split>/<database|queries>/<image name>.png, mirroring ROOT/images.
+Existing maps are kept, so an interrupted run resumes; --overwrite redoes them."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from vprdistill.data.segmenter import DEFAULT_SEGMENTATION_MODEL
+
+    parser = subparsers.add_parser(
+        "segment",
+        help="compute segmentation maps of a folder-format dataset (for StructVPR)",
+        description="Run a semantic-segmentation model (Hugging Face transformers) on every image of "
+        "ROOT/images/<split>/ and write Cityscapes-trainId maps to ROOT/segmentation/, plus classes.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="folder-format dataset root (holds images/)")
+    parser.add_argument("--model", default=DEFAULT_SEGMENTATION_MODEL, metavar="ID_OR_PATH",
+                        help="model id (from the local cache when offline) or a folder saved with save_pretrained")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                        help="splits to segment, e.g. train val test (default: every folder under images/)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
+                        help="network input size H [W] (default: the model's image processor's size)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="log unreadable images and go on instead of stopping at the first")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_device_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vprdistill.data.segmenter import segment_dataset
+    from vprdistill.utils.logging import setup_logging
+
+    setup_logging()
+    device = apply_device_args(args)
+    report = segment_dataset(
+        args.dataset,
+        model_id_or_path=args.model,
+        batch_size=args.batch_size,
+        splits=args.splits,
+        device=device,
+        overwrite=args.overwrite,
+        skip_bad_images=args.skip_bad_images,
+        progress=not args.no_progress,
+        image_size=args.image_size,
+    )
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0

@@ -1,0 +1,166 @@
+"""Structural classes: merging scene classes into the StructVPR seg-branch input.
+
+Our specification (METHODS.md §5): segmentation class ids are mapped to C
+merged structural classes (default 10: road, sidewalk, building, wall/fence,
+pole/sign, vegetation, terrain, sky, vehicle, person) and fed as a one-hot map.
+The classes and mappings live in ``vprdistill/configs/structural_classes.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import yaml
+
+from vprdistill.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    import torch
+
+log = get_logger("data.structural")
+
+DEFAULT_STRUCTURAL_CLASSES = Path(__file__).resolve().parent.parent / "configs" / "structural_classes.yaml"
+IGNORE_ID = 255
+
+
+@dataclass(frozen=True, eq=False)
+class StructuralClassMap:
+    """A mapping from a source label set's class ids (0..255) to structural classes.
+
+    ``lookup`` is a read-only ``(256,)`` uint8 table: ``lookup[source_id]`` is the
+    structural class index, or 255 for ignored ids.
+    """
+
+    names: tuple[str, ...]
+    lookup: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        lookup = np.asarray(self.lookup)
+        if lookup.shape != (256,) or lookup.dtype != np.uint8:
+            raise ValueError(f"lookup must be a (256,) uint8 table, got {lookup.dtype} of shape {lookup.shape}")
+        bad = (lookup >= len(self.names)) & (lookup != IGNORE_ID)
+        if bad.any():
+            raise ValueError(f"lookup maps id {int(np.flatnonzero(bad)[0])} to a class index beyond {len(self.names) - 1}")
+        lookup = lookup.copy()
+        lookup.flags.writeable = False
+        object.__setattr__(self, "lookup", lookup)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, source: str = "cityscapes") -> StructuralClassMap:
+        """The class-id mapping ``sources.<source>`` of the YAML file (default: the package's)."""
+        path, config = _read_config(path)
+        sources = config.get("sources") or {}
+        if source not in sources:
+            raise ValueError(f"{path}: no mapping for source {source!r} (sources: {', '.join(sources) or 'none'})")
+        names = _class_names(config, path)
+        lookup = np.full(256, IGNORE_ID, dtype=np.uint8)
+        for source_id, class_name in (sources[source] or {}).items():
+            where = f"{path}: sources.{source}.{source_id}"
+            if not isinstance(source_id, int) or not 0 <= source_id < IGNORE_ID:
+                raise ValueError(f"{where}: class ids must be integers in 0..254")
+            if class_name not in names:
+                raise ValueError(f"{where}: unknown structural class {class_name!r} (classes: {', '.join(names)})")
+            lookup[source_id] = names.index(class_name)
+        return cls(names, lookup, source)
+
+    @classmethod
+    def identity(cls, num_classes: int) -> StructuralClassMap:
+        """For maps that already hold structural indices 0..C-1 (anything else is ignored)."""
+        if not 0 < num_classes < IGNORE_ID:
+            raise ValueError(f"num_classes must be in 1..{IGNORE_ID - 1}, got {num_classes}")
+        lookup = np.full(256, IGNORE_ID, dtype=np.uint8)
+        lookup[:num_classes] = np.arange(num_classes, dtype=np.uint8)
+        return cls(tuple(f"class_{i}" for i in range(num_classes)), lookup, "identity")
+
+    @classmethod
+    def from_label_names(cls, id2label: Mapping[int | str, str], path: str | Path | None = None) -> StructuralClassMap:
+        """Map a model's class names (e.g. a segmentation config's ``id2label``) through the YAML's synonyms.
+
+        Names no synonym covers are ignored (logged).
+        """
+        path, config = _read_config(path)
+        names = _class_names(config, path)
+        synonyms = _synonym_table(config, names, path)
+        lookup = np.full(256, IGNORE_ID, dtype=np.uint8)
+        unknown = []
+        for raw_id, label in id2label.items():
+            source_id = int(raw_id)
+            if not 0 <= source_id < IGNORE_ID:
+                raise ValueError(f"id2label: class id {raw_id} is outside 0..254")
+            aliases = [_normalise(a) for a in re.split(r"[;,]", str(label))]
+            match = next((synonyms[a] for a in aliases if a in synonyms), None)
+            if match is None:
+                unknown.append(f"{source_id}:{label}")
+            else:
+                lookup[source_id] = names.index(match)
+        if unknown:
+            log.info("ignoring %d classes with no structural synonym: %s", len(unknown), ", ".join(unknown))
+        return cls(names, lookup, "label_names")
+
+    def map_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Source class ids (any shape, values 0..255) → structural class indices, 255 where ignored (uint8)."""
+        ids = np.asarray(ids)
+        if ids.dtype != np.uint8:
+            if ids.dtype.kind not in "iu":
+                raise ValueError(f"class ids must be integers in 0..255, got dtype {ids.dtype}")
+            if ids.size and (ids.min() < 0 or ids.max() > 255):
+                raise ValueError(f"class ids must lie in 0..255, got {ids.min()}..{ids.max()}")
+            ids = ids.astype(np.uint8)
+        return self.lookup[ids]
+
+    def one_hot(self, ids: np.ndarray) -> torch.Tensor:
+        """Source class-id map ``(H, W)`` → one-hot ``(C, H, W)`` float32; ignored pixels are all zeros."""
+        import torch
+
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"expected a class-id map of shape (H, W), got shape {ids.shape}")
+        classes = self.map_ids(ids)
+        one_hot = classes[None, :, :] == np.arange(self.num_classes, dtype=np.uint8)[:, None, None]
+        return torch.from_numpy(one_hot.astype(np.float32))
+
+
+def _read_config(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
+    path = DEFAULT_STRUCTURAL_CLASSES if path is None else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"structural class file {path} does not exist")
+    with path.open(encoding="utf-8") as file:
+        config = yaml.safe_load(file)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping with 'classes', 'sources' and 'name_synonyms'")
+    return path, config
+
+
+def _class_names(config: dict[str, Any], path: Path) -> tuple[str, ...]:
+    names = config.get("classes")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: 'classes' must be a non-empty list of class names")
+    if len(set(names)) != len(names) or len(names) >= IGNORE_ID:
+        raise ValueError(f"{path}: 'classes' must be distinct and fewer than {IGNORE_ID}")
+    return tuple(names)
+
+
+def _synonym_table(config: dict[str, Any], names: tuple[str, ...], path: Path) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for class_name, synonyms in (config.get("name_synonyms") or {}).items():
+        if class_name not in names:
+            raise ValueError(f"{path}: name_synonyms.{class_name} is not a structural class (classes: {', '.join(names)})")
+        for synonym in synonyms or []:
+            key = _normalise(synonym)
+            if table.get(key, class_name) != class_name:
+                raise ValueError(f"{path}: synonym {synonym!r} is listed for both {table[key]} and {class_name}")
+            table[key] = class_name
+    return table
+
+
+def _normalise(name: str) -> str:
+    return " ".join(re.sub(r"[_\-()]", " ", name.lower()).split())

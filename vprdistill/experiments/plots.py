@@ -1,0 +1,69 @@
+"""Figures of a results table, drawn with matplotlib (Agg) into PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from vprdistill.experiments.rows import ResultRow  # noqa: E402
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def recall_curves(rows: Sequence[ResultRow]) -> bytes:
+    """Recall@N against N, one line per model."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        ns = sorted(int(n) for n in row.recall)
+        axis.plot(ns, [row.recall[str(n)] for n in ns], marker="o", label=row.name)
+    axis.set_xlabel("N (number of retrieved database images)")
+    axis.set_ylabel("Recall@N (%)")
+    axis.set_xscale("log")
+    axis.set_ylim(0, 100)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title("Recall@N on the test split")
+    return _png(figure)
+
+
+def recall_per_condition(rows: Sequence[ResultRow], n: str = "1") -> bytes:
+    """Grouped bars: R@n per query condition, one bar per model."""
+    conditions = sorted({c for row in rows for c in row.recall_per_condition})
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(conditions) + 2), 4))
+    width = 0.8 / max(len(rows), 1)
+    for position, row in enumerate(rows):
+        values = [row.recall_per_condition.get(c, {}).get(n, 0.0) for c in conditions]
+        axis.bar([i + position * width for i in range(len(conditions))], values, width=width, label=row.name)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(conditions))])
+    axis.set_xticklabels(conditions, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel(f"R@{n} (%)")
+    axis.set_ylim(0, 100)
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title(f"R@{n} per query condition")
+    return _png(figure)
+
+
+def recall_against_speed(rows: Sequence[ResultRow]) -> bytes:
+    """R@1 against milliseconds per image: the accuracy/cost trade-off."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        axis.scatter([row.ms_per_image], [row.recall.get("1", 0.0)], s=40)
+        axis.annotate(row.name, (row.ms_per_image, row.recall.get("1", 0.0)), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
+    axis.set_xlabel("ms per image (descriptor)")
+    axis.set_ylabel("R@1 (%)")
+    axis.grid(True, alpha=0.3)
+    axis.set_title("R@1 against descriptor time")
+    return _png(figure)
