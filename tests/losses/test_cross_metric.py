@@ -72,7 +72,9 @@ def test_official_form_is_a_mean_over_valid_pairs() -> None:
 def test_soft_and_cross_metric_vanish_when_student_equals_teacher_and_anchor_equals_positive() -> None:
     same = random_tuples(batch=2, num_negatives=3, dim=6, seed=3)
     tuples = TupleDescriptors(same.anchor, same.anchor.clone(), same.negatives, same.negative_mask)
-    copy = TupleDescriptors(tuples.anchor.clone(), tuples.positive.clone(), tuples.negatives.clone(), tuples.negative_mask)
+    copy = TupleDescriptors(
+        tuples.anchor.clone(), tuples.positive.clone(), tuples.negatives.clone(), tuples.negative_mask
+    )
     out = CrossMetricDistillationLoss(form="paper")(tuples, copy)
     assert out.terms["soft"] == 0.0
     assert out.terms["cross_metric"] == 0.0

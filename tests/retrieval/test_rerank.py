@@ -12,6 +12,7 @@ import torch
 
 from vprdistill.retrieval.rerank import (
     PatchReranker,
+    Reranker,
     SiftReranker,
     build_reranker,
     mutual_nearest_neighbours,
@@ -139,6 +140,7 @@ def test_patch_reranker_puts_the_true_match_first_and_caches_database_features(c
         return cnn_feature_fn([images[p] for p in paths])
 
     reranker = PatchReranker(feature_fn)
+    assert isinstance(reranker, Reranker)
     candidates = ["db/a.jpg", "db/b.jpg", "db/match.jpg"]
     order = reranker.rerank("q.jpg", candidates, np.array([7, 3, 5]))
     assert order.tolist()[0] == 5
@@ -196,3 +198,32 @@ def test_reranker_reports_a_feature_function_that_drops_images() -> None:
     reranker = PatchReranker(lambda paths: [np.zeros((4, 2, 2), np.float32)])
     with pytest.raises(ValueError, match="returned 1 results for 3 images"):
         reranker.rerank("q.jpg", ["a.jpg", "b.jpg"], np.array([0, 1]))
+
+
+def test_patch_reranker_plugs_into_evaluation_and_lifts_recall() -> None:
+    from vprdistill.data.place_dataset import PlaceDataset
+    from vprdistill.eval.evaluate import evaluate_descriptors
+
+    rng = np.random.default_rng(6)
+    database = [Path(f"db{i}.jpg") for i in range(6)]
+    queries = [Path("q0.jpg"), Path("q1.jpg")]
+    dataset = PlaceDataset(
+        name="constructed", root=Path("."), split="test", database_paths=database, query_paths=queries,
+        database_utm=np.array([[100.0 * i, 0.0] for i in range(6)]), query_utm=np.array([[400.0, 0.0], [100.0, 0.0]]),
+    )  # fmt: skip
+    # Global descriptors put each query's true place (database 4 and 1) third.
+    database_descriptors = np.eye(6, dtype=np.float32)
+    query_descriptors = np.array([[3, 0, 2, 0, 1, 0], [0, 1, 0, 3, 0, 2]], dtype=np.float32)
+    query_descriptors /= np.linalg.norm(query_descriptors, axis=1, keepdims=True)
+    maps = {p: rng.normal(size=(16, 6, 6)).astype(np.float32) for p in database}
+    maps[queries[0]], maps[queries[1]] = maps[database[4]], maps[database[1]]
+    reranker = build_reranker("patch", feature_fn=lambda paths: [maps[Path(p)] for p in paths])
+
+    result = evaluate_descriptors(
+        database_descriptors, query_descriptors, dataset, threshold_m=25.0, recall_ns=(1, 5),
+        reranker=reranker, rerank_topk=3,
+    )  # fmt: skip
+    assert result.recall_before_rerank["1"] == 0.0
+    assert result.recall["1"] == 100.0
+    report = result.to_json()["rerank"]
+    assert report["kind"] == "patch" and report["topk"] == 3 and report["timing"]["queries"] == 2

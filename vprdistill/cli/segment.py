@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="splits to segment, e.g. train val test (default: every folder under images/)")
     parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
                         help="network input size H [W] (default: the model's image processor's size)")
+    parser.add_argument("--workers", type=int, default=2, help="processes decoding images while the network runs")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="log unreadable images and go on instead of stopping at the first")
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images,
         progress=not args.no_progress,
         image_size=args.image_size,
+        num_workers=args.workers,
     )
     print(json.dumps(report.as_dict(), indent=2))
     return 0

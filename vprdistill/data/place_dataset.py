@@ -43,7 +43,8 @@ class PlaceDataset:
     query_seg_paths: list[Path] | None = field(default=None, repr=False)
     database_notes: list[str] | None = field(default=None, repr=False)
     query_notes: list[str] | None = field(default=None, repr=False)
-    _cache: dict[tuple[str, float], Any] = field(default_factory=dict, init=False, repr=False)
+    _cache: dict[tuple[str, float], list[np.ndarray]] = field(default_factory=dict, init=False, repr=False)
+    _tree: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -106,14 +107,12 @@ class PlaceDataset:
     def has_segmentation(self) -> bool:
         return self.database_seg_paths is not None and self.query_seg_paths is not None
 
-    def _database_tree(self):
-        tree = self._cache.get(("tree", 0.0))
-        if tree is None:
+    def _database_tree(self) -> Any:
+        if self._tree is None:
             from sklearn.neighbors import NearestNeighbors
 
-            tree = NearestNeighbors(algorithm="kd_tree").fit(self.database_utm)
-            self._cache[("tree", 0.0)] = tree
-        return tree
+            self._tree = NearestNeighbors(algorithm="kd_tree").fit(self.database_utm)
+        return self._tree
 
     def _radius_search(self, kind: str, radius_m: float) -> list[np.ndarray]:
         radius_m = float(radius_m)
@@ -163,12 +162,8 @@ class PlaceDataset:
         database_indices: Sequence[int] | np.ndarray | None = None,
     ) -> PlaceDataset:
         """A new dataset with the chosen queries and/or database images (``None`` keeps all), in the given order."""
-        q = np.arange(self.num_queries) if query_indices is None else _as_indices(query_indices, self.num_queries, "query_indices")
-        d = (
-            np.arange(self.num_database)
-            if database_indices is None
-            else _as_indices(database_indices, self.num_database, "database_indices")
-        )
+        q = _as_indices(query_indices, self.num_queries, "query_indices")
+        d = _as_indices(database_indices, self.num_database, "database_indices")
 
         def pick(values: list | None, indices: np.ndarray) -> list | None:
             return None if values is None else [values[i] for i in indices]
@@ -188,7 +183,9 @@ class PlaceDataset:
         )
 
 
-def _as_indices(indices: Sequence[int] | np.ndarray, size: int, name: str) -> np.ndarray:
+def _as_indices(indices: Sequence[int] | np.ndarray | None, size: int, name: str) -> np.ndarray:
+    if indices is None:
+        return np.arange(size)
     array = np.asarray(indices)
     if array.dtype == bool:
         if array.shape != (size,):

@@ -1,7 +1,8 @@
 """Readers of the two dataset formats of METHODS.md §2, both giving a `PlaceDataset`.
 
 - Folder format: ``ROOT/images/<split>/{database,queries}/*.jpg`` with the UTM
-  position in each file name (``@east@north@zone@letter@lat@lon@pano@tile@heading@pitch@roll@height@timestamp@note@.jpg``).
+  position and more in each file name:
+  ``@east@north@zone@letter@lat@lon@pano@tile@heading@pitch@roll@height@timestamp@note@.jpg``.
 - NetVLAD ``.mat`` structure files (Pittsburgh 30k/250k layout): a ``dbStruct``
   listing database paths relative to the image root and query paths relative to
   ``ROOT/queries_real/``.
@@ -224,7 +225,9 @@ def read_mat_dataset(
         utm = _mat_utm(struct[utm_field], utm_field, len(relative), mat_path)
         count = _mat_scalar(struct[count_field], count_field, mat_path)
         if count != len(relative):
-            raise DatasetFormatError(f"{mat_path}: {count_field} is {count:g} but {names_field} lists {len(relative)} images")
+            raise DatasetFormatError(
+                f"{mat_path}: {count_field} is {count:g} but {names_field} lists {len(relative)} images"
+            )
         subsets[label] = _Subset(label, [folder / r for r in relative], relative, utm)
     for field_name in ("posDistThr", "posDistSqThr", "nonTrivPosDistSqThr"):
         _mat_scalar(struct[field_name], field_name, mat_path)
@@ -248,7 +251,9 @@ def _load_db_struct(mat_path: Path) -> dict[str, Any]:
     try:
         contents = loadmat(mat_path)
     except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
-        raise DatasetFormatError(f"{mat_path}: unsupported MATLAB file version ({exc}); save it with -v7 or older") from exc
+        raise DatasetFormatError(
+            f"{mat_path}: unsupported MATLAB file version ({exc}); save it with -v7 or older"
+        ) from exc
     except Exception as exc:
         raise DatasetFormatError(f"{mat_path} is not a readable MATLAB .mat file: {type(exc).__name__}: {exc}") from exc
     if "dbStruct" not in contents:
@@ -256,7 +261,9 @@ def _load_db_struct(mat_path: Path) -> dict[str, Any]:
         raise DatasetFormatError(f"{mat_path}: no variable dbStruct (variables: {', '.join(variables) or 'none'})")
     struct = contents["dbStruct"]
     if struct.dtype.names is None or struct.size != 1:
-        raise DatasetFormatError(f"{mat_path}: dbStruct is not a single MATLAB struct (dtype {struct.dtype}, shape {struct.shape})")
+        raise DatasetFormatError(
+            f"{mat_path}: dbStruct is not a single MATLAB struct (dtype {struct.dtype}, shape {struct.shape})"
+        )
     missing = [f for f in MAT_FIELDS if f not in struct.dtype.names]
     if missing:
         raise DatasetFormatError(f"{mat_path}: dbStruct lacks field {missing[0]} (all missing: {', '.join(missing)})")
@@ -267,7 +274,9 @@ def _load_db_struct(mat_path: Path) -> dict[str, Any]:
 def _mat_string(value: Any, field_name: str, mat_path: Path) -> str:
     array = np.asarray(value)
     if array.dtype.kind != "U" or array.size > 1:
-        raise DatasetFormatError(f"{mat_path}: dbStruct.{field_name} must be a string, got {array.dtype} of shape {array.shape}")
+        raise DatasetFormatError(
+            f"{mat_path}: dbStruct.{field_name} must be a string, got {array.dtype} of shape {array.shape}"
+        )
     return str(array.reshape(-1)[0]).strip() if array.size else ""
 
 
@@ -295,7 +304,9 @@ def _mat_utm(value: Any, field_name: str, count: int, mat_path: Path) -> np.ndar
 def _mat_scalar(value: Any, field_name: str, mat_path: Path) -> float:
     array = np.asarray(value)
     if array.dtype.kind not in "iuf" or array.size != 1:
-        raise DatasetFormatError(f"{mat_path}: dbStruct.{field_name} must be a number, got {array.dtype} of shape {array.shape}")
+        raise DatasetFormatError(
+            f"{mat_path}: dbStruct.{field_name} must be a number, got {array.dtype} of shape {array.shape}"
+        )
     return float(array.reshape(-1)[0])
 
 
@@ -327,7 +338,8 @@ def _notes_or_none(notes: list[str] | None) -> list[str] | None:
 
 def _drop_bad_images(subset: _Subset, where: str) -> _Subset:
     keep = []
-    for index, path in enumerate(tqdm(subset.paths, desc=f"checking {where} {subset.label}", unit="img", leave=False, disable=None)):
+    progress = tqdm(subset.paths, desc=f"checking {where} {subset.label}", unit="img", leave=False, disable=None)
+    for index, path in enumerate(progress):
         reason = verify_image(path)
         if reason is None:
             keep.append(index)

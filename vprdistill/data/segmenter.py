@@ -16,64 +16,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vprdistill.data.images import ImageLoadError, load_image
+from vprdistill.data.segmentation_labels import CITYSCAPES_TRAIN_ID_NAMES, LABEL_SPACE, VOID_ID, label_mapping
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
+from vprdistill.utils.device import resolve_device
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("data.segmenter")
 
 DEFAULT_SEGMENTATION_MODEL = "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"
-VOID_ID = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-LABEL_SPACE = "cityscapes_train_id"
-
-# Cityscapes trainIds 0..18, in id order.
-CITYSCAPES_TRAIN_ID_NAMES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
-
-# Our choice: label names of other label sets (ADE20K, Mapillary Vistas, the
-# full Cityscapes labelIds) that mean a Cityscapes trainId class.
-_NAME_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "road": ("street", "route", "highway", "bike lane", "service lane", "crosswalk plain", "crosswalk zebra",
-             "lane marking", "lane marking general", "lane marking crosswalk", "manhole", "pothole", "catch basin"),
-    "sidewalk": ("pavement", "pedestrian area", "curb", "curb cut", "footpath"),
-    "building": ("edifice", "house", "skyscraper"),
-    "wall": (),
-    "fence": ("fencing", "guard rail", "railing", "rail"),
-    "pole": ("utility pole", "streetlight", "street light", "street lamp", "lamppost"),
-    "traffic light": ("traffic signal", "stoplight"),
-    "traffic sign": ("signboard", "sign", "traffic sign front", "traffic sign back"),
-    "vegetation": ("tree", "plant", "flora", "plant life", "palm", "palm tree", "bush", "hedge"),
-    "terrain": ("grass", "earth", "ground", "soil", "sand", "field", "dirt track"),
-    "sky": (),
-    "person": ("pedestrian", "individual", "people"),
-    "rider": ("bicyclist", "motorcyclist", "other rider"),
-    "car": ("auto", "automobile", "motorcar", "van", "taxi"),
-    "truck": ("motortruck", "lorry"),
-    "bus": ("autobus", "coach"),
-    "train": ("tram", "on rails", "railway car"),
-    "motorcycle": ("motorbike", "minibike"),
-    "bicycle": ("bike", "cycle"),
-}  # fmt: skip
-
-_NAME_TO_TRAIN_ID: dict[str, int] = {}
-for _train_id, _name in enumerate(CITYSCAPES_TRAIN_ID_NAMES):
-    for _alias in (_name, *_NAME_SYNONYMS[_name]):
-        _NAME_TO_TRAIN_ID[_alias] = _train_id
 
 
 class SegmentationModelError(RuntimeError):
@@ -101,60 +64,60 @@ class SegmentationReport:
         return record
 
 
-def _normalise(name: str) -> str:
-    return " ".join(re.sub(r"[_\-()]", " ", name.lower()).split())
-
-
-def label_to_cityscapes_train_id(label: str) -> int:
-    """The Cityscapes trainId (0..18) a class name means, or 255 when none.
-
-    Names are compared in lower case with ``_ - ( )`` read as spaces; a name
-    listing alternatives (``"car, auto, automobile"``) matches if one does, and
-    a hierarchical Mapillary name (``"object--vehicle--car"``) if one of its
-    levels does, the most specific first.
-    """
-    levels = [level for level in str(label).split("--") if level.strip()]
-    candidates = [str(label), *reversed(levels)]
-    for candidate in candidates:
-        for alias in [candidate, *re.split(r"[;,]", candidate)]:
-            train_id = _NAME_TO_TRAIN_ID.get(_normalise(alias))
-            if train_id is not None:
-                return train_id
-    return VOID_ID
-
-
-def label_mapping(id2label: Mapping[int | str, str]) -> np.ndarray:
-    """A lookup table ``(num_labels,)`` uint8: model class id -> Cityscapes trainId (255 when unknown).
-
-    Raises ``SegmentationModelError`` when no class name maps at all (e.g. a
-    config with generic ``LABEL_0`` names), since every map would be void.
-    """
-    if not id2label:
-        raise SegmentationModelError("the segmentation model has no id2label: its class names are needed")
-    ids = sorted(int(i) for i in id2label)
-    table = np.full(ids[-1] + 1, VOID_ID, dtype=np.uint8)
-    labels = {int(i): name for i, name in id2label.items()}
-    for model_id in ids:
-        table[model_id] = label_to_cityscapes_train_id(labels[model_id])
-    if (table == VOID_ID).all():
-        examples = ", ".join(str(labels[i]) for i in ids[:5])
-        raise SegmentationModelError(
-            f"none of the segmentation model's {len(ids)} class names ({examples}, ...) is a Cityscapes class; "
-            "use a model whose config names its classes"
-        )
-    unknown = [labels[i] for i in ids if table[i] == VOID_ID]
-    if unknown:
-        log.info("model classes with no Cityscapes counterpart are written as %d: %s", VOID_ID, ", ".join(unknown))
-    return table
-
-
 def _looks_like_a_path(name: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else that does not exist is a missing folder."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = (os.environ.get(name, "").lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in {"1", "true", "yes", "on"} for flag in flags)
+
+
+def load_segmentation_model(model_id_or_path: str | Path) -> tuple[Any, torch.nn.Module]:
+    """Load ``(image processor, model)`` from a ``save_pretrained`` folder or a hub model id.
+
+    The local copy (the folder, or the hub cache) is always tried first; a
+    download is tried only when the model is not there and neither
+    ``HF_HUB_OFFLINE`` nor ``TRANSFORMERS_OFFLINE`` is set. Raises
+    ``FileNotFoundError`` for a missing or incomplete folder and
+    ``SegmentationModelError`` (saying how to provide a local copy) otherwise.
+    """
+    name = str(model_id_or_path)
+    folder = Path(name).expanduser()
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"segmentation model folder {folder} has no config.json (save it with save_pretrained)")
+        source: str | Path = folder
+    elif _looks_like_a_path(name):
+        raise FileNotFoundError(f"segmentation model folder {folder} does not exist")
+    else:
+        source = name
+    try:
+        return _from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as error:
+        if folder.exists() or _hub_offline():
+            raise _unavailable(name, error) from error
+    try:
+        return _from_pretrained(source, local_files_only=False)
+    except (OSError, ValueError) as error:
+        raise _unavailable(name, error) from error
+
+
+def _from_pretrained(source: str | Path, local_files_only: bool) -> tuple[Any, torch.nn.Module]:
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+    model = AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_files_only)
+    return processor, model
+
+
+def _unavailable(name: str, error: Exception) -> SegmentationModelError:
+    return SegmentationModelError(
+        f"cannot load segmentation model {name!r}: {error}. Without network access, fetch the model "
+        "(config.json, weights and preprocessor_config.json) on another machine, e.g. with the Hugging Face "
+        "CLI's download command or save_pretrained, copy the folder here and pass it: --model PATH"
+    )
 
 
 class Segmenter:
@@ -162,48 +125,30 @@ class Segmenter:
 
     Args:
         model_id_or_path: a local folder saved with ``save_pretrained`` (model and
-            image processor), or a model id of the Hugging Face hub, looked up in the
-            local cache first and downloaded only when the hub is not marked offline.
-        device: where the network runs.
+            image processor) or a hub model id (see ``load_segmentation_model``).
+        device: where the network runs (``auto``, ``cpu``, ``cuda``, ... or a ``torch.device``).
         image_size: ``(H, W)`` the image processor resizes to; ``None`` keeps the
             processor's own size.
     """
 
-    def __init__(self, model_id_or_path: str | Path = DEFAULT_SEGMENTATION_MODEL, device: str | torch.device = "cpu",
-                 image_size: Sequence[int] | None = None) -> None:  # fmt: skip
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
+    def __init__(
+        self,
+        model_id_or_path: str | Path = DEFAULT_SEGMENTATION_MODEL,
+        device: str | torch.device = "cpu",
+        image_size: Sequence[int] | None = None,
+    ) -> None:
         self.name = str(model_id_or_path)
-        self.device = torch.device(device)
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.image_size = None if image_size is None else _image_size(image_size)
-        source = Path(self.name).expanduser()
-        if source.exists():
-            if not (source / "config.json").is_file():
-                raise FileNotFoundError(f"segmentation model folder {source} has no config.json (save it with save_pretrained)")
-            name_or_path: str | Path = source
-        elif _looks_like_a_path(self.name):
-            raise FileNotFoundError(f"segmentation model folder {source} does not exist")
-        else:
-            name_or_path = self.name
-        # The local copy (a folder, or the hub cache) is always tried first; a
-        # download only when the model is not there and the hub is not offline.
-        attempts = [True] if source.exists() or _hub_offline() else [True, False]
-        for attempt, local_files_only in enumerate(attempts, start=1):
-            try:
-                self.processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=local_files_only)
-                self.model = AutoModelForSemanticSegmentation.from_pretrained(name_or_path, local_files_only=local_files_only)
-                break
-            except (OSError, ValueError) as error:
-                if attempt < len(attempts):
-                    continue
-                raise SegmentationModelError(
-                    f"cannot load segmentation model {self.name!r}: {error}. Without network access, fetch the model "
-                    "(config.json, weights and preprocessor_config.json) on another machine, e.g. with the Hugging Face "
-                    "CLI's download command or save_pretrained, copy the folder here and pass it: --model PATH"
-                ) from error
+        self.processor, self.model = load_segmentation_model(model_id_or_path)
         self.model.eval().to(self.device)
-        self.lookup = torch.from_numpy(label_mapping(self.model.config.id2label)).to(self.device)
-        self.model_labels = {int(i): str(n) for i, n in self.model.config.id2label.items()}
+        id2label = self.model.config.id2label
+        try:
+            lookup = label_mapping(id2label)
+        except ValueError as error:
+            raise SegmentationModelError(f"segmentation model {self.name!r}: {error}") from error
+        self.lookup = torch.from_numpy(lookup).to(self.device)
+        self.model_labels = {int(i): str(label) for i, label in id2label.items()}
 
     @torch.inference_mode()
     def segment(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
@@ -264,8 +209,11 @@ def segmentation_path(root: str | Path, image_relpath: str | Path) -> Path:
 
 def write_class_map(path: str | Path, class_map: np.ndarray) -> None:
     """Write ``class_map (H, W)`` uint8 as a single-channel PNG, atomically."""
+    class_map = np.ascontiguousarray(class_map, dtype=np.uint8)
+    if class_map.ndim != 2:
+        raise ValueError(f"a class map must have shape (H, W), got {class_map.shape} for {path}")
     with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(class_map, dtype=np.uint8), mode="L").save(tmp, format="PNG")
+        Image.fromarray(class_map).save(tmp, format="PNG")  # a 2-D uint8 array is a mode "L" image
 
 
 def write_classes_file(root: str | Path, segmenter: Segmenter) -> Path:
@@ -301,6 +249,24 @@ def _warn_if_model_changed(classes_path: Path, model: str, kept: int) -> None:
         )
 
 
+class _ImageFiles(Dataset):
+    """Decoded images for a DataLoader; an unreadable one comes back as its error, not raised in a worker."""
+
+    def __init__(self, images_dir: Path, relpaths: Sequence[Path]) -> None:
+        self.images_dir = images_dir
+        self.relpaths = list(relpaths)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def __getitem__(self, index: int) -> tuple[Path, Image.Image | None, ImageLoadError | None]:
+        relpath = self.relpaths[index]
+        try:
+            return relpath, load_image(self.images_dir / relpath), None
+        except ImageLoadError as error:
+            return relpath, None, error
+
+
 def segment_dataset(
     root: str | Path,
     model_id_or_path: str | Path = DEFAULT_SEGMENTATION_MODEL,
@@ -311,12 +277,14 @@ def segment_dataset(
     skip_bad_images: bool = False,
     progress: bool = True,
     image_size: Sequence[int] | None = None,
+    num_workers: int = 0,
 ) -> SegmentationReport:
     """Write a Cityscapes-trainId segmentation map for every image of a folder-format dataset.
 
     Existing maps are kept (counted as skipped) unless ``overwrite``. An
     unreadable image raises ``ImageLoadError`` naming it, or with
-    ``skip_bad_images`` is logged and counted as failed. Also writes
+    ``skip_bad_images`` is logged and counted as failed. ``num_workers``
+    processes decode images while the network runs. Also writes
     ``ROOT/segmentation/classes.json``.
     """
     if batch_size < 1:
@@ -337,31 +305,24 @@ def segment_dataset(
     report.classes_path = write_classes_file(root, segmenter)
     log.info("segmenting %d images of %s (%d already done) with %s", len(todo), root, report.skipped, segmenter.name)
 
-    bar = tqdm(total=len(todo), desc="segmenting", unit="img", disable=not progress)
-    batch: list[tuple[Path, Image.Image]] = []
-
-    def flush() -> None:
-        for (relpath, _), class_map in zip(batch, segmenter.segment([image for _, image in batch])):
-            write_class_map(segmentation_path(root, relpath), class_map)
-            report.written += 1
-        bar.update(len(batch))
-        batch.clear()
-
-    try:
-        for relpath in todo:
-            try:
-                batch.append((relpath, load_image(root / "images" / relpath)))
-            except ImageLoadError as error:
+    loader = DataLoader(
+        _ImageFiles(root / "images", todo), batch_size=batch_size, num_workers=num_workers, collate_fn=list
+    )
+    with tqdm(total=len(todo), desc="segmenting", unit="img", disable=not progress) as bar:
+        for items in loader:
+            batch = []
+            for relpath, image, error in items:
+                if error is None:
+                    batch.append((relpath, image))
+                    continue
                 if not skip_bad_images:
-                    raise
+                    raise error
                 log.warning("skipping unreadable image: %s", error)
                 report.failed += 1
                 report.failed_paths.append(root / "images" / relpath)
-                bar.update(1)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-    finally:
-        bar.close()
+            for (relpath, _), class_map in zip(batch, segmenter.segment([image for _, image in batch])):
+                write_class_map(segmentation_path(root, relpath), class_map)
+                report.written += 1
+            bar.update(len(items))
     report.seconds = time.perf_counter() - start
     return report

@@ -45,7 +45,8 @@ class StructuralClassMap:
             raise ValueError(f"lookup must be a (256,) uint8 table, got {lookup.dtype} of shape {lookup.shape}")
         bad = (lookup >= len(self.names)) & (lookup != IGNORE_ID)
         if bad.any():
-            raise ValueError(f"lookup maps id {int(np.flatnonzero(bad)[0])} to a class index beyond {len(self.names) - 1}")
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"lookup maps id {first} to class index {lookup[first]}, beyond {len(self.names) - 1}")
         lookup = lookup.copy()
         lookup.flags.writeable = False
         object.__setattr__(self, "lookup", lookup)
@@ -153,7 +154,9 @@ def _synonym_table(config: dict[str, Any], names: tuple[str, ...], path: Path) -
     table: dict[str, str] = {}
     for class_name, synonyms in (config.get("name_synonyms") or {}).items():
         if class_name not in names:
-            raise ValueError(f"{path}: name_synonyms.{class_name} is not a structural class (classes: {', '.join(names)})")
+            raise ValueError(
+                f"{path}: name_synonyms.{class_name} is not a structural class (classes: {', '.join(names)})"
+            )
         for synonym in synonyms or []:
             key = _normalise(synonym)
             if table.get(key, class_name) != class_name:

@@ -43,7 +43,7 @@ def evaluate_run(
     model = load_model(run_dir, device=device)
     result = evaluate_model(model, test_set, image_size=image_size, batch_size=batch_size, device=device,
                             input_kind=input_kind, progress=False)
-    per_condition = {c: dict(v["recall"]) for c, v in (result.recall_per_condition or {}).items()}
+    per_condition = {c: dict(v["recall"] or {}) for c, v in (result.recall_per_condition or {}).items()}
     counts = {c: int(v["num_queries"]) for c, v in (result.recall_per_condition or {}).items()}
     return ResultRow(
         name=name,

@@ -30,7 +30,7 @@ from torch import Tensor
 from vprdistill.losses.masking import mean_over_valid
 from vprdistill.losses.regression import descriptor_regression, squared_distance
 from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, TupleDescriptors, paired_teacher
+from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, paired_teacher
 
 FORMS = ("paper", "official")
 
@@ -44,23 +44,16 @@ def cross_metric_distance(student: TupleDescriptors, teacher: TupleDescriptors) 
     return squared_distance(student.anchor, teacher.positive) + squared_distance(student.positive, teacher.anchor)
 
 
-def official_pair_distance(student: TupleDescriptors, teacher: TupleDescriptors, w_soft: float, w_cm: float) -> tuple[Tensor, Tensor]:
-    """The official code's per-pair sums: soft part and cross-metric part, each ``(B, Nn)``.
+def official_pair_distances(student: TupleDescriptors, teacher: TupleDescriptors) -> tuple[Tensor, Tensor]:
+    """The official code's two sums for every (query, negative) pair, unweighted, each ``(B, Nn)``.
 
     Returns:
-        ``soft``: ``||S(a)−T(a)||² + ||S(p)−T(p)||² + ||S(n)−T(n)||²`` and ``cm``:
-        ``||S(a)−T(p)||² + ||S(p)−T(a)||²`` for every (query, negative) pair, unweighted
-        (the weights only say which parts are needed).
+        ``soft = ||S(a)−T(a)||² + ||S(p)−T(p)||² + ||S(n)−T(n)||²`` and
+        ``cm = ||S(a)−T(p)||² + ||S(p)−T(a)||²`` (the same for all negatives of a query).
     """
-    shape = student.negatives.shape[:2]
-    zeros = torch.zeros(shape, dtype=student.anchor.dtype, device=student.anchor.device)
-    soft = zeros
-    if w_soft:
-        per_query = squared_distance(student.anchor, teacher.anchor) + squared_distance(student.positive, teacher.positive)
-        soft = per_query.unsqueeze(1) + squared_distance(student.negatives, teacher.negatives)
-    cm = zeros
-    if w_cm:
-        cm = cross_metric_distance(student, teacher).unsqueeze(1).expand(shape)
+    per_query = squared_distance(student.anchor, teacher.anchor) + squared_distance(student.positive, teacher.positive)
+    soft = per_query.unsqueeze(1) + squared_distance(student.negatives, teacher.negatives)
+    cm = cross_metric_distance(student, teacher).unsqueeze(1).expand_as(soft)
     return soft, cm
 
 
@@ -105,7 +98,7 @@ class CrossMetricDistillationLoss:
             student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
         )
         total = self.w_hard * hard
-        terms = {"hard": hard.item()}
+        terms: Terms = {"hard": hard}
         if self.requires_teacher:
             teacher = paired_teacher(student, teacher, "CrossMetricDistillationLoss")
             if teacher.dim != student.dim:
@@ -117,30 +110,29 @@ class CrossMetricDistillationLoss:
                 total = total + self._paper_terms(student, teacher, terms)
             else:
                 total = total + self._official_term(student, teacher, terms)
-        terms["total"] = total.item()
-        return LossOutput(total, terms)
+        return LossOutput.from_tensors(total, terms)
 
-    def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: dict[str, float]) -> Tensor:
+    def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:
         weighted = torch.zeros((), dtype=student.anchor.dtype, device=student.anchor.device)
         if self.w_soft > 0:
             soft = descriptor_regression(student, teacher).mean()
-            terms["soft"] = soft.item()
+            terms["soft"] = soft
             weighted = weighted + self.w_soft * soft
         if self.w_cm > 0:
             cross_metric = cross_metric_distance(student, teacher).mean()
-            terms["cross_metric"] = cross_metric.item()
+            terms["cross_metric"] = cross_metric
             weighted = weighted + self.w_cm * cross_metric
         return weighted
 
-    def _official_term(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: dict[str, float]) -> Tensor:
-        soft, cross_metric = official_pair_distance(student, teacher, self.w_soft, self.w_cm)
+    def _official_term(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:
+        soft, cross_metric = official_pair_distances(student, teacher)
         distance = self.w_soft * soft + self.w_cm * cross_metric
         per_pair = 0.5 * torch.clamp(self.margin + distance, min=0).pow(2)
         mask = student.negative_mask
         if self.w_soft > 0:
-            terms["soft"] = mean_over_valid(soft, mask).item()
+            terms["soft"] = mean_over_valid(soft, mask)
         if self.w_cm > 0:
-            terms["cross_metric"] = mean_over_valid(cross_metric, mask).item()
+            terms["cross_metric"] = mean_over_valid(cross_metric, mask)
         kd = mean_over_valid(per_pair, mask)
-        terms["kd"] = kd.item()
+        terms["kd"] = kd
         return kd

@@ -1,4 +1,6 @@
-"""Relational knowledge distillation, distance-wise (Park et al., CVPR 2019): the "other counterpart" of TSCM's ablation.
+"""Relational knowledge distillation, distance-wise (Park et al., CVPR 2019).
+
+TSCM's ablation compares its cross-metric loss with RKD as "the other counterpart".
 
 The student copies the *shape* of the teacher's batch, not its coordinates: pairwise
 distances of both models, each divided by its own mean, are matched with a Huber
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, TupleDescriptors, paired_teacher
+from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, paired_teacher
 
 
 def _mean_normalised(distances: Tensor) -> Tensor:
@@ -90,11 +92,10 @@ class RelationalDistillationLoss:
             student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
         )
         total = self.w_hard * hard
-        terms = {"hard": hard.item()}
+        terms: Terms = {"hard": hard}
         if self.requires_teacher:
             teacher = paired_teacher(student, teacher, "RelationalDistillationLoss")
             rkd = rkd_distance_loss(flatten_tuples(student), flatten_tuples(teacher))
-            terms["rkd"] = rkd.item()
+            terms["rkd"] = rkd
             total = total + self.w_rkd * rkd
-        terms["total"] = total.item()
-        return LossOutput(total, terms)
+        return LossOutput.from_tensors(total, terms)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vprdistill.losses.regression import descriptor_regression
 from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, TupleDescriptors, paired_teacher
+from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, paired_teacher
 from vprdistill.losses.weighting import SampleWeighting, build_sample_weighting, compute_ranks
 
 
@@ -75,9 +75,8 @@ def similarity_distribution_kl(
     if candidate_mask is not None and not bool(candidate_mask[:, 0].all()):
         raise ValueError("similarity_distribution_kl: candidate_mask[:, 0] (the positive) must be True for every tuple")
     with torch.no_grad():
-        teacher_probabilities = F.softmax(
-            _similarity_logits(teacher_anchor.detach(), teacher_candidates.detach(), temperature, candidate_mask), dim=-1
-        )
+        teacher_logits = _similarity_logits(teacher_anchor, teacher_candidates, temperature, candidate_mask)
+        teacher_probabilities = F.softmax(teacher_logits, dim=-1)
     student_log_probabilities = F.log_softmax(
         _similarity_logits(student_anchor, student_candidates, temperature, candidate_mask), dim=-1
     )
@@ -97,7 +96,9 @@ def _build_weighting(weighting: str | Mapping[str, Any] | SampleWeighting) -> Sa
         return build_sample_weighting(params.pop("name"), **params)
     if callable(weighting):
         return weighting
-    raise ValueError(f"StructuralDistillationLoss.weighting: expected a name, a mapping or a callable, got {weighting!r}")
+    raise ValueError(
+        f"StructuralDistillationLoss.weighting: expected a name, a mapping or a callable, got {weighting!r}"
+    )
 
 
 @dataclass
@@ -147,7 +148,7 @@ class StructuralDistillationLoss:
             student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
         )
         total = self.w_hard * hard
-        terms = {"hard": hard.item()}
+        terms: Terms = {"hard": hard}
         if self.requires_teacher:
             teacher = paired_teacher(student, teacher, "StructuralDistillationLoss")
             if self.w_regression > 0 and teacher.dim != student.dim:
@@ -157,10 +158,9 @@ class StructuralDistillationLoss:
                 )
             distillation = self._distillation(student, teacher, terms)
             total = total + distillation
-        terms["total"] = total.item()
-        return LossOutput(total, terms)
+        return LossOutput.from_tensors(total, terms)
 
-    def _distillation(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: dict[str, float]) -> Tensor:
+    def _distillation(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:
         student_candidates, mask = student.candidates()
         teacher_candidates, _ = teacher.candidates()
         kl = similarity_distribution_kl(
@@ -171,13 +171,13 @@ class StructuralDistillationLoss:
         weights, stats = self._weighting(r_teacher, r_student)
         weights = weights.detach().to(dtype=kl.dtype, device=kl.device)
         per_sample = self.w_kd * kl
-        terms["kl"] = kl.mean().item()
-        terms["weighted_kl"] = (weights * kl).mean().item()
+        terms["kl"] = kl.mean()
+        terms["weighted_kl"] = (weights * kl).mean()
         if self.w_regression > 0:
             regression = descriptor_regression(student, teacher)
-            terms["regression"] = regression.mean().item()
+            terms["regression"] = regression.mean()
             per_sample = per_sample + self.w_regression * regression
         distillation = (weights * per_sample).mean()
-        terms["distillation"] = distillation.item()
+        terms["distillation"] = distillation
         terms.update({f"partition/{key}": value for key, value in stats.items()})
         return distillation

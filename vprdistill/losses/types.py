@@ -7,11 +7,14 @@ valid ones, and every loss of this package ignores the others.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 from torch import Tensor
+
+# Loss terms while they are computed: tensors (converted to floats at the end) or floats.
+Terms = dict[str, Tensor | float]
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,17 @@ class LossOutput:
     total: Tensor
     terms: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_tensors(cls, total: Tensor, terms: Terms) -> LossOutput:
+        """Pack ``total`` and its terms, adding ``terms["total"]``; tensor terms become floats in one device sync."""
+        names = [name for name, value in terms.items() if isinstance(value, Tensor)]
+        dtype = total.dtype if total.is_floating_point() else torch.float32
+        stacked = [terms[name].detach().reshape(()).to(dtype) for name in names] + [total.detach()]
+        converted = dict(zip([*names, "total"], torch.stack(stacked).tolist()))
+        floats = {name: converted[name] if name in converted else float(value) for name, value in terms.items()}
+        floats["total"] = converted["total"]
+        return cls(total, floats)
+
 
 class DistillationLoss(Protocol):
     """What the training loop calls on a batch of tuples.
@@ -125,6 +139,4 @@ def paired_teacher(student: TupleDescriptors, teacher: TupleDescriptors | None, 
         )
     if teacher.negative_mask is not None and not torch.equal(teacher.valid_negatives(), student.valid_negatives()):
         raise ValueError(f"{loss_name}: teacher.negative_mask differs from student.negative_mask")
-    return TupleDescriptors(
-        teacher.anchor.detach(), teacher.positive.detach(), teacher.negatives.detach(), student.negative_mask
-    )
+    return replace(teacher.detach(), negative_mask=student.negative_mask)

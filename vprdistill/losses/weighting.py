@@ -86,10 +86,17 @@ def partition_stats(groups: Tensor, weights: Tensor, r_teacher: Tensor, r_studen
     """Statistics to log: ``share/<group>`` (shares of the batch, summing to 1), ``mean_weight``,
     and ``both_wrong_teacher_better_share`` (share of the batch both wrong with r_T < r_S)."""
     count = max(groups.numel(), 1)
-    stats = {f"share/{name}": (groups == index).sum().item() / count for index, name in enumerate(GROUP_NAMES)}
     teacher_better = (groups == BOTH_WRONG) & (r_teacher < r_student)
-    stats["both_wrong_teacher_better_share"] = teacher_better.sum().item() / count
-    stats["mean_weight"] = weights.mean().item() if weights.numel() else 0.0
+    sums = torch.cat(
+        [
+            torch.bincount(groups, minlength=len(GROUP_NAMES)).float(),
+            teacher_better.sum().reshape(1).float(),
+            weights.detach().sum().reshape(1).float(),
+        ]
+    ).tolist()  # one device sync for all statistics
+    stats = {f"share/{name}": sums[index] / count for index, name in enumerate(GROUP_NAMES)}
+    stats["both_wrong_teacher_better_share"] = sums[len(GROUP_NAMES)] / count
+    stats["mean_weight"] = sums[-1] / count
     return stats
 
 

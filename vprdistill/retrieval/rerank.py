@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vprdistill.retrieval.local_features import (
+    Estimator,
     Geometry,
     feature_map_to_descriptors,
     mutual_nearest_neighbours,
@@ -200,6 +201,7 @@ class PatchReranker(_CachedReranker):
             suits a coarse 14x14 grid, and its point-to-point error in cells is a
             meaningful threshold, whereas a fundamental matrix's point-to-line
             error accepts nearly any match at cell resolution.
+        estimator: ``usac`` (OpenCV's USAC, default) or ``ransac`` (classic).
         cache_size: database images whose descriptors are kept in memory.
         cache_dtype: storage type of cached descriptors (float16 halves memory).
     """
@@ -211,6 +213,7 @@ class PatchReranker(_CachedReranker):
         feature_fn: FeatureFn,
         ransac_threshold: float = 1.5,
         geometry: Geometry = "homography",
+        estimator: Estimator = "usac",
         cache_size: int = 2048,
         cache_dtype: np.dtype | type = np.float16,
     ) -> None:
@@ -218,6 +221,7 @@ class PatchReranker(_CachedReranker):
         self.feature_fn = feature_fn
         self.ransac_threshold = ransac_threshold
         self.geometry = geometry
+        self.estimator = estimator
         self.cache_dtype = cache_dtype
 
     def _compute(self, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -232,7 +236,9 @@ class PatchReranker(_CachedReranker):
         return described
 
     def _score(self, query_features: Any, candidate_features: Any) -> int:
-        return patch_inliers_from_descriptors(query_features, candidate_features, self.ransac_threshold, self.geometry)
+        return patch_inliers_from_descriptors(
+            query_features, candidate_features, self.ransac_threshold, self.geometry, self.estimator
+        )
 
 
 class SiftReranker(_CachedReranker):
@@ -245,6 +251,7 @@ class SiftReranker(_CachedReranker):
         geometry: a fundamental matrix by default (our choice): keypoints are
             located to a pixel, and street scenes are not planar, so the epipolar
             constraint keeps inliers a single homography would drop.
+        estimator: ``usac`` (OpenCV's USAC, default) or ``ransac`` (classic).
         max_side: images are shrunk so their longer side is at most this many pixels.
         max_keypoints: strongest keypoints kept per image (0: all).
         cache_size: database images whose keypoints are kept in memory.
@@ -258,6 +265,7 @@ class SiftReranker(_CachedReranker):
         ratio: float = 0.75,
         ransac_threshold: float = 3.0,
         geometry: Geometry = "fundamental",
+        estimator: Estimator = "usac",
         max_side: int | None = 640,
         max_keypoints: int = 2000,
         cache_size: int = 1024,
@@ -267,6 +275,7 @@ class SiftReranker(_CachedReranker):
         self.ratio = ratio
         self.ransac_threshold = ransac_threshold
         self.geometry = geometry
+        self.estimator = estimator
         self.max_side = max_side
         self.max_keypoints = max_keypoints
 
@@ -274,7 +283,9 @@ class SiftReranker(_CachedReranker):
         return [sift_features(np.asarray(self.image_loader(p)), self.max_side, self.max_keypoints) for p in paths]
 
     def _score(self, query_features: Any, candidate_features: Any) -> int:
-        return sift_inliers_from_features(query_features, candidate_features, self.ratio, self.ransac_threshold, self.geometry)
+        return sift_inliers_from_features(
+            query_features, candidate_features, self.ratio, self.ransac_threshold, self.geometry, self.estimator
+        )
 
 
 def build_reranker(

@@ -37,7 +37,7 @@ def _as_descriptors(array: np.ndarray, name: str) -> np.ndarray:
 
 def _raise_non_finite(database: np.ndarray, queries: np.ndarray) -> None:
     """Name the array whose values made the scores non-finite."""
-    for name, array in (("queries", queries), ("database", database)):
+    for name, array in (("query", queries), ("database", database)):
         bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
         if bad_rows.size:
             raise ValueError(f"{name} descriptors contain NaN or inf (rows {bad_rows[:5].tolist()}...)")

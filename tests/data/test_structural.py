@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vprdistill.data.structural import IGNORE_ID, StructuralClassMap
+
+CITYSCAPES_NAMES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]  # fmt: skip
+
+
+def test_default_classes() -> None:
+    class_map = StructuralClassMap.from_yaml()
+    assert class_map.num_classes == 10
+    assert class_map.names == (
+        "road", "sidewalk", "building", "wall_fence", "pole_sign",
+        "vegetation", "terrain", "sky", "vehicle", "person",
+    )  # fmt: skip
+    assert class_map.lookup.shape == (256,) and class_map.lookup.dtype == np.uint8
+
+
+def test_every_cityscapes_train_id_maps_and_void_is_ignored() -> None:
+    class_map = StructuralClassMap.from_yaml(source="cityscapes")
+    mapped = class_map.map_ids(np.arange(256, dtype=np.uint8))
+    assert np.all(mapped[:19] < class_map.num_classes)
+    assert np.all(mapped[19:] == IGNORE_ID)
+    assert set(mapped[:19].tolist()) == set(range(class_map.num_classes))  # no structural class left unused
+    names = class_map.names
+    for train_id, expected in ((0, "road"), (4, "wall_fence"), (7, "pole_sign"), (12, "person"), (18, "vehicle")):
+        assert names[mapped[train_id]] == expected
+
+
+def test_one_hot() -> None:
+    class_map = StructuralClassMap.from_yaml()
+    ids = np.random.default_rng(0).integers(0, 19, size=(9, 11)).astype(np.uint8)
+    ids[0, :] = 255
+    ids[1, 0] = 200  # not a Cityscapes trainId: ignored too
+    one_hot = class_map.one_hot(ids)
+    assert one_hot.shape == (10, 9, 11) and one_hot.dtype == torch.float32
+    known = class_map.lookup[ids] != IGNORE_ID
+    sums = one_hot.sum(dim=0).numpy()
+    assert np.all(sums[known] == 1) and np.all(sums[~known] == 0)
+    np.testing.assert_array_equal(one_hot.argmax(dim=0).numpy()[known], class_map.map_ids(ids)[known])
+    with pytest.raises(ValueError, match="0..255"):
+        class_map.map_ids(np.array([[300]]))
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        class_map.one_hot(np.zeros((2, 2, 3), dtype=np.uint8))
+
+
+def test_label_names_agree_with_the_id_mapping() -> None:
+    by_names = StructuralClassMap.from_label_names({str(i): n for i, n in enumerate(CITYSCAPES_NAMES)})
+    np.testing.assert_array_equal(by_names.lookup, StructuralClassMap.from_yaml().lookup)
+
+
+def test_label_names_synonyms_and_unknowns(caplog: pytest.LogCaptureFixture) -> None:
+    id2label = {
+        0: "Building;edifice", 1: "tree", 2: "Traffic Sign (Front)", 3: "bed", 4: "Lane_Marking-General", 5: "van",
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        class_map = StructuralClassMap.from_label_names(id2label)
+    names = class_map.names
+    mapped = class_map.map_ids(np.arange(6))
+    assert [names[i] if i != IGNORE_ID else None for i in mapped] == [
+        "building", "vegetation", "pole_sign", None, "road", "vehicle",
+    ]  # fmt: skip
+    assert "3:bed" in caplog.text
+
+
+def test_bad_yaml_names_file_and_entry(tmp_path: Path) -> None:
+    path = tmp_path / "classes.yaml"
+    path.write_text("classes: [road, sky]\nsources:\n  mine:\n    0: road\n    1: river\n")
+    with pytest.raises(ValueError, match=r"classes\.yaml.*sources\.mine\.1.*river"):
+        StructuralClassMap.from_yaml(path, source="mine")
+    with pytest.raises(ValueError, match="no mapping for source 'cityscapes'"):
+        StructuralClassMap.from_yaml(path)
+    path.write_text("classes: [road, sky]\nname_synonyms:\n  road: [street]\n  sky: [street]\n")
+    with pytest.raises(ValueError, match="street"):
+        StructuralClassMap.from_label_names({0: "street"}, path)

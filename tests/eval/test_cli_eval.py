@@ -1,0 +1,69 @@
+"""``vprdistill eval`` end to end on the tiny dataset: table, JSON, predictions CSV, descriptors, pictures."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from vprdistill.cli.main import main
+from vprdistill.models.checkpoint import save_model
+from vprdistill.models.registry import build_model
+
+
+def test_eval_writes_every_output(tiny_places, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([
+        "eval", "--model", "resnet18-gem", "--dataset", str(tiny_places), "--image-size", "40",
+        "--recalls", "1", "5", "--batch-size", "4", "--device", "cpu", "--no-progress",
+        "--json", str(out / "report.json"), "--save-predictions", str(out / "predictions.csv"),
+        "--save-descriptors", str(out / "descriptors"), "--save-pictures", "2",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "R@1" in printed and "night" in printed and "ms/image" in printed
+
+    report = json.loads((out / "report.json").read_text())
+    for key in ("recall", "num_queries", "num_queries_without_positive", "num_database", "threshold_m",
+                "descriptor_dim", "ms_per_image", "ms_per_query", "recall_per_condition", "model", "settings"):
+        assert key in report, key
+    assert set(report["recall"]) == {"1", "5"}
+    assert report["settings"]["image_size"] == [40, 40]
+
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["query", "prediction_1", "prediction_2", "prediction_3", "prediction_4", "prediction_5"]
+    assert len(rows) == 1 + report["num_queries"]
+    assert all(len(row) == 6 for row in rows[1:])
+    assert all(row[0].endswith(".jpg") and "queries" in row[0] for row in rows[1:])
+
+    database = np.load(out / "descriptors" / "database.npy")
+    queries = np.load(out / "descriptors" / "queries.npy")
+    paths = json.loads((out / "descriptors" / "paths.json").read_text())
+    assert database.dtype == queries.dtype == np.float32
+    assert database.shape == (len(paths["database"]), 512) and queries.shape == (len(paths["queries"]), 512)
+    # The CSV's first prediction is the database image whose saved descriptor scores highest.
+    best = np.argmax(queries @ database.T, axis=1)
+    assert [row[1] for row in rows[1:]] == [paths["database"][i] for i in best]
+
+    pictures = sorted((out / "report_pictures").glob("*.png"))
+    assert len(pictures) == 2
+
+
+def test_eval_of_a_checkpoint_uses_the_run_image_size(tiny_places, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(build_model("structvpr-rgb-tiny"), run / "best")
+    (run / "config.yaml").write_text("data:\n  image_size: [32, 48]\n")
+    assert main(["eval", "--model", str(run), "--dataset", str(tiny_places), "--no-progress",
+                 "--json", str(tmp_path / "r.json"), "--threshold", "10"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["image_size"] == [32, 48]
+    assert report["threshold_m"] == 10.0
+
+
+def test_eval_names_a_bad_model(tiny_places, capsys):
+    assert main(["eval", "--model", "no-such-model", "--dataset", str(tiny_places)]) == 1
+    assert "no-such-model" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""evaluate_descriptors / evaluate_model on the tiny near-copy dataset, with and without a re-ranker."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vprdistill.data.readers import open_dataset
+from vprdistill.eval.evaluate import evaluate_descriptors, evaluate_model
+from vprdistill.models.checkpoint import model_fingerprint
+from vprdistill.models.registry import build_model
+
+REQUIRED_KEYS = {
+    "recall", "num_queries", "num_queries_without_positive", "num_database", "threshold_m",
+    "descriptor_dim", "ms_per_image", "ms_per_query", "model", "dataset", "split",
+}  # fmt: skip
+
+
+def place_descriptors(dataset, shift: int = 0, dim: int = 16, seed: int = 0):
+    """Random unit database descriptors; each query gets the descriptor of the database image
+    nearest to it on the map, moved ``shift`` places along the database (0: the right one)."""
+    rng = np.random.default_rng(seed)
+    database = rng.standard_normal((dataset.num_database, dim)).astype(np.float32)
+    database /= np.linalg.norm(database, axis=1, keepdims=True)
+    nearest = np.array([np.argmin(dataset.distances_to_database(q)) for q in range(dataset.num_queries)])
+    return database, database[(nearest + shift) % dataset.num_database].copy()
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_places):
+    return open_dataset(tiny_places, split="test")
+
+
+def test_perfect_descriptors_give_full_recall_and_wrong_ones_none(dataset):
+    database, queries = place_descriptors(dataset)
+    result = evaluate_descriptors(database, queries, dataset, threshold_m=25.0, recall_ns=(1, 5, 10, 20))
+    assert result.recall == {"1": 100.0, "5": 100.0, "10": 100.0, "20": 100.0}
+    assert result.num_queries == 6 and result.num_queries_without_positive == 1 and result.num_database == 8
+    assert result.descriptor_dim == 16 and result.ms_per_query >= 0
+    # Each query's first prediction is the database image 4 m away.
+    for query in range(dataset.num_queries):
+        if len(result.positives[query]):
+            assert dataset.distances_to_database(query)[result.predictions[query, 0]] < 5.0
+
+    database, queries = place_descriptors(dataset, shift=1)
+    wrong = evaluate_descriptors(database, queries, dataset, recall_ns=(1, 5))
+    assert wrong.recall["1"] == 0.0
+    assert 0.0 <= wrong.recall["5"] <= 100.0
+
+
+def test_recall_per_condition_and_recall_beyond_database_size(dataset):
+    database, queries = place_descriptors(dataset, shift=1)
+    # Make the night queries right and every other query wrong.
+    right_database, right_queries = place_descriptors(dataset)
+    night = np.array([c == "night" for c in dataset.query_conditions()])
+    queries[night] = right_queries[night]
+    result = evaluate_descriptors(right_database, queries, dataset, recall_ns=(1, 20))
+    table = result.recall_per_condition
+    assert set(table) == {"day", "night", "unknown"}
+    assert table["night"]["recall"]["1"] == 100.0 and table["night"]["num_queries"] == 2
+    assert table["day"]["recall"]["1"] == 0.0
+    assert table["day"]["num_queries"] == 3 and table["day"]["num_queries_without_positive"] == 1
+    assert sum(row["num_queries"] for row in table.values()) == result.num_queries
+    # 8 database images: the top 20 is the whole database, which holds every positive.
+    assert result.predictions.shape == (6, 8)
+    assert result.recall["20"] == 100.0
+
+
+def test_reranker_function_and_object_are_applied_after_the_global_search(dataset):
+    database, queries = place_descriptors(dataset)
+
+    def reverse(query_index, candidates):
+        return candidates[::-1]
+
+    result = evaluate_descriptors(database, queries, dataset, recall_ns=(1, 5, 8), reranker=reverse, rerank_topk=8)
+    assert result.recall_before_rerank == {"1": 100.0, "5": 100.0, "8": 100.0}
+    # Reversed, the right image comes last of the 8.
+    assert result.recall == {"1": 0.0, "5": 0.0, "8": 100.0}
+    report = result.to_json()
+    assert report["rerank"]["topk"] == 8 and "recall_before_rerank" in report
+
+    class PathReranker:
+        """Puts first the candidate whose file name is nearest in position to the query's (from the path only)."""
+
+        kind = "by-name"
+        timing = None
+
+        def rerank(self, query_path, candidate_paths, global_order):
+            east = float(query_path.name.split("@")[1])
+            gaps = [abs(float(p.name.split("@")[1]) - east) for p in candidate_paths]
+            return np.asarray(global_order)[np.argsort(gaps, kind="stable")]
+
+    database, queries = place_descriptors(dataset, shift=3)
+    result = evaluate_descriptors(database, queries, dataset, recall_ns=(1,), reranker=PathReranker(), rerank_topk=8)
+    assert result.recall_before_rerank == {"1": 0.0}
+    assert result.recall == {"1": 100.0}
+    assert result.to_json()["rerank"]["kind"] == "by-name"
+
+    with pytest.raises(ValueError, match="not distinct candidates"):
+        evaluate_descriptors(database, queries, dataset, reranker=lambda q, c: np.array([99]), rerank_topk=3)
+
+
+def test_evaluate_model_returns_the_report_fields(dataset):
+    model = build_model("resnet18-gem")
+    model.train()
+    result = evaluate_model(model, dataset, image_size=48, batch_size=4, progress=False)
+    assert model.training, "evaluation must restore the model's training flag"
+    report = json.loads(json.dumps(result.to_json()))
+    assert REQUIRED_KEYS <= set(report)
+    assert set(report["recall"]) == {"1", "5", "10", "20"}
+    assert all(0.0 <= v <= 100.0 for v in report["recall"].values())
+    assert report["descriptor_dim"] == model.descriptor_dim == 512
+    assert report["num_queries"] == 6 and report["num_queries_without_positive"] == 1
+    assert report["ms_per_image"] > 0 and report["ms_per_query"] >= 0
+    assert report["model"]["fingerprint"] == model_fingerprint(model)
+    assert report["extraction"]["database"]["image_size"] == [48, 48]
+    assert set(report["recall_per_condition"]) == {"day", "night", "unknown"}
+    assert "predictions" not in report
+    # The same numbers come out of the descriptors it returns.
+    again = evaluate_descriptors(result.database_descriptors, result.query_descriptors, dataset)
+    assert again.recall == result.recall
+    np.testing.assert_array_equal(again.predictions, result.predictions)
+
+
+def test_descriptor_rows_do_not_match_the_dataset(dataset):
+    database, queries = place_descriptors(dataset)
+    with pytest.raises(ValueError, match="do not match"):
+        evaluate_descriptors(database[:-1], queries, dataset)

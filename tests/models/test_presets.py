@@ -1,0 +1,99 @@
+"""Presets: descriptor shapes and normalisation, parameter counts, overrides and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vprdistill.models import PlaceModel, build_model, list_presets, resolve_config
+
+TINY_PRESETS = ["resnet18-gem", "tscm-teacher-tiny", "tscm-student-tiny", "structvpr-rgb-tiny", "structvpr-seg-tiny"]
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", TINY_PRESETS)
+def test_tiny_presets_give_unit_descriptors_and_local_features(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    assert isinstance(model, PlaceModel) and model.config["name"] == name
+    x = torch.rand(2, model.input_channels, 64, 64)
+    with torch.no_grad():
+        descriptors = model(x)
+        local = model.local_features(x)
+    assert descriptors.shape == (2, model.descriptor_dim)
+    assert torch.allclose(descriptors.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(descriptors[0], descriptors[1])
+    assert local.ndim == 4 and local.shape[0] == 2 and local.shape[-1] in (2, 4)
+    assert sum(_parameters(part) for part in model.parts().values()) == _parameters(model)
+
+
+def test_tiny_teacher_and_student_descriptors_are_comparable_at_any_size() -> None:
+    teacher, student = build_model("tscm-teacher-tiny").eval(), build_model("tscm-student-tiny").eval()
+    assert teacher.descriptor_dim == student.descriptor_dim == 512
+    for size in (48, 96, 128):
+        x = torch.rand(1, 3, size, size)
+        with torch.no_grad():
+            assert teacher(x).shape == student(x).shape == (1, 512)
+            assert teacher.local_features(x).shape == (1, 256, size // 16, size // 16)
+
+
+def test_tscm_local_features_are_the_resnet_stage3_map() -> None:
+    model = build_model("tscm-student-tiny").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.local_features(x), model.net.cnn(x))
+
+
+def test_full_size_parameter_counts() -> None:
+    # Built on the meta device: the sizes are real, no memory is used and nothing is downloaded.
+    with torch.device("meta"):
+        teacher, student = build_model("tscm-teacher"), build_model("tscm-student")
+    assert 120e6 <= _parameters(teacher) <= 130e6
+    assert 12e6 <= _parameters(student) <= 14e6
+    assert teacher.descriptor_dim == student.descriptor_dim == 2048
+    student_parts = {name: _parameters(part) for name, part in student.parts().items()}
+    assert student_parts["cnn"] == 8_543_296
+    assert student_parts["patch_embed"] == 3 * 768 * 16 * 16 + 768
+    assert student_parts["token_proj"] == 256 * 1024 + 1024
+    with torch.no_grad():
+        assert teacher(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 2048)
+        assert student(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 2048)
+
+
+def test_every_preset_builds_with_its_stated_sizes() -> None:
+    with torch.device("meta"):
+        sizes = {name: build_model(name) for name in list_presets()}
+    assert sizes["resnet18-netvlad"].descriptor_dim == 256 * 64
+    assert sizes["structvpr-seg"].input_channels == 10 and sizes["structvpr-seg-tiny"].input_channels == 10
+    assert sizes["structvpr-rgb"].descriptor_dim == sizes["structvpr-seg"].descriptor_dim
+
+
+def test_preset_override_key_by_key() -> None:
+    model = build_model({"preset": "tscm-student-tiny", "descriptor_dim": 256})
+    assert model.descriptor_dim == 256 and "projection" in model.parts()
+    model = build_model("tscm-student-tiny", token_head={"clusters": 4})
+    assert model.net.token_head.clusters == 4 and model.net.token_head.output_dim == 64
+    assert model.config["token_head"] == {"name": "netvlad-loupe", "clusters": 4, "output_dim": 64}
+    assert build_model(model.config).config == model.config  # the config rebuilds the model
+
+
+def test_seg_input_channels_are_a_config_field() -> None:
+    model = build_model("structvpr-seg-tiny", input_channels=6)
+    assert model.input_channels == 6
+    assert model(torch.rand(2, 6, 32, 32)).shape == (2, 256)
+    with pytest.raises(ValueError, match=r"\(B, 6, H, W\)"):
+        model(torch.rand(2, 3, 32, 32))
+
+
+def test_unknown_names_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="tscm-student-tiny"):
+        build_model("tscm-studnet")
+    with pytest.raises(ValueError, match="descriptor_dim"):
+        build_model({"preset": "tscm-student-tiny", "descriptor_dims": 3})
+    with pytest.raises(ValueError, match="cross-attention"):
+        build_model("tscm-teacher-tiny", fusion={"name": "concat"})
+    with pytest.raises(ValueError, match="generic"):
+        resolve_config({"backbone": {"name": "resnet18"}})

@@ -1,0 +1,234 @@
+"""``vprdistill eval``: Recall@N of a trained model (or an untrained preset) on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from vprdistill.cli.common import add_device_args, apply_device_args
+
+EPILOG = """examples:
+  vprdistill eval --model runs/student --dataset data/pitts30k --json student.json
+  vprdistill eval --model resnet18-gem --dataset data/synthcity --image-size 64 --save-pictures 8
+  vprdistill eval --model runs/student/best.safetensors --dataset data/pitts30k --threshold 10"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="Recall@N of a model on a dataset split (exact search, UTM ground truth)",
+        description="Compute descriptors of a split's database and queries, search exactly by inner product "
+        "and report Recall@N over the queries with a database image within --threshold metres, per query "
+        "condition too when the file names carry one. MODEL is a run folder, a checkpoint "
+        "(.safetensors/.json/stem) or a preset name (an untrained model, for baselines).",
+        epilog=EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="for a preset: load its ImageNet backbone weights (from the local cache)")
+    parser.add_argument("--dataset", required=True, type=Path, metavar="PATH",
+                        help="folder-format root, a root holding *_<split>.mat, or a .mat file")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat"))
+    parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
+    parser.add_argument("--threshold", type=float, default=25.0, help="metres within which a database image is right")
+    parser.add_argument("--recalls", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N", help="the N of Recall@N")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
+                        help="input size, one value or H W (default: the run's training size, else 224)")
+    parser.add_argument("--input", default="auto", choices=("auto", "rgb", "seg"),
+                        help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)")
+    parser.add_argument("--structural-source", default=None,
+                        help="label set of the segmentation maps, for --input seg (default: the run's, else cityscapes)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument("--search-backend", default="matmul", choices=("matmul", "faiss"),
+                        help="exact search implementation (same results)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the report as JSON")
+    parser.add_argument("--save-predictions", type=Path, default=None, metavar="OUT.csv",
+                        help="CSV: each query path followed by its top-K database paths (K = max N)")
+    parser.add_argument("--save-descriptors", type=Path, default=None, metavar="DIR",
+                        help="write database.npy, queries.npy (float32) and paths.json")
+    parser.add_argument("--save-pictures", type=int, default=0, metavar="N",
+                        help="write pictures of N queries with their top-5 (green right, red wrong)")
+    parser.add_argument("--pictures-dir", type=Path, default=None, metavar="DIR",
+                        help="where --save-pictures goes (default: <json stem>_pictures, else eval_pictures)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run_settings(model_spec: str) -> dict[str, Any]:
+    """The ``data`` section of the training config next to a checkpoint (empty when there is none).
+
+    A run folder records the image size and input a model was trained with, so
+    evaluation uses the same unless told otherwise.
+    """
+    path = Path(model_spec)
+    folder = path if path.is_dir() else path.parent
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{config_file}: not valid YAML ({error})") from error
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def load_model_or_preset(spec: str, device, pretrained: bool = False):
+    """A checkpoint (run folder, file or stem) if ``spec`` names one, else an untrained preset."""
+    from vprdistill.models.checkpoint import load_model
+    from vprdistill.models.registry import build_model, list_presets
+
+    path = Path(spec)
+    if path.exists() or path.with_name(path.name + ".json").exists():
+        return load_model(path, device=device)
+    if spec in list_presets():
+        return build_model(spec, pretrained=pretrained).to(device).eval()
+    raise FileNotFoundError(
+        f"--model {spec!r} is neither an existing run folder or checkpoint nor a preset ({', '.join(list_presets())})"
+    )
+
+
+def _image_size(args: argparse.Namespace, settings: dict[str, Any], model) -> tuple[int, int]:
+    from vprdistill.eval.evaluate import default_image_size
+
+    size = args.image_size if args.image_size is not None else settings.get("image_size")
+    if size is None:
+        return default_image_size(model)
+    size = [size] if isinstance(size, int) else list(size)
+    if len(size) not in (1, 2) or min(size) <= 0:
+        raise ValueError(f"--image-size takes one positive value or H W, got {size}")
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The terminal table: Recall@N overall and per condition, counts and timing."""
+    ns = list(report["recall"])
+    model = report.get("model") or {}
+    settings = report.get("settings", {})
+    lines = [
+        f"model {model.get('name', '?')} (fingerprint {model.get('fingerprint', '?')}), "
+        f"{report['descriptor_dim']}-d descriptors",
+        f"dataset {report['dataset']} split {report['split']}: {report['num_database']} database images, "
+        f"{report['num_queries']} queries ({report['num_queries_without_positive']} without a positive within "
+        f"{report['threshold_m']:g} m, left out)",
+        f"descriptors {report['ms_per_image']:.2f} ms/image (batch {settings.get('batch_size')}, "
+        f"{'x'.join(str(s) for s in settings.get('image_size', []))} px, {settings.get('device')}, "
+        f"{settings.get('threads')} threads); search {report['ms_per_query']:.3f} ms/query "
+        f"against {report['num_database']} ({settings.get('search_backend')})",
+        "",
+    ]
+    header = f"{'':16s}" + "".join(f"{'R@' + n:>8s}" for n in ns) + f"{'queries':>10s}"
+    lines.append(header)
+    counted = report["num_queries"] - report["num_queries_without_positive"]
+    lines.append(f"{'all':16s}" + "".join(f"{report['recall'][n]:8.2f}" for n in ns) + f"{counted:10d}")
+    if report.get("recall_before_rerank"):
+        before = report["recall_before_rerank"]
+        lines.append(f"{'before re-rank':16s}" + "".join(f"{before[n]:8.2f}" for n in ns) + f"{counted:10d}")
+    for condition, row in (report.get("recall_per_condition") or {}).items():
+        counted = row["num_queries"] - row["num_queries_without_positive"]
+        cells = "".join(f"{row['recall'][n]:8.2f}" if row["recall"] else f"{'-':>8s}" for n in ns)
+        lines.append(f"{condition[:16]:16s}" + cells + f"{counted:10d}")
+    return "\n".join(lines)
+
+
+def write_predictions_csv(path: Path, dataset, predictions: np.ndarray) -> None:
+    """Header, then per query: its path and its top-K database paths in rank order."""
+    from vprdistill.utils.atomic import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["query"] + [f"prediction_{rank}" for rank in range(1, predictions.shape[1] + 1)])
+    for query_path, row in zip(dataset.query_paths, predictions):
+        writer.writerow([str(query_path)] + [str(dataset.database_paths[i]) for i in row])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_descriptors(folder: Path, dataset, result) -> None:
+    """``database.npy`` (N, D) and ``queries.npy`` (M, D) float32, with ``paths.json`` naming their rows."""
+    from vprdistill.utils.atomic import atomic_path, atomic_write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in (("database", result.database_descriptors), ("queries", result.query_descriptors)):
+        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(array, dtype=np.float32))
+    atomic_write_json(
+        folder / "paths.json",
+        {
+            "dataset": dataset.name,
+            "split": dataset.split,
+            "model": result.model,
+            "database": [str(p) for p in dataset.database_paths],
+            "queries": [str(p) for p in dataset.query_paths],
+        },
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vprdistill.data.readers import open_dataset
+    from vprdistill.eval.evaluate import evaluate_model
+    from vprdistill.eval.pictures import save_prediction_pictures
+    from vprdistill.utils.atomic import atomic_write_json
+
+    if args.save_pictures < 0:
+        raise ValueError(f"--save-pictures takes a number of queries, got {args.save_pictures}")
+    device = apply_device_args(args)
+    settings = run_settings(args.model)
+    dataset = open_dataset(args.dataset, split=args.split, reader=args.reader, skip_bad_images=args.skip_bad_images)
+    model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
+    image_size = _image_size(args, settings, model)
+    input_kind = None if args.input == "auto" else args.input
+    result = evaluate_model(
+        model,
+        dataset,
+        threshold_m=args.threshold,
+        recall_ns=args.recalls,
+        image_size=image_size,
+        batch_size=args.batch_size,
+        device=device,
+        num_workers=args.num_workers,
+        input_kind=input_kind,
+        structural_source=args.structural_source or settings.get("structural_source", "cityscapes"),
+        search_backend=args.search_backend,
+        progress=not args.no_progress,
+    )
+    report = result.to_json()
+    report["settings"] = {
+        "model": args.model,
+        "dataset_root": str(args.dataset),
+        "image_size": list(image_size),
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "search_backend": args.search_backend,
+        "recall_ns": sorted(set(args.recalls)),
+    }
+    print(format_report(report))
+    if args.json is not None:
+        atomic_write_json(args.json, report)
+        print(f"report: {args.json}")
+    if args.save_predictions is not None:
+        write_predictions_csv(args.save_predictions, dataset, result.predictions)
+        print(f"predictions: {args.save_predictions}")
+    if args.save_descriptors is not None:
+        write_descriptors(args.save_descriptors, dataset, result)
+        print(f"descriptors: {args.save_descriptors}")
+    if args.save_pictures:
+        folder = args.pictures_dir or (
+            args.json.with_name(args.json.stem + "_pictures") if args.json is not None else Path("eval_pictures")
+        )
+        written = save_prediction_pictures(dataset, result.predictions, result.positives, folder, args.save_pictures)
+        print(f"pictures: {len(written)} in {folder}")
+    return 0
+

@@ -1,0 +1,48 @@
+"""``vprdistill info``: parameters per part, descriptor size and FLOPs of a preset or a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="parameters, descriptor size and FLOPs of a model preset or checkpoint",
+        description="Print a model's parameters per part, its descriptor size and its FLOPs at an image size. "
+        "MODEL is a preset name (see --list) or a checkpoint: a run folder, a .safetensors/.json file or a stem.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", metavar="MODEL_OR_PRESET", help="preset name or checkpoint path")
+    parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N",
+                        help="input size: one value for square images, or H W")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--list", action="store_true", help="list the model presets and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vprdistill.models.checkpoint import load_model
+    from vprdistill.models.registry import build_model, list_presets
+    from vprdistill.models.summary import format_summary, summarize
+
+    if args.list:
+        print("\n".join(list_presets()))
+        return 0
+    if not args.model:
+        raise ValueError("give a preset name or a checkpoint path (presets: " + ", ".join(list_presets()) + ")")
+    if args.model in list_presets():
+        # Shapes and FLOPs need no real weights: build on the meta device, instantly and without memory.
+        with torch.device("meta"):
+            model = build_model(args.model)
+    elif Path(args.model).exists() or Path(args.model + ".json").exists():
+        model = load_model(args.model)
+    else:
+        raise ValueError(f"{args.model!r} is neither a model preset ({', '.join(list_presets())}) nor an existing checkpoint path")
+    summary = summarize(model, args.image_size)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0

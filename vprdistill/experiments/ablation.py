@@ -1,0 +1,58 @@
+"""Shared machinery of the ablation experiments: train a variant (or reuse its run), aggregate over seeds."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from vprdistill.train.config import load_config
+from vprdistill.train.loop import train
+
+
+@dataclass
+class Budget:
+    """The training budget every variant of an ablation gets, identical across variants."""
+
+    image_size: int = 64
+    epochs: int = 4
+    max_train_queries: int = 400
+    max_val_queries: int = 150
+    num_negatives: int = 6
+    negative_samples: int = 300
+
+    def overrides(self) -> list[str]:
+        return [
+            f"data.image_size=[{self.image_size}, {self.image_size}]",
+            f"epochs={self.epochs}",
+            f"data.max_train_queries={self.max_train_queries}",
+            f"data.max_val_queries={self.max_val_queries}",
+            f"mining.num_negatives={self.num_negatives}",
+            f"mining.negative_samples={self.negative_samples}",
+            "progress=false",
+        ]
+
+
+def teachers_override(teachers: Sequence[dict]) -> str:
+    return "method.teachers=" + yaml.safe_dump(list(teachers), default_flow_style=True, width=10_000).strip()
+
+
+def train_variant(preset: str, overrides: Sequence[str], run_dir: Path) -> tuple[Path, str]:
+    """Train ``preset`` with ``overrides`` into ``run_dir`` (resuming a finished or interrupted run).
+
+    Returns the run folder and the command that reproduces it.
+    """
+    config = load_config(preset, list(overrides))
+    train(config, run_dir, resume=(run_dir / "last_state.pt").is_file())
+    command = f"vprdistill train {preset} " + " ".join(shlex.quote(o) for o in overrides) + f" --out {run_dir}"
+    return run_dir, command
+
+
+def mean_and_spread(values: Sequence[float]) -> str:
+    """``mean ± std`` over seeds (population std; one seed gives ± 0.0)."""
+    array = np.asarray(values, dtype=float)
+    return f"{array.mean():.1f} ± {array.std():.1f}"

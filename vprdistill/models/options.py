@@ -1,0 +1,28 @@
+"""Calling a part's constructor with options from a config dict, with errors that name the bad key."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+
+def call_with_options(factory: Callable[..., Any], options: Mapping[str, Any], what: str, **fixed: Any) -> Any:
+    """``factory(**fixed, **options)``, refusing option names the factory does not take.
+
+    Args:
+        factory: a class or function with explicit keyword parameters.
+        options: the config's keys for this part.
+        what: how the part is named in errors, e.g. ``"aggregator 'gem'"``.
+        fixed: arguments the builder supplies itself (sizes taken from the previous part).
+    """
+    parameters = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    valid = sorted(name for name, p in parameters.items() if name not in fixed and name != "self"
+                   and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    unknown = sorted(key for key in options if key not in valid)
+    if unknown and not takes_any:
+        raise ValueError(f"{what}: unknown option(s) {unknown}; valid: {valid}")
+    clashing = sorted(key for key in options if key in fixed)
+    if clashing:
+        raise ValueError(f"{what}: option(s) {clashing} are set by the model builder, not the config")
+    return factory(**fixed, **options)

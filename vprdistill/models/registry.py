@@ -1,0 +1,222 @@
+"""Presets and ``build_model``: a model is a config dict of named parts, not a subclass.
+
+A config names its ``architecture`` (``generic``, ``tscm-teacher``,
+``tscm-student``) and that architecture's parts: backbone specs (any timm
+name, or ``torchvision:<arch>``), aggregator specs (:data:`AGGREGATORS`) and a
+fusion spec (:data:`FUSIONS`). A preset is such a dict with a name; a config
+may start from one and override it key by key, nested dicts merged::
+
+    build_model("tscm-student-tiny")
+    build_model({"preset": "tscm-student-tiny", "descriptor_dim": 256})
+    build_model("resnet18-gem", backbone={"truncate_after": "layer3"})
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable, Mapping
+
+import torch.nn as nn
+
+from vprdistill.models.aggregators import AGGREGATORS
+from vprdistill.models.fusion import FUSIONS
+from vprdistill.models.generic import build_generic_net
+from vprdistill.models.options import call_with_options
+from vprdistill.models.place_model import PlaceModel
+from vprdistill.models.tscm import build_tscm_student_net, build_tscm_teacher_net
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "generic": build_generic_net,
+    "tscm-teacher": build_tscm_teacher_net,
+    "tscm-student": build_tscm_student_net,
+}
+
+# ResNets carry torchvision's ImageNet weights (timm tag ``tv_in1k``), as the reference
+# implementations of TSCM, NetVLAD and CosPlace start from them.
+_RESNET50_L3 = {"name": "resnet50.tv_in1k", "truncate_after": "layer3"}
+_RESNET18_L3 = {"name": "resnet18.tv_in1k", "truncate_after": "layer3"}
+_GEM = {"name": "gem", "p": 3.0}
+
+#: Number of structural classes the StructVPR seg-branch sees as one-hot channels by default.
+DEFAULT_STRUCTURAL_CLASSES = 10
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Baselines, CosPlace-style: GeM then a linear layer.
+    "resnet18-gem": {
+        "architecture": "generic",
+        "backbone": {"name": "resnet18.tv_in1k"},
+        "aggregator": _GEM,
+        "projection": True,
+        "descriptor_dim": 512,
+    },
+    "resnet50-gem": {
+        "architecture": "generic",
+        "backbone": {"name": "resnet50.tv_in1k"},
+        "aggregator": _GEM,
+        "projection": True,
+        "descriptor_dim": 2048,
+    },
+    # NetVLAD on ResNet-18 cut after layer3 (256 × 64 clusters = 16384-d).
+    "resnet18-netvlad": {
+        "architecture": "generic",
+        "backbone": _RESNET18_L3,
+        "aggregator": {"name": "netvlad", "clusters": 64},
+    },
+    # TSCM (METHODS.md §4). 32 clusters per teacher head: our choice, see tscm.py.
+    "tscm-teacher": {
+        "architecture": "tscm-teacher",
+        "cnn": _RESNET50_L3,
+        "vit": {"name": "vit_base_patch16_224", "dynamic_img_size": True},
+        "pool": _GEM,
+        "token_dim": 512,
+        "fusion": {"name": "cross-attention", "heads": 4, "ffn_dim": 1024, "dropout": 0.1},
+        "heads": {
+            "cnn": {"name": "netvlad-loupe", "clusters": 32, "output_dim": 256},
+            "fused": {"name": "netvlad-loupe", "clusters": 32, "output_dim": 512},
+            "vit": {"name": "netvlad-loupe", "clusters": 32, "output_dim": 256},
+        },
+        "descriptor_dim": 2048,
+    },
+    "tscm-student": {
+        "architecture": "tscm-student",
+        "cnn": _RESNET50_L3,
+        "pool": _GEM,
+        "patch_size": 16,
+        "patch_dim": 768,
+        "token_head": {"name": "netvlad-loupe", "clusters": 16, "output_dim": 256},
+        "token_proj_dim": 1024,
+        "descriptor_dim": 2048,
+    },
+    # Tiny TSCM pair for CPU runs: same structure, ResNet-18 (to layer3, 256 channels) and a
+    # 2-block ViT-Tiny (192 wide) that takes any size divisible by 16; both give 512-d descriptors.
+    "tscm-teacher-tiny": {
+        "architecture": "tscm-teacher",
+        "cnn": _RESNET18_L3,
+        "vit": {
+            "name": "vit_tiny_patch16_224", "depth": 2, "img_size": 128,
+            "dynamic_img_size": True, "pretrained_strict": False,
+        },
+        "pool": _GEM,
+        "token_dim": 128,
+        "fusion": {"name": "cross-attention", "heads": 4, "ffn_dim": 256, "dropout": 0.1},
+        "heads": {
+            "cnn": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 64},
+            "fused": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 128},
+            "vit": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 64},
+        },
+        "descriptor_dim": 512,
+    },
+    "tscm-student-tiny": {
+        "architecture": "tscm-student",
+        "cnn": _RESNET18_L3,
+        "pool": _GEM,
+        "patch_size": 16,
+        "patch_dim": 192,
+        "token_head": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 64},
+        "token_proj_dim": 256,
+        "descriptor_dim": 512,
+    },
+    # StructVPR (METHODS.md §5, our specification): RGB branch and seg-branch share the
+    # architecture; the seg-branch takes one-hot maps of C structural classes.
+    "structvpr-rgb": {
+        "architecture": "generic",
+        "backbone": _RESNET50_L3,
+        "aggregator": _GEM,
+    },
+    "structvpr-seg": {
+        "architecture": "generic",
+        "backbone": _RESNET50_L3,
+        "aggregator": _GEM,
+        "input_channels": DEFAULT_STRUCTURAL_CLASSES,
+    },
+    "structvpr-rgb-tiny": {
+        "architecture": "generic",
+        "backbone": _RESNET18_L3,
+        "aggregator": _GEM,
+    },
+    "structvpr-seg-tiny": {
+        "architecture": "generic",
+        "backbone": _RESNET18_L3,
+        "aggregator": _GEM,
+        "input_channels": DEFAULT_STRUCTURAL_CLASSES,
+    },
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the built-in presets."""
+    return sorted(PRESETS)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` applied: nested dicts merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_config(name_or_config: str | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The full config a preset name or a (partial) config dict stands for.
+
+    A dict with ``"preset"`` starts from that preset; its other keys and then
+    ``overrides`` are merged on top. The result has no ``preset`` key: it is
+    self-contained, so a saved model rebuilds even if presets change.
+    """
+    if isinstance(name_or_config, str):
+        config: dict[str, Any] = {"preset": name_or_config}
+    elif isinstance(name_or_config, Mapping):
+        config = dict(name_or_config)
+    else:
+        raise ValueError(f"a model is a preset name or a config dict, got {type(name_or_config).__name__}")
+    config = deep_merge(config, overrides)
+    preset = config.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; valid: {', '.join(list_presets())}")
+        config = deep_merge(PRESETS[preset], config)
+        config.setdefault("name", preset)
+    if "architecture" not in config:
+        raise ValueError(
+            f"model config needs 'preset' (one of {', '.join(list_presets())}) or 'architecture' "
+            f"(one of {', '.join(sorted(ARCHITECTURES))}); got keys {sorted(config)}"
+        )
+    config.setdefault("input_channels", 3)
+    try:
+        json.dumps(config)
+    except TypeError as error:
+        raise ValueError(f"model config must be JSON-serialisable: {error}") from error
+    return config
+
+
+def build_model(name_or_config: str | Mapping[str, Any], pretrained: bool = False, **overrides: Any) -> PlaceModel:
+    """Build a :class:`PlaceModel` from a preset name or config dict.
+
+    Args:
+        name_or_config: a preset name (:func:`list_presets`) or a config dict (may hold ``"preset"``).
+        pretrained: load ImageNet weights into the backbones (from the timm cache, or from each
+            backbone spec's ``weights_path``); other layers start from their random initialisation.
+        overrides: config keys merged on top (nested dicts key by key).
+
+    Raises:
+        ValueError: unknown preset, architecture, part or option (the message lists the valid ones).
+    """
+    config = resolve_config(name_or_config, **overrides)
+    architecture = config["architecture"]
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+    options = {key: value for key, value in config.items() if key not in ("name", "architecture")}
+    what = f"model {config.get('name', architecture)!r} (architecture {architecture!r})"
+    net = call_with_options(ARCHITECTURES[architecture], options, what, pretrained=pretrained)
+    config["descriptor_dim"] = int(net.descriptor_dim)
+    return PlaceModel(net, config)
+
+
+__all__ = [
+    "AGGREGATORS", "ARCHITECTURES", "DEFAULT_STRUCTURAL_CLASSES", "FUSIONS", "PRESETS",
+    "build_model", "deep_merge", "list_presets", "resolve_config",
+]
