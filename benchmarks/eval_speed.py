@@ -12,6 +12,7 @@ single queries, checks that they return the same neighbours and writes the
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -37,14 +38,10 @@ def numpy_full_sort(database: np.ndarray, queries: np.ndarray, k: int) -> np.nda
     return np.argsort(-(queries @ database.T), axis=1, kind="stable")[:, :k]
 
 
-def best_ms_per_query(run: Callable[[], object], num_queries: int, repeats: int) -> float:
-    """Best of ``repeats`` wall-clock runs, in ms per query (the minimum is the least noisy estimate)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best / num_queries
+def seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def single_query_loop(search: Callable[[np.ndarray], object], queries: np.ndarray) -> Callable[[], None]:
@@ -53,6 +50,15 @@ def single_query_loop(search: Callable[[np.ndarray], object], queries: np.ndarra
             search(queries[row : row + 1])
 
     return run
+
+
+def blas_threads() -> str:
+    """Thread count of each BLAS/OpenMP library loaded (NumPy's OpenBLAS, faiss's, torch's)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown"
+    return ", ".join(f"{Path(i['filepath']).name.split('-')[0]} {i['num_threads']}" for i in threadpool_info())
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> float:
@@ -73,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    if args.threads:
+        # NumPy's BLAS ignores torch's setting; give every library the same number of threads.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
     import faiss
 
     rng = np.random.default_rng(args.seed)
@@ -92,14 +103,27 @@ def main(argv: list[str] | None = None) -> int:
         "numpy argsort (full sort)": lambda q: numpy_full_sort(database, q, k),
     }
     reference = faiss_index.search(batch, k)[1]
-    rows = []
+    agreements = {}
     for name, search in methods.items():
         search(batch[:8])  # warm-up: thread pools, page faults
-        agree = agreement(reference, search(batch))
-        batched = best_ms_per_query(lambda: search(batch), len(batch), args.repeats)
-        single = best_ms_per_query(single_query_loop(search, singles), len(singles), args.repeats)
-        rows.append((name, batched, single, agree))
-        print(f"{name:40s} batched {batched:8.3f} ms/query   single {single:8.3f} ms/query   agreement {agree:.4f}")
+        agreements[name] = agreement(reference, search(batch))
+    # Methods take turns within each repetition, so a change of load on a shared
+    # machine hits all of them alike; the best of the repetitions is kept.
+    batched_s = {name: [] for name in methods}
+    single_s = {name: [] for name in methods}
+    load_before = os.getloadavg()[0]
+    for _ in range(args.repeats):
+        for name, search in methods.items():
+            batched_s[name].append(seconds(lambda: search(batch)))
+            single_s[name].append(seconds(single_query_loop(search, singles)))
+    load_after = os.getloadavg()[0]
+    rows = []
+    for name in methods:
+        batched = 1e3 * min(batched_s[name]) / len(batch)
+        single = 1e3 * min(single_s[name]) / len(singles)
+        rows.append((name, batched, single, agreements[name]))
+        print(f"{name:40s} batched {batched:8.3f} ms/query   single {single:8.3f} ms/query   "
+              f"agreement {agreements[name]:.4f}")
 
     faiss_batched, faiss_single = next((b, s) for n, b, s, _ in rows if n.startswith("faiss"))
     table = [
@@ -120,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- Date: {today()}",
             f"- Database {args.database:,} × {args.dim} random L2-normalised float32 (seed {args.seed}), top-{k}; "
             f"batched = {args.batch_queries} queries in one call, single = a loop of {args.single_queries} one-query calls; "
-            f"best of {args.repeats} runs.",
+            f"methods take turns, best of {args.repeats} runs; threads: {blas_threads()}; "
+            f"load average {load_before:.1f} before, {load_after:.1f} after (2-core machine shared with other work).",
             "- 'vs faiss' = faiss time / method time (above 1 is faster than faiss). Agreement below 100% comes from "
             "float32 rounding of near-tied scores.",
             f"- Command: `{command.strip()}`",

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Hub libraries read this when imported: tests never wait on a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # Tests run on two cores next to each other; one torch thread each keeps them from fighting.
 torch.set_num_threads(int(os.environ.get("VPRDISTILL_TEST_THREADS", "1")))
 
@@ -16,7 +19,6 @@ torch.set_num_threads(int(os.environ.get("VPRDISTILL_TEST_THREADS", "1")))
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Teacher descriptor caches and hub look-ups never touch the user's home during tests."""
     os.environ["VPRDISTILL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

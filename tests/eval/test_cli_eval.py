@@ -6,7 +6,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 
 from vprdistill.cli.main import main
 from vprdistill.models.checkpoint import save_model

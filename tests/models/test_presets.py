@@ -26,7 +26,8 @@ def test_tiny_presets_give_unit_descriptors_and_local_features(name: str) -> Non
     assert descriptors.shape == (2, model.descriptor_dim)
     assert torch.allclose(descriptors.norm(dim=1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(descriptors[0], descriptors[1])
-    assert local.ndim == 4 and local.shape[0] == 2 and local.shape[-1] in (2, 4)
+    side = 64 // (32 if name == "resnet18-gem" else 16)  # the whole ResNet-18, or cut after layer3
+    assert local.shape == (2, 512 if name == "resnet18-gem" else 256, side, side)
     assert sum(_parameters(part) for part in model.parts().values()) == _parameters(model)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vprdistill.retrieval.search import SEARCH_BACKENDS, FlatIndex, exact_search
+from vprdistill.retrieval.search import ONEDNN_MIN_QUERIES, SEARCH_BACKENDS, FlatIndex, exact_search
 
 
 def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -20,13 +20,17 @@ def brute_force(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
 
 
 @pytest.mark.parametrize("backend", SEARCH_BACKENDS)
-@pytest.mark.parametrize("batch_size", [None, 7])
-def test_exact_search_matches_brute_force(backend, batch_size):
+@pytest.mark.parametrize(
+    "num_queries, batch_size",
+    # 7: NumPy blocks only; 150 in blocks of 100 and 50: a oneDNN block, then a NumPy one.
+    [(40, None), (40, 7), (150, None), (150, 100)],
+)
+def test_exact_search_matches_brute_force(backend, num_queries, batch_size):
     rng = np.random.default_rng(0)
-    database, queries = unit_rows(rng, 300, 32), unit_rows(rng, 40, 32)
+    database, queries = unit_rows(rng, 300, 32), unit_rows(rng, num_queries, 32)
     scores, indices = exact_search(database, queries, 10, batch_size=batch_size, backend=backend)
     expected_scores, expected_indices = brute_force(database, queries, 10)
-    assert scores.shape == indices.shape == (40, 10)
+    assert scores.shape == indices.shape == (num_queries, 10)
     assert scores.dtype == np.float32 and indices.dtype == np.int64
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
@@ -76,6 +80,9 @@ def test_bad_input_gives_clear_errors(backend):
     bad_database[7, 2] = np.nan
     with pytest.raises(ValueError, match=r"database descriptors contain NaN or inf \(rows \[7\]"):
         exact_search(bad_database, queries, 3, backend=backend)
+    many_queries = unit_rows(rng, ONEDNN_MIN_QUERIES + 1, 8)
+    with pytest.raises(ValueError, match=r"database descriptors contain NaN or inf \(rows \[7\]"):
+        exact_search(bad_database, many_queries, 3, backend=backend)
     bad_queries = queries.copy()
     bad_queries[1, 0] = np.inf
     with pytest.raises(ValueError, match=r"query descriptors contain NaN or inf \(rows \[1\]"):

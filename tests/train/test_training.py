@@ -35,26 +35,30 @@ def tiny_config(dataset, **extra):
     return load_config("baseline/synth-resnet18-gem", overrides)
 
 
-def _test_recall_at_1(model, dataset_root) -> float:
-    test_set = open_dataset(dataset_root, split="test")
-    result = evaluate_model(model, test_set, image_size=(IMAGE_SIZE, IMAGE_SIZE), device="cpu", progress=False)
+def _recall_at_1(model, dataset_root, split: str) -> float:
+    dataset = open_dataset(dataset_root, split=split)
+    result = evaluate_model(model, dataset, image_size=(IMAGE_SIZE, IMAGE_SIZE), device="cpu", progress=False)
     return result.recall["1"]
 
 
-def test_two_epochs_improve_recall_over_the_untrained_model(synth_tiny, tmp_path):
-    config = tiny_config(synth_tiny)
+def test_training_improves_recall_over_the_untrained_model(synth_tiny, tmp_path):
+    # Measured on the training split's queries against its database: with 32 training
+    # queries the tiny split cannot show generalisation reliably (RESULTS.md does that on
+    # the small preset), but whether the loop learns what it is asked to learn can fail
+    # (wrong loss sign, mining that picks the wrong positive, an optimiser never stepping).
+    config = tiny_config(synth_tiny, epochs=4)
     seed_everything(config.seed)
     untrained = build_model(config.model)
-    before = _test_recall_at_1(untrained, synth_tiny)
+    before = _recall_at_1(untrained, synth_tiny, "train")
     result = train(config, tmp_path / "run")
-    after = _test_recall_at_1(load_model(result.run_dir), synth_tiny)
-    assert after > before, f"R@1 did not improve: {before:.1f} -> {after:.1f}"
+    after = _recall_at_1(load_model(result.run_dir / "last.safetensors"), synth_tiny, "train")
+    assert after >= before + 10, f"training-split R@1 did not improve by 10 points: {before:.1f} -> {after:.1f}"
     # The run folder holds everything a user needs to inspect and reuse the run.
     for name in ("config.yaml", "metrics.jsonl", "train.log", "best.safetensors", "best.json",
                  "last.safetensors", "last.json", "last_state.pt"):
         assert (result.run_dir / name).is_file(), name
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     assert all("1" in m["val_recall"] for m in metrics)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from vprdistill.data.readers import open_dataset
     from vprdistill.eval.evaluate import evaluate_model
     from vprdistill.eval.pictures import save_prediction_pictures
-    from vprdistill.utils.atomic import atomic_write_json
+    from vprdistill.utils.atomic import atomic_write_text
 
     if args.save_pictures < 0:
         raise ValueError(f"--save-pictures takes a number of queries, got {args.save_pictures}")
@@ -216,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     }
     print(format_report(report))
     if args.json is not None:
-        atomic_write_json(args.json, report)
+        # Not sorted: recall keys stay in order of N.
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.json}")
     if args.save_predictions is not None:
         write_predictions_csv(args.save_predictions, dataset, result.predictions)

@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     elif Path(args.model).exists() or Path(args.model + ".json").exists():
         model = load_model(args.model)
     else:
-        raise ValueError(f"{args.model!r} is neither a model preset ({', '.join(list_presets())}) nor an existing checkpoint path")
+        raise ValueError(
+            f"{args.model!r} is neither a model preset ({', '.join(list_presets())}) nor an existing checkpoint path"
+        )
     summary = summarize(model, args.image_size)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

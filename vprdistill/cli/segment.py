@@ -18,6 +18,10 @@ ROOT/segmentation/<split>/<database|queries>/<image name>.png, mirroring ROOT/im
 Existing maps are kept, so an interrupted run resumes; --overwrite redoes them."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option, and the examples kept as written."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vprdistill.data.segmenter import DEFAULT_SEGMENTATION_MODEL
 
@@ -27,16 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a semantic-segmentation model (Hugging Face transformers) on every image of "
         "ROOT/images/<split>/ and write Cityscapes-trainId maps to ROOT/segmentation/, plus classes.json.",
         epilog=EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="folder-format dataset root (holds images/)")
     parser.add_argument("--model", default=DEFAULT_SEGMENTATION_MODEL, metavar="ID_OR_PATH",
-                        help="model id (from the local cache when offline) or a folder saved with save_pretrained")
-    parser.add_argument("--batch-size", type=int, default=8)
+                        help="hub model id (read from the local cache when offline) or a folder saved with save_pretrained")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass of the network")
     parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
-                        help="splits to segment, e.g. train val test (default: every folder under images/)")
+                        help="splits to segment, e.g. train val test; None: every folder under images/")
     parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
-                        help="network input size H [W] (default: the model's image processor's size)")
+                        help="network input size H [W]; None: the size of the model's image processor")
     parser.add_argument("--workers", type=int, default=2, help="processes decoding images while the network runs")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     parser.add_argument("--skip-bad-images", action="store_true",

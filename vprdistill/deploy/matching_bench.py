@@ -49,22 +49,38 @@ def random_unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarra
 
 
 def structured_descriptors(
-    rng: np.random.Generator, num_database: int, num_queries: int, dim: int, latent_dim: int = 128, noise: float = 0.5
+    rng: np.random.Generator,
+    num_database: int,
+    num_queries: int,
+    dim: int,
+    latent_dim: int = 128,
+    route_correlation: float = 0.9,
+    view_noise: float = 0.5,
+    appearance_noise: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Place-like descriptors: database `(N, dim)` and queries `(M, dim)`, L2-normalised.
+    """Route-like descriptors: database `(N, dim)` and queries `(M, dim)`, L2-normalised.
 
-    Each place is a ``latent_dim`` Gaussian factor mapped linearly into ``dim``
-    dimensions plus isotropic noise (appearance); a query is a perturbed view
-    of a random database place. Unlike uniform random vectors, these have the
-    low-rank structure that makes PCA meaningful, as real descriptors do.
+    Places follow a route: each place's ``latent_dim`` Gaussian factor is the
+    previous one's times ``route_correlation`` plus fresh variation, so
+    consecutive database images look alike, as along a street. Factors are
+    mapped linearly into ``dim`` dimensions, plus isotropic appearance noise. A
+    query is a view of a random database place (its factor perturbed by
+    ``view_noise``, new appearance noise). Unlike uniform random vectors, these
+    have the low-rank structure and close competing neighbours of real
+    descriptors, so PCA and quantisation can lose neighbours on them.
     """
     latent_dim = min(latent_dim, dim)
+    innovation = np.sqrt(1.0 - route_correlation**2)
+    places = np.empty((num_database, latent_dim), dtype=np.float32)
+    places[0] = rng.standard_normal(latent_dim)
+    steps = rng.standard_normal((num_database, latent_dim), dtype=np.float32)
+    for i in range(1, num_database):
+        places[i] = route_correlation * places[i - 1] + innovation * steps[i]
     mixing = rng.standard_normal((latent_dim, dim), dtype=np.float32) / np.sqrt(latent_dim)
-    places = rng.standard_normal((num_database, latent_dim), dtype=np.float32)
-    database = places @ mixing + noise * rng.standard_normal((num_database, dim), dtype=np.float32)
+    database = places @ mixing + appearance_noise * rng.standard_normal((num_database, dim), dtype=np.float32)
     sources = rng.integers(0, num_database, size=num_queries)
-    views = places[sources] + 0.5 * rng.standard_normal((num_queries, latent_dim), dtype=np.float32)
-    queries = views @ mixing + noise * rng.standard_normal((num_queries, dim), dtype=np.float32)
+    views = places[sources] + view_noise * rng.standard_normal((num_queries, latent_dim), dtype=np.float32)
+    queries = views @ mixing + appearance_noise * rng.standard_normal((num_queries, dim), dtype=np.float32)
     return l2_normalise(database), l2_normalise(queries)
 
 

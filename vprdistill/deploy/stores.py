@@ -10,28 +10,28 @@ on the score means the same thing whatever the storage.
 | flat  | float32 | ``descriptors.npy`` (float32)             | ``retrieval.search.exact_search`` |
 | flat  | float16 | ``descriptors.npy`` (float16)             | faiss ``IndexScalarQuantizer`` fp16 |
 | flat  | int8    | ``descriptors.faiss`` (8-bit per dimension, trained ranges) | faiss ``IndexScalarQuantizer`` SQ8 |
-| hnsw  | any     | ``descriptors.faiss``                     | faiss HNSW (flat, fp16 or SQ8 storage) |
+| hnsw  | float32 | ``descriptors.faiss``                     | faiss ``IndexHNSWFlat``         |
 | ivfpq | float32 | ``descriptors.faiss``                     | faiss ``IndexIVFPQ``            |
 
-faiss index files are faiss's own binary format (``faiss.write_index``), not pickles.
+HNSW and IVF-PQ come from ``vprdistill.retrieval.approximate`` (its default
+sizes). faiss index files are faiss's own binary format, not pickles.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Protocol
 
 import faiss
 import numpy as np
 
+from vprdistill.retrieval.approximate import build_index, load_index, save_index
 from vprdistill.retrieval.search import exact_search
 
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 DTYPES = ("float32", "float16", "int8")
 ARRAY_FILE = "descriptors.npy"
 FAISS_FILE = "descriptors.faiss"
-HNSW_NEIGHBOURS = 32
 _SQ_SUFFIX = {"float16": "SQfp16", "int8": "SQ8"}
 
 
@@ -110,7 +110,7 @@ class FaissStore:
             decoded = self.index.reconstruct_n(0, self.index.ntotal) if len(self) else np.zeros((0, self.dim))
             np.save(folder / ARRAY_FILE, decoded.astype(np.float16), allow_pickle=False)
         else:
-            faiss.write_index(self.index, str(folder / FAISS_FILE))
+            save_index(self.index, folder / FAISS_FILE)
 
     def empty_like(self) -> FaissStore:
         # A copy keeps what was trained (scalar ranges, coarse centroids, PQ codebooks).
@@ -119,23 +119,14 @@ class FaissStore:
         return FaissStore(clone, self.half_precision_file)
 
 
-def _ivfpq_factory_string(count: int, dim: int) -> str:
-    """Coarse lists and code size for ``count`` vectors: about 4·√N lists, one byte per 16 dimensions."""
-    num_lists = max(1, min(int(4 * math.sqrt(count)), count // 39))
-    target = max(1, dim // 16)
-    num_subquantizers = max(m for m in range(1, target + 1) if dim % m == 0)
-    bits = max(1, min(8, int(math.log2(max(count, 2)))))
-    return f"IVF{num_lists},PQ{num_subquantizers}x{bits}"
-
-
 def check_storage(index_type: str, dtype: str) -> None:
     """Raise ``ValueError`` for an unknown or unsupported (type, dtype) pair."""
     if index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if index_type == "ivfpq" and dtype != "float32":
-        raise ValueError("--dtype applies to flat and hnsw indexes; ivfpq already stores product-quantised codes")
+    if index_type != "flat" and dtype != "float32":
+        raise ValueError(f"dtype {dtype} applies to flat indexes; {index_type} keeps its own float32 or PQ codes")
 
 
 def build_store(descriptors: np.ndarray, index_type: str = "flat", dtype: str = "float32") -> DescriptorStore:
@@ -144,21 +135,15 @@ def build_store(descriptors: np.ndarray, index_type: str = "flat", dtype: str = 
     rows = np.ascontiguousarray(descriptors, dtype=np.float32)
     if rows.ndim != 2 or len(rows) == 0:
         raise ValueError(f"an index needs at least one (N, D) descriptor, got shape {tuple(rows.shape)}")
-    count, dim = rows.shape
+    dim = rows.shape[1]
     if index_type == "flat" and dtype == "float32":
         return ExactFloat32Store(dim, rows)
-    if index_type == "flat":
-        description = _SQ_SUFFIX[dtype]
-    elif index_type == "hnsw":
-        description = f"HNSW{HNSW_NEIGHBOURS}" + ("" if dtype == "float32" else f"_{_SQ_SUFFIX[dtype]}")
-    else:
-        description = _ivfpq_factory_string(count, dim)
-    index = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
+    if index_type != "flat":
+        return FaissStore(build_index(rows, index_type, metric="ip"))
+    index = faiss.index_factory(dim, _SQ_SUFFIX[dtype], faiss.METRIC_INNER_PRODUCT)
     index.train(rows)
     index.add(rows)
-    if index_type == "ivfpq":
-        faiss.extract_index_ivf(index).nprobe = min(16, faiss.extract_index_ivf(index).nlist)
-    return FaissStore(index, half_precision_file=(index_type == "flat" and dtype == "float16"))
+    return FaissStore(index, half_precision_file=dtype == "float16")
 
 
 def load_store(folder: Path, index_type: str, dtype: str, dim: int) -> DescriptorStore:
@@ -173,7 +158,7 @@ def load_store(folder: Path, index_type: str, dtype: str, dim: int) -> Descripto
         index = faiss.index_factory(dim, _SQ_SUFFIX["float16"], faiss.METRIC_INNER_PRODUCT)
         index.add(np.ascontiguousarray(array, dtype=np.float32))  # float16 → fp16 codes is lossless
         return FaissStore(index, half_precision_file=True)
-    index = faiss.read_index(str(folder / FAISS_FILE))
+    index = load_index(folder / FAISS_FILE)
     if index.d != dim:
         raise ValueError(f"{folder / FAISS_FILE}: descriptor size {index.d} differs from the manifest's {dim}")
     return FaissStore(index)

@@ -15,17 +15,16 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.eval.extract import DescriptorTiming, extract_descriptors
 from vprdistill.eval.recall import DEFAULT_RECALL_NS, check_recall_ns, recall_at_n
+from vprdistill.models.checkpoint import model_fingerprint
 from vprdistill.retrieval.search import exact_search
-from vprdistill.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from vprdistill.retrieval.rerank import Reranker as RerankerObject
-
-log = get_logger("eval")
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_RERANK_TOPK = 100
@@ -53,6 +52,7 @@ class EvaluationResult:
     ms_per_query: float
     dataset: str
     split: str
+    search_backend: str = "matmul"
     ms_per_image: float | None = None
     recall_per_condition: dict[str, dict[str, Any]] | None = None
     model: dict[str, Any] | None = None
@@ -75,6 +75,7 @@ class EvaluationResult:
             "descriptor_dim": self.descriptor_dim,
             "ms_per_image": self.ms_per_image,
             "ms_per_query": self.ms_per_query,
+            "search_backend": self.search_backend,
             "dataset": self.dataset,
             "split": self.split,
             "model": self.model,
@@ -130,10 +131,13 @@ def _rerank_function(reranker: Reranker, dataset: PlaceDataset) -> RerankFunctio
     raise TypeError(f"reranker must be a function or have a rerank() method, got {type(reranker).__name__}")
 
 
-def _rerank(predictions: np.ndarray, reranker: RerankFunction, topk: int, keep: int) -> np.ndarray:
+def _rerank(
+    predictions: np.ndarray, reranker: RerankFunction, topk: int, keep: int, progress: bool = False
+) -> np.ndarray:
     """Apply ``reranker`` to each query's first ``topk`` predictions; the rest keep their global order."""
     reranked = np.empty((len(predictions), keep), dtype=np.int64)
-    for query_index, row in enumerate(predictions):
+    rows = tqdm(predictions, desc="re-ranking", unit="query", disable=not progress)
+    for query_index, row in enumerate(rows):
         candidates = row[:topk]
         order = np.asarray(reranker(query_index, candidates.copy()), dtype=np.int64).ravel()
         if not np.isin(order, candidates).all() or len(np.unique(order)) != len(order):
@@ -155,6 +159,7 @@ def evaluate_descriptors(
     reranker: Reranker | None = None,
     rerank_topk: int = DEFAULT_RERANK_TOPK,
     search_backend: str = "matmul",
+    progress: bool = False,
 ) -> EvaluationResult:
     """Recall@N of precomputed descriptors on ``dataset``.
 
@@ -168,6 +173,7 @@ def evaluate_descriptors(
             each query: ``(query_index, candidates (K,)) -> re-ordered candidates``, or
             an object with ``rerank(query_path, candidate_paths, global_order)``.
         search_backend: ``matmul`` or ``faiss`` (same results).
+        progress: show a progress bar while re-ranking.
 
     Returns:
         An :class:`EvaluationResult` (``ms_per_image`` and ``model`` unset) whose
@@ -194,10 +200,11 @@ def evaluate_descriptors(
     if reranker is not None:
         recall_before_rerank = recall_table(predictions[:, :keep], positives, ns, num_database)[0]
         start = time.perf_counter()
-        predictions = _rerank(predictions, _rerank_function(reranker, dataset), min(rerank_topk, num_database), keep)
+        topk = min(rerank_topk, num_database)
+        predictions = _rerank(predictions, _rerank_function(reranker, dataset), topk, keep, progress)
         rerank_info = {
             "kind": str(getattr(reranker, "kind", getattr(reranker, "__name__", type(reranker).__name__))),
-            "topk": int(min(rerank_topk, num_database)),
+            "topk": int(topk),
             "ms_per_query": 1e3 * (time.perf_counter() - start) / dataset.num_queries,
         }
         timing = getattr(reranker, "timing", None)
@@ -218,6 +225,7 @@ def evaluate_descriptors(
         threshold_m=float(threshold_m),
         descriptor_dim=int(np.shape(database_descriptors)[1]),
         ms_per_query=ms_per_query,
+        search_backend=search_backend,
         dataset=dataset.name,
         split=dataset.split,
         recall_per_condition=per_condition,
@@ -238,8 +246,6 @@ def default_image_size(model: torch.nn.Module) -> tuple[int, int]:
 
 def model_summary(model: torch.nn.Module) -> dict[str, Any]:
     """Name, fingerprint and size of a model, for reports."""
-    from vprdistill.models.checkpoint import model_fingerprint
-
     return {
         "name": str(getattr(model, "name", type(model).__name__)),
         "fingerprint": model_fingerprint(model),
@@ -301,7 +307,7 @@ def evaluate_model(
     queries, query_timing = extract_descriptors(model, query_paths, desc="queries", **options)
     result = evaluate_descriptors(
         database, queries, dataset, threshold_m, recall_ns, reranker=reranker, rerank_topk=rerank_topk,
-        search_backend=search_backend,
+        search_backend=search_backend, progress=progress,
     )
     result.ms_per_image = _combined_ms_per_image(database_timing, query_timing)
     result.extraction = {

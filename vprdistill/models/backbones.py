@@ -173,7 +173,7 @@ def _build_timm(
             raise ValueError(f"backbone {name}: truncate_after is for CNN stages; set 'depth' to shorten a ViT")
         vit = _timm_create(name, pretrained, weights_path, num_classes=0, in_chans=in_channels, **model_kwargs)
         return VitBackbone(vit)
-    stage_names = [info["module"] for info in probe.feature_info]
+    stage_names = [info["module"] for info in getattr(probe, "feature_info", [])]
     if not stage_names:
         raise ValueError(f"backbone {name}: timm gives no feature stages for this model")
     if truncate_after is None:
@@ -198,7 +198,8 @@ def _build_torchvision(
     from torchvision.models.feature_extraction import create_feature_extractor
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown torchvision backbone {arch!r}; valid: {torchvision.models.list_models(module=torchvision.models)}")
+        valid = torchvision.models.list_models(module=torchvision.models)
+        raise ValueError(f"unknown torchvision backbone {arch!r}; valid: {valid}")
     use_hub_weights = pretrained and weights_path is None
     try:
         model = torchvision.models.get_model(arch, weights="DEFAULT" if use_hub_weights else None)
@@ -212,7 +213,9 @@ def _build_torchvision(
     stage = truncate_after or _default_torchvision_stage(model, arch)
     top_level = [child for child, _ in model.named_children()]
     if stage not in top_level:
-        raise ValueError(f"backbone {TORCHVISION_PREFIX}{arch}: unknown stage {stage!r} for truncate_after; valid: {top_level}")
+        raise ValueError(
+            f"backbone {TORCHVISION_PREFIX}{arch}: unknown stage {stage!r} for truncate_after; valid: {top_level}"
+        )
     trunk = create_feature_extractor(model, return_nodes={stage: "features"})
     out_channels, stride = _probe_map(trunk, in_channels)
     return CnnBackbone(trunk, out_channels, stride)

@@ -128,10 +128,14 @@ def read_checkpoint_meta(json_path: str | Path) -> dict[str, Any]:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{json_path}: not valid JSON ({error})") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{json_path}: field 'format' must be {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{json_path}: must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{json_path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{json_path}: field 'version' is {meta.get('version')!r}; this vprdistill reads version {VERSION}")
+        raise CheckpointError(
+            f"{json_path}: field 'version' is {meta.get('version')!r}; this vprdistill reads version {VERSION}"
+        )
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{json_path}: field 'config' must be the model's config dict")
     return meta

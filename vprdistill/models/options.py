@@ -19,10 +19,10 @@ def call_with_options(factory: Callable[..., Any], options: Mapping[str, Any], w
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     valid = sorted(name for name, p in parameters.items() if name not in fixed and name != "self"
                    and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
-    unknown = sorted(key for key in options if key not in valid)
-    if unknown and not takes_any:
-        raise ValueError(f"{what}: unknown option(s) {unknown}; valid: {valid}")
     clashing = sorted(key for key in options if key in fixed)
     if clashing:
         raise ValueError(f"{what}: option(s) {clashing} are set by the model builder, not the config")
+    unknown = sorted(key for key in options if key not in valid)
+    if unknown and not takes_any:
+        raise ValueError(f"{what}: unknown option(s) {unknown}; valid: {valid}")
     return factory(**fixed, **options)

@@ -5,15 +5,20 @@ product (higher is better) is exactly its L2 ranking.
 
 Two backends give the same ranking:
 
-- ``matmul`` (default): a float32 matrix product through NumPy's multithreaded
-  BLAS, then ``np.argpartition`` and a sort of the top k only. Queries go in
-  blocks, so the score matrix of one block stays within a fixed memory budget.
-  A single query becomes a matrix-vector product, which reads the database
-  once and is several times faster than faiss's per-query loop.
+- ``matmul`` (default): a float32 matrix product, then ``np.argpartition`` and
+  a sort of the top k only. Queries go in blocks, so the score matrix of one
+  block stays within a fixed memory budget. Large blocks run the product in
+  oneDNN (through torch), whose AVX-512 kernels are about twice as fast as the
+  AVX2 kernels that the BLAS shipped with NumPy and faiss picks on some CPUs
+  (AMD Zen 4/5 among them); small blocks and a single query use NumPy's BLAS,
+  a matrix-vector product that reads the database once. Both are plain float32
+  arithmetic: the scores agree with faiss to rounding.
 - ``faiss``: ``faiss.IndexFlatIP``, kept as the reference implementation.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -21,6 +26,39 @@ SEARCH_BACKENDS = ("matmul", "faiss")
 
 # Bound on the (block, N) float32 score matrix of one block of queries.
 _SCORE_BLOCK_BYTES = 256 * 2**20
+# From this many queries in a block on, oneDNN computes the product: below it,
+# preparing the database for oneDNN costs more than its faster kernels save.
+ONEDNN_MIN_QUERIES = 64
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_available() -> bool:
+    """Whether torch's oneDNN float32 inner product can be used (and is set to full float32 precision)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the package
+        return False
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch._C._nn, "mkldnn_linear"):
+        return False
+    # A reduced-precision setting (bf16 or tf32 products) would make the search inexact.
+    precision = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+    return precision in ("none", "ieee")
+
+
+class _OneDnnProduct:
+    """``queries (B, D) -> queries @ database.T (B, N)`` with oneDNN; the database is converted once."""
+
+    def __init__(self, database: np.ndarray) -> None:
+        import torch
+
+        self._torch = torch
+        self._database = torch.from_numpy(database).to_mkldnn()
+
+    def __call__(self, queries: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            scores = torch._C._nn.mkldnn_linear(torch.from_numpy(queries).to_mkldnn(), self._database, None)
+            return scores.to_dense().numpy()
 
 
 def _as_descriptors(array: np.ndarray, name: str) -> np.ndarray:
@@ -60,18 +98,27 @@ def _top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _matmul_search(
-    database: np.ndarray, queries: np.ndarray, k: int, batch_size: int | None
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    batch_size: int | None,
+    onednn: _OneDnnProduct | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     num_queries, num_database = len(queries), len(database)
     block = batch_size or max(1, _SCORE_BLOCK_BYTES // (4 * num_database))
     block = min(block, max(num_queries, 1))
     scores_out = np.empty((num_queries, k), dtype=np.float32)
     indices_out = np.empty((num_queries, k), dtype=np.int64)
-    buffer = np.empty((block, num_database), dtype=np.float32)
+    buffer = None
     for start in range(0, num_queries, block):
         stop = min(start + block, num_queries)
-        scores = buffer[: stop - start]
-        np.matmul(queries[start:stop], database.T, out=scores)
+        if onednn is not None and stop - start >= ONEDNN_MIN_QUERIES:
+            scores = onednn(queries[start:stop])
+        else:
+            if buffer is None:
+                buffer = np.empty((block, num_database), dtype=np.float32)
+            scores = buffer[: stop - start]
+            np.matmul(queries[start:stop], database.T, out=scores)
         # Checking the scores costs 1/D of the product and catches a NaN or inf
         # anywhere in the database without scanning it on every call.
         if not np.isfinite(scores).all():
@@ -99,6 +146,7 @@ class FlatIndex:
         self.backend = backend
         self._chunks: list[np.ndarray] = []
         self._database: np.ndarray | None = None
+        self._onednn: _OneDnnProduct | None = None
         self._faiss_index = None
         if backend == "faiss":
             import faiss
@@ -132,11 +180,11 @@ class FlatIndex:
             self._faiss_index.add(descriptors)
             return
         self._chunks.append(descriptors)
-        self._database = None
+        self._database, self._onednn = None, None
 
     def reset(self) -> None:
         """Remove every database descriptor."""
-        self._chunks, self._database = [], None
+        self._chunks, self._database, self._onednn = [], None, None
         if self._faiss_index is not None:
             self._faiss_index.reset()
 
@@ -174,7 +222,11 @@ class FlatIndex:
                 _raise_non_finite(np.zeros((0, self.dim), np.float32), queries)
             scores, indices = self._faiss_index.search(queries, k)
             return scores.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
-        return _matmul_search(self._matrix(), queries, k, batch_size)
+        database = self._matrix()
+        block = batch_size or len(queries)
+        if self._onednn is None and min(block, len(queries)) >= ONEDNN_MIN_QUERIES and onednn_available():
+            self._onednn = _OneDnnProduct(database)
+        return _matmul_search(database, queries, k, batch_size, self._onednn)
 
 
 def exact_search(

@@ -149,7 +149,10 @@ def train(
         val_set = _subset_queries(val_set, config.data.max_val_queries, config.seed + 1)
     validate = _Validator(config, val_set, device)
 
-    model = build_model(config.model, pretrained=config.pretrained).to(device)
+    model_config = config.model if isinstance(config.model, dict) else {"preset": config.model}
+    # The training size travels with the weights, so eval/index/export default to it.
+    model = build_model(dict(model_config, image_size=list(config.data.image_size)), pretrained=config.pretrained)
+    model = model.to(device)
     method = TrainingMethod(config, device)
     method.prepare(train_set)
     miner = TripletMiner(

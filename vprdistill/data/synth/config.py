@@ -24,7 +24,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 PRESETS: dict[str, dict] = {
     "tiny": dict(
         train_blocks=1, val_blocks=1, test_blocks=1, north_blocks=1, block_size_m=(45.0, 60.0),
-        spacing_m=10.0, queries_train=32, queries_val=32, queries_test=40,
+        spacing_m=12.0, queries_train=32, queries_val=32, queries_test=48,
     ),
     "small": dict(
         train_blocks=3, val_blocks=1, test_blocks=2, north_blocks=2,

@@ -28,10 +28,6 @@ CAR_COLOURS = (
     (0.10, 0.18, 0.40), (0.20, 0.30, 0.22), (0.60, 0.50, 0.35), (0.80, 0.70, 0.20), (0.30, 0.10, 0.15),
 )
 BUS_COLOURS = ((0.85, 0.70, 0.10), (0.15, 0.35, 0.65), (0.75, 0.15, 0.12), (0.90, 0.90, 0.88))
-SHIRTS = (
-    (0.70, 0.10, 0.10), (0.10, 0.20, 0.50), (0.85, 0.85, 0.80), (0.15, 0.15, 0.15), (0.30, 0.45, 0.25),
-    (0.85, 0.65, 0.15), (0.45, 0.30, 0.55), (0.55, 0.35, 0.25),
-)
 PARKED_SHARE = 0.55
 # (length, width, body height, cabin height, cabin start, cabin end) per body kind;
 # the cabin is given as fractions of the length from the rear.

@@ -36,3 +36,8 @@ def mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Blend colours ``(N, 3)`` with weights ``(N,)``: ``a·(1−t) + b·t``."""
     t = np.asarray(t, dtype=np.float32)[..., None]
     return a + (b - a) * t
+
+
+def visible_width(width: float, fp: float) -> float:
+    """``width`` in metres, but at least about a pixel (``fp``), so that distant poles and trunks do not vanish."""
+    return max(width, 0.8 * fp)

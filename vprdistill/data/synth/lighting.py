@@ -100,4 +100,5 @@ def lamp_light(points: np.ndarray, lamps: np.ndarray, strength: float) -> np.nda
     for lamp in lamps:
         d2 = ((points - lamp.astype(np.float32)) ** 2).sum(axis=1)
         total += 1.0 / (1.0 + d2 / 12.0)
-    return np.asarray([1.0, 0.78, 0.5], np.float32) * (0.9 * strength * total)[:, None]
+    # Capped: right under a lamp head the light saturates instead of growing without bound.
+    return np.asarray([1.0, 0.78, 0.5], np.float32) * (strength * np.minimum(1.5 * total, 0.6))[:, None]

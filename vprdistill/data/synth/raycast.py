@@ -46,8 +46,7 @@ def cull_segments(segments: np.ndarray, camera: Camera, max_depth: float) -> np.
         | ((la > k * da) & (lb > k * db))
         | ((da > max_depth) & (db > max_depth))
     )
-    towards = segments[:, G.SNX] * (view.x - segments[:, G.SX0]) + segments[:, G.SNY] * (view.y - segments[:, G.SY0]) > 0
-    keep = ~outside & (towards | (segments[:, G.SKIND] == G.KIND_VEHICLE))
+    keep = ~outside & (_faces_camera(segments, view) | (segments[:, G.SKIND] == G.KIND_VEHICLE))
     return segments[keep]
 
 
@@ -105,8 +104,11 @@ def cast_walls(segments: np.ndarray, camera: Camera, max_layers: int = 12, max_d
 
     finite = np.isfinite(hit_depth)
     safe_depth = np.where(finite, hit_depth, 1.0)
+    facing = _faces_camera(hit_segments, view)
     top = np.where(finite, camera.row_of_height(top_heights(hit_segments, hit_u), safe_depth), np.inf)
-    bottom = np.where(finite, camera.row_of_height(0.0, safe_depth), -np.inf)
+    # A far vehicle face stands for the roof seen past the near side: it reaches down
+    # to wherever the near side's top edge is, not to the ground.
+    bottom = np.where(finite, np.where(facing, camera.row_of_height(0.0, safe_depth), np.inf), -np.inf)
     covered_above = np.minimum.accumulate(top, axis=1)
     previous = np.concatenate([np.full((size, 1), np.inf), covered_above[:, :-1]], axis=1)
     visible_bottom = np.minimum(bottom, previous)
@@ -124,5 +126,10 @@ def cast_walls(segments: np.ndarray, camera: Camera, max_layers: int = 12, max_d
     d = hit_depth[px, k]
     seg = hit_segments[px, k]
     z = view.height + (camera.horizon - camera.row_centres[py]) * d / camera.focal
-    facing = seg[:, G.SNX] * (view.x - seg[:, G.SX0]) + seg[:, G.SNY] * (view.y - seg[:, G.SY0]) > 0
-    return WallPixels(py * size + px, seg, d, hit_u[px, k], z, facing)
+    return WallPixels(py * size + px, seg, d, hit_u[px, k], z, facing[px, k])
+
+
+def _faces_camera(segments: np.ndarray, view) -> np.ndarray:
+    """Whether the camera stands on the outward side of each segment."""
+    return (segments[..., G.SNX] * (view.x - segments[..., G.SX0])
+            + segments[..., G.SNY] * (view.y - segments[..., G.SY0])) > 0

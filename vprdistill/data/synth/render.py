@@ -21,6 +21,7 @@ from vprdistill.data.synth.frame import SURFACE_GROUND, SURFACE_SKY, SURFACE_WAL
 from vprdistill.data.synth.ground import sample_ground
 from vprdistill.data.synth.lighting import Lighting, lamp_light, lighting_for, sun_vector
 from vprdistill.data.synth.raycast import WallPixels, cast_walls, cull_segments
+from vprdistill.data.synth.shadows import shadow_map
 from vprdistill.data.synth.sky import sky_colour
 from vprdistill.data.synth.sprites import PropContext, draw_props
 from vprdistill.data.synth.surfaces import shade_static_walls, shade_vehicles
@@ -72,6 +73,7 @@ def _shade_walls(frame: Frame, walls: WallPixels, camera: Camera, world: World, 
     frame.flat("depth")[index] = walls.depth
     frame.flat("world")[index] = np.stack([hit_x, hit_y, walls.z], axis=1)
     frame.flat("sun")[index] = facing_sun
+    frame.flat("normal")[index] = np.where(walls.front[:, None], seg[:, [G.SNX, G.SNY]], 0.0)
     frame.flat("kind")[index] = SURFACE_WALL
 
 
@@ -98,7 +100,19 @@ def _shade_ground(frame: Frame, camera: Camera, world: World, condition: Conditi
     frame.kind[py, px] = SURFACE_GROUND
 
 
+def _cast_shadows(frame: Frame, world: World, lighting: Lighting) -> None:
+    """Scale the direct sunlight of every surface by how much of the sun it sees."""
+    lit = frame.sun > 0
+    if float(lighting.sun.sum()) < 0.05 or not lit.any():
+        return
+    shadows = shadow_map(world, lighting.sun_azimuth_deg, lighting.sun_elevation_deg)
+    # Walls sample just outside themselves, so that a building does not shade its own face.
+    point = frame.world[lit] + np.concatenate([frame.normal[lit] * 0.4, np.zeros((int(lit.sum()), 1), np.float32)], axis=1)
+    frame.sun[lit] *= shadows.lit(point[:, 0], point[:, 1], point[:, 2])
+
+
 def _light(frame: Frame, camera: Camera, world: World, lighting: Lighting) -> np.ndarray:
+    _cast_shadows(frame, world, lighting)
     light = lighting.ambient + lighting.sun * frame.sun[..., None]
     colour = frame.albedo * light + frame.emissive
     if lighting.lamp > 0:

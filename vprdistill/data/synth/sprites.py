@@ -12,14 +12,10 @@ import numpy as np
 from vprdistill.data.synth import classes as C
 from vprdistill.data.synth import geometry as G
 from vprdistill.data.synth.camera import Camera
+from vprdistill.data.synth.filters import visible_width
 from vprdistill.data.synth.frame import SURFACE_SPRITE, Frame
-from vprdistill.data.synth.noise import cell_rand, value_noise
+from vprdistill.data.synth.trees import draw_tree
 
-LEAVES = {
-    "summer": ((0.17, 0.32, 0.10), (0.22, 0.38, 0.12), (0.14, 0.28, 0.12), (0.25, 0.36, 0.10)),
-    "autumn": ((0.72, 0.36, 0.08), (0.82, 0.58, 0.12), (0.58, 0.18, 0.07), (0.55, 0.48, 0.14)),
-}
-BARK = np.array([0.26, 0.21, 0.17], np.float32)
 POLE_GREY = np.array([0.24, 0.25, 0.25], np.float32)
 LAMP_LIGHT = np.array([1.0, 0.85, 0.55], np.float32)
 SKIN = ((0.80, 0.60, 0.47), (0.55, 0.38, 0.26), (0.35, 0.23, 0.16))
@@ -38,71 +34,11 @@ class PropContext:
         self.camera, self.season, self.snowy, self.lights, self.light_phase = camera, season, snowy, lights, light_phase
 
 
-def _thick(width: float, fp: float) -> float:
-    # Thin things keep at least about a pixel so that distant poles do not vanish.
-    return max(width, 0.8 * fp)
-
-
-TREE_STAMP_ROWS, TREE_STAMP_COLS, TREE_VARIANTS = 128, 80, 16
-_TREE_STAMPS: dict[tuple[str, bool, int], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def tree_stamp(season: str, snowy: bool, variant: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mask ``(R, C) bool`` and albedo ``(R, C, 3)`` of a unit tree, row 0 at the top.
-
-    Trees are the most numerous props; drawing them from a cached stamp
-    (a pure function of its key, so identical in every process) is an order
-    of magnitude cheaper than evaluating their noise per pixel.
-    """
-    key = (season, snowy, variant % TREE_VARIANTS)
-    if key not in _TREE_STAMPS:
-        w, h = 5.0, 8.0
-        sm = ((np.arange(TREE_STAMP_COLS) + 0.5) / TREE_STAMP_COLS - 0.5) * w
-        zm = (1.0 - (np.arange(TREE_STAMP_ROWS) + 0.5) / TREE_STAMP_ROWS) * h
-        sm, zm = np.meshgrid(sm, zm)
-        prop = G.prop_row(0.0, 0.0, G.PROP_TREE, w, h, key[2] * 7919 + 13)
-        mask, _, albedo, _ = _tree_pixels(sm, zm, prop, 0.02, season, snowy)
-        _TREE_STAMPS[key] = (mask, albedo.astype(np.float32))
-    return _TREE_STAMPS[key]
-
-
-def _tree_pixels(sm, zm, prop, fp, season: str, snowy: bool):
-    w, h, var = prop[G.PWIDTH], prop[G.PHEIGHT], int(prop[G.PVARIANT])
-    trunk_top = 0.4 * h
-    centre, rx, ry = trunk_top + 0.5 * (h - trunk_top), w / 2, (h - trunk_top) / 2
-    e = (sm / rx) ** 2 + ((zm - centre) / ry) ** 2
-    bumps = value_noise(sm / 0.7 + var % 97, zm / 0.7, 61)
-    trunk = (np.abs(sm) < _thick(0.12 + 0.03 * w, fp) / 2) & (zm < centre)
-    albedo = np.broadcast_to(BARK, sm.shape + (3,)).copy()
-    if season == "winter":
-        branches = np.zeros(sm.shape, bool)
-        thick = _thick(0.07, fp)
-        for i in range(6):
-            base = trunk_top * (0.75 + 0.12 * i)
-            angle = (0.35 + 0.12 * ((var >> i) % 5)) * (1 if i % 2 else -1)
-            reach = 0.5 * (h - trunk_top) + 0.3 * w
-            ex, ez = np.sin(angle) * reach, np.cos(angle) * reach
-            t = np.clip((sm * ex + (zm - base) * ez) / (ex * ex + ez * ez), 0.0, 1.0)
-            branches |= np.hypot(sm - t * ex, zm - base - t * ez) < thick * (1.2 - 0.6 * t)
-        twigs = (e < 0.85) & (cell_rand(sm + var % 31, zm, 0.2, 63) < 0.10)
-        mask = trunk | branches | twigs
-        if snowy:
-            albedo[twigs & (cell_rand(sm, zm, 0.2, 64) < 0.5)] = (0.85, 0.86, 0.88)
-        return mask, C.VEGETATION, albedo, None
-    sparse = 0.06 if season == "summer" else 0.16
-    crown = (e < 0.72 + 0.4 * bumps) & (cell_rand(sm + var % 53, zm, 0.45, 62) > sparse)
-    leaves = np.asarray(LEAVES[season][var % 4], np.float32)
-    light = 0.6 + 0.45 * np.clip((zm - trunk_top) / (h - trunk_top), 0, 1) - 0.2 * np.clip(sm / rx, -1, 1)
-    speckle = 0.8 + 0.4 * cell_rand(sm, zm, 0.25, 65)
-    albedo = np.where(crown[..., None], leaves * (light * speckle * (0.8 + 0.4 * bumps))[..., None], albedo)
-    return crown | trunk, C.VEGETATION, albedo.astype(np.float32), None
-
-
 def _lamp(sm, zm, prop, fp, ctx):
     h = prop[G.PHEIGHT]
     a = np.abs(sm)
-    pole = (a < _thick(0.16, fp) / 2) & (zm < h - 0.3)
-    arm = (np.abs(zm - (h - 0.38)) < _thick(0.08, fp) / 2) & (a < 1.05)
+    pole = (a < visible_width(0.16, fp) / 2) & (zm < h - 0.3)
+    arm = (np.abs(zm - (h - 0.38)) < visible_width(0.08, fp) / 2) & (a < 1.05)
     head = (a > 0.65) & (a < 1.15) & (zm > h - 0.55) & (zm < h - 0.3)
     albedo = np.broadcast_to(POLE_GREY, sm.shape + (3,)).copy()
     emissive = None
@@ -116,7 +52,7 @@ def _sign(sm, zm, prop, fp, ctx):
     h, var = prop[G.PHEIGHT], int(prop[G.PVARIANT])
     zc = h - 0.38
     s, t = sm, zm - zc
-    pole = (np.abs(sm) < _thick(0.07, fp) / 2) & (zm < zc)
+    pole = (np.abs(sm) < visible_width(0.07, fp) / 2) & (zm < zc)
     stop = prop[G.PEXTRA] > 0.5
     kind = -1 if stop else var % 4
     if stop:
@@ -153,7 +89,7 @@ def _sign(sm, zm, prop, fp, ctx):
 
 def _traffic_light(sm, zm, prop, fp, ctx):
     h, var = prop[G.PHEIGHT], int(prop[G.PVARIANT])
-    pole = (np.abs(sm) < _thick(0.14, fp) / 2) & (zm < h - 1.1)
+    pole = (np.abs(sm) < visible_width(0.14, fp) / 2) & (zm < h - 1.1)
     box = (np.abs(sm) < 0.2) & (zm >= h - 1.1) & (zm < h)
     albedo = np.where(box[..., None], np.float32(0.10), POLE_GREY).astype(np.float32)
     facing = np.radians(prop[G.PFACING])
@@ -178,7 +114,7 @@ def _person(sm, zm, prop, fp, ctx):
     torso = (a < 0.19) & (zm >= 0.5 * h) & (zm < h - 0.22)
     arms = (a >= 0.19) & (a < 0.26) & (zm >= 0.47 * h) & (zm < h - 0.26)
     stride = 0.12 * ((var % 5) / 4.0) * (0.5 * h - zm) / (0.5 * h)
-    leg_w = _thick(0.15, fp) / 2
+    leg_w = visible_width(0.15, fp) / 2
     legs = (zm < 0.5 * h) & ((np.abs(sm - 0.08 - stride) < leg_w) | (np.abs(sm + 0.08 + stride) < leg_w))
     shirt = np.asarray(SHIRTS[var % len(SHIRTS)], np.float32)
     if ctx.season == "winter":
@@ -191,15 +127,7 @@ def _person(sm, zm, prop, fp, ctx):
     return head | torso | arms | legs, C.PERSON, albedo, None
 
 
-def _tree(sm, zm, prop, fp, ctx):
-    mask, albedo = tree_stamp(ctx.season, ctx.snowy, int(prop[G.PVARIANT]))
-    rows = np.clip(((1.0 - zm[:, 0] / prop[G.PHEIGHT]) * TREE_STAMP_ROWS).astype(np.int64), 0, TREE_STAMP_ROWS - 1)
-    cols = np.clip(((sm[0] / prop[G.PWIDTH] + 0.5) * TREE_STAMP_COLS).astype(np.int64), 0, TREE_STAMP_COLS - 1)
-    index = np.ix_(rows, cols)
-    return mask[index], C.VEGETATION, albedo[index], None
-
-
-DRAWERS = {G.PROP_TREE: _tree, G.PROP_LAMP: _lamp, G.PROP_SIGN: _sign, G.PROP_TRAFFIC_LIGHT: _traffic_light, G.PROP_PERSON: _person}
+DRAWERS = {G.PROP_TREE: draw_tree, G.PROP_LAMP: _lamp, G.PROP_SIGN: _sign, G.PROP_TRAFFIC_LIGHT: _traffic_light, G.PROP_PERSON: _person}
 
 
 def draw_props(frame: Frame, props: np.ndarray, ctx: PropContext, max_depth: float = 150.0) -> None:
@@ -221,6 +149,8 @@ def draw_props(frame: Frame, props: np.ndarray, ctx: PropContext, max_depth: flo
         if c0 >= c1 or r0 >= r1:
             continue
         d = depth[i]
+        if not (frame.depth[r0:r1, c0:c1] > d).any():
+            continue  # hidden behind walls: skip the shading
         fp = d / camera.focal
         sm = ((np.arange(c0, c1) + 0.5 - centre[i]) * fp)[None, :]
         zm = ((bottom[i] - (np.arange(r0, r1) + 0.5)) * fp)[:, None]

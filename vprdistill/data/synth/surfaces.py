@@ -6,7 +6,7 @@ import numpy as np
 
 from vprdistill.data.synth import classes as C
 from vprdistill.data.synth import geometry as G
-from vprdistill.data.synth.dynamic import BODIES, BODY_BUS, BODY_TRUCK, VBODY, VLIGHTS, VRGB
+from vprdistill.data.synth.dynamic import BODIES, BODY_BUS, BODY_TRUCK, VBODY, VCLASS, VLIGHTS, VRGB
 from vprdistill.data.synth.filters import band, mix, pulse
 from vprdistill.data.synth.noise import cell_rand, value_noise
 
@@ -43,7 +43,7 @@ def shade_vehicles(vehicles: np.ndarray, owner: np.ndarray, role: np.ndarray, fr
     """
     v = vehicles[owner]
     n = len(u)
-    cls = v[:, 3].astype(np.uint8)
+    cls = v[:, VCLASS].astype(np.uint8)
     body_kind = v[:, VBODY].astype(np.int64)
     paint = v[:, VRGB:VRGB + 3].astype(np.float32)
     moving = v[:, VLIGHTS] > 0.5

@@ -30,7 +30,7 @@ def add_haze(colour: np.ndarray, frame: Frame, lighting: Lighting) -> np.ndarray
 def add_rain(colour: np.ndarray, rng: np.random.Generator, brightness: float) -> np.ndarray:
     """Slanted streaks of falling rain."""
     size = colour.shape[0]
-    count = int(size * size / 60)
+    count = int(size * size / 110)
     length = max(3, size // 14)
     x0 = rng.uniform(-size * 0.1, size, count)
     y0 = rng.uniform(-length, size, count)
@@ -72,5 +72,5 @@ def finish(colour: np.ndarray, rng: np.random.Generator, lighting: Lighting) -> 
     vignette = 1.0 - 0.35 * (coords[:, None] ** 2 + coords[None, :] ** 2)
     colour = colour * (lighting.exposure * vignette)[..., None]
     colour = colour / (1.0 + 0.25 * np.maximum(colour - 0.8, 0.0))  # soft shoulder for lamps and highlights
-    colour = colour + rng.normal(0.0, lighting.noise_sigma, colour.shape).astype(np.float32)
+    colour = colour + rng.standard_normal(colour.shape, dtype=np.float32) * np.float32(lighting.noise_sigma)
     return (np.clip(colour, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

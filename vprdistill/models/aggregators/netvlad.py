@@ -70,7 +70,10 @@ class NetVLAD(nn.Module):
         if features.ndim != 2 or features.shape[1] != self.in_channels:
             raise ValueError(f"NetVLAD init: features must be (N, {self.in_channels}), got {features.shape}")
         if features.shape[0] < self.clusters:
-            raise ValueError(f"NetVLAD init: need at least {self.clusters} features for {self.clusters} clusters, got {features.shape[0]}")
+            raise ValueError(
+                f"NetVLAD init: need at least {self.clusters} features for {self.clusters} clusters, "
+                f"got {features.shape[0]}"
+            )
         if self.normalize_input:
             features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
         kmeans = faiss.Kmeans(

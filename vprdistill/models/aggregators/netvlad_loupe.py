@@ -19,7 +19,10 @@ from vprdistill.models.aggregators.tokens import as_tokens
 
 
 class ContextGating(nn.Module):
-    """``x · σ(BN(x W))`` (or ``σ(x W + b)`` without BatchNorm): learned re-weighting of dimensions, ``(B, D)`` → ``(B, D)``."""
+    """Context gating ``x · σ(BN(x W))`` (``σ(x W + b)`` without BatchNorm): ``(B, D)`` → ``(B, D)``.
+
+    A learned re-weighting of the descriptor's dimensions by each other.
+    """
 
     def __init__(self, dim: int, add_batch_norm: bool = True) -> None:
         super().__init__()

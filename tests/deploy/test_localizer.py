@@ -1,0 +1,111 @@
+"""Localizer (Python API) and `vprdistill localize` (one-shot, JSON and streaming)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vprdistill.cli.main import main
+from vprdistill.data.readers import open_dataset
+from vprdistill.deploy.index import MapIndex
+from vprdistill.deploy.localizer import Localizer
+from vprdistill.deploy.stream import PositionSmoother
+from vprdistill.models.checkpoint import load_model
+
+COPIED_ROWS = [1, 4, 7, 10]  # the test split's queries are near-copies of these database images
+
+
+@pytest.fixture(scope="module")
+def localizer(tiny_index: Path) -> Localizer:
+    return Localizer.from_index_folder(tiny_index)
+
+
+def test_copy_queries_find_their_database_image(localizer: Localizer, tiny_dataset: Path) -> None:
+    dataset = open_dataset(tiny_dataset, "test")
+    results = localizer.localize([str(p) for p in dataset.query_paths], topk=3)
+    assert len(results) == 4
+    for result, row, query_position in zip(results, COPIED_ROWS, dataset.query_utm):
+        assert Path(result.best.path).name == dataset.database_paths[row].name
+        assert result.best.database_index == row
+        assert np.linalg.norm(np.array(result.position) - query_position) < 2.0
+        assert [m.rank for m in result.matches] == [1, 2, 3]
+        assert result.matches[0].score > result.matches[1].score >= result.matches[2].score
+        assert result.best.distance == pytest.approx(np.sqrt(2 - 2 * result.best.score), abs=1e-6)
+        assert all(0.0 <= m.confidence <= 1.0 for m in result.matches)
+        assert not result.unknown and result.threshold is None  # the index is not calibrated
+
+
+def test_accepts_pil_arrays_bytes_and_batches(localizer: Localizer, tiny_dataset: Path) -> None:
+    path = open_dataset(tiny_dataset, "test").query_paths[1]
+    pil = Image.open(path)
+    array = np.asarray(pil.convert("RGB"))
+    encoded = path.read_bytes()
+    expected = localizer.localize(str(path))[0]
+    assert expected.best.database_index == 4 and expected.source == str(path)
+    for item in (pil, array, encoded, array.astype(np.float32) / 255.0):
+        result = localizer.localize(item)[0]
+        assert result.best.database_index == 4
+        assert result.best.score == pytest.approx(expected.best.score, abs=2e-3)
+    batch = localizer.localize(np.stack([array, array]))
+    assert [r.best.database_index for r in batch] == [4, 4]
+
+
+def test_bad_inputs_name_the_problem(localizer: Localizer, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        localizer.localize(str(broken))
+    with pytest.raises(ValueError, match="topk"):
+        localizer.localize(np.zeros((8, 8, 3), np.uint8), topk=0)
+    with pytest.raises(ValueError, match="shape"):
+        localizer.localize(np.zeros((8, 8, 5), np.uint8))
+
+
+def test_localizer_refuses_a_model_the_index_was_not_built_with(tiny_index: Path) -> None:
+    from vprdistill.models.registry import build_model
+
+    with pytest.raises(ValueError, match="fingerprint"):
+        Localizer(build_model("resnet18-gem"), MapIndex.load(tiny_index))
+
+
+def test_localize_cli_json(tiny_index: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    queries = tiny_dataset / "images" / "test" / "queries"
+    assert main(["localize", "--index", str(tiny_index), str(queries), "--topk", "2", "--json", "--device", "cpu"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 4
+    names = open_dataset(tiny_dataset, "test").database_paths
+    assert [Path(r["matches"][0]["path"]).name for r in records] == [names[i].name for i in COPIED_ROWS]
+    assert all(len(r["matches"]) == 2 and r["unknown"] is False for r in records)
+
+
+def test_localize_cli_stream_prints_one_line_per_frame(tiny_index: Path, tiny_dataset: Path, capsys) -> None:
+    queries = tiny_dataset / "images" / "test" / "queries"
+    assert main(["localize", "--index", str(tiny_index), str(queries), "--stream", "--smooth", "3", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    frames = [json.loads(line) for line in lines]
+    assert [Path(f["source"]).name for f in frames] == sorted(p.name for p in queries.iterdir())
+    assert all(f["smoothed_position"] is not None for f in frames)
+
+
+def test_position_smoother_ignores_one_outlier() -> None:
+    smoother = PositionSmoother(window=3)
+    assert smoother.update(None) is None
+    smoother.update((0.0, 0.0))
+    smoother.update((10.0, 0.0))
+    assert smoother.update((5000.0, 0.0)) == (10.0, 0.0)  # the median, not the mean
+    assert smoother.update(None) == (10.0, 0.0)  # an unknown frame keeps the estimate
+
+
+def test_model_override_must_match_the_index(tiny_index: Path, tmp_path: Path) -> None:
+    from tests.deploy.helpers import save_tiny_model
+
+    other = save_tiny_model(tmp_path, seed=5)
+    code = main(["localize", "--index", str(tiny_index), "--model", str(other), str(tmp_path)])
+    assert code == 1
+    assert load_model(other) is not None

@@ -1,0 +1,175 @@
+"""``vprdistill index``: build, extend and calibrate the map index of an area.
+
+  vprdistill index build --model runs/student --dataset data/synthcity --split test --out map_index
+  vprdistill index build --model runs/student --images photos/ --out map_index --pca 256 --dtype int8
+  vprdistill index add map_index new_photos/
+  vprdistill index calibrate map_index --dataset data/synthcity --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.deploy.stores import DTYPES, INDEX_TYPES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "index",
+        help="build, extend and calibrate a map index",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    build = actions.add_parser("build", help="describe the images of an area and index them", formatter_class=fmt)
+    build.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT", help="a trained model (run folder or checkpoint)")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", type=Path, metavar="PATH", help="index the database of a dataset split")
+    source.add_argument("--images", type=Path, metavar="DIR", help="index a folder of photos (@east@north@...@.jpg names give positions)")
+    build.add_argument("--split", default="test", help="split of --dataset")
+    build.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR")
+    build.add_argument("--type", default="flat", choices=INDEX_TYPES, help="exact flat search or an approximate faiss index")
+    build.add_argument("--pca", type=int, default=None, metavar="D", help="reduce descriptors to D dimensions by PCA")
+    build.add_argument("--dtype", default="float32", choices=DTYPES, help="how flat indexes store descriptors")
+    _add_extraction_args(build)
+    build.set_defaults(func=run_build)
+
+    add = actions.add_parser("add", help="append images (new places) to an index", formatter_class=fmt)
+    add.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
+    add.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    add.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
+    add.add_argument("--batch-size", type=int, default=32)
+    add.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_args(add)
+    add.set_defaults(func=run_add)
+
+    calibrate = actions.add_parser(
+        "calibrate", help="calibrate the out-of-map score threshold on a validation split", formatter_class=fmt
+    )
+    calibrate.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
+    calibrate.add_argument("--dataset", required=True, type=Path, metavar="PATH")
+    calibrate.add_argument("--split", default="val")
+    calibrate.add_argument("--threshold-m", type=float, default=25.0, help="metres within which an answer is right")
+    calibrate.add_argument("--target-precision", type=float, default=0.95, help="share of accepted answers that must be right")
+    calibrate.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
+    calibrate.add_argument("--batch-size", type=int, default=32)
+    calibrate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_args(calibrate)
+    calibrate.set_defaults(func=run_calibrate)
+
+
+def _add_extraction_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
+                        help="input side or H W (default: the training run's, else the model's)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_args(parser)
+
+
+def _index_model(index_dir: Path, model_spec: str | None, device):
+    """The model an index command uses: ``--model`` or the path the index records."""
+    from vprdistill.deploy.index import read_manifest
+    from vprdistill.models.checkpoint import load_model
+
+    spec = model_spec or read_manifest(index_dir).get("model_path")
+    if not spec:
+        raise ValueError(f"index {index_dir} records no model path; pass --model")
+    return load_model(spec, device=device)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from vprdistill.cli.eval import run_settings
+    from vprdistill.data.readers import open_dataset
+    from vprdistill.deploy.build import build_index, list_images, positions_from_names
+    from vprdistill.deploy.model_io import pick_image_size
+    from vprdistill.models.checkpoint import load_model
+
+    device = apply_device_args(args)
+    model = load_model(args.model, device=device)
+    image_size = pick_image_size(args.image_size, run_settings(args.model), model)
+    if args.dataset is not None:
+        dataset = open_dataset(args.dataset, split=args.split)
+        paths, positions = dataset.database_paths, dataset.database_utm
+    else:
+        if not args.images.is_dir():
+            raise FileNotFoundError(f"--images {args.images} is not a folder")
+        paths = list_images([args.images])
+        if not paths:
+            raise ValueError(f"no images (.jpg, .jpeg, .png) in {args.images}")
+        positions = positions_from_names(paths)
+    start = time.perf_counter()
+    index = build_index(
+        model, paths, positions, image_size,
+        index_type=args.type, dtype=args.dtype, pca_dim=args.pca, batch_size=args.batch_size,
+        device=device, model_path=args.model, progress=not args.no_progress,
+    )  # fmt: skip
+    index.save(args.out)
+    manifest = index.manifest
+    print(
+        f"index {args.out}: {len(index)} images, {manifest['descriptor_dim']}-d descriptors stored as "
+        f"{manifest['stored_dim']}-d {manifest['dtype']} ({manifest['type']}), model {manifest['model_fingerprint']}, "
+        f"{image_size[0]}x{image_size[1]} px, {time.perf_counter() - start:.1f} s"
+    )
+    if "neighbour_recall_at_10" in manifest:
+        print(f"neighbour recall@10 against exact search: {manifest['neighbour_recall_at_10']:.3f}")
+    unknown = int(np.isnan(np.asarray(positions, dtype=float)).any(axis=1).sum())
+    if unknown:
+        print(f"{unknown} image(s) have no position in their name (stored as NaN)")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from vprdistill.deploy.build import add_to_index, list_images, positions_from_names
+    from vprdistill.deploy.index import MapIndex
+
+    device = apply_device_args(args)
+    model = _index_model(args.index_dir, args.model, device)
+    index = MapIndex.load(args.index_dir, model=model)
+    paths = list_images(args.images)
+    if not paths:
+        raise ValueError(f"no images (.jpg, .jpeg, .png) in {', '.join(map(str, args.images))}")
+    before = len(index)
+    add_to_index(index, model, paths, positions_from_names(paths), args.batch_size, device, not args.no_progress)
+    index.save(args.index_dir)
+    print(f"index {args.index_dir}: {before} + {len(paths)} = {len(index)} images")
+    if index.calibration is not None:
+        print("note: the calibrated threshold was kept; recalibrate if the new places differ from the old ones")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from vprdistill.data.readers import open_dataset
+    from vprdistill.deploy.build import compute_index_descriptors
+    from vprdistill.deploy.calibration import calibrate_index, format_table
+    from vprdistill.deploy.index import MapIndex
+
+    device = apply_device_args(args)
+    model = _index_model(args.index_dir, args.model, device)
+    index = MapIndex.load(args.index_dir, model=model)
+    dataset = open_dataset(args.dataset, split=args.split)
+    progress = not args.no_progress
+    database = compute_index_descriptors(model, dataset.database_paths, index.image_size, args.batch_size, device, progress)
+    queries = compute_index_descriptors(model, dataset.query_paths, index.image_size, args.batch_size, device, progress)
+    record = calibrate_index(
+        index, database, dataset.database_utm, queries, dataset.query_utm, args.threshold_m, args.target_precision
+    )
+    record.update({"dataset": str(Path(args.dataset).resolve()), "split": args.split})
+    index.manifest["calibration"] = record
+    index.save_manifest(args.index_dir)
+    print(format_table(record))
+    print(
+        f"threshold {record['threshold']:.4f} on the match score: precision {record['precision']:.3f}, "
+        f"recall {record['recall']:.3f}, false-accept rate {record['false_accept_rate']:.3f} "
+        f"({record['num_in_map']} in-map, {record['num_out_of_map']} out-of-map queries, map of {record['map_size']} images)"
+    )
+    if not record["target_reached"]:
+        print(f"warning: no threshold reaches precision {args.target_precision}; kept the most precise one")
+    print(f"stored in {Path(args.index_dir) / 'index.json'}")
+    return 0

@@ -1,0 +1,71 @@
+"""``vprdistill serve``: the localisation service over HTTP (FastAPI + uvicorn).
+
+  vprdistill serve --index map_index
+  VPRDISTILL_API_KEY=secret vprdistill serve --index map_index --host 0.0.0.0 --port 8000
+
+  curl -F image=@photo.jpg 'http://127.0.0.1:8000/localize?topk=5'
+
+It listens on 127.0.0.1 unless told otherwise. When the environment variable
+VPRDISTILL_API_KEY is set, /info and /localize need that key
+(X-API-Key header or Authorization: Bearer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from vprdistill.cli.common import add_device_args, apply_device_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve localisation over HTTP",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")
+    parser.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="larger request bodies get 413")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_device_args(parser)
+    parser.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vprdistill.deploy.localizer import Localizer
+    from vprdistill.serve.app import create_app
+    from vprdistill.serve.auth import API_KEY_ENV
+
+    if args.max_upload_mb <= 0:
+        raise ValueError("--max-upload-mb must be positive")
+    device = apply_device_args(args)
+    localizer = Localizer.from_index_folder(args.index, args.model, device=device)
+    api_key = os.environ.get(API_KEY_ENV) or None
+    if api_key is None and not _is_loopback(args.host):
+        print(f"warning: listening on {args.host} without an API key; set {API_KEY_ENV} to require one", file=sys.stderr)
+    app = create_app(localizer, int(args.max_upload_mb * 2**20), api_key=api_key)
+    print(
+        f"serving index {args.index} ({len(localizer.index)} images) on http://{args.host}:{args.port} "
+        f"({'API key required' if api_key else 'no API key'})",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
