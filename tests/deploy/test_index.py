@@ -169,3 +169,19 @@ def test_build_with_images_folder_reads_positions_and_allows_unknown(tiny_model_
     assert index.positions[0].tolist() == [10.0, 20.0] and np.isnan(index.positions[1]).all()
     assert index.image_size == (32, 32)
 
+
+
+@pytest.mark.parametrize(("index_type", "dtype", "pca"), [("ivfpq", "float32", None), ("ivfpq", "float32", 32), ("flat", "int8", None)])
+def test_trained_stores_survive_save_load_and_empty_like(tmp_path: Path, index_type: str, dtype: str, pca: int | None) -> None:
+    from vprdistill.deploy.matching_bench import structured_descriptors
+
+    database, queries = structured_descriptors(np.random.default_rng(0), 3000, 20, 64, latent_dim=32)
+    searcher = CompactSearcher.build(database, index_type, dtype, pca)
+    searcher.save(tmp_path)
+    loaded = CompactSearcher.load(tmp_path, index_type, dtype, searcher.stored_dim, pca is not None)
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], searcher.search(queries, 5)[1])
+    # empty_like keeps the trained quantiser: entries added later are found as themselves.
+    empty = searcher.empty_like()
+    assert len(empty) == 0
+    empty.add(database[:50])
+    assert empty.search(database[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]

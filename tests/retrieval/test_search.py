@@ -50,6 +50,18 @@ def test_single_query_and_k_clipped_to_database_size(backend):
     np.testing.assert_array_equal(indices, brute_force(database, query, 6)[1])
 
 
+@pytest.mark.parametrize("use_onednn", [None, True, False])
+def test_product_paths_agree(use_onednn):
+    rng = np.random.default_rng(4)
+    database, queries = unit_rows(rng, 500, 64), unit_rows(rng, 90, 64)
+    index = FlatIndex.from_descriptors(database, use_onednn=use_onednn)
+    for batch_size in (None, 1, 30):
+        scores, indices = index.search(queries, 15, batch_size=batch_size)
+        expected_scores, expected_indices = brute_force(database, queries, 15)
+        np.testing.assert_array_equal(indices, expected_indices)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
 def test_flat_index_add_in_chunks_equals_one_add():
     rng = np.random.default_rng(2)
     database, queries = unit_rows(rng, 120, 24), unit_rows(rng, 9, 24)

@@ -20,34 +20,40 @@ EPILOG = """examples:
   vprdistill eval --model runs/student/best.safetensors --dataset data/pitts30k --threshold 10"""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, examples kept on their own lines."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="Recall@N of a model on a dataset split (exact search, UTM ground truth)",
-        description="Compute descriptors of a split's database and queries, search exactly by inner product "
-        "and report Recall@N over the queries with a database image within --threshold metres, per query "
-        "condition too when the file names carry one. MODEL is a run folder, a checkpoint "
-        "(.safetensors/.json/stem) or a preset name (an untrained model, for baselines).",
+        description="Compute descriptors of a split's database and queries, search exactly by inner product\n"
+        "and report Recall@N over the queries with a database image within --threshold metres\n"
+        "(per query condition too, when the file names carry one).",
         epilog=EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
+    parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET",
+                        help="a run folder, a checkpoint (.safetensors/.json/stem) or a preset name "
+                        "(an untrained model, for baselines)")
     parser.add_argument("--pretrained", action="store_true",
                         help="for a preset: load its ImageNet backbone weights (from the local cache)")
     parser.add_argument("--dataset", required=True, type=Path, metavar="PATH",
                         help="folder-format root, a root holding *_<split>.mat, or a .mat file")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat"))
+    parser.add_argument("--split", default="test", help="dataset split")
+    parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat"), help="dataset format")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
     parser.add_argument("--threshold", type=float, default=25.0, help="metres within which a database image is right")
     parser.add_argument("--recalls", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N", help="the N of Recall@N")
     parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input size, one value or H W (default: the run's training size, else 224)")
+                        help="input size, one value or H W; when not given, the run's training size, else 224")
     parser.add_argument("--input", default="auto", choices=("auto", "rgb", "seg"),
                         help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)")
     parser.add_argument("--structural-source", default=None,
-                        help="label set of the segmentation maps, for --input seg (default: the run's, else cityscapes)")
-    parser.add_argument("--batch-size", type=int, default=32)
+                        help="label set of the segmentation maps, for --input seg; when not given, the run's, "
+                        "else cityscapes")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     parser.add_argument("--search-backend", default="matmul", choices=("matmul", "faiss"),
                         help="exact search implementation (same results)")
@@ -59,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-pictures", type=int, default=0, metavar="N",
                         help="write pictures of N queries with their top-5 (green right, red wrong)")
     parser.add_argument("--pictures-dir", type=Path, default=None, metavar="DIR",
-                        help="where --save-pictures goes (default: <json stem>_pictures, else eval_pictures)")
+                        help="where --save-pictures goes; when not given, <json stem>_pictures, else eval_pictures")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_device_args(parser)
     parser.set_defaults(func=run)

@@ -1,4 +1,7 @@
-"""Turning what a caller hands the localizer (paths, PIL images, arrays, bytes) into RGB images."""
+"""Turning what a caller hands the localizer (paths, PIL images, arrays, bytes) into RGB images.
+
+``ImageLoadError`` (a ``ValueError``) is re-exported for the service, which sees images only through here.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vprdistill.data.images import ImageLoadError, load_image
+
+__all__ = ["ImageLoadError", "ImageInput", "as_image_list", "decode_image_bytes", "source_name", "to_rgb_image"]
 
 ImageInput = str | Path | Image.Image | np.ndarray | bytes
 

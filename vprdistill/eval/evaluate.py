@@ -263,12 +263,12 @@ def evaluate_model(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
-    input_kind: str | None = None,
-    structural_source: str = "cityscapes",
     reranker: Reranker | None = None,
     rerank_topk: int = DEFAULT_RERANK_TOPK,
-    search_backend: str = "matmul",
     progress: bool = True,
+    input_kind: str | None = None,
+    structural_source: str = "cityscapes",
+    search_backend: str = "matmul",
 ) -> EvaluationResult:
     """Compute descriptors of ``dataset`` with ``model`` and report Recall@N.
 

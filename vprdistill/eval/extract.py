@@ -92,9 +92,9 @@ def extract_descriptors(
     num_workers: int = 0,
     input_kind: str = "rgb",
     seg_class_map: StructuralClassMap | None = None,
-    structural_source: str = "cityscapes",
     progress: bool = True,
     desc: str = "descriptors",
+    structural_source: str = "cityscapes",
 ) -> tuple[np.ndarray, DescriptorTiming]:
     """Descriptors of ``paths`` and the time they took; see :func:`compute_descriptors`."""
     if input_kind not in INPUT_KINDS:
@@ -153,9 +153,9 @@ def compute_descriptors(
     num_workers: int = 0,
     input_kind: str = "rgb",
     seg_class_map: StructuralClassMap | None = None,
-    structural_source: str = "cityscapes",
     progress: bool = True,
     desc: str = "descriptors",
+    structural_source: str = "cityscapes",
 ) -> np.ndarray:
     """Run ``model`` over image files and return their descriptors ``(N, D)`` float32.
 

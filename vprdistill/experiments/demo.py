@@ -27,6 +27,7 @@ from vprdistill.experiments.rows import ResultRow
 from vprdistill.experiments.stages import Stage, StageProgress
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
+from vprdistill.utils.atomic import atomic_write_json
 from vprdistill.utils.device import resolve_device, set_threads
 from vprdistill.utils.logging import get_logger
 
@@ -185,6 +186,7 @@ def run_demo(
         return write_report(out_dir, "vprdistill demo report", intro, rows, figures, grids, meta)
 
     md_path, html_path = progress.run("report", report)
+    atomic_write_json(out_dir / "results.json", {"rows": [row.to_dict() for row in rows], "quick": quick, "seed": seed})
     total = progress.finish()
     print("\n" + text_table(summary_table(rows)))
     print(f"\nreport: {html_path}  (and {md_path}); total time {total / 60:.1f} min")

@@ -97,22 +97,27 @@ def _top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     )
 
 
+def _block_rows(num_queries: int, num_database: int, batch_size: int | None) -> int:
+    """Queries per block: ``batch_size``, or as many as fit the score-matrix budget."""
+    block = batch_size or max(1, _SCORE_BLOCK_BYTES // (4 * num_database))
+    return min(block, max(num_queries, 1))
+
+
 def _matmul_search(
     database: np.ndarray,
     queries: np.ndarray,
     k: int,
-    batch_size: int | None,
+    block: int,
     onednn: _OneDnnProduct | None = None,
+    onednn_min_queries: int = ONEDNN_MIN_QUERIES,
 ) -> tuple[np.ndarray, np.ndarray]:
     num_queries, num_database = len(queries), len(database)
-    block = batch_size or max(1, _SCORE_BLOCK_BYTES // (4 * num_database))
-    block = min(block, max(num_queries, 1))
     scores_out = np.empty((num_queries, k), dtype=np.float32)
     indices_out = np.empty((num_queries, k), dtype=np.int64)
     buffer = None
     for start in range(0, num_queries, block):
         stop = min(start + block, num_queries)
-        if onednn is not None and stop - start >= ONEDNN_MIN_QUERIES:
+        if onednn is not None and stop - start >= onednn_min_queries:
             scores = onednn(queries[start:stop])
         else:
             if buffer is None:
@@ -137,13 +142,20 @@ class FlatIndex:
         scores, indices = index.search(queries, k=20)   # (M, k), (M, k)
     """
 
-    def __init__(self, dim: int, backend: str = "matmul") -> None:
+    def __init__(self, dim: int, backend: str = "matmul", use_onednn: bool | None = None) -> None:
+        """An empty index of ``dim``-dimensional descriptors.
+
+        ``use_onednn`` (``matmul`` backend), where oneDNN is available: ``None``
+        uses it for blocks of at least ``ONEDNN_MIN_QUERIES`` queries, ``True``
+        for every block, ``False`` never (NumPy's BLAS only).
+        """
         if backend not in SEARCH_BACKENDS:
             raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(SEARCH_BACKENDS)}")
         if dim <= 0:
             raise ValueError(f"descriptor dimension must be positive, got {dim}")
         self.dim = int(dim)
         self.backend = backend
+        self.use_onednn = use_onednn
         self._chunks: list[np.ndarray] = []
         self._database: np.ndarray | None = None
         self._onednn: _OneDnnProduct | None = None
@@ -154,10 +166,12 @@ class FlatIndex:
             self._faiss_index = faiss.IndexFlatIP(self.dim)
 
     @classmethod
-    def from_descriptors(cls, descriptors: np.ndarray, backend: str = "matmul") -> "FlatIndex":
+    def from_descriptors(
+        cls, descriptors: np.ndarray, backend: str = "matmul", use_onednn: bool | None = None
+    ) -> "FlatIndex":
         """An index holding ``descriptors`` (N, D)."""
         descriptors = _as_descriptors(descriptors, "database")
-        index = cls(descriptors.shape[1], backend=backend)
+        index = cls(descriptors.shape[1], backend=backend, use_onednn=use_onednn)
         index.add(descriptors)
         return index
 
@@ -223,10 +237,12 @@ class FlatIndex:
             scores, indices = self._faiss_index.search(queries, k)
             return scores.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
         database = self._matrix()
-        block = batch_size or len(queries)
-        if self._onednn is None and min(block, len(queries)) >= ONEDNN_MIN_QUERIES and onednn_available():
+        block = _block_rows(len(queries), len(database), batch_size)
+        min_queries = 1 if self.use_onednn else ONEDNN_MIN_QUERIES
+        wanted = self.use_onednn is not False and block >= min_queries and onednn_available()
+        if wanted and self._onednn is None:
             self._onednn = _OneDnnProduct(database)
-        return _matmul_search(database, queries, k, batch_size, self._onednn)
+        return _matmul_search(database, queries, k, block, self._onednn if wanted else None, min_queries)
 
 
 def exact_search(

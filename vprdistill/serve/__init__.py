@@ -1,1 +1,1 @@
-
+"""HTTP service for localisation (``create_app`` in ``serve.app``; ``vprdistill serve``)."""

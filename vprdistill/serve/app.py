@@ -28,8 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from vprdistill.data.images import ImageLoadError
-from vprdistill.deploy.inputs import decode_image_bytes
+from vprdistill.deploy.inputs import ImageLoadError, decode_image_bytes
 from vprdistill.deploy.localizer import Localizer
 from vprdistill.serve.auth import api_key_dependency
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from vprdistill.data.synth import geometry as G
 from vprdistill.data.synth.styles import (
-    CHURCH, CLOCK, TEMPLATES, TOWER, P, copy_design, pick_template, sample_design, sample_landmark,
+    CHURCH, CLOCK, MURAL, TEMPLATES, TOWER, P, copy_design, pick_template, sample_design, sample_landmark,
 )
 
 

@@ -27,7 +27,7 @@ PRESETS: dict[str, dict] = {
         spacing_m=12.0, queries_train=32, queries_val=32, queries_test=48,
     ),
     "small": dict(
-        train_blocks=3, val_blocks=1, test_blocks=2, north_blocks=2,
+        train_blocks=2, val_blocks=1, test_blocks=2, north_blocks=2,
         spacing_m=5.0, queries_train=320, queries_val=160, queries_test=480,
     ),
     "medium": dict(
@@ -50,7 +50,7 @@ class SynthConfig:
     image_size: int = 128
     fov_deg: float = 80.0
     # City layout
-    train_blocks: int = 3
+    train_blocks: int = 2
     val_blocks: int = 1
     test_blocks: int = 2
     north_blocks: int = 2

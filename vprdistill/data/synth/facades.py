@@ -97,39 +97,21 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
     blinds = (window_rand < 0.3) & (in_window > 0.55) & ~curtain
     glass = np.where(blinds[:, None], BLINDS * 0.8, glass)
 
-    # Ground floor: a shop front, or a door with windows beside it.
-    shop = (p[:, P["shop"]] > 0.5) & front
-    sign_lo, sign_hi = ground - 1.15, ground - 0.3
-    display = pulse(u - 0.6, 3.2, 2.6, fp) * band(u, 0.5, length - 0.5, fp) * band(z, 0.45, sign_lo - 0.25, fp)
-    sign_area = band(u, 0.3, length - 0.3, fp) * band(z, sign_lo, sign_hi, fp)
-    period = s["sign_period"]
-    letters = pulse(u - 1.7, period, period * 0.55, fp) * band(z, sign_lo + 0.22, sign_hi - 0.22, fp) * band(u, 1.7, length - 1.2, fp)
-    logo = band(u, 0.55, 1.45, fp) * band(z, sign_lo + 0.08, sign_hi - 0.08, fp)
-    sign_colour = mix(mix(_colour(p, "acc0"), _colour(p, "acc1"), letters), _colour(p, "acc2"), logo)
-    door_centre = s["door_u"] * length
-    has_door = front & (s["door_u"] >= 0)
-    door = band(u, door_centre - 0.55, door_centre + 0.55, fp) * band(z, -1.0, 2.3, fp) * has_door
-    ground_windows = win_u * band(z, 0.95, np.minimum(ground - 0.35, 0.95 + win_h), fp) * windows_here * (ground > 2.0)
-    on_ground = ~shop & (z < ground)
-    shop_glass = _colour(p, "glass") * 0.8
-    shop_mix = np.where(shop, display, 0.0)
-    albedo = mix(albedo, trim * 0.9, frame * 0.85 * (z >= ground))
-    albedo = mix(albedo, glass, window * (z >= ground))
-    albedo = mix(albedo, glass, ground_windows * on_ground)
-    albedo = mix(albedo, shop_glass, shop_mix)
-    albedo = mix(albedo, sign_colour, np.where(shop, sign_area, 0.0))
-    albedo = mix(albedo, _colour(p, "door"), door * ~shop)
-    albedo = mix(albedo, shop_glass * 0.7, door * shop)
-
-    # Artificial light: lit windows, shop windows and signs.
+    upper = z >= ground
+    albedo = mix(albedo, trim * 0.9, frame * 0.85 * upper)
+    albedo = mix(albedo, glass, window * upper)
+    window_light = np.zeros((n, 3), np.float32)
     if lights > 0:
         lit = rand01(bay_index + tex_seed * 131, storey_index + 7, lit_seed) < s["lit_p"] * lights
         warm = rand01(bay_index + tex_seed * 131, storey_index, lit_seed + 1) < 0.75
-        tone = np.where(warm[:, None], WARM_LIGHT, COOL_LIGHT) * (0.45 + 0.45 * window_rand)[:, None]
-        emissive += tone * (window * lit * (z >= ground))[:, None]
-        emissive += tone * (ground_windows * on_ground * lit)[:, None]
-        emissive += SHOP_LIGHT * (0.75 * lights * shop_mix)[:, None]
-        emissive += sign_colour * (0.65 * lights * np.where(shop, sign_area, 0.0))[:, None]
+        window_light = np.where(warm[:, None], WARM_LIGHT, COOL_LIGHT) * ((0.45 + 0.45 * window_rand) * lit)[:, None]
+        emissive += window_light * (window * upper)[:, None]
+    # The ground floor is a small share of the pixels: evaluate it on those only.
+    g = np.nonzero(~upper)[0]
+    if len(g):
+        albedo[g], ground_light = _ground_floor(p[g], u[g], z[g], length[g], fp[g], front[g], win_u[g], windows_here[g],
+                                                glass[g], albedo[g], window_light[g], lights)
+        emissive[g] += ground_light
 
     # Landmarks: unique facades that make a place recognisable from afar.
     roof = z > height + 0.02
@@ -183,3 +165,32 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
         albedo = mix(albedo, _colour(p, "door") * 0.8, portal)
         emissive += stained * (0.8 * lights * rose)[:, None]
     return albedo.astype(np.float32), emissive.astype(np.float32)
+
+
+def _ground_floor(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndarray, fp: np.ndarray, front: np.ndarray,
+                  win_u: np.ndarray, windows_here: np.ndarray, glass: np.ndarray, albedo: np.ndarray,
+                  window_light: np.ndarray, lights: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-floor pixels: a shop front (display windows, sign band with its colours), or a door and windows."""
+    ground = p[:, P["ground"]]
+    shop = (p[:, P["shop"]] > 0.5) & front
+    sign_lo, sign_hi = ground - 1.15, ground - 0.3
+    display = np.where(shop, pulse(u - 0.6, 3.2, 2.6, fp) * band(u, 0.5, length - 0.5, fp) * band(z, 0.45, sign_lo - 0.25, fp), 0.0)
+    sign_area = np.where(shop, band(u, 0.3, length - 0.3, fp) * band(z, sign_lo, sign_hi, fp), 0.0)
+    period = p[:, P["sign_period"]]
+    letters = pulse(u - 1.7, period, period * 0.55, fp) * band(z, sign_lo + 0.22, sign_hi - 0.22, fp) * band(u, 1.7, length - 1.2, fp)
+    logo = band(u, 0.55, 1.45, fp) * band(z, sign_lo + 0.08, sign_hi - 0.08, fp)
+    sign_colour = mix(mix(_colour(p, "acc0"), _colour(p, "acc1"), letters), _colour(p, "acc2"), logo)
+    door_centre = p[:, P["door_u"]] * length
+    door = band(u, door_centre - 0.55, door_centre + 0.55, fp) * band(z, -1.0, 2.3, fp) * (front & (door_centre >= 0))
+    win_h = p[:, P["win_h"]]
+    ground_windows = win_u * band(z, 0.95, np.minimum(ground - 0.35, 0.95 + win_h), fp) * windows_here * (ground > 2.0) * ~shop
+    shop_glass = _colour(p, "glass") * 0.8
+    albedo = mix(albedo, glass, ground_windows)
+    albedo = mix(albedo, shop_glass, display)
+    albedo = mix(albedo, sign_colour, sign_area)
+    albedo = mix(albedo, _colour(p, "door"), door * ~shop)
+    albedo = mix(albedo, shop_glass * 0.7, door * shop)
+    emissive = window_light * ground_windows[:, None]
+    if lights > 0:
+        emissive = emissive + SHOP_LIGHT * (0.75 * lights * display)[:, None] + sign_colour * (0.65 * lights * sign_area)[:, None]
+    return albedo, emissive.astype(np.float32)

@@ -46,6 +46,45 @@ def _markings(offset: np.ndarray, along: np.ndarray, half: np.ndarray, avenue: n
     return white.astype(np.float32), yellow.astype(np.float32)
 
 
+def _road_colour(x, y, fp, off_x, off_y, half_x, half_y, walk_x, walk_y, avenue_x, avenue_y) -> np.ndarray:
+    """Asphalt with lane markings and zebra crossings, for road points only ``(n, 3)``."""
+    ax, ay = np.abs(off_x), np.abs(off_y)
+    # Large patches and fine grain; the grain fades where a pixel covers many grains.
+    patches = value_noise(x / 6.0, y / 6.0, 11)
+    grain = (cell_rand(x, y, 0.35, 12) - 0.5) * np.clip(1.0 - fp / 0.8, 0.0, 1.0)
+    asphalt = ASPHALT * (0.88 + 0.18 * patches + 0.12 * grain)[:, None]
+    # Each street paints its own stretch; crossings lie where it meets the cross street.
+    on_x, on_y = ax < half_x, ay < half_y
+    ns_only, ew_only = on_x & ~on_y, on_y & ~on_x
+    w_ns, y_ns = _markings(off_x, y, half_x, avenue_x, fp)
+    w_ew, y_ew = _markings(off_y, x, half_y, avenue_y, fp)
+    zebra_ns = pulse(off_x, 1.0, 0.5, fp) * band(ay, half_y + walk_y * 0.2, half_y + walk_y * 0.2 + 3.0, fp)
+    zebra_ew = pulse(off_y, 1.0, 0.5, fp) * band(ax, half_x + walk_x * 0.2, half_x + walk_x * 0.2 + 3.0, fp)
+    ns_far = ay > half_y + walk_y * 0.2 + 3.2
+    ew_far = ax > half_x + walk_x * 0.2 + 3.2
+    white = np.where(ns_only, np.where(ns_far, w_ns, zebra_ns), 0.0) + np.where(ew_only, np.where(ew_far, w_ew, zebra_ew), 0.0)
+    yellow = np.where(ns_only & ns_far, y_ns, 0.0) + np.where(ew_only & ew_far, y_ew, 0.0)
+    white, yellow = np.clip(white, 0, 1)[:, None], np.clip(yellow, 0, 1)[:, None]
+    return asphalt * (1 - white - yellow) + WHITE_PAINT * white + YELLOW_PAINT * yellow
+
+
+def _slush_colour(x, y, fp, off_x, off_y, half_x, half_y) -> np.ndarray:
+    """Snowy road: slush with darker tyre tracks along each lane ``(n, 3)``."""
+    ax, ay = np.abs(off_x), np.abs(off_y)
+    on_x, on_y = ax < half_x, ay < half_y
+    lane_pos = np.where(on_x & ~on_y, ax, np.where(on_y & ~on_x, ay, 0.0))
+    tracks = (pulse(lane_pos + 0.25, 1.6, 0.5, fp) * (lane_pos > 0.3))[:, None]
+    slush = SLUSH * (0.9 + 0.2 * value_noise(x / 3.0, y / 3.0, 15))[:, None]
+    return slush * (1 - 0.55 * tracks) + ASPHALT * 0.9 * (0.55 * tracks)
+
+
+def _slab_colour(x, y, fp, from_kerb) -> np.ndarray:
+    """Sidewalk slabs with seams, and a lighter kerb stone along the road ``(n, 3)``."""
+    seams = np.maximum(pulse(x, 1.5, 0.05, fp), pulse(y, 1.5, 0.05, fp))
+    slab = CONCRETE * (0.94 + 0.1 * cell_rand(x, y, 1.5, 13) - 0.18 * seams)[:, None]
+    return np.where((from_kerb < 0.25)[:, None], KERB, slab)
+
+
 def sample_ground(world: World, x: np.ndarray, y: np.ndarray, fp: np.ndarray, season: str, snowy: bool) -> GroundSample:
     """Ground class and colour at world points ``(n,)``; ``fp`` is each pixel's footprint in metres."""
     ix = _nearest_street(x, world.streets_x)
@@ -54,59 +93,29 @@ def sample_ground(world: World, x: np.ndarray, y: np.ndarray, fp: np.ndarray, se
     ax, ay = np.abs(off_x), np.abs(off_y)
     half_x, half_y = world.half_x[ix], world.half_y[iy]
     walk_x, walk_y = world.walk_x[ix], world.walk_y[iy]
-    on_x, on_y = ax < half_x, ay < half_y
-    road = on_x | on_y
+    road = (ax < half_x) | (ay < half_y)
     sidewalk = ~road & ((ax < half_x + walk_x) | (ay < half_y + walk_y))
-
-    n = len(x)
-    cls = np.full(n, C.SIDEWALK, np.uint8)
-    albedo = np.empty((n, 3), np.float32)
-    wet = np.zeros(n, np.float32)
-
-    # Asphalt: large patches and fine grain; the grain fades where a pixel covers many grains.
-    patches = value_noise(x / 6.0, y / 6.0, 11)
-    grain = (cell_rand(x, y, 0.35, 12) - 0.5) * np.clip(1.0 - fp / 0.8, 0.0, 1.0)
-    tone = 0.88 + 0.18 * patches + 0.12 * grain
-    asphalt = ASPHALT * tone[:, None]
-    # Lane markings on each street's own stretch, crosswalk stripes where it meets the cross street.
-    w_ns, y_ns = _markings(off_x, y, half_x, world.avenue_x[ix], fp)
-    w_ew, y_ew = _markings(off_y, x, half_y, world.avenue_y[iy], fp)
-    ns_only, ew_only = on_x & ~on_y, on_y & ~on_x
-    zebra_ns = pulse(off_x, 1.0, 0.5, fp) * band(ay, half_y + walk_y * 0.2, half_y + walk_y * 0.2 + 3.0, fp)
-    zebra_ew = pulse(off_y, 1.0, 0.5, fp) * band(ax, half_x + walk_x * 0.2, half_x + walk_x * 0.2 + 3.0, fp)
-    ns_far = ay > half_y + walk_y * 0.2 + 3.2
-    ew_far = ax > half_x + walk_x * 0.2 + 3.2
-    white = np.where(ns_only, np.where(ns_far, w_ns, zebra_ns), 0.0) + np.where(ew_only, np.where(ew_far, w_ew, zebra_ew), 0.0)
-    yellow = np.where(ns_only & ns_far, y_ns, 0.0) + np.where(ew_only & ew_far, y_ew, 0.0)
-    paint_white, paint_yellow = np.clip(white, 0, 1)[:, None], np.clip(yellow, 0, 1)[:, None]
-    road_colour = asphalt * (1 - paint_white - paint_yellow) + WHITE_PAINT * paint_white + YELLOW_PAINT * paint_yellow
-
-    # Sidewalk: slabs with seams and a lighter kerb stone along the road.
-    from_kerb = np.minimum(np.where(ax >= half_x, ax - half_x, np.inf), np.where(ay >= half_y, ay - half_y, np.inf))
-    seams = np.maximum(pulse(x, 1.5, 0.05, fp), pulse(y, 1.5, 0.05, fp))
-    slab = CONCRETE * (0.94 + 0.1 * cell_rand(x, y, 1.5, 13) - 0.18 * seams)[:, None]
-    walk_colour = np.where((from_kerb < 0.25)[:, None], KERB, slab)
-
     # Inside a block: lawn or paving, by block.
     col = np.clip(np.searchsorted(world.streets_x, x) - 1, 0, world.block_ground.shape[1] - 1)
     row = np.clip(np.searchsorted(world.streets_y, y) - 1, 0, world.block_ground.shape[0] - 1)
     lawn = ~road & ~sidewalk & (world.block_ground[row, col] == GROUND_GRASS)
-    grass = np.asarray(GRASS[season], np.float32) * (0.8 + 0.35 * value_noise(x / 2.0, y / 2.0, 14))[:, None]
+    paved = ~road & ~lawn
 
-    albedo[:] = np.where(sidewalk[:, None] | ~lawn[:, None], walk_colour, grass)
-    albedo[road] = road_colour[road]
+    cls = np.full(len(x), C.SIDEWALK, np.uint8)
     cls[road] = C.ROAD
     cls[lawn] = C.TERRAIN
-    wet[road] = 1.0
-    wet[sidewalk] = 0.5
-
+    wet = np.where(road, np.float32(1.0), np.where(sidewalk, np.float32(0.5), np.float32(0.0)))
+    albedo = np.empty((len(x), 3), np.float32)
+    # Each material is evaluated on its own pixels only.
+    r, p, g = np.nonzero(road)[0], np.nonzero(paved)[0], np.nonzero(lawn)[0]
     if snowy:
-        drift = value_noise(x / 3.0, y / 3.0, 15)
-        snow = SNOW * (0.93 + 0.07 * drift)[:, None]
-        # Slush on the road, with darker tyre tracks along each lane.
-        lane_pos = np.where(on_x & ~on_y, ax, np.where(on_y & ~on_x, ay, 0.0))
-        tracks = pulse(lane_pos + 0.25, 1.6, 0.5, fp) * (lane_pos > 0.3)
-        slush = SLUSH * (0.9 + 0.2 * drift)[:, None]
-        slush = slush * (1 - 0.55 * tracks)[:, None] + ASPHALT * 0.9 * (0.55 * tracks)[:, None]
-        albedo = np.where(road[:, None], slush, snow)
-    return GroundSample(cls, albedo.astype(np.float32), wet)
+        albedo[r] = _slush_colour(x[r], y[r], fp[r], off_x[r], off_y[r], half_x[r], half_y[r])
+        rest = np.nonzero(~road)[0]
+        albedo[rest] = SNOW * (0.93 + 0.07 * value_noise(x[rest] / 3.0, y[rest] / 3.0, 15))[:, None]
+        return GroundSample(cls, albedo, wet)
+    albedo[r] = _road_colour(x[r], y[r], fp[r], off_x[r], off_y[r], half_x[r], half_y[r], walk_x[r], walk_y[r],
+                             world.avenue_x[ix[r]], world.avenue_y[iy[r]])
+    from_kerb = np.minimum(np.where(ax[p] >= half_x[p], ax[p] - half_x[p], np.inf), np.where(ay[p] >= half_y[p], ay[p] - half_y[p], np.inf))
+    albedo[p] = _slab_colour(x[p], y[p], fp[p], from_kerb)
+    albedo[g] = np.asarray(GRASS[season], np.float32) * (0.8 + 0.35 * value_noise(x[g] / 2.0, y[g] / 2.0, 14))[:, None]
+    return GroundSample(cls, albedo, wet)

@@ -8,7 +8,7 @@ import numpy as np
 
 from vprdistill.data.synth.camera import Camera
 from vprdistill.data.synth.lighting import Lighting
-from vprdistill.data.synth.noise import fbm
+from vprdistill.data.synth.noise import fbm, value_noise
 
 CLOUD_HEIGHT_M = 1500.0
 
@@ -25,10 +25,10 @@ def sky_colour(camera: Camera, rows: np.ndarray, cols: np.ndarray, lighting: Lig
         reach = CLOUD_HEIGHT_M / np.maximum(np.tan(elevation), 0.02)
         px = camera.view.x + ray_x / norm * reach
         py = camera.view.y + ray_y / norm * reach
-        density = fbm(px / 900.0, py / 900.0, cloud_seed, octaves=4)
+        density = fbm(px / 900.0, py / 900.0, cloud_seed, octaves=3)
         cover = np.clip((density - (1.0 - lighting.cloud_cover)) * 4.0, 0.0, 1.0)
         cover *= np.clip(elevation / 0.05, 0.0, 1.0)
-        shade = 0.8 + 0.25 * fbm(px / 300.0, py / 300.0, cloud_seed + 1, octaves=2)
+        shade = 0.8 + 0.25 * value_noise(px / 300.0, py / 300.0, cloud_seed + 1)
         colour = colour + (lighting.cloud_colour * shade[:, None] - colour) * cover[:, None]
     if lighting.sun_elevation_deg > -5 and float(lighting.sun.sum()) > 0:
         azimuth = np.arctan2(ray_x, ray_y)

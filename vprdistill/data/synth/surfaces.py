@@ -78,8 +78,7 @@ def shade_vehicles(vehicles: np.ndarray, owner: np.ndarray, role: np.ndarray, fr
     albedo = mix(albedo, HEADLIGHT, front_lamp)
     albedo = mix(albedo, TAILLIGHT, back_lamp)
     roof = ~front_facing
-    roof_colour = SNOW_COVER if snowy else None
-    albedo = np.where(roof[:, None], roof_colour if roof_colour is not None else paint * 0.8, albedo)
+    albedo = np.where(roof[:, None], SNOW_COVER if snowy else paint * 0.8, albedo)
     emissive = np.zeros((n, 3), np.float32)
     if lights > 0:
         on = (moving & ~roof).astype(np.float32)

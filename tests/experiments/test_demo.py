@@ -1,0 +1,39 @@
+"""`vprdistill demo --quick` end to end: every stage runs and the report holds a row per model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from vprdistill.cli.main import main
+from vprdistill.experiments.demo import DEMO_MODELS
+
+
+def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    names = [row["name"] for row in results["rows"]]
+    assert names == [model.name for model in DEMO_MODELS]
+    for row in results["rows"]:
+        for n in ("1", "5", "10"):
+            assert 0.0 <= row["recall"][n] <= 100.0
+        assert row["parameters"] > 0
+        assert row["recall_per_condition"], "per-condition recall is reported"
+
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for model in DEMO_MODELS:
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| {model.name} |"))
+        recalls = [float(cell) for cell in line.strip("|").split("|")[2:5]]
+        assert all(0.0 <= value <= 100.0 for value in recalls)
+        assert model.name in html
+    # Self-contained: plots are inlined, nothing is fetched from elsewhere.
+    assert html.count("data:image/png;base64,") >= 3
+    assert not re.search(r"""(src|href)=["']https?://""", html)
+    # Every model is an ordinary run folder, usable by the other commands.
+    for model in DEMO_MODELS:
+        assert (out / "runs" / model.key / "best.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "R@1" in printed and "report:" in printed
