@@ -8,7 +8,8 @@ Difficulty: Recall@1/5 (25 m) per query condition on the ``small`` test split
 of a naive baseline: 16×16 grayscale thumbnails matched by L2 nearest
 neighbour. Cross-condition queries must fall clearly below same-condition ones,
 and no condition may reach 90% R@1: otherwise the dataset cannot tell a good
-model from a trivial one.
+model from a trivial one. Beside it, the same search on 16×16 ground-truth
+class maps (an oracle) shows that the places stay tellable apart by structure.
 
     uv run python benchmarks/synth_benchmark.py --workers 2
 """
@@ -33,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.report_sections import machine_description, today, update_section  # noqa: E402
 from vprdistill.data.synth import generate, parse_file_name  # noqa: E402
+from vprdistill.data.synth.classes import RENDERED_CLASS_IDS  # noqa: E402
 from vprdistill.data.synth.writer import MANIFEST  # noqa: E402
 
 RADIUS_M = 25.0
@@ -61,25 +63,50 @@ def _thumbnails(paths: list[Path]) -> np.ndarray:
     return out
 
 
-def naive_baseline_recall(root: Path, split: str = "test", ns: tuple[int, ...] = (1, 5)) -> dict[str, dict]:
-    """Recall@N (25 m) of thumbnail L2 matching, per query condition and over all queries."""
-    db_paths = sorted((root / "images" / split / "database").glob("*.jpg"))
-    q_paths = sorted((root / "images" / split / "queries").glob("*.jpg"))
+def _class_map_thumbnails(paths: list[Path]) -> np.ndarray:
+    """Share of each rendered class in each cell of a 16×16 grid: ``(N, C·256)``."""
+    out = np.empty((len(paths), len(RENDERED_CLASS_IDS) * 256), np.float32)
+    for i, path in enumerate(paths):
+        with Image.open(path) as seg:
+            ids = np.asarray(seg)
+        h, w = ids.shape
+        one_hot = (ids[None] == np.asarray(RENDERED_CLASS_IDS)[:, None, None]).astype(np.float32)
+        out[i] = one_hot.reshape(len(RENDERED_CLASS_IDS), 16, h // 16, 16, w // 16).mean(axis=(2, 4)).ravel()
+    return out
+
+
+def baseline_recall(root: Path, split: str = "test", ns: tuple[int, ...] = (1, 5)) -> dict[str, dict[str, dict]]:
+    """Recall@N (25 m) per query condition and overall, of exact L2 search on two naive descriptors.
+
+    ``thumbnail``: 16×16 grayscale images (the naive appearance baseline).
+    ``class map``: 16×16 class shares of the ground-truth maps, an oracle that
+    shows how much place information survives every condition as structure.
+    """
+    db_images = sorted((root / "images" / split / "database").glob("*.jpg"))
+    q_images = sorted((root / "images" / split / "queries").glob("*.jpg"))
+    seg_of = lambda p: root / "segmentation" / split / p.parent.name / (p.stem + ".png")  # noqa: E731
     utm = lambda paths: np.array([[float(parse_file_name(p)["east"]), float(parse_file_name(p)["north"])] for p in paths])  # noqa: E731
-    notes = np.array([parse_file_name(p)["note"] for p in q_paths])
-    index = faiss.IndexFlatL2(256)
-    index.add(_thumbnails(db_paths))
-    _, predictions = index.search(_thumbnails(q_paths), max(ns))
-    positives = cKDTree(utm(db_paths)).query_ball_point(utm(q_paths), RADIUS_M)
-    hit = np.array([[bool(set(predictions[i, :n]) & set(positives[i])) for n in ns] for i in range(len(q_paths))])
+    notes = np.array([parse_file_name(p)["note"] for p in q_images])
+    positives = cKDTree(utm(db_images)).query_ball_point(utm(q_images), RADIUS_M)
     results = {}
-    for condition in [*sorted(set(notes)), "all"]:
-        rows = np.ones(len(notes), bool) if condition == "all" else notes == condition
-        results[condition] = {"queries": int(rows.sum()), **{f"R@{n}": 100.0 * hit[rows, k].mean() for k, n in enumerate(ns)}}
+    for name, describe, db_files, q_files in (
+        ("thumbnail", _thumbnails, db_images, q_images),
+        ("class map", _class_map_thumbnails, [seg_of(p) for p in db_images], [seg_of(p) for p in q_images]),
+    ):
+        database = describe(db_files)
+        index = faiss.IndexFlatL2(database.shape[1])
+        index.add(database)
+        _, predictions = index.search(describe(q_files), max(ns))
+        hit = np.array([[bool(set(predictions[i, :n]) & set(positives[i])) for n in ns] for i in range(len(q_images))])
+        per_condition = {}
+        for condition in [*sorted(set(notes)), "all"]:
+            rows = np.ones(len(notes), bool) if condition == "all" else notes == condition
+            per_condition[condition] = {"queries": int(rows.sum()), **{f"R@{n}": 100.0 * hit[rows, k].mean() for k, n in enumerate(ns)}}
+        results[name] = per_condition
     return results
 
 
-def report(speed: dict[int, dict], small: dict, recall: dict[str, dict], workers: int, command: str) -> str:
+def report(speed: dict[int, dict], small: dict, recall: dict[str, dict[str, dict]], workers: int, command: str) -> str:
     load = os.getloadavg()
     lines = [
         "## SynthCity generator",
@@ -102,15 +129,19 @@ def report(speed: dict[int, dict], small: dict, recall: dict[str, dict], workers
                  f"{1000 * small['cpu_s'] / small['images']:.1f} |")
     lines += [
         "",
-        "Naive baseline on the `small` test split (16×16 grayscale thumbnails, exact L2 nearest neighbour "
-        "with faiss, positives within 25 m; database: day-clear-summer):",
+        "Naive baselines on the `small` test split (exact L2 nearest neighbour with faiss, positives within 25 m; "
+        "database: day-clear-summer). *Thumbnail*: 16×16 grayscale images, the naive appearance baseline. "
+        "*Class map*: 16×16 class shares of the ground-truth class maps, an oracle (no real system has them at "
+        "query time) showing that places stay distinguishable by their structure under every condition.",
         "",
-        "| query condition | queries | R@1 | R@5 |",
-        "|---|---:|---:|---:|",
+        "| query condition | queries | thumbnail R@1 | thumbnail R@5 | class map R@1 | class map R@5 |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for condition, row in recall.items():
+    thumbnail, class_map = recall["thumbnail"], recall["class map"]
+    for condition, row in thumbnail.items():
         name = "**all**" if condition == "all" else condition
-        lines.append(f"| {name} | {row['queries']} | {row['R@1']:.1f} | {row['R@5']:.1f} |")
+        other = class_map[condition]
+        lines.append(f"| {name} | {row['queries']} | {row['R@1']:.1f} | {row['R@5']:.1f} | {other['R@1']:.1f} | {other['R@5']:.1f} |")
     return "\n".join(lines)
 
 
@@ -127,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if (small_dir / MANIFEST).exists():
             raise SystemExit(f"{small_dir} already holds a dataset; the wall time needs a fresh folder")
         small = timed_generation(small_dir, "small", 128, args.workers)
-        recall = naive_baseline_recall(small_dir)
+        recall = baseline_recall(small_dir)
     body = report(speed, small, recall, args.workers, command.strip())
     print(body)
     update_section("synthcity", body)

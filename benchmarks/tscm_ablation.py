@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=Budget.epochs)
     parser.add_argument("--image-size", type=int, default=Budget.image_size)
     parser.add_argument("--max-train-queries", type=int, default=Budget.max_train_queries)
+    parser.add_argument("--variants", nargs="+", default=[v for v, _ in VARIANTS],
+                        choices=[v for v, _ in VARIANTS], help="KD variants to train")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -56,8 +58,9 @@ def main() -> None:
     rows.append({"variant": "teacher", "label": "TSCM teacher (tiny)", "seed": 0, **teacher.to_dict()})
     print(f"teacher: R@1 {teacher.recall['1']:.1f}", flush=True)
 
+    variants = [(v, label) for v, label in VARIANTS if v in args.variants]
     for seed in args.seeds:
-        for variant, label in VARIANTS:
+        for variant, label in variants:
             run_dir = args.out / f"student-{variant}-seed{seed}"
             if variant == "none":
                 preset, extra = "tscm/synth-student-tiny-nokd", []
@@ -71,7 +74,7 @@ def main() -> None:
 
     (args.out / "tscm_ablation.json").write_text(json.dumps(rows, indent=2))
     table = ["| Model | seeds | Params (M) | R@1 | R@5 | R@10 | ms / image |", "|---|---|---|---|---|---|---|"]
-    for variant, label in [("teacher", "TSCM teacher (tiny)")] + VARIANTS:
+    for variant, label in [("teacher", "TSCM teacher (tiny)")] + variants:
         group = [r for r in rows if r["variant"] == variant]
         recalls = {n: [r["recall"][n] for r in group] for n in ("1", "5", "10")}
         table.append(

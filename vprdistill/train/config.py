@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+AMP_MODES = ("off", "bf16", "fp16")
+BATCHNORM_MODES = ("batch", "sync", "frozen")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class TrainConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 10
-    batch_size: int = 8  # tuples of 1 query + 1 positive + num_negatives negatives
+    batch_size: int = 8  # tuples (1 query + 1 positive + negatives) per process: global batch = batch_size × processes
     patience: int = 10  # epochs without validation R@1 improvement before stopping
     seed: int = 0
     device: str = "auto"
@@ -77,6 +79,9 @@ class TrainConfig:
     recall_ns: list[int] = field(default_factory=lambda: [1, 5, 10])
     tensorboard: bool = False
     progress: bool = True
+    amp: str = "off"  # off | bf16 | fp16: autocast of the student's forward pass (fp16 on CUDA, with loss scaling)
+    compile: bool = False  # torch.compile the student; falls back to eager mode with a warning
+    batchnorm: str = "batch"  # batch | sync | frozen: BatchNorm statistics under data parallelism (docs/DISTRIBUTED.md)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,6 +112,8 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
             kwargs[key] = section_cls(**value)
         else:
             kwargs[key] = value
+    if kwargs.get("amp") is False:  # YAML reads a bare `off` as false
+        kwargs["amp"] = "off"
     config = TrainConfig(**kwargs)
     validate_config(config, source)
     return config
@@ -127,6 +134,12 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
         raise ValueError(f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m")
     if len(config.data.image_size) != 2:
         raise ValueError(f"{source}: data.image_size must be [H, W], got {config.data.image_size}")
+    if config.amp not in AMP_MODES:
+        raise ValueError(f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
+    if not isinstance(config.compile, bool):
+        raise ValueError(f"{source}: compile must be true or false, got {config.compile!r}")
+    if config.batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"{source}: batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
     if not isinstance(config.method, dict) or "name" not in config.method:
         raise ValueError(f"{source}: method must be a mapping with a 'name'")
 

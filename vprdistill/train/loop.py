@@ -8,10 +8,18 @@ Determinism: all randomness of an epoch (query order, negative sampling,
 augmentation, dropout) is drawn from generators seeded by ``(seed, epoch)``,
 so resuming from the checkpoint of epoch e replays epoch e+1 exactly as an
 uninterrupted run would.
+
+Under ``torchrun`` the same function runs in every process: descriptor caches
+are computed in shards and gathered, every rank mines the same tuples and
+trains the student (wrapped in ``DistributedDataParallel``) on its share of
+them, and rank 0 alone writes the run folder (``train/distributed.py``,
+docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -28,17 +36,22 @@ from vprdistill.data.readers import open_dataset
 from vprdistill.eval.evaluate import evaluate_descriptors
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.registry import build_model
+from vprdistill.train.amp_compile import StudentForward, autocast, check_amp, grad_scaler
 from vprdistill.train.config import TrainConfig, save_config
+from vprdistill.train.distributed import DistributedContext, distributed_context, prepare_batchnorm, set_training_mode
 from vprdistill.train.inputs import build_input_loader, input_paths
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import TripletMiner
 from vprdistill.train.run_folder import RunFolder
 from vprdistill.train.tuples import TupleDataset, collate_tuples, split_tuple_descriptors
-from vprdistill.utils.device import resolve_device, set_threads
+from vprdistill.utils.device import set_threads
 from vprdistill.utils.logging import get_logger, setup_logging
 from vprdistill.utils.seed import seed_everything
 
 logger = get_logger("train")
+
+# Each rank draws its own augmentation and dropout; rank 0 keeps the one-process seeds.
+_RANK_SEED_STRIDE = 1_000_003
 
 @dataclass
 class StepInfo:
@@ -83,33 +96,48 @@ def _build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim
     )
 
 
+def _describe(
+    config: TrainConfig, model: torch.nn.Module, paths: list[Path], context: DistributedContext
+) -> np.ndarray:
+    """Descriptors ``(N, D)`` of ``paths``: each rank computes its shard, every rank gets all of them."""
+    share = context.shard(len(paths))
+    local = compute_descriptors(
+        model,
+        paths[share],
+        image_size=config.data.image_size,
+        batch_size=config.eval_batch_size,
+        device=context.device,
+        num_workers=config.data.num_workers,
+        input_kind=config.data.input,
+        structural_source=config.data.structural_source,
+        progress=False,
+    )
+    return context.gather_rows(local, len(paths))
+
+
 class _Validator:
     """Validation R@N of the student on the validation split (descriptors computed each epoch)."""
 
-    def __init__(self, config: TrainConfig, dataset: PlaceDataset | None, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, dataset: PlaceDataset | None, context: DistributedContext) -> None:
         self.config = config
         self.dataset = dataset
-        self.device = device
+        self.context = context
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float] | None:
         if self.dataset is None:
             return None
         query_paths, database_paths = input_paths(self.dataset, self.config.data.input)
-        kwargs = dict(
-            image_size=self.config.data.image_size,
-            batch_size=self.config.eval_batch_size,
-            device=self.device,
-            num_workers=self.config.data.num_workers,
-            input_kind=self.config.data.input,
-            structural_source=self.config.data.structural_source,
-            progress=False,
-        )
-        database = compute_descriptors(model, database_paths, **kwargs)
-        queries = compute_descriptors(model, query_paths, **kwargs)
-        result = evaluate_descriptors(
-            database, queries, self.dataset, threshold_m=self.config.threshold_m, recall_ns=self.config.recall_ns
-        )
-        return {str(k): float(v) for k, v in result.recall.items()}
+        database = _describe(self.config, model, database_paths, self.context)
+        queries = _describe(self.config, model, query_paths, self.context)
+
+        def recall() -> dict[str, float]:
+            result = evaluate_descriptors(
+                database, queries, self.dataset, threshold_m=self.config.threshold_m, recall_ns=self.config.recall_ns
+            )
+            return {str(k): float(v) for k, v in result.recall.items()}
+
+        # Rank 0's figures decide best checkpoint and early stopping on every rank.
+        return self.context.main_result(recall)
 
 
 def train(
@@ -123,15 +151,40 @@ def train(
     With ``resume=True`` the run folder's last finished epoch is loaded (weights,
     optimizer, scheduler, early-stopping counters) and training continues from
     the next epoch.
+
+    Started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set), every
+    process calls this function; ``config.batch_size`` is then per process, and
+    rank 0's ``out_dir`` is the run folder of all.
     """
-    run = RunFolder(out_dir)
-    run.create(exist_ok=resume)
-    setup_logging(log_file=run.log_path)
+    with distributed_context(config.device) as context:
+        return _train(config, out_dir, resume, step_callbacks, context)
+
+
+def _train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool,
+    step_callbacks: Sequence[StepCallback],
+    context: DistributedContext,
+) -> TrainResult:
+    # Ranks may have picked different time-stamped folders; rank 0's is the run.
+    run = RunFolder(context.broadcast_object(str(out_dir)))
+    context.run_where(context.is_main, lambda: run.create(exist_ok=resume))
+    if context.is_main:
+        setup_logging(log_file=run.log_path)
+    else:
+        setup_logging(level=logging.WARNING)
+    saved_config = config
+    config = dataclasses.replace(config, progress=config.progress and context.is_main)
     set_threads(config.threads)
-    device = resolve_device(config.device)
+    device = context.device
+    check_amp(config.amp, device)
     seed_everything(config.seed)
-    save_config(config, run.config_path)
+    context.run_where(context.is_main, lambda: save_config(saved_config, run.config_path))
     logger.info("run %s on %s (%d threads)%s", run.path, device, torch.get_num_threads(), " — resuming" if resume else "")
+    if context.is_distributed:
+        logger.info("data parallel on %d processes: global batch %d tuples (batch_size %d per process)",
+                    context.world_size, config.batch_size * context.world_size, config.batch_size)
 
     if not config.data.dataset:
         raise ValueError("data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity")
@@ -147,14 +200,16 @@ def train(
             skip_bad_images=config.data.skip_bad_images,
         )
         val_set = _subset_queries(val_set, config.data.max_val_queries, config.seed + 1)
-    validate = _Validator(config, val_set, device)
+    validate = _Validator(config, val_set, context)
 
     model_config = config.model if isinstance(config.model, dict) else {"preset": config.model}
     # The training size travels with the weights, so eval/index/export default to it.
     model = build_model(dict(model_config, image_size=list(config.data.image_size)), pretrained=config.pretrained)
-    model = model.to(device)
+    model = prepare_batchnorm(model.to(device), config.batchnorm, context)
     method = TrainingMethod(config, device)
-    method.prepare(train_set)
+    # One process per machine fills the teacher caches; the others then read them.
+    context.run_where(context.local_rank == 0, lambda: method.prepare(train_set))
+    context.run_where(context.local_rank != 0, lambda: method.prepare(train_set))
     miner = TripletMiner(
         train_set,
         positive_radius_m=config.mining.positive_radius_m,
@@ -165,6 +220,7 @@ def train(
     )
     optimizer = _build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.optim.lr_decay)
+    scaler = grad_scaler(config.amp, device)
 
     start_epoch, best_recall, best_epoch, stale_epochs = 1, -1.0, 0, 0
     if resume:
@@ -174,10 +230,13 @@ def train(
         start_epoch = int(state["epoch"]) + 1
         best_recall, best_epoch = float(state["best_recall"]), int(state["best_epoch"])
         stale_epochs = int(state["stale_epochs"])
-        run.truncate_metrics(start_epoch - 1)
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        context.run_where(context.is_main, lambda: run.truncate_metrics(start_epoch - 1))
         logger.info("resumed after epoch %d (best R@1 %.2f at epoch %d)", start_epoch - 1, best_recall, best_epoch)
 
-    writer = _tensorboard_writer(run.path) if config.tensorboard else None
+    forward = StudentForward(context.wrap(model), compile=config.compile)
+    writer = _tensorboard_writer(run.path) if config.tensorboard and context.is_main else None
     load_input = build_input_loader(config.data, train=True)
     query_paths, database_paths = input_paths(train_set, config.data.input)
     epochs_run, stopped_early = start_epoch - 1, False
@@ -187,24 +246,26 @@ def train(
             stopped_early = True
             break
         epoch_start = time.perf_counter()
-        torch.manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank)
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(miner.trainable_queries)
         chunk = config.mining.refresh_every or len(order)
         term_sums: dict[str, float] = {}
         steps, tuples_trained, skipped = 0, 0, 0
-        model.train()
+        set_training_mode(model, config.batchnorm)
         bar = tqdm(total=len(order), desc=f"epoch {epoch}/{config.epochs}", unit="q", disable=not config.progress,
                    leave=False, dynamic_ncols=True)
         for chunk_start in range(0, len(order), chunk):
             chunk_queries = order[chunk_start : chunk_start + chunk]
-            query_desc, database_desc = _mining_cache(config, model, method, train_set, chunk_queries, device)
+            context.sync_buffers(model)
+            query_desc, database_desc = _mining_cache(config, model, method, train_set, chunk_queries, context)
+            # Every rank mines the whole chunk with the same generator, then trains on its share.
             tuples, stats = miner.mine(chunk_queries, query_desc, database_desc, rng)
             skipped += stats.skipped_no_violation
             bar.update(stats.skipped_no_violation)
-            model.train()
+            set_training_mode(model, config.batchnorm)
             loader = DataLoader(
-                TupleDataset(tuples, query_paths, database_paths, load_input),
+                TupleDataset(context.share(tuples), query_paths, database_paths, load_input),
                 batch_size=config.batch_size,
                 shuffle=False,  # the order is already a seeded permutation
                 num_workers=config.data.num_workers,
@@ -213,9 +274,11 @@ def train(
             for batch in loader:
                 batch = batch.to(device)
                 step_start = time.perf_counter()
-                descriptors = model(batch.images)
-                output = method.loss(batch, split_tuple_descriptors(descriptors, batch))
-                loss_value = float(output.total.detach())
+                with autocast(config.amp, device):
+                    descriptors = forward(batch.images)
+                output = method.loss(batch, split_tuple_descriptors(descriptors.float(), batch))
+                # The mean over ranks: every rank sees the same value, so all stop together on NaN.
+                loss_value = context.all_reduce_sum([float(output.total.detach())])[0] / context.world_size
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
                         f"non-finite loss ({loss_value}) at epoch {epoch}, step {steps + 1}: "
@@ -223,28 +286,32 @@ def train(
                         "(lower optim.lr or check the data)."
                     )
                 optimizer.zero_grad(set_to_none=True)
-                output.total.backward()
+                scaler.scale(output.total).backward()
                 if config.optim.grad_clip:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 steps += 1
                 tuples_trained += batch.batch_size
                 for key, value in output.terms.items():
                     term_sums[key] = term_sums.get(key, 0.0) + float(value)
                 rate = batch.images.shape[0] / max(time.perf_counter() - step_start, 1e-9)
-                bar.update(batch.batch_size)
+                bar.update(batch.batch_size * context.world_size)
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
                 for callback in step_callbacks:
                     callback(StepInfo(epoch, steps, loss_value, model))
         bar.close()
         scheduler.step()
+        term_sums, tuples_trained = _sum_over_ranks(context, term_sums, tuples_trained)
 
+        context.sync_buffers(model)
         recall = validate(model)
         recall_at_1 = recall["1"] if recall else -float(epoch)  # no validation: the latest epoch is the best
         improved = recall_at_1 > best_recall
         if improved:
             best_recall, best_epoch, stale_epochs = recall_at_1, epoch, 0
-            run.save_best(model)
+            context.run_where(context.is_main, lambda: run.save_best(model))
         else:
             stale_epochs += 1
         record = {
@@ -253,29 +320,45 @@ def train(
             "tuples": tuples_trained,
             "queries_skipped_no_violation": skipped,
             "lr": optimizer.param_groups[0]["lr"],
-            "loss": {k: v / max(steps, 1) for k, v in term_sums.items()},
+            "loss": {k: v / max(steps * context.world_size, 1) for k, v in term_sums.items()},
             "val_recall": recall,
             "best_epoch": best_epoch,
             "seconds": round(time.perf_counter() - epoch_start, 2),
+            "world_size": context.world_size,
         }
-        run.append_metrics(record)
-        run.save_last(
-            model,
-            {
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "best_recall": best_recall,
-                "best_epoch": best_epoch,
-                "stale_epochs": stale_epochs,
-            },
-        )
+        state = {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "best_recall": best_recall,
+            "best_epoch": best_epoch,
+            "stale_epochs": stale_epochs,
+        }
+
+        def save_epoch() -> None:
+            run.append_metrics(record)
+            run.save_last(model, state)
+            _log_epoch(record, recall, writer)
+
+        # Also the barrier after saving: no rank starts the next epoch before rank 0 has saved.
+        context.run_where(context.is_main, save_epoch)
         epochs_run = epoch
-        _log_epoch(record, recall, writer)
 
     if writer is not None:
         writer.close()
     return TrainResult(run.path, best_recall, best_epoch, epochs_run, stopped_early)
+
+
+def _sum_over_ranks(
+    context: DistributedContext, term_sums: dict[str, float], tuples_trained: int
+) -> tuple[dict[str, float], int]:
+    """The epoch's loss-term sums and tuple count over all ranks (every rank has the same term names)."""
+    if not context.is_distributed:
+        return term_sums, tuples_trained
+    keys = sorted(term_sums)
+    totals = context.all_reduce_sum([term_sums[k] for k in keys] + [tuples_trained])
+    return dict(zip(keys, totals[:-1])), int(round(totals[-1]))
 
 
 def _mining_cache(
@@ -284,24 +367,15 @@ def _mining_cache(
     method: TrainingMethod,
     dataset: PlaceDataset,
     chunk_queries: np.ndarray,
-    device: torch.device,
+    context: DistributedContext,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors used for mining: (M, D) queries (rows of ``chunk_queries`` filled) and (N, D) database."""
     if config.mining.cache_model == "teacher":
         queries, database = method.mining_descriptors()
         return queries.numpy(), database.numpy()
     query_paths, database_paths = input_paths(dataset, config.data.input)
-    kwargs = dict(
-        image_size=config.data.image_size,
-        batch_size=config.eval_batch_size,
-        device=device,
-        num_workers=config.data.num_workers,
-        input_kind=config.data.input,
-        structural_source=config.data.structural_source,
-        progress=False,
-    )
-    database = compute_descriptors(model, database_paths, **kwargs)
-    chunk_descriptors = compute_descriptors(model, [query_paths[q] for q in chunk_queries], **kwargs)
+    database = _describe(config, model, database_paths, context)
+    chunk_descriptors = _describe(config, model, [query_paths[q] for q in chunk_queries], context)
     queries = np.zeros((dataset.num_queries, database.shape[1]), dtype=np.float32)
     queries[chunk_queries] = chunk_descriptors
     return queries, database
