@@ -12,6 +12,7 @@ from PIL import Image
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.eval.sharded import ShardedDescriptors, ShardedDescriptorsError, extract_sharded, shard_file
 from vprdistill.models.registry import build_model
+from vprdistill.retrieval.approximate import build_index, search_reranked
 
 IMAGE_SIZE = 32
 SHARD_SIZE = 5  # 12 images → shards of 5, 5 and 2 rows
@@ -120,6 +121,10 @@ def test_two_ranks_together_match_one_process(
     np.testing.assert_allclose(merged.to_array(), reference, rtol=0, atol=1e-5)
     rows = np.array([11, 0, 7, 5])
     np.testing.assert_array_equal(merged.take(rows), merged.to_array()[rows])
+    # The shards feed an index a chunk at a time and serve as its re-ranking database.
+    index = build_index(merged.chunks(), "flat")
+    _, found = search_reranked(index, reference[:3], 2, merged, shortlist=4)
+    np.testing.assert_array_equal(found[:, 0], [0, 1, 2])
 
 
 def test_folder_of_another_model_or_image_list_is_refused(

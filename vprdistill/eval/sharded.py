@@ -12,7 +12,8 @@ Every file is written atomically and a shard counts as finished only with its
 ``.done`` marker for this manifest and a ``.npy`` of the right shape, so a run
 killed at any moment resumes where it stopped. Several processes (``rank`` of
 ``world_size``, e.g. ``torchrun``) take shards ``i % world_size == rank``; no
-file is written by two of them except the manifest, whose content they agree on.
+file is written by two of them except ``manifest.json`` and ``paths.json``, whose
+contents they agree on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from vprdistill.data.transforms import image_size_hw
+from vprdistill.eval.evaluate import default_image_size
 from vprdistill.eval.extract import INPUT_KINDS, compute_descriptors
 from vprdistill.models.checkpoint import model_fingerprint
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
@@ -317,7 +319,7 @@ def extract_sharded(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     shard_size: int = 10_000,
-    image_size: tuple[int, int] | int = (480, 640),
+    image_size: tuple[int, int] | int | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
@@ -337,7 +339,9 @@ def extract_sharded(
         paths: N image files (or segmentation maps for ``input_kind="seg"``).
         out_dir: the shard folder (created if needed).
         shard_size: rows per shard; the unit of resumption and of work sharing.
-        image_size, batch_size, device, num_workers, input_kind: as in
+        image_size: ``(H, W)`` or a side; default the size the model's config
+            records, else 224 (as ``vprdistill eval``).
+        batch_size, device, num_workers, input_kind: as in
             :func:`vprdistill.eval.extract.compute_descriptors`.
         progress: progress bars over shards and images.
         rank, world_size: this process computes shards ``i % world_size == rank``.
@@ -359,7 +363,7 @@ def extract_sharded(
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path_strings = [os.fspath(p) for p in paths]
-    size = image_size_hw(image_size)
+    size = default_image_size(model) if image_size is None else image_size_hw(image_size)
     manifest = _new_manifest(model, path_strings, shard_size, size, input_kind)
     _prepare_folder(folder, manifest, path_strings, overwrite)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +48,11 @@ def train_variant(preset: str, overrides: Sequence[str], run_dir: Path) -> tuple
     Returns the run folder and the command that reproduces it.
     """
     config = load_config(preset, list(overrides))
-    train(config, run_dir, resume=(run_dir / "last_state.pt").is_file())
+    resume = (run_dir / "last_state.pt").is_file()
+    if not resume and run_dir.exists():
+        # Interrupted before its first epoch finished: nothing in it can be resumed.
+        shutil.rmtree(run_dir)
+    train(config, run_dir, resume=resume)
     command = f"vprdistill train {preset} " + " ".join(shlex.quote(o) for o in overrides) + f" --out {run_dir}"
     return run_dir, command
 
