@@ -18,7 +18,7 @@ Uniform random vectors, used for timing, carry no neighbour structure to lose.
 Acceptance: the exact path is at least as fast as ``IndexFlatIP`` batched and
 single-query, and some compact mode answers one query in under 0.6 ms.
 
-    python benchmarks/matching_speed.py [--database 10000] [--dim 2048] [--threads 2]
+    python benchmarks/matching_speed.py [--database 10000] [--dim 2048] [--threads 1 2]
 """
 
 from __future__ import annotations
@@ -130,6 +130,36 @@ def recall_rows(args: argparse.Namespace, modes: list) -> tuple[str, list[dict]]
     return setting, rows
 
 
+def timing_table(timings: dict, stored: dict, recall_by_mode: dict, num_database: int) -> list[str]:
+    """Markdown rows: storage, ms per query batched and single, ratios to faiss, recall against exact."""
+    bytes_per = {"float32": 4, "float16": 2, "int8": 1}
+    ref = timings["faiss IndexFlatIP"]
+    table = ["| method | stored | MB | batched ms/query | vs faiss | single ms/query | vs faiss | recall@1 / @10 vs exact |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for name, t in timings.items():
+        mode_name = name.removeprefix("compact ") if name.startswith("compact") else EXACT_MODE.name
+        dim, dtype = stored[mode_name]
+        recall = recall_by_mode.get(mode_name, {})
+        recall_text = f"{recall['recall@1_vs_exact']:.3f} / {recall['recall@10_vs_exact']:.3f}" if recall else "–"
+        if "gps_recall@1" in recall:
+            recall_text += f" (GPS R@1 {recall['gps_recall@1']:.3f})"
+        table.append(
+            f"| {name} | {dim}-d {dtype} | {num_database * dim * bytes_per[dtype] / 1e6:.1f} | {t['batched']:.4f} | "
+            f"{ref['batched'] / t['batched']:.2f}× | {t['single']:.4f} | {ref['single'] / t['single']:.2f}× | {recall_text} |"
+        )
+    return table
+
+
+def acceptance(timings: dict) -> dict[str, bool]:
+    ours, ref = timings["exact_search (ours)"], timings["faiss IndexFlatIP"]
+    fastest = min(t["single"] for name, t in timings.items() if name.startswith("compact"))
+    return {
+        "exact path at least as fast as IndexFlatIP, batched": ours["batched"] <= ref["batched"],
+        "exact path at least as fast as IndexFlatIP, single query": ours["single"] <= ref["single"],
+        f"a compact mode answers one query in under {SINGLE_QUERY_TARGET_MS} ms": fastest < SINGLE_QUERY_TARGET_MS,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", type=int, default=10_000, help="database size N")
@@ -137,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-queries", type=int, default=1000, help="queries searched at once (batched)")
     parser.add_argument("--single-queries", type=int, default=100, help="queries searched one at a time")
     parser.add_argument("--k", type=int, default=10, help="neighbours per query")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (best kept)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for NumPy's BLAS, torch and faiss")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (best kept)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="thread counts to time with (NumPy's BLAS, torch and faiss alike)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", type=Path, default=None, help="measure recall cost on real descriptors of this dataset")
     parser.add_argument("--model", default=None, help="model for --dataset (run folder, checkpoint or preset)")
@@ -149,12 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.dataset is None) != (args.model is None):
         parser.error("--dataset and --model go together")
-    set_threads(args.threads)
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)  # NumPy's BLAS ignores torch's setting
+    if min(args.threads) < 1:
+        parser.error("--threads takes positive counts")
     import faiss
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(args.seed)
     database = random_unit_rows(rng, args.database, args.dim)
@@ -169,63 +198,51 @@ def main(argv: list[str] | None = None) -> int:
         "faiss IndexFlatIP": lambda q: faiss_index.search(q, k),
         **{f"compact {name}": (lambda s: lambda q: s.search(q, k))(searcher) for name, searcher in searchers.items()},
     }
-    load_before = os.getloadavg()[0]
-    timings = time_methods(methods, batch, singles, args.repeats)
-    load_after = os.getloadavg()[0]
-    for name, t in timings.items():
-        print(f"{name:34s} batched {t['batched']:8.4f} ms/query   single {t['single']:8.4f} ms/query")
+    timings_by_threads, loads = {}, {}
+    for threads in args.threads:
+        set_threads(threads)
+        with threadpool_limits(threads):  # NumPy's BLAS ignores torch's setting
+            before = os.getloadavg()[0]
+            timings_by_threads[threads] = time_methods(methods, batch, singles, args.repeats)
+            loads[threads] = (before, os.getloadavg()[0])
+        for name, t in timings_by_threads[threads].items():
+            print(f"{threads} thread(s) {name:34s} batched {t['batched']:8.4f} ms/query   single {t['single']:8.4f} ms/query")
 
-    ours, ref = timings["exact_search (ours)"], timings["faiss IndexFlatIP"]
-    fastest_compact = min((t["single"], name) for name, t in timings.items() if name.startswith("compact"))
-    checks = {
-        "exact path at least as fast as IndexFlatIP, batched": ours["batched"] <= ref["batched"],
-        "exact path at least as fast as IndexFlatIP, single query": ours["single"] <= ref["single"],
-        f"a compact mode answers one query in under {SINGLE_QUERY_TARGET_MS} ms": fastest_compact[0] < SINGLE_QUERY_TARGET_MS,
-    }
     setting, recalls = recall_rows(args, modes)
     recall_by_mode = {row["mode"]: row for row in recalls}
-
     stored = {m.name: (m.pca_dim or args.dim, m.dtype) for m in [EXACT_MODE, *modes]}
-    bytes_per = {"float32": 4, "float16": 2, "int8": 1}
-    table = ["| method | stored | MB | batched ms/query | vs faiss | single ms/query | vs faiss | recall@1 / @10 vs exact |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-    for name, t in timings.items():
-        mode_name = name.removeprefix("compact ") if name.startswith("compact") else EXACT_MODE.name
-        dim, dtype = stored[mode_name]
-        recall = recall_by_mode.get(mode_name, {})
-        recall_text = (f"{recall['recall@1_vs_exact']:.3f} / {recall['recall@10_vs_exact']:.3f}"
-                       if recall else "–")  # fmt: skip
-        if "gps_recall@1" in recall:
-            recall_text += f" (GPS R@1 {recall['gps_recall@1']:.3f})"
-        table.append(
-            f"| {name} | {dim}-d {dtype} | {args.database * dim * bytes_per[dtype] / 1e6:.1f} | {t['batched']:.4f} | "
-            f"{ref['batched'] / t['batched']:.2f}× | {t['single']:.4f} | {ref['single'] / t['single']:.2f}× | {recall_text} |"
-        )
     command = "python benchmarks/matching_speed.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    threads = args.threads or f"library defaults (torch {__import__('torch').get_num_threads()}, faiss {faiss.omp_get_max_threads()})"
-    body = "\n".join(
-        [
-            "## matching-speed: exact and compact matching, ms per query",
+    lines = [
+        "## matching-speed: exact and compact matching, ms per query",
+        "",
+        f"- Machine: {machine_description().split(', torch')[0]}; faiss {faiss.__version__}",
+        f"- Date: {today()}. A 2-core machine shared with other work (load averages below): absolute figures "
+        "are pessimistic, ratios within one table are fair.",
+        f"- Timing data: database {args.database:,} × {args.dim} random L2-normalised float32 (seed {args.seed}), "
+        f"top-{k}; batched = {args.batch_queries} queries in one call, single = a loop of {args.single_queries} "
+        f"one-query calls; best of {args.repeats}, methods taking turns. Compact modes include projecting the "
+        "query (PCA) and are the `CompactSearcher` a map index searches with. Threads: NumPy's BLAS, torch and "
+        "faiss all set to the count of each table.",
+        f"- Recall columns: {setting}; recall@N = share of queries whose exact nearest neighbour is in the mode's top N.",
+        f"- Command: `{command.strip()}`",
+    ]
+    checks_by_threads = {}
+    for threads, timings in timings_by_threads.items():
+        checks_by_threads[threads] = checks = acceptance(timings)
+        fastest = min((t["single"], name) for name, t in timings.items() if name.startswith("compact"))
+        lines += [
             "",
-            f"- Machine: {machine_description()}; faiss {faiss.__version__}",
-            f"- Date: {today()}; threads: {threads}; load average {load_before:.1f} before, {load_after:.1f} after "
-            "(a 2-core machine shared with other work: absolute figures are pessimistic, ratios within the run are fair)",
-            f"- Timing data: database {args.database:,} × {args.dim} random L2-normalised float32 (seed {args.seed}), "
-            f"top-{k}; batched = {args.batch_queries} queries in one call, single = a loop of {args.single_queries} "
-            f"one-query calls; best of {args.repeats}, methods taking turns. Compact modes include projecting the "
-            "query (PCA) and are the `CompactSearcher` a map index searches with.",
-            f"- Recall columns: {setting}; recall@N = share of queries whose exact nearest neighbour is in the mode's top N.",
-            f"- Command: `{command.strip()}`",
+            f"### {threads} thread{'s' if threads > 1 else ''} (load average {loads[threads][0]:.1f} before, {loads[threads][1]:.1f} after)",
             "",
-            *table,
+            *timing_table(timings, stored, recall_by_mode, args.database),
             "",
             *[f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in checks.items()],
-            f"- Fastest single query among compact modes: {fastest_compact[1]} at {fastest_compact[0]:.3f} ms.",
+            f"- Fastest single query among compact modes: {fastest[1]} at {fastest[0]:.3f} ms.",
         ]
-    )
+    body = "\n".join(lines)
     print(body)
     if args.json is not None:
-        args.json.write_text(json.dumps({"timings": timings, "recall": recalls, "checks": checks}, indent=2))
+        args.json.write_text(json.dumps({"timings": timings_by_threads, "recall": recalls, "checks": checks_by_threads}, indent=2))
     if not args.no_write:
         print(f"updated {update_section('matching-speed', body)}")
     return 0

@@ -66,3 +66,27 @@ def test_eval_of_a_checkpoint_uses_the_run_image_size(tiny_places, tmp_path, cap
 def test_eval_names_a_bad_model(tiny_places, capsys):
     assert main(["eval", "--model", "no-such-model", "--dataset", str(tiny_places)]) == 1
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_eval_with_patch_rerank_reports_recall_before_and_after(tiny_places, tmp_path, capsys):
+    report_path = tmp_path / "rerank.json"
+    code = main([
+        "eval", "--model", "resnet18-gem", "--dataset", str(tiny_places), "--image-size", "64",
+        "--recalls", "1", "5", "--device", "cpu", "--no-progress", "--rerank", "patch", "--rerank-topk", "5",
+        "--json", str(report_path),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["recall_before_rerank"]) == {"1", "5"}
+    assert report["rerank"]["kind"] == "patch" and report["rerank"]["topk"] == 5
+    assert report["rerank"]["ms_per_query"] > 0
+    # Re-ranking only reorders the top 5, so R@5 cannot change.
+    assert report["recall"]["5"] == report["recall_before_rerank"]["5"]
+    assert "re-ranking: patch" in capsys.readouterr().out
+
+
+def test_eval_refuses_rerank_for_a_segmentation_model(tiny_places, tmp_path, capsys):
+    code = main(["eval", "--model", "structvpr-seg-tiny", "--dataset", str(tiny_places), "--image-size", "32",
+                 "--device", "cpu", "--no-progress", "--rerank", "patch"])  # fmt: skip
+    assert code == 1
+    assert "segmentation maps" in capsys.readouterr().err

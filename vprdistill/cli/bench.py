@@ -1,4 +1,4 @@
-"""``vprdistill bench``: how fast a model describes images and how fast a query is matched.
+"""vprdistill bench: how fast a model describes images and how fast a query is matched.
 
   vprdistill bench --model runs/student --image-size 224 --batch 1 32 --db-size 10000 --json bench.json
 
@@ -17,12 +17,16 @@ from pathlib import Path
 from vprdistill.cli.common import add_device_args, apply_device_args
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the examples of the description kept as written."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="latency benchmark: descriptors, matching, memory",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
     parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N", help="input side or H W")

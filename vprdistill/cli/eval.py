@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     parser.add_argument("--search-backend", default="matmul", choices=("matmul", "faiss"),
                         help="exact search implementation (same results)")
+    parser.add_argument("--rerank", default="none", choices=("none", "patch", "sift"),
+                        help="re-rank the top-K: patch = the model's own CNN feature map (mutual nearest neighbours "
+                        "+ RANSAC), sift = OpenCV SIFT + ratio test + RANSAC")
+    parser.add_argument("--rerank-topk", type=int, default=20, metavar="K", help="candidates re-ranked per query")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the report as JSON")
     parser.add_argument("--save-predictions", type=Path, default=None, metavar="OUT.csv",
                         help="CSV: each query path followed by its top-K database paths (K = max N)")
@@ -117,6 +121,23 @@ def _image_size(args: argparse.Namespace, settings: dict[str, Any], model) -> tu
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
+def _build_reranker(args: argparse.Namespace, model, image_size, device, input_kind):
+    """The ``--rerank`` re-ranker, or None."""
+    if args.rerank == "none":
+        return None
+    if input_kind == "seg" or getattr(model, "input_channels", 3) != 3:
+        raise ValueError("--rerank works on photos; this model reads segmentation maps")
+    from vprdistill.data.images import load_image
+    from vprdistill.eval.local_features import local_feature_fn
+    from vprdistill.retrieval.rerank import build_reranker
+
+    return build_reranker(
+        args.rerank,
+        feature_fn=local_feature_fn(model, image_size, device, args.batch_size),
+        image_loader=lambda path: np.asarray(load_image(path)),
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The terminal table: Recall@N overall and per condition, counts and timing."""
     ns = list(report["recall"])
@@ -138,6 +159,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(header)
     counted = report["num_queries"] - report["num_queries_without_positive"]
     lines.append(f"{'all':16s}" + "".join(f"{report['recall'][n]:8.2f}" for n in ns) + f"{counted:10d}")
+    if report.get("rerank"):
+        rerank = report["rerank"]
+        lines.insert(-1, f"re-ranking: {rerank['kind']} of the top {rerank['topk']}, "
+                         f"+{rerank['ms_per_query']:.2f} ms/query")
     if report.get("recall_before_rerank"):
         before = report["recall_before_rerank"]
         lines.append(f"{'before re-rank':16s}" + "".join(f"{before[n]:8.2f}" for n in ns) + f"{counted:10d}")
@@ -196,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
     image_size = _image_size(args, settings, model)
     input_kind = None if args.input == "auto" else args.input
+    reranker = _build_reranker(args, model, image_size, device, input_kind)
     result = evaluate_model(
         model,
         dataset,
@@ -208,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         input_kind=input_kind,
         structural_source=args.structural_source or settings.get("structural_source", "cityscapes"),
         search_backend=args.search_backend,
+        reranker=reranker,
+        rerank_topk=args.rerank_topk,
         progress=not args.no_progress,
     )
     report = result.to_json()
@@ -220,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "search_backend": args.search_backend,
         "recall_ns": sorted(set(args.recalls)),
+        "rerank": args.rerank,
+        "rerank_topk": args.rerank_topk if args.rerank != "none" else None,
     }
     print(format_report(report))
     if args.json is not None:

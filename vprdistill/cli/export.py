@@ -1,4 +1,4 @@
-"""``vprdistill export``: a place model as ONNX, checked against PyTorch with ONNX Runtime.
+"""vprdistill export: a place model as ONNX, checked against PyTorch with ONNX Runtime.
 
   vprdistill export --model runs/student --format onnx --out student.onnx --image-size 224 224
 
@@ -13,12 +13,16 @@ import argparse
 from pathlib import Path
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the examples of the description kept as written."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a model to ONNX and check it against PyTorch",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
     parser.add_argument("--format", default="onnx", choices=("onnx",))

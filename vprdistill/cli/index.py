@@ -1,4 +1,4 @@
-"""``vprdistill index``: build, extend and calibrate the map index of an area.
+"""vprdistill index: build, extend and calibrate the map index of an area.
 
   vprdistill index build --model runs/student --dataset data/synthcity --split test --out map_index
   vprdistill index build --model runs/student --images photos/ --out map_index --pca 256 --dtype int8
@@ -18,15 +18,19 @@ from vprdistill.cli.common import add_device_args, apply_device_args
 from vprdistill.deploy.stores import DTYPES, INDEX_TYPES
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the examples of the description kept as written."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "index",
         help="build, extend and calibrate a map index",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     actions = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     build = actions.add_parser("build", help="describe the images of an area and index them", formatter_class=fmt)
     build.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT", help="a trained model (run folder or checkpoint)")

@@ -1,4 +1,4 @@
-"""``vprdistill localize``: where were these photos taken? Matches photos against a map index.
+"""vprdistill localize: where were these photos taken? Matches photos against a map index.
 
   vprdistill localize --index map_index photo.jpg other.jpg
   vprdistill localize --index map_index photos/ --topk 3 --json
@@ -16,12 +16,16 @@ from pathlib import Path
 from vprdistill.cli.common import add_device_args, apply_device_args
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the examples of the description kept as written."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "localize",
         help="localise photos against a map index",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")

@@ -1,4 +1,4 @@
-"""``vprdistill serve``: the localisation service over HTTP (FastAPI + uvicorn).
+"""vprdistill serve: the localisation service over HTTP (FastAPI + uvicorn).
 
   vprdistill serve --index map_index
   VPRDISTILL_API_KEY=secret vprdistill serve --index map_index --host 0.0.0.0 --port 8000
@@ -21,12 +21,16 @@ from pathlib import Path
 from vprdistill.cli.common import add_device_args, apply_device_args
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the examples of the description kept as written."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve localisation over HTTP",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")
     parser.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")

@@ -20,6 +20,7 @@ measured difference.
 from __future__ import annotations
 
 import platform
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,6 +59,14 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, op
 
 
 def _export_legacy(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    # The tracer warns about every Python-level shape check (nn.MultiheadAttention has many);
+    # whether the traced graph is right is decided by the comparison with PyTorch that follows.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        _legacy_export_call(model, example, path, opset)
+
+
+def _legacy_export_call(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     torch.onnx.export(
         model, (example,), str(path), dynamo=False, opset_version=opset,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

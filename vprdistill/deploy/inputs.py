@@ -72,13 +72,13 @@ def to_rgb_image(item: ImageInput) -> Image.Image:
     raise TypeError(f"cannot read an image from {type(item).__name__}; pass a path, PIL image, array or bytes")
 
 
-def as_image_list(image_or_batch: Any) -> tuple[list[ImageInput], bool]:
-    """``(items, was_batch)``: a list/tuple or a `(B, H, W, C)` array is a batch, anything else one image."""
+def as_image_list(image_or_batch: Any) -> list[ImageInput]:
+    """A list/tuple or a `(B, H, W, C)` array is a batch of images; anything else is one image."""
     if isinstance(image_or_batch, (list, tuple)):
-        return list(image_or_batch), True
+        return list(image_or_batch)
     if isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim == 4:
-        return list(image_or_batch), True
-    return [image_or_batch], False
+        return list(image_or_batch)
+    return [image_or_batch]
 
 
 def source_name(item: ImageInput) -> str | None:

@@ -132,7 +132,7 @@ class Localizer:
         """Top-``topk`` matches of one image or a batch (list, or `(B, H, W, C)` array): one ``Localization`` each."""
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
-        items, _ = as_image_list(image_or_batch)
+        items = as_image_list(image_or_batch)
         if not items:
             return []
         return self.match(self.describe(items), topk, [source_name(item) for item in items])

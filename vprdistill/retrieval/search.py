@@ -78,7 +78,9 @@ def _raise_non_finite(database: np.ndarray, queries: np.ndarray) -> None:
     for name, array in (("query", queries), ("database", database)):
         bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
         if bad_rows.size:
-            raise ValueError(f"{name} descriptors contain NaN or inf (rows {bad_rows[:5].tolist()}...)")
+            more = ", ..." if bad_rows.size > 5 else ""
+            rows = ", ".join(str(r) for r in bad_rows[:5])
+            raise ValueError(f"{name} descriptors contain NaN or inf (rows [{rows}{more}] of {len(array)})")
     raise ValueError("inner products overflowed float32: are the descriptors L2-normalised?")
 
 
@@ -241,7 +243,10 @@ class FlatIndex:
         min_queries = 1 if self.use_onednn else ONEDNN_MIN_QUERIES
         wanted = self.use_onednn is not False and block >= min_queries and onednn_available()
         if wanted and self._onednn is None:
-            self._onednn = _OneDnnProduct(database)
+            try:
+                self._onednn = _OneDnnProduct(database)
+            except (RuntimeError, AttributeError):  # a torch build whose oneDNN cannot take this array
+                wanted = False
         return _matmul_search(database, queries, k, block, self._onednn if wanted else None, min_queries)
 
 

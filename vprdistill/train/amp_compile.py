@@ -10,7 +10,7 @@ exponent range and needs no scaling.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import Callable, ContextManager
 
 import torch
 
@@ -54,11 +54,12 @@ class StudentForward:
     Args:
         module: the student, or its ``DistributedDataParallel`` wrapper.
         compile: whether to compile it.
+        backend: the ``torch.compile`` backend (a name or a callable).
     """
 
-    def __init__(self, module: torch.nn.Module, compile: bool = False) -> None:
+    def __init__(self, module: torch.nn.Module, compile: bool = False, backend: str | Callable = "inductor") -> None:
         self.module = module
-        self.compiled = torch.compile(module) if compile else None
+        self.compiled = torch.compile(module, backend=backend) if compile else None
 
     @property
     def is_compiled(self) -> bool:

@@ -31,13 +31,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def set_threads(num_threads: int | None) -> None:
-    """Set the number of intra-op CPU threads for torch (and faiss, when installed)."""
+    """Set the number of CPU threads of torch, faiss and the BLAS libraries NumPy and SciPy load."""
     if num_threads is None or num_threads <= 0:
         return
     torch.set_num_threads(num_threads)
-    try:
-        import faiss
+    import faiss
+    from threadpoolctl import threadpool_limits
 
-        faiss.omp_set_num_threads(num_threads)
-    except ImportError:  # pragma: no cover - faiss is a hard dependency, but keep this helper standalone
-        pass
+    faiss.omp_set_num_threads(num_threads)
+    # NumPy, SciPy and faiss each bundle their own BLAS/OpenMP pools, which torch's
+    # setting does not reach; without this, --threads 1 still runs BLAS on every core.
+    threadpool_limits(num_threads)

@@ -92,6 +92,8 @@ class SynthConfig:
         if unknown:
             raise ValueError(f"unknown SynthCity parameter(s) {', '.join(unknown)}; valid ones are {', '.join(sorted(names))}")
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        if isinstance(values.get("query_conditions"), str):
+            values["query_conditions"] = (values["query_conditions"],)
         if "query_conditions" in values:
             values["query_conditions"] = tuple(values["query_conditions"])
         return cls(preset=preset, **values)
@@ -111,6 +113,8 @@ class SynthConfig:
 def _validate(config: SynthConfig) -> None:
     if config.preset not in PRESETS:
         raise ValueError(f"preset: unknown preset {config.preset!r}; valid presets are {', '.join(PRESETS)}")
+    if not isinstance(config.image_size, int) or isinstance(config.image_size, bool):
+        raise ValueError(f"image_size: must be an integer, got {config.image_size!r}")
     checks = [
         ("image_size", config.image_size >= 16, "must be an integer >= 16"),
         ("fov_deg", 20.0 <= config.fov_deg <= 140.0, "must be in [20, 140] degrees"),
@@ -133,8 +137,6 @@ def _validate(config: SynthConfig) -> None:
         checks.append((f"queries_{split}", config.queries(split) >= 1, "must be >= 1 (every split needs queries)"))
     low_high = tuple(config.block_size_m)
     checks.append(("block_size_m", len(low_high) == 2 and 30.0 <= low_high[0] <= low_high[1], "must be (min, max) with 30 <= min <= max metres"))
-    if not isinstance(config.image_size, int) or isinstance(config.image_size, bool):
-        raise ValueError(f"image_size: must be an integer, got {config.image_size!r}")
     for name, ok, message in checks:
         if not ok:
             raise ValueError(f"{name}: {message}, got {getattr(config, name, None) if name != 'conditions' else list(config.query_conditions)!r}")

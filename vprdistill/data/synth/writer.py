@@ -53,9 +53,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
     if conditions is not None:
-        if isinstance(conditions, str):
-            conditions = [conditions]
-        overrides["query_conditions"] = tuple(conditions)
+        overrides["query_conditions"] = conditions
     config = SynthConfig.from_preset(preset, seed=seed, image_size=image_size, **overrides)
     out = Path(out_dir)
     world = build_world(config)
@@ -78,7 +76,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
 
     test = plan["test"]
     samples = pick_samples(test["database"], test["queries"])
-    items = [(out / _image_path(s, world), out / _seg_path(s, world), f"{'db' if s.kind == 'database' else 'query'}: {s.condition}") for s in samples]
+    items = [(out / _image_path(s, world), out / _seg_path(s, world), ("db: " if s.kind == "database" else "") + s.condition) for s in samples]
     make_contact_sheet(items, out / CONTACT_SHEET, cell=max(config.image_size, 128))
     atomic_write_json(out / MANIFEST, manifest)
     (out / IN_PROGRESS).unlink()
