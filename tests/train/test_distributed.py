@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from vprdistill.train.config import load_config
+from vprdistill.train.distributed import DistributedContext, prepare_batchnorm, set_training_mode
 from vprdistill.train.loop import train
 
 IMAGE_SIZE = 64
@@ -133,3 +134,30 @@ def test_two_processes_agree_match_one_process_and_resume(synth_tiny, tmp_path):
     assert [m["epoch"] for m in _metrics(tmp_path / "ddp")] == [1, 2]
     moved = [not torch.equal(ranks[0][k], v) for k, v in single_weights.items() if "running_mean" in k]
     assert any(moved), "epoch 2 with batchnorm: batch should update the running statistics"
+
+
+def test_shards_cover_every_row_once_and_shares_rebuild_the_global_batches():
+    contexts = [DistributedContext(rank, 3, rank, torch.device("cpu")) for rank in range(3)]
+    rows = [i for c in contexts for i in range(20)[c.shard(20)]]
+    assert rows == list(range(20))
+    tuples = list(range(23))
+    shares = [c.share(tuples) for c in contexts]
+    assert [len(s) for s in shares] == [7, 7, 7]  # 23 - 23 % 3 = 21 tuples, 7 per rank
+    per_rank_batch = 2
+    for k in range(4):
+        union = sorted(t for s in shares for t in s[k * per_rank_batch : (k + 1) * per_rank_batch])
+        assert union == tuples[k * 6 : min((k + 1) * 6, 21)]
+
+
+def test_batchnorm_modes():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout())
+    set_training_mode(model, "frozen")
+    assert model.training and model[2].training and not model[1].training
+    set_training_mode(model, "batch")
+    assert model[1].training
+    two_cpu_ranks = DistributedContext(0, 2, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="sync needs CUDA"):
+        prepare_batchnorm(model, "sync", two_cpu_ranks)
+    with pytest.raises(ValueError, match="batchnorm must be one of"):
+        prepare_batchnorm(model, "group", two_cpu_ranks)
+    assert prepare_batchnorm(model, "frozen", two_cpu_ranks) is model
