@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuples", type=int, default=4, help="tuples per batch (batch_size)")
     parser.add_argument("--negatives", type=int, default=4, help="negatives per tuple")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps per mode (compilation)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the modes take turns in each")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds; the modes take turns in each")
     parser.add_argument("--steps", type=int, default=3, help="steps per mode per round")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -149,17 +149,25 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         for name in args.modes:
             rates[name].append(runners[name].timed(args.steps))
     median = {name: statistics.median(values) for name, values in rates.items()}
-    base = median.get("off")
 
-    rows = ["| mode | steps/s | images/s | vs off | first step (s) | first loss |", "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| mode | steps/s | images/s | vs off (median, range over rounds) | first step (s) | first loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in args.modes:
-        ratio = f"{median[name] / base:.2f}x" if base else "-"
+        ratio = "-"
+        if "off" in rates:
+            # Ratios within a round compare modes measured seconds apart, under the same machine load.
+            per_round = sorted(a / b for a, b in zip(rates[name], rates["off"]))
+            ratio = f"{statistics.median(per_round):.2f}x ({per_round[0]:.2f}–{per_round[-1]:.2f})"
         compiled_note = "" if not MODES[name][1] or runners[name].forward.is_compiled else " (fell back to eager)"
         rows.append(
             f"| {name}{compiled_note} | {median[name]:.2f} | {median[name] * images:.0f} | {ratio} | "
             f"{first_step[name]:.1f} | {first_loss[name]:.5f} |"
         )
     table = "\n".join(rows)
+    shifts = [abs(first_loss[n] / first_loss["off"] - 1) for n in args.modes if MODES[n][0] == "bf16" and "off" in first_loss]
+    loss_shift = max(shifts) if shifts else None
     print(table)
 
     command = "python benchmarks/amp_compile.py " + " ".join(
@@ -176,16 +184,16 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             "- What is timed: the training loop's step (autocast forward, triplet loss in float32, backward, "
             "Adam step) on one fixed batch; "
             f"{args.warmup} untimed warm-up steps per mode (the first compiles), then {args.rounds} rounds × "
-            f"{args.steps} steps with the modes taking turns; the median round is reported. The first step "
-            "includes compilation" + (" (inductor cache of earlier runs reused)" if args.keep_compile_cache
-                                      else " into an empty inductor cache"),
+            f"{args.steps} steps with the modes taking turns; steps/s is the median round, the ratio the median "
+            "of the rounds' ratios. The first step includes compilation"
+            + (" (inductor cache of earlier runs reused)" if args.keep_compile_cache else " into an empty inductor cache"),
             f"- Command: `{command.strip()}`",
             "",
             table,
             "",
-            "The first loss of each mode is computed from the same weights and batch: bf16 changes it only in "
-            "the digits its 8-bit mantissa loses. Ratios come from one run on a shared machine; the absolute "
-            "figures move with its load.",
+            "The first loss of each mode is computed from the same weights and batch"
+            + (f": bf16 moves it by {loss_shift:.2%}" if loss_shift is not None else "")
+            + ". Ratios come from one run on a shared machine; the absolute figures move with its load.",
         ]
     )
     if not args.no_write:

@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rerank-topk", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rebuild the table from OUT/structvpr_ablation.json without training or evaluating")
     args = parser.parse_args()
     set_threads(args.threads)
     budget = Budget(image_size=args.image_size, epochs=args.epochs, max_train_queries=args.max_train_queries)
@@ -71,7 +73,12 @@ def main() -> None:
     size = (budget.image_size, budget.image_size)
 
     records = []
-    for seed in args.seeds:
+    json_path = args.out / "structvpr_ablation.json"
+    if args.table_only:
+        records = json.loads(json_path.read_text())
+        for record in records:  # files of an earlier version kept the flag only in the re-rank report
+            record.setdefault("reranked", bool(record.get("rerank")))
+    for seed in ([] if args.table_only else args.seeds):
         seed_common = common + [f"seed={seed}"]
         seg_dir, _ = train_variant("structvpr/synth-seg-tiny", seed_common, args.out / f"seg-seed{seed}")
         runs = {
@@ -87,17 +94,18 @@ def main() -> None:
             input_kind = "seg" if variant == "seg" else "rgb"
             for rerank in ([False] if variant == "seg" else [False, True]):
                 record = evaluate(run_dir, test_set, size, input_kind, rerank, args.rerank_topk)
-                records.append({"variant": variant, "seed": seed, "rerank": rerank, **record})
+                records.append({**record, "variant": variant, "seed": seed, "reranked": rerank})
                 print(f"{variant} seed {seed} rerank {rerank}: R@1 {record['recall']['1']:.1f}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "structvpr_ablation.json").write_text(json.dumps(records, indent=2))
+    if not args.table_only:
+        json_path.write_text(json.dumps(records, indent=2))
     conditions = sorted({c for r in records for c in (r.get("recall_per_condition") or {})})
     header = "| Model | re-rank | R@1 | R@5 | " + " | ".join(f"{c} R@1" for c in conditions) + " | ms / query |"
     lines = [header, "|" + "---|" * (5 + len(conditions))]
     for variant, label in VARIANTS:
         for rerank in (False, True):
-            group = [r for r in records if r["variant"] == variant and r["rerank"] == rerank]
+            group = [r for r in records if r["variant"] == variant and r["reranked"] == rerank]
             if not group:
                 continue
             cells = [mean_and_spread([r["recall"][n] for r in group]) for n in ("1", "5")]
@@ -105,7 +113,7 @@ def main() -> None:
                 values = [(r["recall_per_condition"].get(condition) or {}).get("recall") for r in group]
                 values = [v["1"] for v in values if v]
                 cells.append(mean_and_spread(values) if values else "–")
-            ms = [r["ms_per_query"] + ((r.get("rerank") or {}).get("timing", {}).get("ms_per_query", 0.0)) for r in group]
+            ms = [r["ms_per_query"] + (r.get("rerank") or {}).get("ms_per_query", 0.0) for r in group]
             lines.append(f"| {label} | {'patch top-' + str(args.rerank_topk) if rerank else 'none'} | "
                          + " | ".join(cells) + f" | {np.mean(ms):.2f} |")
     counts = {c: v["num_queries"] for c, v in (records[0].get("recall_per_condition") or {}).items()}
@@ -113,7 +121,8 @@ def main() -> None:
         "## StructVPR ablation on SynthCity (tiny presets)",
         "",
         f"Command: `uv run python benchmarks/structvpr_ablation.py --dataset {args.dataset} --seeds "
-        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs}`",
+        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --max-train-queries {args.max_train_queries}"
+        f"" + (f" --threads {args.threads}" if args.threads else "") + "`",
         f"Machine: {machine_description()}; date {today()}; CPU, {budget.image_size}×{budget.image_size} px, "
         f"{budget.epochs} epochs of at most {budget.max_train_queries} training queries, same budget for every row. "
         f"Test split: {test_set.num_queries} queries ({', '.join(f'{c}: {n}' for c, n in counts.items())}), "

@@ -86,7 +86,8 @@ def main() -> None:
         "## TSCM ablation on SynthCity (tiny presets)",
         "",
         f"Command: `uv run python benchmarks/tscm_ablation.py --dataset {args.dataset} --seeds "
-        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs}`",
+        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --max-train-queries {args.max_train_queries}"
+        " --variants " + " ".join(args.variants) + (f" --threads {args.threads}" if args.threads else "") + "`",
         f"Machine: {machine_description()}; date {today()}; CPU, batch 8 tuples, {budget.image_size}×{budget.image_size} px, "
         f"{budget.epochs} epochs of at most {budget.max_train_queries} training queries each, "
         f"{budget.num_negatives} hard negatives from {budget.negative_samples} samples. "
