@@ -71,7 +71,6 @@ def _worker(rank: int, port: int, dataset: str, overrides: dict, run_dir: str, r
 
 def _train_on_two_processes(dataset: Path, run_dir: Path, weights_dir: Path, resume: bool = False, **overrides):
     weights_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["OMP_NUM_THREADS"] = "1"
     args = (_free_port(), str(dataset), overrides, str(run_dir), resume, str(weights_dir))
     # A fork server imports this module (torch, timm, the package) and scikit-learn (the miner's
     # neighbour search) once for all workers of the session instead of once per worker, and
@@ -97,7 +96,8 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_agree_match_one_process_and_resume(synth_tiny, tmp_path):
+def test_two_processes_agree_match_one_process_and_resume(synth_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on a shared 2-core machine
     # BatchNorm frozen: the forward pass then does not depend on how the global batch is
     # split between processes, so 2 processes × 4 tuples must give 1 process × 8 tuples.
     # (With per-process batch statistics the two runs compute different functions; torch's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from vprdistill.cli.common import add_device_args
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         config.progress = False
     result = train(config, out, resume=args.resume is not None)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     print(f"run folder: {result.run_dir}")
     print(f"best validation R@1: {result.best_recall_at_1:.2f} (epoch {result.best_epoch}), epochs run: {result.epochs_run}"
           + (" (stopped early)" if result.stopped_early else ""))
