@@ -11,7 +11,9 @@
 Descriptors come as one ``(N, D)`` array (a ``np.memmap`` is fine) or as chunks
 (e.g. the shards of ``vprdistill.eval.sharded``), added a chunk at a time so the
 float32 database never has to be in RAM at once (only what the index itself
-keeps). Index files are faiss's own binary format, never pickles.
+keeps). ``search_reranked`` puts an index's shortlist in exact order from the
+float32 rows (a memmap or the shards on disk). Index files are faiss's own
+binary format, never pickles.
 """
 
 from __future__ import annotations
