@@ -185,3 +185,21 @@ def test_trained_stores_survive_save_load_and_empty_like(tmp_path: Path, index_t
     assert len(empty) == 0
     empty.add(database[:50])
     assert empty.search(database[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_sharded_build_matches_a_plain_build_and_reuses_finished_shards(
+    tiny_index: Path, tiny_dataset: Path, tiny_model_stem: Path, tmp_path: Path
+) -> None:
+    shards = tmp_path / "shards"
+    out = tmp_path / "sharded_index"
+    args = ["index", "build", "--model", str(tiny_model_stem), "--dataset", str(tiny_dataset), "--split", "test",
+            "--out", str(out), "--shards", str(shards), "--shard-size", "5", "--image-size", "64", "--no-progress",
+            "--device", "cpu"]
+    assert main(args) == 0
+    shard_files = sorted(shards.glob("shard_*.npy"))
+    assert len(shard_files) == 3  # 12 images in shards of 5
+    stamps = {p.name: p.stat().st_mtime_ns for p in shard_files}
+    np.testing.assert_allclose(np.load(out / "descriptors.npy"), np.load(tiny_index / "descriptors.npy"), atol=1e-5)
+    # A second build reads the finished shards back instead of recomputing them.
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in sorted(shards.glob("shard_*.npy"))} == stamps

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--type", default="flat", choices=INDEX_TYPES, help="exact flat search or an approximate faiss index")
     build.add_argument("--pca", type=int, default=None, metavar="D", help="reduce descriptors to D dimensions by PCA")
     build.add_argument("--dtype", default="float32", choices=DTYPES, help="how flat indexes store descriptors")
+    build.add_argument("--shards", type=Path, default=None, metavar="DIR",
+                       help="stream descriptors to DIR in shards; a rerun after an interruption keeps finished shards")
+    build.add_argument("--shard-size", type=int, default=10000, help="images per shard (with --shards)")
     _add_extraction_args(build)
     build.set_defaults(func=run_build)
 
@@ -113,6 +116,7 @@ def run_build(args: argparse.Namespace) -> int:
         model, paths, positions, image_size,
         index_type=args.type, dtype=args.dtype, pca_dim=args.pca, batch_size=args.batch_size,
         device=device, model_path=args.model, progress=not args.no_progress,
+        shard_dir=args.shards, shard_size=args.shard_size,
     )  # fmt: skip
     index.save(args.out)
     manifest = index.manifest

@@ -55,8 +55,20 @@ def compute_index_descriptors(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    shard_dir: str | Path | None = None,
+    shard_size: int = 10000,
 ) -> np.ndarray:
-    """Descriptors `(N, D)` of the images to index (the same extraction as evaluation)."""
+    """Descriptors `(N, D)` of the images to index (the same extraction as evaluation).
+
+    With ``shard_dir``, extraction streams shards to disk and resumes after an
+    interruption without recomputing finished shards (large maps).
+    """
+    if shard_dir is not None:
+        from vprdistill.eval.sharded import extract_sharded
+
+        shards = extract_sharded(model, list(paths), shard_dir, shard_size=shard_size, image_size=image_size,
+                                 batch_size=batch_size, device=device, progress=progress)
+        return shards.to_array()
     return compute_descriptors(
         model, list(paths), image_size, batch_size=batch_size, device=device, progress=progress, desc="index"
     )
@@ -75,6 +87,8 @@ def build_index(
     device: str | torch.device = "cpu",
     model_path: str | Path | None = None,
     progress: bool = True,
+    shard_dir: str | Path | None = None,
+    shard_size: int = 10000,
 ) -> MapIndex:
     """Describe ``paths`` with ``model`` and index them with their `(N, 2)` positions (not yet saved)."""
     from vprdistill.models.checkpoint import model_fingerprint
@@ -82,7 +96,8 @@ def build_index(
     if not paths:
         raise ValueError("no images to index")
     paths = [Path(p).resolve() for p in paths]
-    descriptors = compute_index_descriptors(model, paths, image_size, batch_size, device, progress)
+    descriptors = compute_index_descriptors(model, paths, image_size, batch_size, device, progress,
+                                            shard_dir=shard_dir, shard_size=shard_size)
     index = MapIndex.create(
         descriptors,
         positions,
