@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="copy the run's report, results.json and figures here before the clone is removed")
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
@@ -37,6 +40,11 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(command, cwd=clone, check=True)
         wall = time.perf_counter() - start
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for name in ("report.md", "report.html", "results.json"):
+                shutil.copy2(clone / "demo_out" / name, args.keep / name)
+            shutil.copytree(clone / "demo_out" / "figures", args.keep / "figures", dirs_exist_ok=True)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
     load_after = os.getloadavg()

@@ -48,7 +48,7 @@ class DemoBudget:
     extra: list[str] = field(default_factory=list)
 
 
-FULL = DemoBudget("small", 64, 3, 320, 150, 6, 300)
+FULL = DemoBudget("small", 64, 5, 320, 150, 6, 300)
 QUICK = DemoBudget("tiny", 48, 1, 40, 40, 4, 100)
 
 
