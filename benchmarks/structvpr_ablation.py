@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--max-train-queries", type=int, default=Budget.max_train_queries)
     parser.add_argument("--rerank-topk", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--section", default="structvpr-ablation", help="RESULTS.md section the table goes to")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the table from OUT/structvpr_ablation.json without training or evaluating")
@@ -133,7 +134,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        update_section("structvpr-ablation", body, file_name="RESULTS.md")
+        update_section(args.section, body, file_name="RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=[v for v, _ in VARIANTS],
                         choices=[v for v, _ in VARIANTS], help="KD variants to train")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--section", default="tscm-ablation", help="RESULTS.md section the table goes to")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
     set_threads(args.threads)
@@ -98,7 +99,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        update_section("tscm-ablation", body, file_name="RESULTS.md")
+        update_section(args.section, body, file_name="RESULTS.md")
 
 
 if __name__ == "__main__":
