@@ -14,23 +14,8 @@ from vprdistill.train.amp_compile import StudentForward, autocast, check_amp
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
 
-IMAGE_SIZE = 64
+from tests.train.helpers import tiny_config
 
-
-def tiny_config(dataset, **extra):
-    overrides = [
-        f"data.dataset={dataset}",
-        f"data.image_size=[{IMAGE_SIZE}, {IMAGE_SIZE}]",
-        "model=resnet18-gem",
-        "epochs=1",
-        "batch_size=4",
-        "mining.negative_samples=100",
-        "mining.num_negatives=4",
-        "optim.lr=0.001",
-        "device=cpu",
-        "progress=false",
-    ] + [f"{k}={v}" for k, v in extra.items()]
-    return load_config("baseline/synth-resnet18-gem", overrides)
 
 
 def _net() -> nn.Module:

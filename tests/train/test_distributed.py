@@ -18,35 +18,28 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from vprdistill.train.config import load_config
 from vprdistill.train.distributed import DistributedContext, prepare_batchnorm, set_training_mode
 from vprdistill.train.loop import train
 
-IMAGE_SIZE = 64
+from tests.train.helpers import tiny_config as shared_tiny_config
+
 WORLD_SIZE = 2
 TIMEOUT_S = 300
 
 
 def tiny_config(dataset, **extra):
-    overrides = [
-        f"data.dataset={dataset}",
-        f"data.image_size=[{IMAGE_SIZE}, {IMAGE_SIZE}]",
-        "model=resnet18-gem",
-        "epochs=1",
-        "batch_size=4",
-        "mining.negative_samples=100",
-        "mining.num_negatives=4",
-        # Descriptors are unit vectors (distances <= 2), so a mining margin of 4 makes every
-        # sampled negative violate it: each tuple has exactly 4 negatives and no query is
-        # skipped. The loss keeps the usual 0.1 margin.
-        "mining.margin=4.0",
-        "method={name: triplet, loss: {name: triplet, margin: 0.1}}",
-        "optim.lr=0.001",
-        "device=cpu",
-        "threads=1",
-        "progress=false",
-    ] + [f"{k}={v}" for k, v in extra.items()]
-    return load_config("baseline/synth-resnet18-gem", overrides)
+    return shared_tiny_config(
+        dataset,
+        [
+            # Descriptors are unit vectors (distances <= 2), so a mining margin of 4 makes every
+            # sampled negative violate it: each tuple has exactly 4 negatives and no query is
+            # skipped. The loss keeps the usual 0.1 margin.
+            "mining.margin=4.0",
+            "method={name: triplet, loss: {name: triplet, margin: 0.1}}",
+            "threads=1",
+        ],
+        **extra,
+    )
 
 
 def _free_port() -> int:

@@ -12,27 +12,11 @@ from vprdistill.data.readers import open_dataset
 from vprdistill.eval.evaluate import evaluate_model
 from vprdistill.models.checkpoint import load_model
 from vprdistill.models.registry import build_model
-from vprdistill.train.config import load_config
 from vprdistill.train.loop import NonFiniteLossError, train
 from vprdistill.utils.seed import seed_everything
 
-IMAGE_SIZE = 64
+from tests.train.helpers import IMAGE_SIZE, tiny_config
 
-
-def tiny_config(dataset, **extra):
-    overrides = [
-        f"data.dataset={dataset}",
-        f"data.image_size=[{IMAGE_SIZE}, {IMAGE_SIZE}]",
-        "model=resnet18-gem",
-        "epochs=2",
-        "batch_size=4",
-        "mining.negative_samples=100",
-        "mining.num_negatives=4",
-        "optim.lr=0.001",
-        "device=cpu",
-        "progress=false",
-    ] + [f"{k}={v}" for k, v in extra.items()]
-    return load_config("baseline/synth-resnet18-gem", overrides)
 
 
 def _recall_at_1(model, dataset_root, split: str) -> float:
@@ -88,7 +72,7 @@ def test_resume_after_interruption_gives_the_same_weights(synth_tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(synth_tiny, tmp_path):
-    config = tiny_config(synth_tiny)
+    config = tiny_config(synth_tiny, epochs=2)
     run_dir = tmp_path / "nan"
 
     def poison_weights(info):
