@@ -12,13 +12,18 @@ from vprdistill.data.transforms import build_segmentation_transform, build_trans
 from vprdistill.train.config import DataConfig
 
 
-def input_paths(dataset: PlaceDataset, input_kind: str) -> tuple[list[Path], list[Path]]:
-    """(query paths, database paths) of the files a model of ``input_kind`` reads."""
+def input_paths(
+    dataset: PlaceDataset, input_kind: str, needed_by: str = "data.input 'seg'"
+) -> tuple[list[Path], list[Path]]:
+    """(query paths, database paths) of the files a model of ``input_kind`` reads.
+
+    ``needed_by`` names who asks for segmentation maps, for the error when the split has none.
+    """
     if input_kind == "rgb":
         return list(dataset.query_paths), list(dataset.database_paths)
     if not dataset.has_segmentation:
         raise ValueError(
-            f"data.input is 'seg' but dataset {dataset.root} split '{dataset.split}' has no segmentation maps "
+            f"{needed_by} needs segmentation maps, but dataset {dataset.root} split '{dataset.split}' has none "
             "(generate them with `vprdistill segment`)"
         )
     return list(dataset.query_seg_paths), list(dataset.database_seg_paths)

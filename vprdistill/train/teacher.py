@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.checkpoint import load_model, model_fingerprint
+from vprdistill.train.inputs import input_paths
 from vprdistill.utils.atomic import atomic_path
 from vprdistill.utils.logging import get_logger
 
@@ -87,14 +88,7 @@ class FrozenTeacher:
         return self
 
     def _paths(self, dataset: PlaceDataset) -> tuple[list[Path], list[Path]]:
-        if self.input_kind == "rgb":
-            return list(dataset.query_paths), list(dataset.database_paths)
-        if not dataset.has_segmentation:
-            raise ValueError(
-                f"teacher {self.source} takes segmentation input, but dataset {dataset.root} split "
-                f"'{dataset.split}' has no segmentation maps (run `vprdistill segment` first)"
-            )
-        return list(dataset.query_seg_paths), list(dataset.database_seg_paths)
+        return input_paths(dataset, self.input_kind, needed_by=f"teacher {self.source} (input: seg)")
 
     def cached_descriptors(self, dataset: PlaceDataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher descriptors of the split's queries (M, D) and database (N, D), from cache when valid."""
