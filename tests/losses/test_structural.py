@@ -81,7 +81,8 @@ def test_loss_equals_hand_computation_with_partition_weights() -> None:
 
     out = loss(_stack(STUDENT_1, STUDENT_2), _stack(TEACHER_1, TEACHER_2))
     hard = (HARD_1 + HARD_2) / 2
-    distillation = (1.0 * KL_1 + 0.0 * KL_2) / 2  # tuple 2 is "teacher wrong, student right": weight 0
+    # Tuple 2 is "teacher wrong, student right": weight 0; the weighted mean divides by Σw = 1.
+    distillation = (1.0 * KL_1 + 0.0 * KL_2) / 1.0
     assert out.terms["hard"] == pytest.approx(hard, abs=1e-5)
     assert out.terms["kl"] == pytest.approx((KL_1 + KL_2) / 2, abs=1e-5)
     assert out.terms["distillation"] == pytest.approx(distillation, abs=1e-5)
@@ -102,7 +103,8 @@ def test_weighting_accepts_a_config_mapping() -> None:
         w_hard=0.0, temperature=TAU, weighting={"name": "partition", "teacher_wrong_student_right": 0.5}
     )
     out = loss(_stack(STUDENT_1, STUDENT_2), _stack(TEACHER_1, TEACHER_2))
-    assert out.total.item() == pytest.approx((KL_1 + 0.5 * KL_2) / 2, abs=1e-5)
+    assert out.total.item() == pytest.approx((KL_1 + 0.5 * KL_2) / 1.5, abs=1e-5)
+    assert out.terms["weighted_kl"] == pytest.approx((KL_1 + 0.5 * KL_2) / 1.5, abs=1e-5)
 
 
 def test_optional_regression_term() -> None:
@@ -128,3 +130,111 @@ def test_bad_configuration_raises() -> None:
         StructuralDistillationLoss(weighting={"both_right": 1.0})
     with pytest.raises(ValueError, match="teacher=None"):
         StructuralDistillationLoss()(STUDENT_1, None)
+
+
+def _reference_loss(
+    student: TupleDescriptors, teacher: TupleDescriptors, tau: float, weights_by_group: dict[str, float]
+) -> tuple[float, list[str]]:
+    """Float64 reference of the weighted distillation term, written from the specification.
+
+    Ranks count the valid negatives at least as close as the positive (ties against the
+    positive); the result is Σ w·KL / Σ w, or 0 when Σ w = 0.
+    """
+    import numpy as np
+
+    def as64(x: torch.Tensor) -> np.ndarray:
+        return x.detach().double().numpy()
+
+    mask = student.valid_negatives().numpy()
+    total, weight_sum, groups = 0.0, 0.0, []
+    for b in range(student.batch_size):
+        valid = [k for k in range(student.num_negatives) if mask[b, k]]
+        ranks, logits = [], []
+        for model in (teacher, student):
+            anchor = as64(model.anchor[b])
+            cands = [as64(model.positive[b])] + [as64(model.negatives[b, k]) for k in valid]
+            dist = [float(np.sqrt(((anchor - c) ** 2).sum())) for c in cands]
+            ranks.append(sum(1 for d in dist[1:] if d <= dist[0]))
+            cos = [float(anchor @ c / (np.linalg.norm(anchor) * np.linalg.norm(c))) for c in cands]
+            logits.append(np.array(cos) / tau)
+        r_t, r_s = ranks
+        if r_t == 0 and r_s > 0:
+            group, weight = "teacher_right_student_wrong", weights_by_group["teacher_right_student_wrong"]
+        elif r_t == 0:
+            group, weight = "both_right", weights_by_group["both_right"]
+        elif r_s == 0:
+            group, weight = "teacher_wrong_student_right", weights_by_group["teacher_wrong_student_right"]
+        else:
+            better = r_t < r_s
+            group = "both_wrong"
+            weight = weights_by_group["both_wrong"] if better else weights_by_group["both_wrong_teacher_not_better"]
+        p_t = np.exp(logits[0] - logits[0].max())
+        p_t /= p_t.sum()
+        log_p_s = logits[1] - logits[1].max() - np.log(np.exp(logits[1] - logits[1].max()).sum())
+        kl = float((p_t * (np.log(p_t) - log_p_s)).sum())
+        total += weight * kl
+        weight_sum += weight
+        groups.append(group)
+    return (total / weight_sum if weight_sum > 0 else 0.0), groups
+
+
+DEFAULT_PARTITION = {
+    "teacher_right_student_wrong": 1.0,
+    "both_right": 0.5,
+    "teacher_wrong_student_right": 0.0,
+    "both_wrong": 0.5,
+    "both_wrong_teacher_not_better": 0.0,
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_weighted_distillation_matches_a_float64_reference(seed: int) -> None:
+    student = random_tuples(batch=16, num_negatives=5, dim=6, seed=seed)
+    teacher = random_tuples(batch=16, num_negatives=5, dim=9, seed=100 + seed)
+    teacher = TupleDescriptors(teacher.anchor, teacher.positive, teacher.negatives, student.negative_mask)
+    expected, groups = _reference_loss(student, teacher, TAU, DEFAULT_PARTITION)
+    out = StructuralDistillationLoss(w_hard=0.0, temperature=TAU, weighting="partition")(student, teacher)
+    assert out.terms["distillation"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert out.total.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    for name in ("teacher_right_student_wrong", "both_right", "teacher_wrong_student_right", "both_wrong"):
+        assert out.terms[f"partition/share/{name}"] == pytest.approx(groups.count(name) / len(groups))
+
+
+def test_uniform_and_partition_distil_at_equal_strength() -> None:
+    # Every tuple has the same KL; the partition keeps some of them at weight 0.5 or 1
+    # and drops others. A strength-preserving weighting gives the same loss as uniform.
+    student = random_tuples(batch=8, num_negatives=3, dim=4, seed=5, with_mask=False)
+    anchor = student.anchor[:1].expand(8, -1)
+    positive = student.positive[:1].expand(8, -1)
+    negatives = student.negatives[:1].expand(8, -1, -1)
+    same = TupleDescriptors(anchor.contiguous(), positive.contiguous(), negatives.contiguous())
+    teacher = random_tuples(batch=1, num_negatives=3, dim=4, seed=6, with_mask=False)
+    teacher = TupleDescriptors(
+        teacher.anchor.expand(8, -1).contiguous(),
+        teacher.positive.expand(8, -1).contiguous(),
+        teacher.negatives.expand(8, -1, -1).contiguous(),
+    )
+    uniform = StructuralDistillationLoss(w_hard=0.0, temperature=TAU, weighting="uniform")(same, teacher)
+    halved = StructuralDistillationLoss(
+        w_hard=0.0, temperature=TAU, weighting={"name": "partition", **{k: 0.5 for k in DEFAULT_PARTITION}}
+    )(same, teacher)
+    assert halved.terms["partition/mean_weight"] == pytest.approx(0.5)
+    assert halved.total.item() == pytest.approx(uniform.total.item(), rel=1e-6)
+
+
+def test_a_collapsed_teacher_is_never_right_and_distils_nothing() -> None:
+    student = random_tuples(batch=6, num_negatives=4, dim=5, seed=7, requires_grad=True)
+    constant = F.normalize(torch.ones(5), dim=0)
+    collapsed = TupleDescriptors(
+        constant.expand(6, 5).clone(), constant.expand(6, 5).clone(), constant.expand(6, 4, 5).clone(),
+        student.negative_mask,
+    )
+    out = StructuralDistillationLoss(w_hard=0.0, temperature=TAU, weighting="partition")(student, collapsed)
+    # All distances tie, and ties count against the positive: the teacher is wrong on every tuple.
+    assert out.terms["partition/share/teacher_right_student_wrong"] == 0.0
+    assert out.terms["partition/share/both_right"] == 0.0
+    assert out.terms["partition/mean_weight"] == 0.0
+    assert out.terms["distillation"] == 0.0
+    out.total.backward()
+    for tensor_ in (student.anchor, student.positive, student.negatives):
+        assert tensor_.grad is not None and torch.isfinite(tensor_.grad).all() and not tensor_.grad.any()

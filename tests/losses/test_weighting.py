@@ -92,3 +92,18 @@ def test_bad_configuration_raises() -> None:
         PartitionWeighting(both_right=-0.5)
     with pytest.raises(ValueError, match="assign_groups"):
         assign_groups(torch.tensor([0, 1]), torch.tensor([0]))
+
+
+def test_ties_count_against_the_positive() -> None:
+    anchor = tensor([[1.0, 0.0], [1.0, 0.0]])
+    candidates = tensor(
+        [
+            # the positive and the first negative are equally far: a tie, counted as a miss → rank 1
+            [[0.0, 1.0], [0.0, -1.0], [-1.0, 0.0]],
+            # every candidate equal (a collapsed model): rank = number of valid negatives
+            [[0.6, 0.8], [0.6, 0.8], [0.6, 0.8]],
+        ]
+    )
+    assert compute_ranks(anchor, candidates).tolist() == [1, 2]
+    mask = torch.tensor([[True, True, True], [True, False, True]])
+    assert compute_ranks(anchor, candidates, mask).tolist() == [1, 1]

@@ -2,13 +2,18 @@
 
 The paper's exact loss is not available to this project; this is **our specification**::
 
-    L_total = w_hard·triplet(student) + mean_b weight_b·(w_kd·KL_b + w_regression·REG_b)
+    L_total = w_hard·triplet(student) + Σ_b weight_b·(w_kd·KL_b + w_regression·REG_b) / Σ_b weight_b
+              (the weighted term is 0 when Σ_b weight_b = 0)
     KL_b    = KL(P_T || P_S),  P = softmax over the tuple's candidates (positive, then negatives)
               of cos(anchor, candidate) / τ
     REG_b   = ||S(a) − T(a)||² + ||S(p) − T(p)||² + mean_n ||S(n) − T(n)||²   (optional, same dims only)
 
 ``weight_b`` comes from a named sample weighting (:mod:`vprdistill.losses.weighting`),
 computed from the ranks of the positive under each model and carrying no gradient.
+Dividing by the weights' sum, not the batch size, keeps the distillation at the same
+strength whatever the weighting: a partition that keeps half the tuples distils those
+tuples as strongly as ``uniform`` distils all of them, so the two are compared at equal
+strength and differ only in *which* tuples teach.
 Because the KL compares similarity distributions, the seg-branch (teacher) may have a
 different descriptor dimension from the RGB branch (student).
 """
@@ -86,6 +91,17 @@ def similarity_distribution_kl(
     return F.kl_div(student_log_probabilities, teacher_probabilities, reduction="none").sum(dim=-1)
 
 
+def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """``Σ wᵢ·vᵢ / Σ wᵢ`` of ``(B,)`` values and ``(B,)`` non-negative weights; 0 when ``Σ wᵢ = 0``.
+
+    The zero case keeps the graph (a zero that still depends on ``values``), so a batch
+    the weighting leaves out entirely contributes no gradient rather than NaN.
+    """
+    total_weight = weights.sum()
+    weighted_sum = (weights * values).sum()
+    return torch.where(total_weight > 0, weighted_sum / total_weight.clamp_min(torch.finfo(values.dtype).tiny), 0.0 * weighted_sum)
+
+
 def _build_weighting(weighting: str | Mapping[str, Any] | SampleWeighting) -> SampleWeighting:
     if isinstance(weighting, str):
         return build_sample_weighting(weighting)
@@ -106,7 +122,7 @@ class StructuralDistillationLoss:
     """StructVPR stage 2 (our specification): triplet + per-sample weighted similarity-distribution KL.
 
     Call with ``(student, teacher)`` where the teacher is the frozen seg-branch. Terms:
-    ``hard``, ``kl`` (unweighted batch mean), ``weighted_kl``, ``regression`` (when its
+    ``hard``, ``kl`` (unweighted batch mean), ``weighted_kl`` (``Σ w·KL / Σ w``), ``regression`` (when its
     weight is > 0), ``distillation`` (the weighted term added to the total), ``total``,
     and the weighting's statistics prefixed ``partition/``.
 
@@ -172,12 +188,12 @@ class StructuralDistillationLoss:
         weights = weights.detach().to(dtype=kl.dtype, device=kl.device)
         per_sample = self.w_kd * kl
         terms["kl"] = kl.mean()
-        terms["weighted_kl"] = (weights * kl).mean()
+        terms["weighted_kl"] = weighted_mean(kl, weights)
         if self.w_regression > 0:
             regression = descriptor_regression(student, teacher)
             terms["regression"] = regression.mean()
             per_sample = per_sample + self.w_regression * regression
-        distillation = (weights * per_sample).mean()
+        distillation = weighted_mean(per_sample, weights)
         terms["distillation"] = distillation
         terms.update({f"partition/{key}": value for key, value in stats.items()})
         return distillation

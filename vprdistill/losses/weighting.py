@@ -41,9 +41,11 @@ TEACHER_RIGHT_STUDENT_WRONG, BOTH_RIGHT, TEACHER_WRONG_STUDENT_RIGHT, BOTH_WRONG
 def compute_ranks(anchor: Tensor, candidates: Tensor, candidate_mask: Tensor | None = None) -> Tensor:
     """Rank of each tuple's positive among its candidates by Euclidean distance to the anchor.
 
-    The rank is the number of valid candidates strictly closer to the anchor than the
-    positive (ties count for the positive). On L2-normalised descriptors this is the
-    order of retrieval by inner product too.
+    The rank is the number of valid negatives at least as close to the anchor as the
+    positive: ties count *against* the positive, so a model that cannot tell the
+    positive from a negative is never "right". A collapsed model, whose descriptors are
+    all equal, ranks every positive last. On L2-normalised descriptors this is the order
+    of retrieval by inner product too.
 
     Args:
         anchor: ``(B, D)`` query descriptors.
@@ -61,10 +63,11 @@ def compute_ranks(anchor: Tensor, candidates: Tensor, candidate_mask: Tensor | N
     with torch.no_grad():
         # The exact form, not the matrix-product shortcut, so near-ties are not flipped by rounding.
         distances = torch.cdist(anchor.unsqueeze(1), candidates, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
-        closer = distances < distances[:, :1]
+        not_farther = distances <= distances[:, :1]
+        not_farther[:, 0] = False  # the positive is not its own competitor
         if candidate_mask is not None:
-            closer = closer & candidate_mask
-        return closer.sum(dim=1)
+            not_farther = not_farther & candidate_mask
+        return not_farther.sum(dim=1)
 
 
 def assign_groups(r_teacher: Tensor, r_student: Tensor) -> Tensor:
