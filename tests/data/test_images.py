@@ -148,3 +148,20 @@ def test_path_datasets(tmp_path: Path) -> None:
     one_hot, index = seg[0]
     assert index == 0 and one_hot.shape == (10, 8, 8)
     assert torch.all(one_hot[2] == 1) and one_hot.sum() == 64  # trainId 2 = building
+
+
+def test_only_photo_formats_are_decoded(tmp_path: Path) -> None:
+    picture = Image.new("RGB", (16, 12), (200, 30, 40))
+    for suffix in ("webp", "bmp", "tif", "png", "jpg"):
+        picture.save(tmp_path / f"ok.{suffix}")
+        loaded = np.asarray(load_image(tmp_path / f"ok.{suffix}")).astype(int)
+        assert loaded.shape == (12, 16, 3) and abs(loaded[6, 8, 0] - 200) < 8, suffix
+        assert verify_image(tmp_path / f"ok.{suffix}") is None
+    # EPS is decoded by running Ghostscript, which no photo should reach; GIF, PPM and TGA decode in Pillow
+    # itself, so that they are refused shows the allow-list at work even where Ghostscript is not installed.
+    for suffix in ("gif", "ppm", "tga", "eps"):
+        path = tmp_path / f"other.{suffix}"
+        picture.save(path)
+        with pytest.raises(ImageLoadError, match=rf"other\.{suffix}.*JPEG, PNG, WebP, BMP or TIFF"):
+            load_image(path)
+        assert "JPEG, PNG, WebP, BMP or TIFF" in verify_image(path)

@@ -8,22 +8,29 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from tests.data.netvlad_files import (
+    DB_NAMES,
+    DB_UTM,
+    Q_NAMES,
+    Q_UTM,
+    make_two_sets,
+    netvlad_fields,
+    tiny_jpeg,
+    write_db_struct,
+    write_images,
+    write_split,
+)
 from vprdistill.data.readers import (
     MAT_FIELDS,
     DatasetFormatError,
+    DatasetSource,
     find_mat_file,
+    mat_file_for_split,
     open_dataset,
+    open_dataset_with_source,
     parse_place_filename,
+    read_mat_dataset,
 )
-
-DB_UTM = np.array([[100.0, 5000.0], [110.0, 5000.0], [300.0, 5200.0]])
-Q_UTM = np.array([[104.0, 5001.0], [900.0, 9000.0]])
-
-
-def tiny_jpeg(path: Path, shade: int = 90) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (16, 12), (shade, 40, 200)).save(path)
-    return path
 
 
 def folder_name(east: float, north: float, note: str = "") -> str:
@@ -42,39 +49,8 @@ def make_folder_dataset(root: Path, split: str = "test", segmentation: bool = Fa
     return root
 
 
-def write_db_struct(path: Path, fields: dict) -> None:
-    """A MATLAB struct ``dbStruct`` whose fields keep the given order."""
-    struct = np.empty((1, 1), dtype=[(name, object) for name in fields])
-    for name, value in fields.items():
-        struct[0, 0][name] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(path, {"dbStruct": struct})
-
-
-def netvlad_fields(db_names: list[str], q_names: list[str], which_set: str = "test") -> dict:
-    return {
-        "whichSet": which_set,
-        "dbImageFns": np.array([[n] for n in db_names], dtype=object),
-        "utmDb": DB_UTM[: len(db_names)].T.copy(),
-        "qImageFns": np.array([[n] for n in q_names], dtype=object),
-        "utmQ": Q_UTM[: len(q_names)].T.copy(),
-        "numImages": len(db_names),
-        "numQueries": len(q_names),
-        "posDistThr": 25,
-        "posDistSqThr": 625,
-        "nonTrivPosDistSqThr": 100,
-    }
-
-
-DB_NAMES = ["000/000000_pitch1_yaw1.jpg", "000/000001_pitch1_yaw1.jpg", "001/001000_pitch2_yaw3.jpg"]
-Q_NAMES = ["000/000000_yaw1.jpg", "000/000001_yaw1.jpg"]
-
-
 def make_pitts(root: Path, name: str = "pitts30k_test.mat") -> Path:
-    for n in DB_NAMES:
-        tiny_jpeg(root / n)
-    for n in Q_NAMES:
-        tiny_jpeg(root / "queries_real" / n)
+    write_images(root)
     fields = netvlad_fields(DB_NAMES, Q_NAMES)
     assert tuple(fields) == MAT_FIELDS
     write_db_struct(root / "datasets" / name, fields)
@@ -190,7 +166,9 @@ def test_mat_reader_missing_image(tmp_path: Path, caplog: pytest.LogCaptureFixtu
 def test_ambiguous_mat_files(tmp_path: Path) -> None:
     root = make_pitts(tmp_path / "Pittsburgh")
     write_db_struct(root / "datasets" / "pitts250k_test.mat", netvlad_fields(DB_NAMES, Q_NAMES))
-    with pytest.raises(DatasetFormatError, match="pitts250k_test.mat"):
+    with pytest.raises(
+        DatasetFormatError, match=r"pitts250k_test.mat.*choose one by dataset name \(pitts250k, pitts30k\)"
+    ):
         open_dataset(root)
     assert open_dataset(root / "datasets" / "pitts250k_test.mat").name == "pitts250k"
 
@@ -224,3 +202,93 @@ def test_not_a_mat_file(tmp_path: Path) -> None:
     savemat(other, {"somethingElse": np.zeros(3)})
     with pytest.raises(DatasetFormatError, match="other_test.mat.*dbStruct"):
         open_dataset(other)
+
+
+def test_a_train_file_opens_its_val_sibling(tmp_path: Path) -> None:
+    root = tmp_path / "Pittsburgh"
+    write_images(root)
+    train_file = write_split(root, "pitts30k_train.mat", "train", num_queries=2)
+    val_file = write_split(root, "pitts30k_val.mat", "val", num_queries=1)
+
+    assert mat_file_for_split(train_file, "val") == val_file
+    assert mat_file_for_split(train_file, "train") == train_file
+    assert mat_file_for_split(train_file, None) == train_file
+    val, source = open_dataset_with_source(train_file, split="val")
+    assert source == DatasetSource("mat", val_file, "val")
+    assert (val.name, val.split, val.num_queries, val.root) == ("pitts30k", "val", 1, root)
+    assert str(source) == f"{val_file} (whichSet 'val')"
+    train, source = open_dataset_with_source(train_file, split="train")
+    assert (train.split, train.num_queries, source.path) == ("train", 2, train_file)
+    # No split asked: the file as it is; the reverse direction works too.
+    assert open_dataset(train_file, split=None).split == "train"
+    assert open_dataset(val_file, split="train").num_queries == 2
+
+    with pytest.raises(DatasetFormatError) as info:
+        open_dataset(train_file, split="test")
+    assert str(root / "datasets" / "pitts30k_test.mat") in str(info.value) and "does not exist" in str(info.value)
+
+
+def test_dataset_name_chooses_among_sets_in_one_folder(tmp_path: Path) -> None:
+    root = make_two_sets(tmp_path / "Pittsburgh")
+    with pytest.raises(DatasetFormatError, match=r"choose one by dataset name \(pitts250k, pitts30k\)"):
+        open_dataset(root, split="val")
+    for name, num_database, num_queries in (("pitts30k", 3, 1), ("pitts250k", 2, 2)):
+        dataset, source = open_dataset_with_source(root, split="val", name=name)
+        assert source.path == root / "datasets" / f"{name}_val.mat" and source.which_set == "val"
+        assert (dataset.name, dataset.split) == (name, "val")
+        assert (dataset.num_database, dataset.num_queries) == (num_database, num_queries)
+        assert find_mat_file(root, "train", name) == root / "datasets" / f"{name}_train.mat"
+    # The name also agrees with a file, and a wrong one is refused naming both.
+    assert open_dataset(root / "datasets" / "pitts30k_train.mat", split="val", name="pitts30k").num_queries == 1
+    with pytest.raises(
+        DatasetFormatError, match=r"pitts250k_train.mat is a file of dataset 'pitts250k', not of 'pitts30k'"
+    ):
+        open_dataset(root / "datasets" / "pitts250k_train.mat", split="val", name="pitts30k")
+    with pytest.raises(DatasetFormatError, match=r"tokyo247_val.mat.*sets with split 'val' there: pitts250k, pitts30k"):
+        open_dataset(root, split="val", name="tokyo247", reader="mat")
+    with pytest.raises(DatasetFormatError, match=r"tokyo247_val.mat"):
+        open_dataset(root, split="val", name="tokyo247")
+
+
+def test_which_set_differing_from_the_split_asked_for_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "Pittsburgh"
+    write_images(root)
+    train_file = write_split(root, "pitts30k_train.mat", "train")
+    # A validation file that really holds training data (a copied file, say).
+    val_file = write_split(root, "pitts30k_val.mat", "train")
+    for call in (
+        lambda: open_dataset(val_file, split="val"),
+        lambda: open_dataset(train_file, split="val"),  # through the sibling
+        lambda: open_dataset(root, split="val"),  # through the root
+        lambda: read_mat_dataset(val_file, split="val"),
+    ):
+        with pytest.raises(DatasetFormatError) as info:
+            call()
+        message = str(info.value)
+        assert str(val_file) in message and "'train'" in message and "'val'" in message
+    assert read_mat_dataset(val_file).split == "train"  # without a split asked, the file says what it is
+
+    # A file whose name gives no sibling: only its own split opens.
+    tokyo = write_split(root, "tokyo247.mat", "test")
+    assert open_dataset(tokyo, split="test").split == "test"
+    with pytest.raises(DatasetFormatError, match=r"tokyo247.mat: holds split 'test' .*not the 'val' asked for"):
+        open_dataset(tokyo, split="val")
+
+
+def test_empty_which_set_takes_the_split_from_the_file_name(tmp_path: Path) -> None:
+    root = tmp_path / "P"
+    write_images(root)
+    train_file = write_split(root, "mine_train.mat", "")
+    val_file = write_split(root, "mine_val.mat", "", num_queries=1)
+    dataset, source = open_dataset_with_source(train_file, split="val")
+    assert (dataset.split, dataset.name, dataset.num_queries, source.path) == ("val", "mine", 1, val_file)
+    assert source.which_set == ""
+
+
+def test_folder_format_source_and_name(tmp_path: Path) -> None:
+    root = make_folder_dataset(tmp_path / "mycity")
+    dataset, source = open_dataset_with_source(root, split="test", name="mycity")
+    assert source == DatasetSource("folder", root / "images" / "test") and dataset.name == "mycity"
+    assert str(source) == f"{root / 'images' / 'test'} (folder format)"
+    with pytest.raises(DatasetFormatError, match=r"named after its folder, 'mycity', but dataset name 'pitts30k'"):
+        open_dataset(root, split="test", name="pitts30k")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.data.netvlad_files import DB_NAMES, Q_NAMES, make_two_sets, write_images, write_split
 from vprdistill.cli.main import main
 from vprdistill.data.images import ImageLoadError, load_segmentation
 from vprdistill.data.segmentation_labels import (
@@ -18,7 +19,13 @@ from vprdistill.data.segmentation_labels import (
     label_mapping,
     label_to_cityscapes_train_id,
 )
-from vprdistill.data.segmenter import SegmentationModelError, Segmenter, segment_dataset, segmentation_path
+from vprdistill.data.segmenter import (
+    SegmentationModelError,
+    Segmenter,
+    segment_dataset,
+    segmentation_path,
+    shorter_side_size,
+)
 
 CITYSCAPES_IDS = set(range(19)) | {VOID_ID}
 
@@ -107,10 +114,14 @@ def test_maps_are_the_upsampled_argmax_of_the_model(tmp_path: Path, cityscapes_m
     written = load_segmentation(segmentation_path(tmp_path, image_path.relative_to(tmp_path / "images")))
 
     image = Image.open(image_path).convert("RGB")
+    assert image.size == (40, 56)  # W, H
     processor = AutoImageProcessor.from_pretrained(cityscapes_model)
     model = AutoModelForSemanticSegmentation.from_pretrained(cityscapes_model).eval()
+    # The processor's size is 64: the shorter side 40 becomes 64, the longer 56 * 64 / 40 = 89.6 -> 90.
+    inputs = processor(images=[image], size={"height": 90, "width": 64}, return_tensors="pt")
+    assert tuple(inputs["pixel_values"].shape[-2:]) == (90, 64)
     with torch.no_grad():
-        logits = model(**processor(images=[image], return_tensors="pt")).logits
+        logits = model(**inputs).logits
     size = (image.height, image.width)
     upsampled = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     np.testing.assert_array_equal(written, upsampled.argmax(dim=1)[0].numpy())
@@ -187,7 +198,9 @@ def test_unavailable_models_give_a_clear_error(tmp_path: Path, monkeypatch: pyte
         Segmenter(tmp_path / "empty")
 
 
-def test_cli_segments_the_requested_splits(tmp_path: Path, cityscapes_model: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_segments_the_requested_splits(
+    tmp_path: Path, cityscapes_model: Path, capsys: pytest.CaptureFixture
+) -> None:
     make_dataset(tmp_path)
     argv = ["segment", str(tmp_path), "--model", str(cityscapes_model), "--splits", "test", "--device", "cpu",
             "--batch-size", "3", "--image-size", "32", "48", "--workers", "1", "--no-progress"]  # fmt: skip
@@ -201,3 +214,90 @@ def test_cli_segments_the_requested_splits(tmp_path: Path, cityscapes_model: Pat
 def test_cli_reports_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["segment", str(tmp_path / "nowhere"), "--device", "cpu"]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_shorter_side_size_keeps_the_aspect_ratio() -> None:
+    assert shorter_side_size(480, 640, 1024) == (1024, 1365)  # 640 * 1024 / 480 = 1365.33
+    assert shorter_side_size(640, 480, 512) == (683, 512)  # 640 * 512 / 480 = 682.67
+    assert shorter_side_size(32, 32, 64) == (64, 64)
+    with pytest.raises(ValueError, match="positive"):
+        shorter_side_size(0, 10, 5)
+
+
+def test_the_network_input_keeps_each_images_aspect_ratio(cityscapes_model: Path) -> None:
+    default = Segmenter(cityscapes_model)  # processor size 64x64: the shorter side becomes 64
+    assert (default.image_size, default.shorter_side) == (None, 64)
+    assert default.input_size(height=56, width=40) == (90, 64)
+    assert default.input_size(height=32, width=48) == (64, 96)
+    assert Segmenter(cityscapes_model, image_size=[32]).input_size(height=56, width=40) == (45, 32)
+    exact = Segmenter(cityscapes_model, image_size=(32, 48))
+    assert exact.input_size(height=56, width=40) == (32, 48)
+    # Images of different shapes in one call each get their own input size and come back at their size.
+    rng = np.random.default_rng(3)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((56, 40), (32, 48), (56, 40))
+    ]
+    maps = default.segment(images)
+    assert [m.shape for m in maps] == [(56, 40), (32, 48), (56, 40)]
+    np.testing.assert_array_equal(maps[0], default.segment([images[0]])[0])
+    with pytest.raises(ValueError, match="shorter side"):
+        Segmenter(cityscapes_model, image_size=[1, 2, 3])
+
+
+def _pitts_map(root: Path, split: str, subset: str, name: str) -> Path:
+    return (root / "segmentation" / split / subset / name).with_suffix(".png")
+
+
+def make_pitts(root: Path) -> Path:
+    """Pittsburgh layout with one set: pitts30k_test.mat in datasets/, 3 database images, 2 queries."""
+    write_images(root)
+    write_split(root, "pitts30k_test.mat", "test")
+    return root
+
+
+def test_mat_datasets_get_maps_where_the_reader_finds_them(tmp_path: Path, cityscapes_model: Path) -> None:
+    from vprdistill.data.readers import open_dataset
+
+    root = make_pitts(tmp_path / "Pittsburgh")
+    report = segment_dataset(root, cityscapes_model, progress=False, num_workers=0)
+    assert (report.written, report.skipped) == (len(DB_NAMES) + len(Q_NAMES), 0)
+    expected_db = [_pitts_map(root, "test", "database", n) for n in DB_NAMES]
+    expected_q = [_pitts_map(root, "test", "queries", n) for n in Q_NAMES]
+    dataset = open_dataset(root)
+    assert dataset.database_seg_paths == expected_db and dataset.query_seg_paths == expected_q
+    for map_path, image_path in zip(expected_db + expected_q, dataset.database_paths + dataset.query_paths):
+        with Image.open(map_path) as png, Image.open(image_path) as image:
+            assert (png.mode, png.size) == ("L", image.size)
+        assert set(np.unique(load_segmentation(map_path)).tolist()) <= CITYSCAPES_IDS
+    assert json.loads((root / "segmentation" / "classes.json").read_text())["shorter_side"] == 64
+
+    # The .mat file itself works too, and existing maps are kept.
+    again = segment_dataset(root / "datasets" / "pitts30k_test.mat", cityscapes_model, progress=False)
+    assert (again.written, again.skipped) == (0, len(DB_NAMES) + len(Q_NAMES))
+
+
+def test_mat_sets_and_splits_can_be_chosen(
+    tmp_path: Path, cityscapes_model: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # pitts30k lists 3 database images, pitts250k the first 2; val has 1 (pitts30k) or 2 (pitts250k) queries.
+    root = make_two_sets(tmp_path / "Pittsburgh")
+    report = segment_dataset(root, cityscapes_model, name="pitts250k", splits=["val"], progress=False)
+    assert report.written == 2 + 2
+    assert sorted(p.relative_to(root / "segmentation") for p in (root / "segmentation").rglob("*.png")) == sorted(
+        [Path("val/database") / Path(n).with_suffix(".png") for n in DB_NAMES[:2]]
+        + [Path("val/queries") / Path(n).with_suffix(".png") for n in Q_NAMES[:2]]
+    )
+    # Both sets' test files share segmentation/test: each image gets one map.
+    argv = ["segment", str(root), "--splits", "test", "--model", str(cityscapes_model),
+            "--device", "cpu", "--workers", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == len(DB_NAMES) + len(Q_NAMES)
+    assert not (root / "segmentation" / "train").exists()
+    with pytest.raises(FileNotFoundError, match=r"pitts10k_\*\.mat"):
+        segment_dataset(root, cityscapes_model, name="pitts10k", progress=False)
+
+
+def test_a_folder_with_neither_images_nor_mat_files_is_named(tmp_path: Path, cityscapes_model: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither images/"):
+        segment_dataset(tmp_path / "empty", cityscapes_model, progress=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -108,3 +107,63 @@ def test_model_override_must_match_the_index(tiny_index: Path, tmp_path: Path, c
     code = main(["localize", "--index", str(tiny_index), "--model", str(other), str(tmp_path)])
     assert code == 1
     assert "fingerprint" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def frames_with_a_broken_one(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """The four test queries plus an unreadable JPEG that sorts third; returns the folder and the names in order."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for path in open_dataset(tiny_dataset, "test").query_paths:
+        (folder / path.name).write_bytes(path.read_bytes())
+    names = sorted(p.name for p in folder.iterdir())
+    broken = names[1] + "-broken.jpg"  # sorts right after the second frame
+    (folder / broken).write_bytes(b"\xff\xd8\xff\xe0 cut off by a dying card reader")
+    return folder, sorted([*names, broken])
+
+
+def test_localizer_reports_unreadable_images_when_asked(tiny_index: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    good = [str(p) for p in open_dataset(tiny_dataset, "test").query_paths[:2]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    localizer = Localizer.from_index_folder(tiny_index, on_unreadable="report")
+    results = localizer.localize([good[0], str(broken), good[1]], topk=2)
+    assert [r.source for r in results] == [good[0], str(broken), good[1]]
+    assert [r.best.database_index for r in (results[0], results[2])] == COPIED_ROWS[:2]
+    assert results[1].matches == [] and results[1].position is None and "broken.jpg" in results[1].error
+    record = results[1].to_dict()
+    assert record["error"] == results[1].error and record["matches"] == [] and record["score"] is None
+    assert results[0].error is None and results[0].to_dict()["error"] is None
+    with pytest.raises(ValueError, match="on_unreadable"):
+        Localizer.from_index_folder(tiny_index, on_unreadable="skip")
+
+
+def test_localize_cli_reports_an_unreadable_photo_and_goes_on(
+    tiny_index: Path, frames_with_a_broken_one, capsys
+) -> None:
+    folder, names = frames_with_a_broken_one
+    assert main(["localize", "--index", str(tiny_index), str(folder), "--json", "--batch-size", "16"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [Path(r["source"]).name for r in records] == names
+    broken = records[2]
+    assert "-broken.jpg" in broken["error"] and broken["matches"] == [] and broken["position"] is None
+    good = [r for r in records if r["error"] is None]
+    assert len(good) == 4 and all(len(r["matches"]) == 5 for r in good)
+    assert "1 of 5 photos could not be read" in captured.err
+    # the plain-text listing goes on too, with the reason in the broken photo's place
+    assert main(["localize", "--index", str(tiny_index), str(folder)]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("    ")]
+    assert len(lines) == 5 and "ERROR" in lines[2] and "ERROR" not in lines[3]
+
+
+def test_localize_cli_stream_goes_on_after_an_unreadable_frame(
+    tiny_index: Path, frames_with_a_broken_one, capsys
+) -> None:
+    folder, names = frames_with_a_broken_one
+    assert main(["localize", "--index", str(tiny_index), str(folder), "--stream", "--smooth", "3", "--json"]) == 1
+    frames = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [Path(f["source"]).name for f in frames] == names
+    assert frames[2]["error"] and frames[2]["matches"] == []
+    assert frames[2]["smoothed_position"] == frames[1]["smoothed_position"]  # the bad frame leaves the estimate
+    assert all(f["error"] is None and f["matches"] for f in frames[3:])

@@ -6,7 +6,9 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
+from tests.data.netvlad_files import make_two_sets
 from vprdistill.cli.main import main
 from vprdistill.models.checkpoint import save_model
 from vprdistill.models.registry import build_model
@@ -25,8 +27,19 @@ def test_eval_writes_every_output(tiny_places, tmp_path, capsys):
     assert "R@1" in printed and "night" in printed and "ms/image" in printed
 
     report = json.loads((out / "report.json").read_text())
-    for key in ("recall", "num_queries", "num_queries_without_positive", "num_database", "threshold_m",
-                "descriptor_dim", "ms_per_image", "ms_per_query", "recall_per_condition", "model", "settings"):
+    for key in (
+        "recall",
+        "num_queries",
+        "num_queries_without_positive",
+        "num_database",
+        "threshold_m",
+        "descriptor_dim",
+        "ms_per_image",
+        "ms_per_query",
+        "recall_per_condition",
+        "model",
+        "settings",
+    ):
         assert key in report, key
     assert set(report["recall"]) == {"1", "5"}
     assert report["settings"]["image_size"] == [40, 40]
@@ -90,3 +103,48 @@ def test_eval_refuses_rerank_for_a_segmentation_model(tiny_places, tmp_path, cap
                  "--device", "cpu", "--no-progress", "--rerank", "patch"])  # fmt: skip
     assert code == 1
     assert "segmentation maps" in capsys.readouterr().err
+
+
+def test_eval_queries_without_positive_convention(tiny_places, tmp_path, capsys):
+    """5 of the 6 queries have a positive: every R@N counted over 6 is 5/6 of the same R@N over 5."""
+    reports = {}
+    for convention in ("count-as-miss", "exclude"):
+        path = tmp_path / f"{convention}.json"
+        args = ["eval", "--model", "resnet18-gem", "--dataset", str(tiny_places), "--image-size", "40",
+                "--recalls", "1", "5", "--device", "cpu", "--no-progress", "--json", str(path)]  # fmt: skip
+        if convention == "exclude":
+            args += ["--queries-without-positive", "exclude"]
+        assert main(args) == 0
+        reports[convention] = json.loads(path.read_text())
+        printed = capsys.readouterr().out
+        treatment = "counted as misses" if convention == "count-as-miss" else "left out"
+        assert f"1 without a positive within 25 m, {treatment}" in printed
+        assert f"read from {tiny_places / 'images' / 'test'}" in printed
+    assert reports["count-as-miss"]["queries_without_positive"] == {"convention": "count-as-miss", "count": 1}
+    assert reports["exclude"]["queries_without_positive"] == {"convention": "exclude", "count": 1}
+    assert reports["exclude"]["source"] == {"format": "folder", "path": str(tiny_places / "images" / "test"),
+                                            "which_set": None}  # fmt: skip
+    for n in ("1", "5"):
+        assert reports["count-as-miss"]["recall"][n] * 6 == pytest.approx(reports["exclude"]["recall"][n] * 5)
+    assert reports["exclude"]["recall"]["5"] > 0  # the relation above is not 0 == 0
+
+
+def test_eval_of_a_netvlad_root_with_two_sets(tmp_path, capsys):
+    root = make_two_sets(tmp_path / "Pittsburgh")
+    report_path = tmp_path / "val.json"
+    assert main(["eval", "--model", "resnet18-gem", "--dataset", str(root), "--dataset-name", "pitts250k",
+                 "--split", "val", "--image-size", "32", "--recalls", "1", "--device", "cpu", "--no-progress",
+                 "--json", str(report_path)]) == 0  # fmt: skip
+    report = json.loads(report_path.read_text())
+    val_file = root / "datasets" / "pitts250k_val.mat"
+    assert report["source"] == {"format": "mat", "path": str(val_file), "which_set": "val"}
+    assert (report["dataset"], report["split"], report["num_database"], report["num_queries"]) == (
+        "pitts250k", "val", 2, 2)  # fmt: skip
+    assert f"read from {val_file} (whichSet 'val')" in capsys.readouterr().out
+
+    # Without a name the root is ambiguous; a file without --split opens as it is.
+    assert main(["eval", "--model", "resnet18-gem", "--dataset", str(root), "--split", "val"]) == 1
+    assert "choose one by dataset name (pitts250k, pitts30k)" in capsys.readouterr().err
+    assert main(["eval", "--model", "resnet18-gem", "--dataset", str(val_file), "--image-size", "32",
+                 "--recalls", "1", "--device", "cpu", "--no-progress", "--json", str(report_path)]) == 0  # fmt: skip
+    assert json.loads(report_path.read_text())["split"] == "val"

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from vprdistill.data.readers import open_dataset
-from vprdistill.eval.evaluate import evaluate_descriptors, evaluate_model
+from vprdistill.eval.evaluate import evaluate_descriptors, evaluate_model, recall_by_condition
 from vprdistill.models.checkpoint import model_fingerprint
 from vprdistill.models.registry import build_model
 
 REQUIRED_KEYS = {
     "recall", "num_queries", "num_queries_without_positive", "num_database", "threshold_m",
-    "descriptor_dim", "ms_per_image", "ms_per_query", "model", "dataset", "split",
+    "descriptor_dim", "ms_per_image", "ms_per_query", "model", "dataset", "split", "queries_without_positive",
 }  # fmt: skip
+# 5 of the 6 queries have a positive: counted as a miss, the sixth caps recall at 5/6.
+ALL_RIGHT = 500.0 / 6
 
 
 def place_descriptors(dataset, shift: int = 0, dim: int = 16, seed: int = 0):
@@ -35,9 +37,17 @@ def dataset(tiny_places):
 
 def test_perfect_descriptors_give_full_recall_and_wrong_ones_none(dataset):
     database, queries = place_descriptors(dataset)
-    result = evaluate_descriptors(database, queries, dataset, threshold_m=25.0, recall_ns=(1, 5, 10, 20))
+    result = evaluate_descriptors(
+        database, queries, dataset, threshold_m=25.0, recall_ns=(1, 5, 10, 20), queries_without_positive="exclude"
+    )
     assert result.recall == {"1": 100.0, "5": 100.0, "10": 100.0, "20": 100.0}
     assert result.num_queries == 6 and result.num_queries_without_positive == 1 and result.num_database == 8
+    assert result.to_json()["queries_without_positive"] == {"convention": "exclude", "count": 1}
+    counted = evaluate_descriptors(database, queries, dataset, threshold_m=25.0, recall_ns=(1, 5, 10, 20))
+    assert counted.recall == {n: pytest.approx(ALL_RIGHT) for n in ("1", "5", "10", "20")}
+    assert counted.to_json()["queries_without_positive"] == {"convention": "count-as-miss", "count": 1}
+    with pytest.raises(ValueError, match="queries_without_positive must be one of count-as-miss, exclude"):
+        evaluate_descriptors(database, queries, dataset, queries_without_positive="ignore")
     assert result.descriptor_dim == 16 and result.ms_per_query >= 0
     # Each query's first prediction is the database image 4 m away.
     for query in range(dataset.num_queries):
@@ -65,7 +75,31 @@ def test_recall_per_condition_and_recall_beyond_database_size(dataset):
     assert sum(row["num_queries"] for row in table.values()) == result.num_queries
     # 8 database images: the top 20 is the whole database, which holds every positive.
     assert result.predictions.shape == (6, 8)
-    assert result.recall["20"] == 100.0
+    assert result.recall["20"] == pytest.approx(ALL_RIGHT)
+    assert result.recall["1"] == pytest.approx(100.0 * 2 / 6)  # the two night queries
+
+    # Left out instead, the day query without a positive no longer weighs: 0 of 2 and 2 of 5.
+    excluded = evaluate_descriptors(
+        right_database, queries, dataset, recall_ns=(1, 20), queries_without_positive="exclude"
+    )
+    assert excluded.recall == {"1": pytest.approx(40.0), "20": 100.0}
+    assert excluded.recall_per_condition["day"]["recall"]["1"] == 0.0
+    assert excluded.recall_per_condition["night"]["recall"]["1"] == 100.0
+
+
+def test_a_condition_without_any_positive(dataset):
+    """Counted as misses such a condition has recall 0; left out, it has none."""
+    database, queries = place_descriptors(dataset)
+    positives = dataset.positives(25.0)
+    # The one query without a positive gets a condition of its own.
+    conditions = ["far" if len(p) == 0 else c for p, c in zip(positives, dataset.query_conditions())]
+    assert conditions.count("far") == 1 and conditions.count("night") == 2
+    predictions = evaluate_descriptors(database, queries, dataset, recall_ns=(1,)).predictions
+    counted = recall_by_condition(predictions, positives, conditions, (1,), dataset.num_database)
+    assert counted["far"] == {"recall": {"1": 0.0}, "num_queries": 1, "num_queries_without_positive": 1}
+    assert counted["night"]["recall"] == {"1": 100.0}
+    excluded = recall_by_condition(predictions, positives, conditions, (1,), dataset.num_database, "exclude")
+    assert excluded["far"]["recall"] is None and excluded["night"]["recall"] == {"1": 100.0}
 
 
 def test_reranker_function_and_object_are_applied_after_the_global_search(dataset):
@@ -74,10 +108,17 @@ def test_reranker_function_and_object_are_applied_after_the_global_search(datase
     def reverse(query_index, candidates):
         return candidates[::-1]
 
-    result = evaluate_descriptors(database, queries, dataset, recall_ns=(1, 5, 8), reranker=reverse, rerank_topk=8)
+    result = evaluate_descriptors(
+        database, queries, dataset, recall_ns=(1, 5, 8), reranker=reverse, rerank_topk=8,
+        queries_without_positive="exclude",
+    )  # fmt: skip
     assert result.recall_before_rerank == {"1": 100.0, "5": 100.0, "8": 100.0}
     # Reversed, the right image comes last of the 8.
     assert result.recall == {"1": 0.0, "5": 0.0, "8": 100.0}
+    # Both before and after re-ranking follow the convention.
+    counted = evaluate_descriptors(database, queries, dataset, recall_ns=(1, 8), reranker=reverse, rerank_topk=8)
+    assert counted.recall_before_rerank == {"1": pytest.approx(ALL_RIGHT), "8": pytest.approx(ALL_RIGHT)}
+    assert counted.recall == {"1": 0.0, "8": pytest.approx(ALL_RIGHT)}
     report = result.to_json()
     assert report["rerank"]["topk"] == 8 and "recall_before_rerank" in report
 
@@ -95,7 +136,7 @@ def test_reranker_function_and_object_are_applied_after_the_global_search(datase
     database, queries = place_descriptors(dataset, shift=3)
     result = evaluate_descriptors(database, queries, dataset, recall_ns=(1,), reranker=PathReranker(), rerank_topk=8)
     assert result.recall_before_rerank == {"1": 0.0}
-    assert result.recall == {"1": 100.0}
+    assert result.recall == {"1": pytest.approx(ALL_RIGHT)}
     assert result.to_json()["rerank"]["kind"] == "by-name"
 
     with pytest.raises(ValueError, match="not distinct candidates"):
@@ -113,6 +154,7 @@ def test_evaluate_model_returns_the_report_fields(dataset):
     assert all(0.0 <= v <= 100.0 for v in report["recall"].values())
     assert report["descriptor_dim"] == model.descriptor_dim == 512
     assert report["num_queries"] == 6 and report["num_queries_without_positive"] == 1
+    assert report["queries_without_positive"] == {"convention": "count-as-miss", "count": 1}
     assert report["ms_per_image"] > 0 and report["ms_per_query"] >= 0
     assert report["model"]["fingerprint"] == model_fingerprint(model)
     assert report["extraction"]["database"]["image_size"] == [48, 48]

@@ -44,3 +44,21 @@ def test_flops_grow_with_the_pixel_count() -> None:
 def test_info_rejects_unknown_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "no-such-model"]) == 1
     assert "tscm-teacher" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("preset", "official"), [("tscm-teacher", 125_003_266), ("tscm-student", 12_699_777)])
+def test_info_counts_of_the_official_presets(preset: str, official: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """The official code's counts (whole teacher; the student's used part), see test_presets.py."""
+    assert main(["info", preset, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert abs(summary["total_parameters"] / official - 1) < 0.005
+    assert summary["descriptor_dim"] == 2048
+    assert main(["info", preset]) == 0
+    millions = next(line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("(millions)"))
+    assert millions == f"{official / 1e6:.2f}"
+
+
+def test_info_list_describes_the_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "official code" in lines["tscm-teacher"] and "our choice" in lines["tscm-teacher-fulltoken"]

@@ -13,11 +13,14 @@ import numpy as np
 import yaml
 
 from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.eval.recall import QUERIES_WITHOUT_POSITIVE
 
 EPILOG = """examples:
   vprdistill eval --model runs/student --dataset data/pitts30k --json student.json
   vprdistill eval --model resnet18-gem --dataset data/synthcity --image-size 64 --save-pictures 8
-  vprdistill eval --model runs/student/best.safetensors --dataset data/pitts30k --threshold 10"""
+  vprdistill eval --model runs/student/best.safetensors --dataset data/pitts30k --threshold 10
+  vprdistill eval --model runs/student --dataset data/Pittsburgh --dataset-name pitts250k --split test
+  vprdistill eval --model runs/student --dataset data/Pittsburgh/datasets/pitts30k_val.mat"""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -29,47 +32,117 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="Recall@N of a model on a dataset split (exact search, UTM ground truth)",
         description="Compute descriptors of a split's database and queries, search exactly by inner product\n"
-        "and report Recall@N over the queries with a database image within --threshold metres\n"
-        "(per query condition too, when the file names carry one).",
+        "and report Recall@N: the share of queries with a database image within --threshold metres among\n"
+        "their top N (per query condition too, when the file names carry one). Queries without any\n"
+        "database image within the threshold count as misses, or are left out with\n"
+        "--queries-without-positive exclude; their number is always reported.",
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET",
-                        help="a run folder, a checkpoint (.safetensors/.json/stem) or a preset name "
-                        "(an untrained model, for baselines)")
-    parser.add_argument("--pretrained", action="store_true",
-                        help="for a preset: load its ImageNet backbone weights (from the local cache)")
-    parser.add_argument("--dataset", required=True, type=Path, metavar="PATH",
-                        help="folder-format root, a root holding *_<split>.mat, or a .mat file")
-    parser.add_argument("--split", default="test", help="dataset split")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="RUN_OR_CHECKPOINT_OR_PRESET",
+        help="a run folder, a checkpoint (.safetensors/.json/stem) or a preset name "
+        "(an untrained model, for baselines)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="for a preset: load its ImageNet backbone weights (from the local cache)",
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="folder-format root, a root holding <name>_<split>.mat, or a .mat file "
+        "(for another --split, the <name>_<split>.mat beside it)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="dataset split (when not given: a .mat file's own split, else test)"
+    )
+    parser.add_argument(
+        "--dataset-name",
+        default=None,
+        metavar="NAME",
+        help="which NetVLAD set of a root holding several, e.g. pitts30k or pitts250k",
+    )
     parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat"), help="dataset format")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
     parser.add_argument("--threshold", type=float, default=25.0, help="metres within which a database image is right")
     parser.add_argument("--recalls", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N", help="the N of Recall@N")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input size, one value or H W; when not given, the run's training size, else 224")
-    parser.add_argument("--input", default="auto", choices=("auto", "rgb", "seg"),
-                        help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)")
-    parser.add_argument("--structural-source", default=None,
-                        help="label set of the segmentation maps, for --input seg; when not given, the run's, "
-                        "else cityscapes")
+    parser.add_argument(
+        "--queries-without-positive",
+        default="count-as-miss",
+        choices=QUERIES_WITHOUT_POSITIVE,
+        help="queries with no database image within --threshold: count-as-miss divides Recall@N by "
+        "all queries, exclude by those with a positive",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="input size, one value or H W; when not given, the run's training size, else 224",
+    )
+    parser.add_argument(
+        "--input",
+        default="auto",
+        choices=("auto", "rgb", "seg"),
+        help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)",
+    )
+    parser.add_argument(
+        "--structural-source",
+        default=None,
+        help="label set of the segmentation maps, for --input seg; when not given, the run's, else cityscapes",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    parser.add_argument("--search-backend", default="matmul", choices=("matmul", "faiss"),
-                        help="exact search implementation (same results)")
-    parser.add_argument("--rerank", default="none", choices=("none", "patch", "sift"),
-                        help="re-rank the top-K: patch = the model's own CNN feature map (mutual nearest neighbours "
-                        "+ RANSAC), sift = OpenCV SIFT + ratio test + RANSAC")
+    parser.add_argument(
+        "--search-backend",
+        default="matmul",
+        choices=("matmul", "faiss"),
+        help="exact search implementation (same results)",
+    )
+    parser.add_argument(
+        "--rerank",
+        default="none",
+        choices=("none", "patch", "sift"),
+        help="re-rank the top-K: patch = the model's own CNN feature map (mutual nearest neighbours "
+        "+ RANSAC), sift = OpenCV SIFT + ratio test + RANSAC",
+    )
     parser.add_argument("--rerank-topk", type=int, default=20, metavar="K", help="candidates re-ranked per query")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the report as JSON")
-    parser.add_argument("--save-predictions", type=Path, default=None, metavar="OUT.csv",
-                        help="CSV: each query path followed by its top-K database paths (K = max N)")
-    parser.add_argument("--save-descriptors", type=Path, default=None, metavar="DIR",
-                        help="write database.npy, queries.npy (float32) and paths.json")
-    parser.add_argument("--save-pictures", type=int, default=0, metavar="N",
-                        help="write pictures of N queries with their top-5 (green right, red wrong)")
-    parser.add_argument("--pictures-dir", type=Path, default=None, metavar="DIR",
-                        help="where --save-pictures goes; when not given, <json stem>_pictures, else eval_pictures")
+    parser.add_argument(
+        "--save-predictions",
+        type=Path,
+        default=None,
+        metavar="OUT.csv",
+        help="CSV: each query path followed by its top-K database paths (K = max N)",
+    )
+    parser.add_argument(
+        "--save-descriptors",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write database.npy, queries.npy (float32) and paths.json",
+    )
+    parser.add_argument(
+        "--save-pictures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write pictures of N queries with their top-5 (green right, red wrong)",
+    )
+    parser.add_argument(
+        "--pictures-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where --save-pictures goes; when not given, <json stem>_pictures, else eval_pictures",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_device_args(parser)
     parser.set_defaults(func=run)
@@ -143,33 +216,49 @@ def format_report(report: dict[str, Any]) -> str:
     ns = list(report["recall"])
     model = report.get("model") or {}
     settings = report.get("settings", {})
+    # Reports written before the convention was recorded left such queries out.
+    excluded = (report.get("queries_without_positive") or {}).get("convention", "exclude") == "exclude"
+
+    def counted(row: dict[str, Any]) -> int:
+        """Queries in the denominator of a row's recall."""
+        return row["num_queries"] - (row["num_queries_without_positive"] if excluded else 0)
+
     lines = [
-        f"model {model.get('name', '?')} (fingerprint {model.get('fingerprint', '?')}), "
-        f"{report['descriptor_dim']}-d descriptors",
-        f"dataset {report['dataset']} split {report['split']}: {report['num_database']} database images, "
-        f"{report['num_queries']} queries ({report['num_queries_without_positive']} without a positive within "
-        f"{report['threshold_m']:g} m, left out)",
-        f"descriptors {report['ms_per_image']:.2f} ms/image (batch {settings.get('batch_size')}, "
-        f"{'x'.join(str(s) for s in settings.get('image_size', []))} px, {settings.get('device')}, "
-        f"{settings.get('threads')} threads); search {report['ms_per_query']:.3f} ms/query "
-        f"against {report['num_database']} ({settings.get('search_backend')})",
+        (
+            f"model {model.get('name', '?')} (fingerprint {model.get('fingerprint', '?')}), "
+            f"{report['descriptor_dim']}-d descriptors"
+        ),
+        (
+            f"dataset {report['dataset']} split {report['split']}: {report['num_database']} database images, "
+            f"{report['num_queries']} queries ({report['num_queries_without_positive']} without a positive within "
+            f"{report['threshold_m']:g} m, {'left out' if excluded else 'counted as misses'})"
+        ),
+        (
+            f"descriptors {report['ms_per_image']:.2f} ms/image (batch {settings.get('batch_size')}, "
+            f"{'x'.join(str(s) for s in settings.get('image_size', []))} px, {settings.get('device')}, "
+            f"{settings.get('threads')} threads); search {report['ms_per_query']:.3f} ms/query "
+            f"against {report['num_database']} ({settings.get('search_backend')})"
+        ),
         "",
     ]
+    source = report.get("source")
+    if source:
+        which_set = f" (whichSet {source['which_set']!r})" if source["format"] == "mat" else ""
+        lines.insert(2, f"read from {source['path']}{which_set}")
     header = f"{'':16s}" + "".join(f"{'R@' + n:>8s}" for n in ns) + f"{'queries':>10s}"
     lines.append(header)
-    counted = report["num_queries"] - report["num_queries_without_positive"]
-    lines.append(f"{'all':16s}" + "".join(f"{report['recall'][n]:8.2f}" for n in ns) + f"{counted:10d}")
+    lines.append(f"{'all':16s}" + "".join(f"{report['recall'][n]:8.2f}" for n in ns) + f"{counted(report):10d}")
     if report.get("rerank"):
         rerank = report["rerank"]
-        lines.insert(-1, f"re-ranking: {rerank['kind']} of the top {rerank['topk']}, "
-                         f"+{rerank['ms_per_query']:.2f} ms/query")
+        lines.insert(
+            -1, f"re-ranking: {rerank['kind']} of the top {rerank['topk']}, +{rerank['ms_per_query']:.2f} ms/query"
+        )
     if report.get("recall_before_rerank"):
         before = report["recall_before_rerank"]
-        lines.append(f"{'before re-rank':16s}" + "".join(f"{before[n]:8.2f}" for n in ns) + f"{counted:10d}")
+        lines.append(f"{'before re-rank':16s}" + "".join(f"{before[n]:8.2f}" for n in ns) + f"{counted(report):10d}")
     for condition, row in (report.get("recall_per_condition") or {}).items():
-        counted = row["num_queries"] - row["num_queries_without_positive"]
         cells = "".join(f"{row['recall'][n]:8.2f}" if row["recall"] else f"{'-':>8s}" for n in ns)
-        lines.append(f"{condition[:16]:16s}" + cells + f"{counted:10d}")
+        lines.append(f"{condition[:16]:16s}" + cells + f"{counted(row):10d}")
     return "\n".join(lines)
 
 
@@ -208,7 +297,7 @@ def write_descriptors(folder: Path, dataset, result) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vprdistill.data.readers import open_dataset
+    from vprdistill.data.readers import open_dataset_with_source
     from vprdistill.eval.evaluate import evaluate_model
     from vprdistill.eval.pictures import save_prediction_pictures
     from vprdistill.utils.atomic import atomic_write_text
@@ -217,7 +306,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--save-pictures takes a number of queries, got {args.save_pictures}")
     device = apply_device_args(args)
     settings = run_settings(args.model)
-    dataset = open_dataset(args.dataset, split=args.split, reader=args.reader, skip_bad_images=args.skip_bad_images)
+    dataset, source = open_dataset_with_source(
+        args.dataset,
+        split=args.split,
+        reader=args.reader,
+        skip_bad_images=args.skip_bad_images,
+        name=args.dataset_name,
+    )
     model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
     image_size = _image_size(args, settings, model)
     input_kind = None if args.input == "auto" else args.input
@@ -237,11 +332,14 @@ def run(args: argparse.Namespace) -> int:
         reranker=reranker,
         rerank_topk=args.rerank_topk,
         progress=not args.no_progress,
+        queries_without_positive=args.queries_without_positive,
     )
     report = result.to_json()
+    report["source"] = {"format": source.format, "path": str(source.path), "which_set": source.which_set}
     report["settings"] = {
         "model": args.model,
         "dataset_root": str(args.dataset),
+        "dataset_name": args.dataset_name,
         "image_size": list(image_size),
         "batch_size": args.batch_size,
         "device": str(device),
@@ -269,4 +367,3 @@ def run(args: argparse.Namespace) -> int:
         written = save_prediction_pictures(dataset, result.predictions, result.positives, folder, args.save_pictures)
         print(f"pictures: {len(written)} in {folder}")
     return 0
-

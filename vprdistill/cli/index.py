@@ -4,12 +4,20 @@
   vprdistill index build --model runs/student --images photos/ --out map_index --pca 256 --dtype int8
   vprdistill index add map_index new_photos/
   vprdistill index calibrate map_index --dataset data/synthcity --split val
+
+Commands that write an index take turns: each holds a lock on it (the file
+.INDEX_DIR.lock beside the folder) from reading the index to writing it. A
+second writer is refused at once, or waits up to --wait SECONDS for the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--shards", type=Path, default=None, metavar="DIR",
                        help="stream descriptors to DIR in shards; a rerun after an interruption keeps finished shards")
     build.add_argument("--shard-size", type=int, default=10000, help="images per shard (with --shards)")
+    _add_wait_arg(build)
     _add_extraction_args(build)
     build.set_defaults(func=run_build)
 
@@ -54,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
     add.add_argument("--batch-size", type=int, default=32)
     add.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_wait_arg(add)
     add_device_args(add)
     add.set_defaults(func=run_add)
 
@@ -68,8 +78,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
     calibrate.add_argument("--batch-size", type=int, default=32)
     calibrate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_wait_arg(calibrate)
     add_device_args(calibrate)
     calibrate.set_defaults(func=run_calibrate)
+
+
+def _add_wait_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="if another command is writing this index, wait up to SECONDS for it "
+                             "(0: refuse at once; inf: wait as long as it takes)")  # fmt: skip
+
+
+WAIT_HINT = "Wait for it to finish, or pass --wait SECONDS to queue behind it."
+
+
+@contextlib.contextmanager
+def _writing_index(index_dir: Path, wait: float) -> Iterator[None]:
+    """Hold the index's lock for a whole command; SIGTERM ends the command like Ctrl-C,
+    so the lock and any staging folder are cleaned up (``kill`` and job schedulers send it)."""
+    from vprdistill.deploy.index import index_lock
+
+    if wait < 0:
+        raise ValueError(f"--wait must be 0 or more seconds, got {wait}")
+    if not Path(index_dir).absolute().parent.is_dir():
+        raise FileNotFoundError(f"{index_dir} not found: its folder {Path(index_dir).absolute().parent} does not exist")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with index_lock(index_dir, wait=wait, hint=WAIT_HINT):
+            yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _add_extraction_args(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +137,20 @@ def _index_model(index_dir: Path, model_spec: str | None, device):
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from vprdistill.deploy.index import check_destination
+
+    # Everything that can refuse --out (a file, a folder that is not an index, no write
+    # permission, another writer) is checked before the long extraction.
+    try:
+        check_destination(args.out)
+    except ValueError as error:
+        raise ValueError(f"--out: {error}") from error
+    with _writing_index(args.out, args.wait):
+        check_destination(args.out)  # again, now that no other writer can change it
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from vprdistill.cli.eval import run_settings
     from vprdistill.data.readers import open_dataset
     from vprdistill.deploy.build import build_index, list_images, positions_from_names
@@ -137,15 +196,17 @@ def run_add(args: argparse.Namespace) -> int:
     from vprdistill.deploy.build import add_to_index, list_images, positions_from_names
     from vprdistill.deploy.index import MapIndex
 
-    device = apply_device_args(args)
-    model = _index_model(args.index_dir, args.model, device)
-    index = MapIndex.load(args.index_dir, model=model)
     paths = list_images(args.images)
     if not paths:
         raise ValueError(f"no images (.jpg, .jpeg, .png) in {', '.join(map(str, args.images))}")
-    before = len(index)
-    add_to_index(index, model, paths, positions_from_names(paths), args.batch_size, device, not args.no_progress)
-    index.save(args.index_dir)
+    device = apply_device_args(args)
+    # Held from reading the index to writing it: another writer in between would lose its changes or ours.
+    with _writing_index(args.index_dir, args.wait):
+        model = _index_model(args.index_dir, args.model, device)
+        index = MapIndex.load(args.index_dir, model=model)
+        before = len(index)
+        add_to_index(index, model, paths, positions_from_names(paths), args.batch_size, device, not args.no_progress)
+        index.save(args.index_dir)
     print(f"index {args.index_dir}: {before} + {len(paths)} = {len(index)} images")
     if index.calibration is not None:
         print("note: the calibrated threshold was kept; recalibrate if the new places differ from the old ones")
@@ -159,18 +220,22 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from vprdistill.deploy.index import MapIndex
 
     device = apply_device_args(args)
-    model = _index_model(args.index_dir, args.model, device)
-    index = MapIndex.load(args.index_dir, model=model)
     dataset = open_dataset(args.dataset, split=args.split)
     progress = not args.no_progress
-    database = compute_index_descriptors(model, dataset.database_paths, index.image_size, args.batch_size, device, progress)
-    queries = compute_index_descriptors(model, dataset.query_paths, index.image_size, args.batch_size, device, progress)
-    record = calibrate_index(
-        index, database, dataset.database_utm, queries, dataset.query_utm, args.threshold_m, args.target_precision
-    )
-    record.update({"dataset": str(Path(args.dataset).resolve()), "split": args.split})
-    index.manifest["calibration"] = record
-    index.save_manifest(args.index_dir)
+    # The calibration depends on the index's PCA and store, so no other writer may replace it meanwhile.
+    with _writing_index(args.index_dir, args.wait):
+        model = _index_model(args.index_dir, args.model, device)
+        index = MapIndex.load(args.index_dir, model=model)
+        database = compute_index_descriptors(model, dataset.database_paths, index.image_size, args.batch_size, device,
+                                             progress)  # fmt: skip
+        queries = compute_index_descriptors(model, dataset.query_paths, index.image_size, args.batch_size, device,
+                                            progress)  # fmt: skip
+        record = calibrate_index(
+            index, database, dataset.database_utm, queries, dataset.query_utm, args.threshold_m, args.target_precision
+        )
+        record.update({"dataset": str(Path(args.dataset).resolve()), "split": args.split})
+        index.manifest["calibration"] = record
+        index.save_manifest(args.index_dir)
     print(format_table(record))
     print(
         f"threshold {record['threshold']:.4f} on the match score: precision {record['precision']:.3f}, "

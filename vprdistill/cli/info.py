@@ -27,11 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vprdistill.models.checkpoint import load_model
-    from vprdistill.models.registry import build_model, list_presets
+    from vprdistill.models.registry import build_model, describe_preset, list_presets
     from vprdistill.models.summary import format_summary, summarize
 
     if args.list:
-        print("\n".join(list_presets()))
+        width = max(len(name) for name in list_presets())
+        print("\n".join(f"{name:<{width}}  {describe_preset(name)}".rstrip() for name in list_presets()))
         return 0
     if not args.model:
         raise ValueError("give a preset name or a checkpoint path (presets: " + ", ".join(list_presets()) + ")")

@@ -3,6 +3,9 @@
   vprdistill localize --index map_index photo.jpg other.jpg
   vprdistill localize --index map_index photos/ --topk 3 --json
   vprdistill localize --index map_index drive/frames/ --stream --smooth 5
+
+A photo that cannot be read is reported in its place (with its reason, in the
+field "error" of --json) and the others are localised; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def _format_position(position) -> str:
 
 def format_line(result) -> str:
     """One human-readable line: query, verdict, best match, position, score, confidence."""
+    if result.error is not None:
+        return f"{result.source}: ERROR {result.error}"
     best = result.best
     verdict = "UNKNOWN (off the map)" if result.unknown else _format_position(result.position)
     line = f"{result.source}: {verdict}"
@@ -73,14 +78,18 @@ def run(args: argparse.Namespace) -> int:
     image_size = None
     if args.image_size is not None:
         image_size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
-    localizer = Localizer.from_index_folder(args.index, args.model, device=device, image_size=image_size)
+    localizer = Localizer.from_index_folder(
+        args.index, args.model, device=device, image_size=image_size, on_unreadable="report"
+    )
     paths = list_images(args.images)
     if not paths:
         raise ValueError(f"no images (.jpg, .jpeg, .png) in {', '.join(map(str, args.images))}")
     if args.stream:
+        unreadable = 0
         for result in localize_stream(localizer, [str(p) for p in paths], args.topk, args.smooth):
             print(json.dumps(result.to_dict()) if args.json else format_line(result), flush=True)
-        return 0
+            unreadable += result.error is not None
+        return _report_unreadable(unreadable, len(paths))
     results = []
     for start in range(0, len(paths), args.batch_size):
         results.extend(localizer.localize([str(p) for p in paths[start : start + args.batch_size]], topk=args.topk))
@@ -93,4 +102,11 @@ def run(args: argparse.Namespace) -> int:
             for match in result.matches:
                 print(f"    {match.rank}. {Path(match.path).name}  {_format_position(match.position)}  "
                       f"score {match.score:.4f}  confidence {match.confidence:.2f}")  # fmt: skip
-    return 0
+    return _report_unreadable(sum(r.error is not None for r in results), len(paths))
+
+
+def _report_unreadable(unreadable: int, total: int) -> int:
+    """The exit status: 1 when some photo could not be read (each was reported in its place)."""
+    if unreadable:
+        print(f"{unreadable} of {total} photos could not be read", file=sys.stderr)
+    return 1 if unreadable else 0

@@ -1,4 +1,4 @@
-"""``vprdistill segment``: segmentation maps for a folder-format dataset (StructVPR's seg-branch input)."""
+"""``vprdistill segment``: segmentation maps for a dataset (StructVPR's seg-branch input), folder or ``.mat``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from pathlib import Path
 from vprdistill.cli.common import add_device_args, apply_device_args
 
 EPILOG = """examples:
-  vprdistill segment data/pitts30k
-  vprdistill segment data/msls --splits val --batch-size 4 --image-size 512 1024
-  vprdistill segment data/pitts30k --model models/segformer-b0-cityscapes --device cuda
+  vprdistill segment data/msls --splits train val
+  vprdistill segment data/msls --splits val --batch-size 4 --image-size 512
+  vprdistill segment data/pitts --name pitts30k --splits train val test   # NetVLAD .mat files
+  vprdistill segment data/pitts/datasets/pitts30k_test.mat --model models/segformer-b0-cityscapes --device cuda
 
-Maps are single-channel PNGs of Cityscapes trainIds (0 road ... 18 bicycle, 255 void) in
-ROOT/segmentation/<split>/<database|queries>/<image name>.png, mirroring ROOT/images.
+Maps are single-channel PNGs of Cityscapes trainIds (0 road ... 18 bicycle, 255 void), at each
+image's own size. Folder format: ROOT/segmentation/<split>/<database|queries>/<image name>.png,
+mirroring ROOT/images. NetVLAD .mat files: IMAGE_ROOT/segmentation/<whichSet>/database/<listed path>.png
+and .../queries/<listed path>.png, where the dataset reader finds them.
 Existing maps are kept, so an interrupted run resumes; --overwrite redoes them."""
 
 
@@ -27,24 +30,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "segment",
-        help="compute segmentation maps of a folder-format dataset (for StructVPR)",
-        description="Run a semantic-segmentation model (Hugging Face transformers) on every image of "
-        "ROOT/images/<split>/ and write Cityscapes-trainId maps to ROOT/segmentation/, plus classes.json.",
+        help="compute segmentation maps of a dataset (for StructVPR)",
+        description="Run a semantic-segmentation model (Hugging Face transformers) on every image of a "
+        "folder-format dataset (ROOT/images/<split>/) or of NetVLAD .mat files and write Cityscapes-trainId "
+        "maps to the dataset's segmentation/ folder, plus classes.json.",
         epilog=EPILOG,
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="folder-format dataset root (holds images/)")
-    parser.add_argument("--model", default=DEFAULT_SEGMENTATION_MODEL, metavar="ID_OR_PATH",
-                        help="hub model id (read from the local cache when offline) or a folder saved with save_pretrained")
+    parser.add_argument(
+        "dataset",
+        type=Path,
+        metavar="DATASET",
+        help="folder-format dataset root (holds images/), a NetVLAD .mat file, or a folder of .mat "
+        "files (in it or in datasets/)",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        metavar="SET",
+        help="for a folder of .mat files: the set to segment, e.g. pitts30k for pitts30k_<split>.mat; None: every set",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_SEGMENTATION_MODEL,
+        metavar="ID_OR_PATH",
+        help="hub model id (read from the local cache when offline) or a folder saved with save_pretrained",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass of the network")
-    parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
-                        help="splits to segment, e.g. train val test; None: every folder under images/")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
-                        help="network input size H [W]; None: the size of the model's image processor")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        metavar="SPLIT",
+        help="splits to segment, e.g. train val test; None: every split present",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="network input: one value S resizes each image's shorter side to S, keeping its "
+        "aspect ratio; H W resizes to exactly H x W; None: the shorter side becomes the image "
+        "processor's size",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes decoding images while the network runs")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="log unreadable images and go on instead of stopping at the first")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="log unreadable images and go on instead of stopping at the first",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_device_args(parser)
     parser.set_defaults(func=run)
@@ -67,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         image_size=args.image_size,
         num_workers=args.workers,
+        name=args.name,
     )
     print(json.dumps(report.as_dict(), indent=2))
     return 0

@@ -8,9 +8,10 @@ into the upright 8-bit RGB image a network expects.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Modes with an alpha channel; transparent pixels are composited on white
 # (the usual background of cut-out photos) rather than on whatever colour the
@@ -19,9 +20,23 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _SEGMENTATION_MODES = {"L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N"}
 
+# The formats photos come in. Pillow knows some forty more, some decoded by
+# external programs (EPS runs Ghostscript): none of them is opened, so a
+# hostile file cannot reach those decoders.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+PHOTO_FORMATS_TEXT = "JPEG, PNG, WebP, BMP or TIFF"
+
 
 class ImageLoadError(ValueError):
     """An image or segmentation map is missing, corrupt or of an unusable form."""
+
+
+def open_photo(source: str | Path | BinaryIO) -> Image.Image:
+    """``Image.open`` limited to ``PHOTO_FORMATS`` (lazy: only the header is read)."""
+    try:
+        return Image.open(source, formats=PHOTO_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise UnidentifiedImageError(f"not a {PHOTO_FORMATS_TEXT} image") from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -34,7 +49,7 @@ def load_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise ImageLoadError(f"cannot load image {path}: file not found")
     try:
-        with Image.open(path) as image:
+        with open_photo(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
@@ -80,7 +95,7 @@ def load_segmentation(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageLoadError(f"cannot load segmentation map {path}: file not found")
     try:
-        with Image.open(path) as image:
+        with open_photo(path) as image:
             image.load()
             image_format, mode, bands = image.format, image.mode, len(image.getbands())
             ids = np.asarray(image)
@@ -108,9 +123,9 @@ def verify_image(path: str | Path) -> str | None:
     if not path.is_file():
         return "file not found"
     try:
-        with Image.open(path) as image:
+        with open_photo(path) as image:
             image.verify()
-        with Image.open(path) as image:
+        with open_photo(path) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except Exception as exc:

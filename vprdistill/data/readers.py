@@ -5,7 +5,8 @@
   ``@east@north@zone@letter@lat@lon@pano@tile@heading@pitch@roll@height@timestamp@note@.jpg``.
 - NetVLAD ``.mat`` structure files (Pittsburgh 30k/250k layout): a ``dbStruct``
   listing database paths relative to the image root and query paths relative to
-  ``ROOT/queries_real/``.
+  ``ROOT/queries_real/``. One file per split, ``<name>_<split>.mat`` (its
+  ``whichSet`` is the split), side by side for all splits and sets.
 
 Segmentation maps, when present, mirror the image tree under
 ``ROOT/segmentation/<split>/{database,queries}/`` with the image's relative
@@ -27,9 +28,12 @@ from vprdistill.utils.logging import get_logger
 
 __all__ = [
     "DatasetFormatError",
+    "DatasetSource",
     "PlaceFilename",
     "find_mat_file",
+    "mat_file_for_split",
     "open_dataset",
+    "open_dataset_with_source",
     "parse_place_filename",
     "read_folder_dataset",
     "read_mat_dataset",
@@ -162,7 +166,7 @@ def read_folder_dataset(root: str | Path, split: str = "test", skip_bad_images: 
         parsed = [parse_place_filename(p) for p in paths]
         utm = np.array([(p.east, p.north) for p in parsed], dtype=np.float64)
         subsets[label] = _Subset(label, paths, relative, utm, [p.note for p in parsed])
-    return _assemble(root.resolve().name, root, split, subsets, skip_bad_images)
+    return _assemble(root.resolve().name, root, split, subsets, skip_bad_images, DatasetSource("folder", split_dir))
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -175,46 +179,139 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def find_mat_file(root: str | Path, split: str = "test") -> Path:
-    """The NetVLAD ``*_<split>.mat`` in ``root`` or ``root/datasets`` (e.g. ``pitts30k_test.mat``).
+def find_mat_file(root: str | Path, split: str = "test", name: str | None = None) -> Path:
+    """The NetVLAD ``<name>_<split>.mat`` in ``root`` or ``root/datasets`` (e.g. ``pitts30k_test.mat``).
 
-    Raises ``DatasetFormatError`` when there is none, or several (pass the file itself then).
+    ``name`` (e.g. ``pitts30k``) chooses among several sets in one folder, as
+    the NetVLAD release keeps ``pitts30k_*.mat`` and ``pitts250k_*.mat`` side by
+    side. Raises ``DatasetFormatError`` when none matches, or several and no
+    ``name`` tells them apart.
     """
     root = Path(root)
-    candidates = _mat_candidates(root, split)
+    candidates = _mat_candidates(root, split, name)
     if not candidates:
-        raise DatasetFormatError(f"no NetVLAD structure file *_{split}.mat in {root} or {root / 'datasets'}")
+        pattern = f"{name or '*'}_{split}.mat"
+        present = sorted({_mat_set_name(p) for p in _mat_candidates(root, split)})
+        hint = f"; sets with split {split!r} there: {', '.join(present)}" if name and present else ""
+        raise DatasetFormatError(f"no NetVLAD structure file {pattern} in {root} or {root / 'datasets'}{hint}")
     if len(candidates) > 1:
+        names = sorted({_mat_set_name(p) for p in candidates})
+        choice = (
+            f"choose one by dataset name ({', '.join(names)})"
+            if len(names) > 1 and not name
+            else "pass the one to use as the dataset path"
+        )
         raise DatasetFormatError(
-            f"several NetVLAD structure files match split {split!r}: {', '.join(map(str, candidates))}; "
-            "pass the one to use as the dataset path"
+            f"several NetVLAD structure files match split {split!r}: {', '.join(map(str, candidates))}; {choice}"
         )
     return candidates[0]
 
 
-def _mat_candidates(root: Path, split: str) -> list[Path]:
-    return sorted(p for folder in (root, root / "datasets") if folder.is_dir() for p in folder.glob(f"*_{split}.mat"))
+def _mat_candidates(root: Path, split: str, name: str | None = None) -> list[Path]:
+    pattern = f"{name}_{split}.mat" if name else f"*_{split}.mat"
+    return sorted(p for folder in (root, root / "datasets") if folder.is_dir() for p in folder.glob(pattern))
+
+
+def _mat_set_name(path: Path) -> str:
+    """``pitts30k`` for ``pitts30k_test.mat``: the file name without its ``_<split>`` suffix."""
+    return path.stem.rsplit("_", 1)[0]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where one split was read from, for logs and reports.
+
+    ``path`` is the ``.mat`` file (``format="mat"``, with its ``whichSet``) or
+    the split folder ``ROOT/images/<split>`` (``format="folder"``).
+    """
+
+    format: Literal["folder", "mat"]
+    path: Path
+    which_set: str | None = None
+
+    def __str__(self) -> str:
+        if self.format == "mat":
+            return f"{self.path} (whichSet {self.which_set!r})"
+        return f"{self.path} (folder format)"
+
+
+def mat_file_for_split(mat_path: str | Path, split: str | None) -> Path:
+    """The ``.mat`` file holding ``split``, given one file of the set.
+
+    ``<name>_<own>.mat`` whose own split (its ``whichSet``, else the name's
+    suffix) differs from ``split`` gives the sibling ``<name>_<split>.mat`` in
+    the same folder, so that ``pitts30k_train.mat`` with split ``val`` is
+    ``pitts30k_val.mat``. ``split=None`` keeps the file. Raises
+    ``DatasetFormatError`` naming the sibling when it does not exist, or the
+    file's ``whichSet`` when no sibling can be derived from the file name.
+    """
+    mat_path = Path(mat_path)
+    if split is None:
+        return mat_path
+    return _file_for_split(mat_path, _mat_own_split(mat_path, _load_db_struct(mat_path)), split)
+
+
+def _file_for_split(mat_path: Path, own: str, split: str) -> Path:
+    """``mat_path`` when it holds ``split`` (its own split is ``own``), else its ``<name>_<split>.mat`` sibling."""
+    if own == split:
+        return mat_path
+    if not mat_path.stem.endswith(f"_{own}"):
+        raise DatasetFormatError(
+            f"{mat_path}: holds split {own!r} (dbStruct.whichSet), not the {split!r} asked for, and its name is not "
+            f"<name>_{own}.mat, so no {split!r} file beside it can be inferred; pass the {split!r} file itself"
+        )
+    sibling = mat_path.with_name(f"{mat_path.stem[: -len(own)]}{split}{mat_path.suffix}")
+    if not sibling.is_file():
+        raise DatasetFormatError(
+            f"split {split!r} asked for with {mat_path} (split {own!r}), but its sibling {sibling} does not exist"
+        )
+    return sibling
+
+
+def _mat_own_split(mat_path: Path, struct: dict[str, Any]) -> str:
+    """The split a file holds: its ``whichSet``, else the suffix of ``<name>_<split>.mat``."""
+    return _mat_string(struct["whichSet"], "whichSet", mat_path) or mat_path.stem.rsplit("_", 1)[-1]
 
 
 def read_mat_dataset(
-    mat_path: str | Path, image_root: str | Path | None = None, skip_bad_images: bool = False
+    mat_path: str | Path,
+    image_root: str | Path | None = None,
+    skip_bad_images: bool = False,
+    split: str | None = None,
 ) -> PlaceDataset:
     """Read a NetVLAD ``dbStruct`` file (Pittsburgh layout).
 
     ``image_root`` defaults to the folder holding ``datasets/`` when the file lies
     in a ``datasets`` folder, else to the file's folder. Database paths are
     relative to it, query paths to ``image_root/queries_real``. The split is the
-    file's ``whichSet``. A listed image that does not exist raises
-    ``FileNotFoundError`` naming it, unless ``skip_bad_images`` drops it.
+    file's ``whichSet``; when ``split`` is given, a ``whichSet`` that differs
+    raises ``DatasetFormatError`` naming the file and both values. A listed image
+    that does not exist raises ``FileNotFoundError`` naming it, unless
+    ``skip_bad_images`` drops it.
     """
-    mat_path = Path(mat_path)
-    struct = _load_db_struct(mat_path)
+    return _read_mat(Path(mat_path), image_root, skip_bad_images, split)[0]
+
+
+def _read_mat(
+    mat_path: Path,
+    image_root: str | Path | None,
+    skip_bad_images: bool,
+    split: str | None,
+    struct: dict[str, Any] | None = None,
+) -> tuple[PlaceDataset, DatasetSource]:
+    if struct is None:
+        struct = _load_db_struct(mat_path)
     if image_root is None:
         image_root = mat_path.parent.parent if mat_path.parent.name == "datasets" else mat_path.parent
     image_root = Path(image_root)
     which_set = _mat_string(struct["whichSet"], "whichSet", mat_path)
-    split = which_set or mat_path.stem.rsplit("_", 1)[-1]
-    name = mat_path.stem[: -len(f"_{split}")] if mat_path.stem.endswith(f"_{split}") else mat_path.stem
+    if split is not None and which_set and which_set != split:
+        raise DatasetFormatError(
+            f"{mat_path}: dbStruct.whichSet is {which_set!r} but split {split!r} was asked for; "
+            f"this file does not hold the {split!r} split"
+        )
+    split = which_set or split or mat_path.stem.rsplit("_", 1)[-1]
+    name = mat_path.stem.removesuffix(f"_{split}")
 
     subsets = {}
     for label, names_field, utm_field, count_field, folder in (
@@ -240,7 +337,8 @@ def read_mat_dataset(
                     f"{mat_path}: {len(missing)} of {len(subset.paths)} {subset.label} images are missing, "
                     f"first: {missing[0]} (image root {image_root}; use skip_bad_images to leave them out)"
                 )
-    return _assemble(name, image_root, split, subsets, skip_bad_images)
+    source = DatasetSource("mat", mat_path, which_set)
+    return _assemble(name, image_root, split, subsets, skip_bad_images, source), source
 
 
 def _load_db_struct(mat_path: Path) -> dict[str, Any]:
@@ -310,7 +408,9 @@ def _mat_scalar(value: Any, field_name: str, mat_path: Path) -> float:
     return float(array.reshape(-1)[0])
 
 
-def _assemble(name: str, root: Path, split: str, subsets: dict[str, _Subset], skip_bad_images: bool) -> PlaceDataset:
+def _assemble(
+    name: str, root: Path, split: str, subsets: dict[str, _Subset], skip_bad_images: bool, source: DatasetSource
+) -> PlaceDataset:
     if skip_bad_images:
         subsets = {label: _drop_bad_images(subset, f"{name}/{split}") for label, subset in subsets.items()}
     segmentation = _segmentation_paths(root / "segmentation" / split, subsets)
@@ -328,7 +428,7 @@ def _assemble(name: str, root: Path, split: str, subsets: dict[str, _Subset], sk
         database_notes=_notes_or_none(database.notes),
         query_notes=_notes_or_none(queries.notes),
     )
-    log.info("opened %r", dataset)
+    log.info("opened %r from %s", dataset, source)
     return dataset
 
 
@@ -373,48 +473,85 @@ Reader = Literal["auto", "folder", "mat"]
 
 def open_dataset(
     path: str | Path,
-    split: str = "test",
+    split: str | None = "test",
     reader: Reader = "auto",
     skip_bad_images: bool = False,
     image_root: str | Path | None = None,
+    name: str | None = None,
 ) -> PlaceDataset:
     """Open one split of a dataset in either format of METHODS.md §2.
 
-    ``path`` is a folder-format root, a root holding ``*_<split>.mat`` (in it or
-    in ``datasets/``), or a ``.mat`` file. ``reader="auto"`` picks the folder
-    format when ``path/images/<split>`` exists, else a ``.mat`` file.
-    ``skip_bad_images`` checks every image and leaves out (with a warning naming
-    each) those that are missing or corrupt. ``image_root`` overrides where a
-    ``.mat`` file's relative paths start.
+    ``path`` is a folder-format root, a root holding ``<name>_<split>.mat`` (in
+    it or in ``datasets/``), or a ``.mat`` file. ``reader="auto"`` picks the
+    folder format when ``path/images/<split>`` exists, else a ``.mat`` file.
+
+    A ``.mat`` file opens the split asked for: ``pitts30k_train.mat`` with
+    ``split="val"`` reads ``pitts30k_val.mat`` beside it (see
+    :func:`mat_file_for_split`), and a file whose ``whichSet`` is not ``split``
+    is an error. ``split=None`` opens a ``.mat`` file as it is (its own split)
+    and a root's ``test`` split. ``name`` (e.g. ``pitts30k``) chooses the set in
+    a root holding several; given with a file or a folder-format root, it must
+    be that dataset's name. ``skip_bad_images`` checks every image and leaves
+    out (with a warning naming each) those that are missing or corrupt.
+    ``image_root`` overrides where a ``.mat`` file's relative paths start.
     """
+    return open_dataset_with_source(path, split, reader, skip_bad_images, image_root, name)[0]
+
+
+def open_dataset_with_source(
+    path: str | Path,
+    split: str | None = "test",
+    reader: Reader = "auto",
+    skip_bad_images: bool = False,
+    image_root: str | Path | None = None,
+    name: str | None = None,
+) -> tuple[PlaceDataset, DatasetSource]:
+    """:func:`open_dataset`, also telling which file (and ``whichSet``) or split folder was read."""
     path = Path(path).expanduser()
+    name = name or None
     if not path.exists():
         raise FileNotFoundError(f"dataset path {path} does not exist")
     if reader == "auto":
-        reader = _detect_reader(path, split)
+        reader = _detect_reader(path, split or "test", name)
     if reader == "folder":
         if image_root is not None:
             raise ValueError("image_root applies to the .mat reader only; folder-format paths come from the folder")
         if not path.is_dir():
             raise DatasetFormatError(f"{path}: the folder reader needs a dataset root folder, not a file")
-        return read_folder_dataset(path, split, skip_bad_images)
+        dataset = read_folder_dataset(path, split or "test", skip_bad_images)
+        if name is not None and dataset.name != name:
+            raise DatasetFormatError(
+                f"{path}: a folder-format dataset is named after its folder, {dataset.name!r}, "
+                f"but dataset name {name!r} was asked for"
+            )
+        return dataset, DatasetSource("folder", path / "images" / dataset.split)
     if reader == "mat":
         if path.is_dir():
-            return read_mat_dataset(find_mat_file(path, split), image_root or path, skip_bad_images)
-        return read_mat_dataset(path, image_root, skip_bad_images)
+            split = split or "test"
+            return _read_mat(find_mat_file(path, split, name), image_root or path, skip_bad_images, split)
+        struct = _load_db_struct(path)
+        own = _mat_own_split(path, struct)
+        file_set = path.stem.removesuffix(f"_{own}")
+        if name is not None and file_set != name:
+            raise DatasetFormatError(
+                f"{path} is a file of dataset {file_set!r}, not of {name!r} (expected {name}_<split>.mat)"
+            )
+        if split is None or own == split:
+            return _read_mat(path, image_root, skip_bad_images, split, struct)
+        return _read_mat(_file_for_split(path, own, split), image_root, skip_bad_images, split)
     raise ValueError(f"unknown reader {reader!r}; expected auto, folder or mat")
 
 
-def _detect_reader(path: Path, split: str) -> Reader:
+def _detect_reader(path: Path, split: str, name: str | None = None) -> Reader:
     if path.is_file():
         if path.suffix.lower() == ".mat":
             return "mat"
         raise DatasetFormatError(f"{path} is a file but not a NetVLAD .mat structure file")
     if (path / "images" / split).is_dir():
         return "folder"
-    if _mat_candidates(path, split):
+    if _mat_candidates(path, split, name):
         return "mat"
     raise DatasetFormatError(
         f"no dataset recognised at {path}: looked for {path / 'images' / split}/ (folder format) "
-        f"and *_{split}.mat in {path} or {path / 'datasets'} (NetVLAD .mat format)"
+        f"and {name or '*'}_{split}.mat in {path} or {path / 'datasets'} (NetVLAD .mat format)"
     )

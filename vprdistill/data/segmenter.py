@@ -1,9 +1,18 @@
-"""Segmentation maps for a folder-format dataset that has none (StructVPR's seg-branch input).
+"""Segmentation maps for a dataset that has none (StructVPR's seg-branch input).
 
-``ROOT/images/<split>/<database|queries>/<name>.jpg`` gets a mirrored
-``ROOT/segmentation/<split>/<database|queries>/<name>.png``: a single-channel
-PNG of Cityscapes trainIds (0 road ... 18 bicycle, 255 void), the label set
-SynthCity writes too, so ``StructuralClassMap(source="cityscapes")`` reads both.
+Folder format: ``ROOT/images/<split>/<database|queries>/<name>.jpg`` gets a
+mirrored ``ROOT/segmentation/<split>/<database|queries>/<name>.png``. NetVLAD
+``.mat`` datasets (Pittsburgh): the image listed as ``<path>.jpg`` in a
+``<name>_<split>.mat`` file gets ``IMAGE_ROOT/segmentation/<whichSet>/database/<path>.png``
+(queries: ``.../queries/<path>.png``, the path relative to ``queries_real``), the
+tree ``vprdistill.data.readers`` looks in for both formats. Each map is a
+single-channel PNG of Cityscapes trainIds (0 road ... 18 bicycle, 255 void), the
+label set SynthCity writes too, so ``StructuralClassMap(source="cityscapes")``
+reads both.
+
+The network sees each image resized so that its shorter side has a given
+length (by default the image processor's own size), keeping the aspect ratio;
+the logits are upsampled back to the image's own size.
 
 The maps come from a Hugging Face ``transformers`` semantic-segmentation model.
 A model trained on another label set (ADE20K, Mapillary Vistas, ...) is mapped
@@ -17,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +51,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 class SegmentationModelError(RuntimeError):
     """The segmentation model cannot be loaded or does not fit (e.g. no named classes)."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image to segment and where its map goes."""
+
+    image: Path
+    map_path: Path
 
 
 @dataclass
@@ -87,7 +105,9 @@ def load_segmentation_model(model_id_or_path: str | Path) -> tuple[Any, torch.nn
     folder = Path(name).expanduser()
     if folder.exists():
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"segmentation model folder {folder} has no config.json (save it with save_pretrained)")
+            raise FileNotFoundError(
+                f"segmentation model folder {folder} has no config.json (save it with save_pretrained)"
+            )
         source: str | Path = folder
     elif _looks_like_a_path(name):
         raise FileNotFoundError(f"segmentation model folder {folder} does not exist")
@@ -127,8 +147,11 @@ class Segmenter:
         model_id_or_path: a local folder saved with ``save_pretrained`` (model and
             image processor) or a hub model id (see ``load_segmentation_model``).
         device: where the network runs (``auto``, ``cpu``, ``cuda``, ... or a ``torch.device``).
-        image_size: ``(H, W)`` the image processor resizes to; ``None`` keeps the
-            processor's own size.
+        image_size: the network input size. One value ``S`` (an int or ``[S]``): each
+            image is resized so that its shorter side is ``S``, keeping its aspect
+            ratio. ``(H, W)``: every image is resized to exactly that. ``None``: the
+            shorter side becomes the processor's own size (its ``shortest_edge``, else
+            the smaller of its height and width).
     """
 
     def __init__(
@@ -139,8 +162,9 @@ class Segmenter:
     ) -> None:
         self.name = str(model_id_or_path)
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        self.image_size = None if image_size is None else _image_size(image_size)
         self.processor, self.model = load_segmentation_model(model_id_or_path)
+        # Exactly (H, W), or None when the shorter side is resized to ``shorter_side``.
+        self.image_size, self.shorter_side = _network_size(image_size, self.processor, self.name)
         self.model.eval().to(self.device)
         id2label = self.model.config.id2label
         try:
@@ -154,29 +178,65 @@ class Segmenter:
     def segment(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """RGB images -> their class-id maps ``(H, W)`` uint8 in Cityscapes trainIds, at each image's size.
 
-        Logits are upsampled to the image size before the argmax (the image
-        processor's own post-processing), then model classes are mapped to trainIds.
+        Each image is resized to :meth:`input_size` (images of one input size go
+        through the network together), logits are upsampled to the image size
+        before the argmax (the image processor's own post-processing), then model
+        classes are mapped to trainIds.
         """
-        if not images:
-            return []
-        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(self.input_size(image.height, image.width), []).append(index)
+        results: list[np.ndarray | None] = [None] * len(images)
+        for (height, width), indices in groups.items():
+            group = [images[i] for i in indices]
+            inputs = self.processor(images=group, size={"height": height, "width": width}, return_tensors="pt")
+            outputs = self.model(pixel_values=inputs["pixel_values"].to(self.device))
+            class_maps = self.processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[(image.height, image.width) for image in group]
+            )
+            for index, class_map in zip(indices, class_maps):
+                results[index] = self.lookup[class_map.long()].cpu().numpy()
+        return [r for r in results if r is not None]
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The network input ``(H, W)`` for an image of ``height × width`` pixels."""
         if self.image_size is not None:
-            kwargs["size"] = {"height": self.image_size[0], "width": self.image_size[1]}
-        inputs = self.processor(images=list(images), **kwargs)
-        outputs = self.model(pixel_values=inputs["pixel_values"].to(self.device))
-        class_maps = self.processor.post_process_semantic_segmentation(
-            outputs, target_sizes=[(image.height, image.width) for image in images]
-        )
-        return [self.lookup[class_map.long()].cpu().numpy() for class_map in class_maps]
+            return self.image_size
+        return shorter_side_size(height, width, self.shorter_side)
 
 
-def _image_size(size: Sequence[int] | int) -> tuple[int, int]:
-    values = [size] if isinstance(size, int) else list(size)
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or any(int(v) < 1 for v in values):
-        raise ValueError(f"image size must be H or H W with positive values, got {size}")
-    return int(values[0]), int(values[1])
+def shorter_side_size(height: int, width: int, shorter_side: int) -> tuple[int, int]:
+    """``(H, W)`` with the shorter side ``shorter_side`` and the aspect ratio of ``height × width`` kept.
+
+    The longer side is rounded to the nearest pixel, e.g. 480 × 640 with 1024 → (1024, 1365).
+    """
+    if min(height, width) < 1 or shorter_side < 1:
+        raise ValueError(f"sizes must be positive, got {height}x{width} and shorter side {shorter_side}")
+    scale = shorter_side / min(height, width)
+    if height <= width:
+        return shorter_side, max(1, round(width * scale))
+    return max(1, round(height * scale)), shorter_side
+
+
+def _network_size(size: Sequence[int] | int | None, processor: Any, model: str) -> tuple[tuple[int, int] | None, int]:
+    """``(exact (H, W) or None, shorter side)`` from the requested size and the processor's."""
+    if size is not None:
+        values = [size] if isinstance(size, int) else [int(v) for v in size]
+        if len(values) not in (1, 2) or any(v < 1 for v in values):
+            raise ValueError(f"image size must be S (shorter side) or H W, with positive values, got {size}")
+        if len(values) == 2:
+            return (values[0], values[1]), min(values)
+        return None, values[0]
+    own = getattr(processor, "size", None) or {}
+    shortest = own.get("shortest_edge")
+    if shortest:
+        return None, int(shortest)
+    height, width = own.get("height"), own.get("width")
+    if height and width:
+        return None, int(min(height, width))
+    raise SegmentationModelError(
+        f"segmentation model {model!r}: its image processor states no size ({own!r}); pass --image-size"
+    )
 
 
 def find_images(root: str | Path, splits: Sequence[str] | None = None) -> list[Path]:
@@ -186,7 +246,9 @@ def find_images(root: str | Path, splits: Sequence[str] | None = None) -> list[P
     """
     images_dir = Path(root) / "images"
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"{images_dir} does not exist: expected a folder-format dataset ROOT/images/<split>/...")
+        raise FileNotFoundError(
+            f"{images_dir} does not exist: expected a folder-format dataset ROOT/images/<split>/..."
+        )
     if splits is None:
         splits = sorted(p.name for p in images_dir.iterdir() if p.is_dir())
     found: list[Path] = []
@@ -200,6 +262,50 @@ def find_images(root: str | Path, splits: Sequence[str] | None = None) -> list[P
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
         )
     return sorted(found)
+
+
+def find_mat_files(root: str | Path, splits: Sequence[str] | None = None, name: str | None = None) -> list[Path]:
+    """NetVLAD ``<name>_<split>.mat`` files in ``root`` or ``root/datasets`` (sorted).
+
+    ``splits=None`` takes every split, ``name=None`` every set (e.g. both
+    ``pitts30k`` and ``pitts250k``). Raises ``FileNotFoundError`` when none matches.
+    """
+    root = Path(root)
+    patterns = [f"{name or '*'}_{split}.mat" for split in splits] if splits else [f"{name or '*'}_*.mat"]
+    found = sorted(
+        {
+            p
+            for folder in (root, root / "datasets")
+            if folder.is_dir()
+            for pattern in patterns
+            for p in folder.glob(pattern)
+        }
+    )
+    if not found:
+        raise FileNotFoundError(f"no NetVLAD structure file {' or '.join(patterns)} in {root} or {root / 'datasets'}")
+    return found
+
+
+def mat_segmentation_paths(dataset: Any) -> tuple[list[Path], list[Path]]:
+    """Where the maps of a ``.mat`` split's images go: (database maps, query maps).
+
+    ``IMAGE_ROOT/segmentation/<split>/database/<path>.png`` for the database image
+    ``IMAGE_ROOT/<path>.jpg`` and ``.../queries/<path>.png`` for the query
+    ``IMAGE_ROOT/queries_real/<path>.jpg``, the tree the dataset reader looks in.
+    """
+    split_dir = Path(dataset.root) / "segmentation" / dataset.split
+    maps = []
+    for label, images, base in (
+        ("database", dataset.database_paths, Path(dataset.root)),
+        ("queries", dataset.query_paths, Path(dataset.root) / "queries_real"),
+    ):
+        try:
+            maps.append([split_dir / label / Path(image).relative_to(base).with_suffix(".png") for image in images])
+        except ValueError as error:
+            raise ValueError(
+                f"dataset {dataset.root} split {dataset.split!r}: a {label} image lies outside {base}: {error}"
+            )
+    return maps[0], maps[1]
 
 
 def segmentation_path(root: str | Path, image_relpath: str | Path) -> Path:
@@ -230,6 +336,7 @@ def write_classes_file(root: str | Path, segmenter: Segmenter) -> Path:
                 name: int(segmenter.lookup[i]) for i, name in sorted(segmenter.model_labels.items())
             },
             "image_size": list(segmenter.image_size) if segmenter.image_size else None,
+            "shorter_side": None if segmenter.image_size else segmenter.shorter_side,
         },
     )
     return path
@@ -245,26 +352,55 @@ def _warn_if_model_changed(classes_path: Path, model: str, kept: int) -> None:
     if previous and previous != model:
         log.warning(
             "%d existing maps were made by %s, new ones by %s; pass --overwrite to redo them all with one model",
-            kept, previous, model,
+            kept,
+            previous,
+            model,
         )
 
 
 class _ImageFiles(Dataset):
     """Decoded images for a DataLoader; an unreadable one comes back as its error, not raised in a worker."""
 
-    def __init__(self, images_dir: Path, relpaths: Sequence[Path]) -> None:
-        self.images_dir = images_dir
-        self.relpaths = list(relpaths)
+    def __init__(self, jobs: Sequence[_Job]) -> None:
+        self.jobs = list(jobs)
 
     def __len__(self) -> int:
-        return len(self.relpaths)
+        return len(self.jobs)
 
-    def __getitem__(self, index: int) -> tuple[Path, Image.Image | None, ImageLoadError | None]:
-        relpath = self.relpaths[index]
+    def __getitem__(self, index: int) -> tuple[_Job, Image.Image | None, ImageLoadError | None]:
+        job = self.jobs[index]
         try:
-            return relpath, load_image(self.images_dir / relpath), None
+            return job, load_image(job.image), None
         except ImageLoadError as error:
-            return relpath, None, error
+            return job, None, error
+
+
+def _folder_jobs(root: Path, splits: Sequence[str] | None) -> list[_Job]:
+    return [_Job(root / "images" / relpath, segmentation_path(root, relpath)) for relpath in find_images(root, splits)]
+
+
+def _mat_jobs(
+    path: Path, splits: Sequence[str] | None, name: str | None, skip_bad_images: bool
+) -> tuple[list[_Job], list[Path]]:
+    """Jobs of every image listed by the ``.mat`` file(s) at ``path``, and the image roots they write to."""
+    from vprdistill.data.readers import open_dataset
+
+    # A folder is the image root of its .mat files, as when a training config names the folder.
+    files, image_root = ([path], None) if path.is_file() else (find_mat_files(path, splits, name), path)
+    jobs: dict[Path, _Job] = {}  # by map: sets that share a split (pitts30k, pitts250k) share maps
+    roots: list[Path] = []
+    for mat_file in files:
+        dataset = open_dataset(
+            mat_file, split=None, reader="mat", skip_bad_images=skip_bad_images, image_root=image_root
+        )
+        if splits and dataset.split not in splits:
+            continue
+        database_maps, query_maps = mat_segmentation_paths(dataset)
+        for image, map_path in zip([*dataset.database_paths, *dataset.query_paths], [*database_maps, *query_maps]):
+            jobs.setdefault(map_path, _Job(Path(image), map_path))
+        if Path(dataset.root) not in roots:
+            roots.append(Path(dataset.root))
+    return sorted(jobs.values(), key=lambda job: job.map_path), roots
 
 
 def segment_dataset(
@@ -276,52 +412,76 @@ def segment_dataset(
     overwrite: bool = False,
     skip_bad_images: bool = False,
     progress: bool = True,
-    image_size: Sequence[int] | None = None,
+    image_size: Sequence[int] | int | None = None,
     num_workers: int = 0,
+    name: str | None = None,
 ) -> SegmentationReport:
-    """Write a Cityscapes-trainId segmentation map for every image of a folder-format dataset.
+    """Write a Cityscapes-trainId segmentation map for every image of a dataset.
+
+    ``root`` is a folder-format root (``ROOT/images/<split>/...``), a NetVLAD
+    ``.mat`` file, or a folder holding ``<name>_<split>.mat`` files (in it or in
+    ``datasets/``; ``name`` picks one set, e.g. ``pitts30k``). ``splits`` limits
+    the splits (``None``: all). ``image_size`` is the network input (see
+    :class:`Segmenter`: one value is the shorter side, aspect ratio kept).
 
     Existing maps are kept (counted as skipped) unless ``overwrite``. An
     unreadable image raises ``ImageLoadError`` naming it, or with
-    ``skip_bad_images`` is logged and counted as failed. ``num_workers``
-    processes decode images while the network runs. Also writes
-    ``ROOT/segmentation/classes.json``.
+    ``skip_bad_images`` is logged and counted as failed (for ``.mat`` files,
+    listed images that are missing are left out by the reader, with a warning).
+    ``num_workers`` processes decode images while the network runs. Also writes
+    ``segmentation/classes.json`` next to the maps.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     root = Path(root)
     start = time.perf_counter()
     report = SegmentationReport(root=root, model=str(model_id_or_path))
-    images = find_images(root, splits)
-    todo = [p for p in images if overwrite or not segmentation_path(root, p).is_file()]
-    report.skipped = len(images) - len(todo)
-    classes_path = root / "segmentation" / "classes.json"
-    if not todo and classes_path.is_file():
-        report.classes_path = classes_path
+    if not root.exists():
+        raise FileNotFoundError(f"dataset path {root} does not exist")
+    if root.is_file() or not (root / "images").is_dir():
+        if root.is_file() and root.suffix.lower() != ".mat":
+            raise FileNotFoundError(f"{root} is a file but not a NetVLAD .mat structure file")
+        if root.is_dir() and not any(
+            folder.is_dir() and any(folder.glob("*.mat")) for folder in (root, root / "datasets")
+        ):
+            raise FileNotFoundError(
+                f"{root} holds neither images/ (folder format ROOT/images/<split>/...) nor NetVLAD .mat files"
+            )
+        jobs, image_roots = _mat_jobs(root, splits, name, skip_bad_images)
+    else:
+        if name is not None:
+            raise ValueError("name picks a set of .mat files; a folder-format dataset has one set")
+        jobs, image_roots = _folder_jobs(root, splits), [root]
+    todo = [job for job in jobs if overwrite or not job.map_path.is_file()]
+    report.skipped = len(jobs) - len(todo)
+    classes_paths = [image_root / "segmentation" / "classes.json" for image_root in image_roots]
+    if not todo and all(path.is_file() for path in classes_paths):
+        report.classes_path = classes_paths[0] if classes_paths else None
         report.seconds = time.perf_counter() - start
         return report
-    _warn_if_model_changed(classes_path, str(model_id_or_path), report.skipped)
+    for path in classes_paths:
+        _warn_if_model_changed(path, str(model_id_or_path), report.skipped)
     segmenter = Segmenter(model_id_or_path, device=device, image_size=image_size)
-    report.classes_path = write_classes_file(root, segmenter)
+    for image_root in image_roots:
+        report.classes_path = write_classes_file(image_root, segmenter)
+    report.classes_path = classes_paths[0] if classes_paths else None
     log.info("segmenting %d images of %s (%d already done) with %s", len(todo), root, report.skipped, segmenter.name)
 
-    loader = DataLoader(
-        _ImageFiles(root / "images", todo), batch_size=batch_size, num_workers=num_workers, collate_fn=list
-    )
+    loader = DataLoader(_ImageFiles(todo), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     with tqdm(total=len(todo), desc="segmenting", unit="img", disable=not progress) as bar:
         for items in loader:
             batch = []
-            for relpath, image, error in items:
+            for job, image, error in items:
                 if error is None:
-                    batch.append((relpath, image))
+                    batch.append((job, image))
                     continue
                 if not skip_bad_images:
                     raise error
                 log.warning("skipping unreadable image: %s", error)
                 report.failed += 1
-                report.failed_paths.append(root / "images" / relpath)
-            for (relpath, _), class_map in zip(batch, segmenter.segment([image for _, image in batch])):
-                write_class_map(segmentation_path(root, relpath), class_map)
+                report.failed_paths.append(job.image)
+            for (job, _), class_map in zip(batch, segmenter.segment([image for _, image in batch])):
+                write_class_map(job.map_path, class_map)
                 report.written += 1
             bar.update(len(items))
     report.seconds = time.perf_counter() - start

@@ -9,28 +9,46 @@ An index folder holds
 - ``positions.npy``: `(N, 2)` float64 UTM east, north (NaN where unknown);
 - ``paths.json``: the image of each entry.
 
+``index.json`` records the sha256 and size of every other file (``files``);
+``MapIndex.load`` checks them and names a damaged or missing file.
+
 The whole folder is replaced at once (``atomic_folder``), so an interrupted
-build or ``add`` leaves the previous index as it was.
+build or ``add`` leaves the previous index as it was, and a crash between the
+two renames of a replacement is undone by the next reader or writer. Every
+writer holds the index's lock (``index_lock``: ``.<name>.lock`` beside the
+folder) from reading the index to writing it, so concurrent commands take turns
+instead of losing each other's changes; a stale in-memory copy is refused
+(``IndexChangedError``) rather than written over a newer index.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from vprdistill.deploy.atomic_folder import atomic_folder
+from vprdistill.deploy.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
 from vprdistill.deploy.searcher import CompactSearcher
 from vprdistill.deploy.stores import neighbour_recall
 from vprdistill.utils.atomic import atomic_write_json
+from vprdistill.utils.logging import get_logger
+
+log = get_logger("deploy.index")
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "index.json"
 POSITIONS_FILE = "positions.npy"
 PATHS_FILE = "paths.json"
+LOCK_WHAT = "map index"
+_LOAD_ATTEMPTS = 3
 
 
 class IndexFormatError(ValueError):
@@ -41,6 +59,85 @@ class IndexModelMismatchError(ValueError):
     """A model other than the one an index was built with was used to query it."""
 
 
+class IndexChangedError(RuntimeError):
+    """The index folder was rewritten by another writer since this copy of it was loaded."""
+
+
+@contextlib.contextmanager
+def index_lock(folder: str | Path, wait: float | None = 0.0, hint: str | None = None) -> Iterator[Path]:
+    """Hold the lock of the index at ``folder`` (an interrupted write recovered first); yields ``folder``.
+
+    Hold it from loading an index to saving it, so no other writer changes the
+    index in between. ``wait``: seconds to wait for another writer (0 refuses at
+    once, ``None`` waits as long as it takes); then ``FolderLockedError`` (a
+    ``RuntimeError``) names the folder and the other writer. ``save`` and
+    ``save_manifest`` take the same lock, passing straight through when the
+    calling thread holds it already.
+    """
+    with locked_folder(folder, MANIFEST_FILE, LOCK_WHAT, wait, hint):
+        yield Path(folder)
+
+
+def check_destination(folder: str | Path) -> None:
+    """Raise ``ValueError`` naming ``folder`` unless an index can be written there (before any slow work).
+
+    Refused: a file, a non-empty folder that is not an index, an index or a parent
+    folder that cannot be written. Whether another writer holds it is ``index_lock``'s part.
+    """
+    from vprdistill.deploy.atomic_folder import check_replaceable
+
+    folder = Path(folder)
+    try:
+        check_replaceable(folder, MANIFEST_FILE)
+    except OSError as error:
+        raise ValueError(f"cannot write an index to {folder}: {error}") from error
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write an index to {folder}: {parent} is not writable")
+
+
+def file_checksums(folder: Path, skip: Sequence[str] = (MANIFEST_FILE,)) -> dict[str, dict[str, Any]]:
+    """``{name: {"sha256", "bytes"}}`` of the plain files of ``folder`` (hidden and ``skip`` ones left out)."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name not in skip and not path.name.startswith("."):
+            found[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    return found
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def verify_files(folder: Path, files: dict[str, Any]) -> None:
+    """Raise ``IndexFormatError`` naming the first file of ``files`` that is missing or whose sha256 differs."""
+    for name, record in sorted(files.items()):
+        path = folder / name
+        if not name or Path(name).name != name or name.startswith("."):
+            raise IndexFormatError(f"{folder / MANIFEST_FILE} lists {name!r}, which is not a file name of the index")
+        if not path.is_file():
+            raise IndexFormatError(f"{path} is missing (listed in {MANIFEST_FILE}): the index is incomplete")
+        actual = _sha256(path)
+        if actual != record.get("sha256"):
+            raise IndexFormatError(
+                f"{path}: checksum mismatch (sha256 {actual[:16]}…, {path.stat().st_size} bytes; "
+                f"{MANIFEST_FILE} records {str(record.get('sha256'))[:16]}…, {record.get('bytes')} bytes): "
+                "the file is damaged or was changed after the index was written; rebuild the index"
+            )
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder ``folder`` names right now (replacing an index gives the path a new inode)."""
+    try:
+        stat = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 @dataclass
 class MapIndex:
     """Searchable descriptors of `N` database images, with their positions `(N, 2)` and paths."""
@@ -49,6 +146,9 @@ class MapIndex:
     positions: np.ndarray
     paths: list[str]
     manifest: dict[str, Any] = field(default_factory=dict)
+    # (folder, its files' checksums) this copy was loaded from or last saved to: saving to that
+    # folder again is refused if another writer has replaced it meanwhile (a lost update).
+    _origin: tuple[Path, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 2)
@@ -164,25 +264,95 @@ class MapIndex:
             )
 
     # --- files -----------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        """Write the index into ``folder``, replacing any previous index there at once."""
+    def _check_not_replaced(self, folder: Path) -> None:
+        """Refuse to write over ``folder`` if it is the folder this copy came from and another writer replaced it."""
+        if self._origin is None or self._origin[0] != folder.resolve() or not (folder / MANIFEST_FILE).exists():
+            return
+        try:
+            on_disk = read_manifest(folder)
+        except (FileNotFoundError, IndexFormatError):
+            on_disk = None
+        if on_disk is None or on_disk.get("files") != self._origin[1]:
+            raise IndexChangedError(
+                f"index {folder} has changed since it was loaded (another command wrote it); "
+                "not overwriting it: load it again and repeat the change"
+            )
+
+    def save(self, folder: str | Path, wait: float | None = 0.0, hint: str | None = None) -> Path:
+        """Write the index into ``folder``, replacing any previous index there at once.
+
+        Holds the index's lock while writing (``wait``, ``hint``: see ``index_lock``).
+        Raises ``IndexChangedError`` when this copy was loaded from ``folder`` and
+        another writer has replaced it since.
+        """
         folder = Path(folder)
-        with atomic_folder(folder, MANIFEST_FILE) as staging:
+        with atomic_folder(folder, MANIFEST_FILE, LOCK_WHAT, wait, hint) as staging:
+            self._check_not_replaced(folder)
             self.searcher.save(staging)
             np.save(staging / POSITIONS_FILE, self.positions, allow_pickle=False)
             atomic_write_json(staging / PATHS_FILE, self.paths)
-            atomic_write_json(staging / MANIFEST_FILE, self.manifest)
+            files = file_checksums(staging)
+            atomic_write_json(staging / MANIFEST_FILE, {**self.manifest, "files": files})
+        self.manifest["files"] = files
+        self._origin = (folder.resolve(), files)
         return folder
 
-    def save_manifest(self, folder: str | Path) -> None:
-        """Rewrite only ``index.json`` (e.g. after calibration); the rest of the folder is unchanged."""
-        atomic_write_json(Path(folder) / MANIFEST_FILE, self.manifest)
+    def save_manifest(self, folder: str | Path, wait: float | None = 0.0, hint: str | None = None) -> None:
+        """Rewrite only ``index.json`` (e.g. after calibration); the rest of the folder is unchanged.
+
+        Refused (``IndexChangedError``) unless ``folder`` still holds the files and
+        entries this manifest describes: a manifest written over another writer's
+        index would leave a folder no command can load.
+        """
+        folder = Path(folder)
+        with index_lock(folder, wait, hint):
+            on_disk = read_manifest(folder)
+            if on_disk.get("files") != self.manifest.get("files") or on_disk["count"] != self.manifest["count"]:
+                raise IndexChangedError(
+                    f"index {folder} has changed since it was loaded ({on_disk['count']} entries there, "
+                    f"{self.manifest['count']} in this copy); not writing its manifest: load it again and repeat"
+                )
+            atomic_write_json(folder / MANIFEST_FILE, self.manifest)
 
     @classmethod
-    def load(cls, folder: str | Path, model: Any = None) -> MapIndex:
-        """Read an index folder; with ``model``, also check it is the model the index was built with."""
+    def load(cls, folder: str | Path, model: Any = None, verify: bool = True) -> MapIndex:
+        """Read an index folder; with ``model``, also check it is the model the index was built with.
+
+        With ``verify`` (default), each data file's sha256 is checked against
+        ``index.json``. An index left missing by a crash between the renames of a
+        replacement is restored first; an index replaced by another writer while
+        it is read is read again, so the result is one whole version of it.
+        """
         folder = Path(folder)
+        restore_if_interrupted(folder, MANIFEST_FILE, LOCK_WHAT)
+        for attempt in range(_LOAD_ATTEMPTS):
+            identity = _identity(folder)
+            try:
+                index = cls._read(folder, verify)
+            except (IndexFormatError, OSError):
+                if attempt + 1 < _LOAD_ATTEMPTS and _identity(folder) != identity:
+                    time.sleep(0.05)  # replaced while being read: read the new version
+                    continue
+                raise
+            if _identity(folder) == identity:
+                break
+            time.sleep(0.05)
+        else:
+            raise IndexFormatError(f"{folder} was replaced {_LOAD_ATTEMPTS} times while being read; try again")
+        index._origin = (folder.resolve(), index.manifest.get("files"))
+        if model is not None:
+            index.check_model(model)
+        return index
+
+    @classmethod
+    def _read(cls, folder: Path, verify: bool) -> MapIndex:
         manifest = read_manifest(folder)
+        files = manifest.get("files")
+        if verify and isinstance(files, dict):
+            verify_files(folder, files)
+        elif verify:
+            log.warning("%s records no checksums of its files (written by an older version); saving it again adds them",
+                        folder / MANIFEST_FILE)  # fmt: skip
         try:
             positions = np.load(folder / POSITIONS_FILE, allow_pickle=False)
             paths = json.loads((folder / PATHS_FILE).read_text())
@@ -194,12 +364,9 @@ class MapIndex:
         if len(paths) != manifest["count"]:
             raise IndexFormatError(f"{folder}: index.json counts {manifest['count']} entries, paths.json {len(paths)}")
         try:
-            index = cls(searcher, positions, paths, manifest)
+            return cls(searcher, positions, paths, manifest)
         except IndexFormatError as error:
             raise IndexFormatError(f"{folder}: {error}") from error
-        if model is not None:
-            index.check_model(model)
-        return index
 
 
 _REQUIRED_FIELDS = ("format_version", "model_fingerprint", "descriptor_dim", "stored_dim", "type", "dtype", "count")
@@ -209,7 +376,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The parsed ``index.json`` of ``folder``, with its required fields checked."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a map index (build one with `vprdistill index build`)")
+        raise FileNotFoundError(
+            f"{path} not found: {folder} is not a map index (build one with `vprdistill index build`)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -218,5 +387,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if missing:
         raise IndexFormatError(f"{path} lacks the field(s) {', '.join(missing)}")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise IndexFormatError(f"{path} has format version {manifest['format_version']}; this code reads {FORMAT_VERSION}")
+        raise IndexFormatError(
+            f"{path} has format version {manifest['format_version']}; this code reads {FORMAT_VERSION}"
+        )
     return manifest

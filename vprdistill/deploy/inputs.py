@@ -7,39 +7,92 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from vprdistill.data.images import ImageLoadError, load_image
+from vprdistill.data.images import ImageLoadError, load_image, open_photo
 
-__all__ = ["ImageLoadError", "ImageInput", "as_image_list", "decode_image_bytes", "source_name", "to_rgb_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageInput",
+    "ImageLoadError",
+    "ImageTooLargeError",
+    "as_image_list",
+    "check_image_header",
+    "decode_image_bytes",
+    "decode_image_file",
+    "source_name",
+    "to_rgb_image",
+]
 
 ImageInput = str | Path | Image.Image | np.ndarray | bytes
 
-# 40 megapixels: above any camera a localisation query comes from, well below
-# what would let a small compressed upload expand into gigabytes of pixels.
-DEFAULT_MAX_PIXELS = 40_000_000
+# 16 megapixels: a 12 MP phone photo (4032×3024), a 16 MP camera (4608×3456) and
+# a 4K video frame fit. The network sees far less (the index's image size, such
+# as 480×640 = 0.3 MP: every photo is resized to it), so larger photos add no
+# information, only decode memory: 4 bytes a pixel as PIL holds RGB, 64 MB here.
+DEFAULT_MAX_PIXELS = 16_000_000
 
 
-def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an encoded image (JPEG, PNG, ...) to upright RGB; ``ImageLoadError`` naming ``name`` otherwise."""
-    if not data:
+class ImageTooLargeError(ImageLoadError):
+    """An image whose header announces more pixels than the limit (refused before any pixel is decoded)."""
+
+
+def _open_checked(file: BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    """Open ``file`` lazily (header only) and refuse it when empty, of another format or too large."""
+    file.seek(0, io.SEEK_END)
+    if file.tell() == 0:
         raise ImageLoadError(f"cannot decode image {name}: it is empty")
+    file.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size  # read from the header, before any pixel is decoded
-            if width * height > max_pixels:
-                raise ImageLoadError(
-                    f"image {name} is {width}×{height} pixels, above the limit of {max_pixels:,} pixels"
-                )
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
+        image = open_photo(file)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (179 MP): ours is lower unless raised past it
+        raise ImageTooLargeError(f"image {name} is too large: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(f"image {name} is {width}×{height} pixels, above the limit of {max_pixels:,} pixels")
+    return image
+
+
+def check_image_header(file: BinaryIO, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the header of an encoded image, without decoding it.
+
+    Raises ``ImageTooLargeError`` above ``max_pixels`` and ``ImageLoadError`` (naming ``name``)
+    for a file that is empty or not a JPEG, PNG, WebP, BMP or TIFF image.
+    """
+    try:
+        with _open_checked(file, name, max_pixels) as image:
+            return image.size
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many unrelated types for bytes that are not an image
         raise ImageLoadError(f"cannot decode image {name}: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_image_file(file: BinaryIO, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an encoded image from a binary file to upright RGB; errors as ``check_image_header``.
+
+    Memory: the decoded image (4 bytes a pixel), plus one more copy while a
+    non-RGB image (grey, palette, CMYK, alpha) is converted or an EXIF rotation applied.
+    """
+    try:
+        # Not closed: the caller owns ``file``, and closing a PIL image frees its pixels.
+        image = _open_checked(file, name, max_pixels)
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # PIL raises many unrelated types for bytes that are not an image
+        raise ImageLoadError(f"cannot decode image {name}: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, WebP, BMP, TIFF) to upright RGB; see ``decode_image_file``."""
+    return decode_image_file(io.BytesIO(data), name, max_pixels)
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
@@ -88,4 +141,3 @@ def source_name(item: ImageInput) -> str | None:
     if isinstance(item, Image.Image):
         return getattr(item, "filename", None) or None
     return None
-

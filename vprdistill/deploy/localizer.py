@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from vprdistill.data.transforms import build_transform, image_size_hw
 from vprdistill.deploy.calibration import confidence_of
 from vprdistill.deploy.index import MapIndex
-from vprdistill.deploy.inputs import ImageInput, as_image_list, source_name, to_rgb_image
+from vprdistill.deploy.inputs import ImageInput, ImageLoadError, as_image_list, source_name, to_rgb_image
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Localization:
     threshold: float | None  # the index's calibrated score threshold, if any
     source: str | None = None  # the query's path, when it came from a file
     extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # why the photo could not be read (then there are no matches)
 
     @property
     def best(self) -> Match | None:
@@ -79,15 +80,23 @@ class Localization:
             "confidence": self.confidence,
             "threshold": self.threshold,
             "matches": matches,
+            "error": self.error,
             **self.extra,
         }
+
+
+UnreadablePolicy = Literal["raise", "report"]
+UNREADABLE_POLICIES = get_args(UnreadablePolicy)
 
 
 class Localizer:
     """Runs a place model on photos and matches its descriptors against a map index.
 
     ``index.check_model(model)`` runs first: an index only answers for the model
-    (weights and config) it was built with.
+    (weights and config) it was built with. ``on_unreadable``: what a photo that
+    cannot be read does to a call: ``"raise"`` its ``ImageLoadError``, or
+    ``"report"`` it as a ``Localization`` with ``error`` set and no matches, in its
+    place, while the other photos of the batch are localised.
     """
 
     def __init__(
@@ -96,8 +105,12 @@ class Localizer:
         index: MapIndex,
         device: str | torch.device = "cpu",
         image_size: tuple[int, int] | int | None = None,
+        on_unreadable: UnreadablePolicy = "raise",
     ) -> None:
+        if on_unreadable not in UNREADABLE_POLICIES:
+            raise ValueError(f"on_unreadable must be one of {UNREADABLE_POLICIES}, got {on_unreadable!r}")
         index.check_model(model)
+        self.on_unreadable = on_unreadable
         self.index = index
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -111,6 +124,7 @@ class Localizer:
         model_path: str | Path | None = None,
         device: str | torch.device = "cpu",
         image_size: tuple[int, int] | int | None = None,
+        on_unreadable: UnreadablePolicy = "raise",
     ) -> Localizer:
         """Load an index and its model (by default the model path recorded when the index was built)."""
         from vprdistill.models.checkpoint import load_model
@@ -120,28 +134,54 @@ class Localizer:
             model_path = index.manifest.get("model_path")
             if not model_path:
                 raise ValueError(f"index {index_dir} records no model path; pass --model")
-        return cls(load_model(model_path, device=device), index, device=device, image_size=image_size)
+        model = load_model(model_path, device=device)
+        return cls(model, index, device=device, image_size=image_size, on_unreadable=on_unreadable)
+
+    def prepare(self, image: ImageInput) -> torch.Tensor:
+        """The network input `(3, H, W)` float32 of one image (decoded, resized, normalised)."""
+        return self.transform(to_rgb_image(image))
 
     @torch.inference_mode()
+    def describe_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """Descriptors `(B, D)` float32 of prepared inputs `(B, 3, H, W)`."""
+        return self.model(batch.to(self.device)).float().cpu().numpy()
+
     def describe(self, images: list[ImageInput]) -> np.ndarray:
         """Descriptors `(B, D)` float32 of B images (paths, PIL images, arrays or encoded bytes)."""
-        batch = torch.stack([self.transform(to_rgb_image(item)) for item in images]).to(self.device)
-        return self.model(batch).float().cpu().numpy()
+        return self.describe_batch(torch.stack([self.prepare(item) for item in images]))
 
     def localize(self, image_or_batch: ImageInput | list[ImageInput], topk: int = 5) -> list[Localization]:
         """Top-``topk`` matches of one image or a batch (list, or `(B, H, W, C)` array): one ``Localization`` each."""
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
         items = as_image_list(image_or_batch)
-        if not items:
-            return []
-        return self.match(self.describe(items), topk, [source_name(item) for item in items])
+        sources = [source_name(item) for item in items]
+        inputs: list[torch.Tensor] = []
+        errors: dict[int, str] = {}  # position in the batch → why that photo could not be read
+        for i, item in enumerate(items):
+            try:
+                inputs.append(self.prepare(item))
+            except ImageLoadError as error:
+                if self.on_unreadable == "raise":
+                    raise
+                errors[i] = str(error)
+        readable_sources = [source for i, source in enumerate(sources) if i not in errors]
+        answers = iter(self.match(self.describe_batch(torch.stack(inputs)), topk, readable_sources) if inputs else [])
+        threshold = self._threshold()
+        return [
+            Localization([], False, threshold, sources[i], error=errors[i]) if i in errors else next(answers)
+            for i in range(len(items))
+        ]
+
+    def _threshold(self) -> float | None:
+        calibration = self.index.calibration
+        return None if calibration is None else float(calibration["threshold"])
 
     def match(self, descriptors: np.ndarray, topk: int = 5, sources: list[str | None] | None = None) -> list[Localization]:
         """Localisations of already computed `(B, D)` descriptors."""
         scores, indices = self.index.search(descriptors, topk)
         calibration = self.index.calibration
-        threshold = None if calibration is None else float(calibration["threshold"])
+        threshold = self._threshold()
         sources = sources or [None] * len(descriptors)
         results = []
         for row_scores, row_indices, source in zip(scores, indices, sources):

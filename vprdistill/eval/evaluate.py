@@ -5,13 +5,17 @@ The search may be followed by a re-ranking step applied to each query's
 ``(query_index, candidates (K,)) -> candidates re-ordered`` or an object with
 ``rerank(query_path, candidate_paths, global_order)`` (``retrieval.rerank``).
 Recall is then reported both before and after it.
+
+Queries without a positive count as misses unless ``queries_without_positive``
+is ``exclude`` (``eval.recall``); the report records the convention and count.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -19,7 +23,14 @@ from tqdm import tqdm
 
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.eval.extract import DescriptorTiming, extract_descriptors
-from vprdistill.eval.recall import DEFAULT_RECALL_NS, check_recall_ns, recall_at_n
+from vprdistill.eval.recall import (
+    DEFAULT_QUERIES_WITHOUT_POSITIVE,
+    DEFAULT_RECALL_NS,
+    QueriesWithoutPositive,
+    check_convention,
+    check_recall_ns,
+    recall_at_n,
+)
 from vprdistill.models.checkpoint import model_fingerprint
 from vprdistill.retrieval.search import exact_search
 
@@ -39,8 +50,9 @@ class EvaluationResult:
     """What ``vprdistill eval`` reports. ``to_json()`` gives the JSON; arrays stay in memory only
     (``predictions`` (M, K), per-query ``positives``, the (N, D) and (M, D) descriptors).
 
-    ``recall`` maps N (as a string, as in the JSON) to a percentage over the
-    queries that have a positive within ``threshold_m``.
+    ``recall`` maps N (as a string, as in the JSON) to a percentage over all
+    queries (``queries_without_positive="count-as-miss"``) or over those that
+    have a positive within ``threshold_m`` (``"exclude"``).
     """
 
     recall: dict[str, float]
@@ -53,6 +65,7 @@ class EvaluationResult:
     dataset: str
     split: str
     search_backend: str = "matmul"
+    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE
     ms_per_image: float | None = None
     recall_per_condition: dict[str, dict[str, Any]] | None = None
     model: dict[str, Any] | None = None
@@ -70,6 +83,10 @@ class EvaluationResult:
             "recall": dict(self.recall),
             "num_queries": self.num_queries,
             "num_queries_without_positive": self.num_queries_without_positive,
+            "queries_without_positive": {
+                "convention": self.queries_without_positive,
+                "count": self.num_queries_without_positive,
+            },
             "num_database": self.num_database,
             "threshold_m": self.threshold_m,
             "descriptor_dim": self.descriptor_dim,
@@ -91,29 +108,48 @@ class EvaluationResult:
 
 
 def recall_table(
-    predictions: np.ndarray, positives: Sequence[np.ndarray], ns: Sequence[int], num_database: int
+    predictions: np.ndarray,
+    positives: Sequence[np.ndarray],
+    ns: Sequence[int],
+    num_database: int,
+    convention: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
 ) -> tuple[dict[str, float], int]:
-    """Recall@N keyed by ``str(N)``; an N beyond a small database is recall over the whole database."""
+    """Recall@N keyed by ``str(N)``; an N beyond a small database is recall over the whole database.
+
+    ``predictions`` (M, K), ``positives`` per query; ``convention`` as in
+    :func:`~vprdistill.eval.recall.recall_at_n`. Returns the table and the
+    number of queries without a positive.
+    """
     ns = check_recall_ns(ns)
     clipped = {n: min(n, num_database) for n in ns}
-    values, without = recall_at_n(predictions, positives, sorted(set(clipped.values())))
+    values, without = recall_at_n(predictions, positives, sorted(set(clipped.values())), convention)
     return {str(n): values[clipped[n]] for n in ns}, without
 
 
 def recall_by_condition(
-    predictions: np.ndarray, positives: Sequence[np.ndarray], conditions: Sequence[str], ns: Sequence[int], num_database: int
+    predictions: np.ndarray,
+    positives: Sequence[np.ndarray],
+    conditions: Sequence[str],
+    ns: Sequence[int],
+    num_database: int,
+    convention: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
 ) -> dict[str, dict[str, Any]]:
-    """Recall@N of the queries of each condition (e.g. ``night``), with their counts."""
+    """Recall@N of the queries of each condition (e.g. ``night``), with their counts.
+
+    Under ``exclude`` a condition none of whose queries has a positive has
+    ``recall`` None; under ``count-as-miss`` its recall is 0.
+    """
     conditions_array = np.asarray(conditions, dtype=object)
     table: dict[str, dict[str, Any]] = {}
     for condition in sorted(set(conditions)):
         members = np.flatnonzero(conditions_array == condition)
         subset = [positives[i] for i in members]
         with_positive = sum(len(p) > 0 for p in subset)
-        recall = recall_table(predictions[members], subset, ns, num_database)[0] if with_positive else None
+        countable = with_positive or convention == "count-as-miss"
+        recall = recall_table(predictions[members], subset, ns, num_database, convention)[0] if countable else None
         table[condition] = {
             "recall": recall,
-            "num_queries": int(len(members)),
+            "num_queries": len(members),
             "num_queries_without_positive": int(len(members) - with_positive),
         }
     return table
@@ -160,6 +196,7 @@ def evaluate_descriptors(
     rerank_topk: int = DEFAULT_RERANK_TOPK,
     search_backend: str = "matmul",
     progress: bool = False,
+    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
 ) -> EvaluationResult:
     """Recall@N of precomputed descriptors on ``dataset``.
 
@@ -174,12 +211,15 @@ def evaluate_descriptors(
             an object with ``rerank(query_path, candidate_paths, global_order)``.
         search_backend: ``matmul`` or ``faiss`` (same results).
         progress: show a progress bar while re-ranking.
+        queries_without_positive: ``count-as-miss`` (divide by all queries) or
+            ``exclude`` (divide by the queries with a positive).
 
     Returns:
         An :class:`EvaluationResult` (``ms_per_image`` and ``model`` unset) whose
         ``predictions`` (M, K) hold the final ranking, K = min(max N, N database).
     """
     ns = check_recall_ns(recall_ns)
+    convention = check_convention(queries_without_positive)
     if len(database_descriptors) != dataset.num_database or len(query_descriptors) != dataset.num_queries:
         raise ValueError(
             f"descriptors ({len(database_descriptors)} database, {len(query_descriptors)} queries) do not match "
@@ -198,7 +238,7 @@ def evaluate_descriptors(
 
     recall_before_rerank, rerank_info = None, None
     if reranker is not None:
-        recall_before_rerank = recall_table(predictions[:, :keep], positives, ns, num_database)[0]
+        recall_before_rerank = recall_table(predictions[:, :keep], positives, ns, num_database, convention)[0]
         start = time.perf_counter()
         topk = min(rerank_topk, num_database)
         predictions = _rerank(predictions, _rerank_function(reranker, dataset), topk, keep, progress)
@@ -211,11 +251,13 @@ def evaluate_descriptors(
         if timing is not None and hasattr(timing, "as_dict"):
             rerank_info["timing"] = timing.as_dict()
     predictions = np.ascontiguousarray(predictions[:, :keep])
-    recall, num_without = recall_table(predictions, positives, ns, num_database)
+    recall, num_without = recall_table(predictions, positives, ns, num_database, convention)
 
     per_condition = None
     if dataset.query_notes is not None and any(dataset.query_notes):
-        per_condition = recall_by_condition(predictions, positives, dataset.query_conditions(), ns, num_database)
+        per_condition = recall_by_condition(
+            predictions, positives, dataset.query_conditions(), ns, num_database, convention
+        )
 
     return EvaluationResult(
         recall=recall,
@@ -226,6 +268,7 @@ def evaluate_descriptors(
         descriptor_dim=int(np.shape(database_descriptors)[1]),
         ms_per_query=ms_per_query,
         search_backend=search_backend,
+        queries_without_positive=convention,
         dataset=dataset.name,
         split=dataset.split,
         recall_per_condition=per_condition,
@@ -269,6 +312,7 @@ def evaluate_model(
     input_kind: str | None = None,
     structural_source: str = "cityscapes",
     search_backend: str = "matmul",
+    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
 ) -> EvaluationResult:
     """Compute descriptors of ``dataset`` with ``model`` and report Recall@N.
 
@@ -294,20 +338,28 @@ def evaluate_model(
     else:
         database_paths, query_paths = dataset.database_paths, dataset.query_paths
     size = default_image_size(model) if image_size is None else image_size
-    options = dict(
-        image_size=size,
-        batch_size=batch_size,
-        device=device,
-        num_workers=num_workers,
-        input_kind=input_kind,
-        structural_source=structural_source,
-        progress=progress,
-    )
+    options = {
+        "image_size": size,
+        "batch_size": batch_size,
+        "device": device,
+        "num_workers": num_workers,
+        "input_kind": input_kind,
+        "structural_source": structural_source,
+        "progress": progress,
+    }
     database, database_timing = extract_descriptors(model, database_paths, desc="database", **options)
     queries, query_timing = extract_descriptors(model, query_paths, desc="queries", **options)
     result = evaluate_descriptors(
-        database, queries, dataset, threshold_m, recall_ns, reranker=reranker, rerank_topk=rerank_topk,
-        search_backend=search_backend, progress=progress,
+        database,
+        queries,
+        dataset,
+        threshold_m,
+        recall_ns,
+        reranker=reranker,
+        rerank_topk=rerank_topk,
+        search_backend=search_backend,
+        progress=progress,
+        queries_without_positive=queries_without_positive,
     )
     result.ms_per_image = _combined_ms_per_image(database_timing, query_timing)
     result.extraction = {

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vprdistill.data.structural import StructuralClassMap
+from vprdistill.data.structural_store import class_map_for_model
 from vprdistill.data.torch_datasets import ImagePathDataset, SegmentationPathDataset
 from vprdistill.data.transforms import build_segmentation_transform, build_transform, image_size_hw
 
@@ -74,7 +75,8 @@ def _image_dataset(
             )
         return ImagePathDataset(paths, build_transform(image_size))
     if seg_class_map is None:
-        seg_class_map = StructuralClassMap.from_yaml(source=structural_source)
+        # A seg-branch loaded from a checkpoint brings the class map it was trained with.
+        seg_class_map = class_map_for_model(model, structural_source)
     if channels is not None and channels != seg_class_map.num_classes:
         raise ValueError(
             f"model {getattr(model, 'name', '')!r} takes {channels} input channels but the structural "
@@ -169,7 +171,8 @@ def compute_descriptors(
         input_kind: ``rgb`` photos (ImageNet-normalised) or ``seg`` class-id maps
             turned into one-hot structural classes (StructVPR seg-branch).
         seg_class_map: the source-id → structural-class mapping for ``seg``; by
-            default the package's mapping for ``structural_source``.
+            default the one stored with the model, else the package's mapping
+            for ``structural_source`` (``data/structural_store.py``).
         progress: show a progress bar labelled ``desc``.
 
     Returns:

@@ -1,12 +1,24 @@
-"""Recall@N: the share of queries whose top N predictions hold a positive (METHODS.md §1)."""
+"""Recall@N: the share of queries whose top N predictions hold a positive (METHODS.md §1).
+
+A query with no database image within the threshold can never be right. Two
+conventions exist for it: ``count-as-miss`` keeps it in the denominator (as
+VPR-methods-evaluation, deep-visual-geo-localization-benchmark and gsv-cities
+do) and ``exclude`` leaves it out (as the TSCM code does). The default is
+``count-as-miss``; either way the number of such queries is reported.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 DEFAULT_RECALL_NS = (1, 5, 10, 20)
+
+QueriesWithoutPositive = Literal["count-as-miss", "exclude"]
+QUERIES_WITHOUT_POSITIVE: tuple[str, ...] = ("count-as-miss", "exclude")
+DEFAULT_QUERIES_WITHOUT_POSITIVE: QueriesWithoutPositive = "count-as-miss"
 
 
 def check_recall_ns(ns: Sequence[int]) -> tuple[int, ...]:
@@ -17,6 +29,13 @@ def check_recall_ns(ns: Sequence[int]) -> tuple[int, ...]:
     if values[0] < 1:
         raise ValueError(f"recall: every N must be at least 1, got {list(ns)}")
     return values
+
+
+def check_convention(convention: str, field: str = "queries_without_positive") -> QueriesWithoutPositive:
+    """``convention`` if it is one of :data:`QUERIES_WITHOUT_POSITIVE`, else a ``ValueError`` naming ``field``."""
+    if convention not in QUERIES_WITHOUT_POSITIVE:
+        raise ValueError(f"{field} must be one of {', '.join(QUERIES_WITHOUT_POSITIVE)}, got {convention!r}")
+    return convention  # type: ignore[return-value]
 
 
 def first_positive_rank(predictions: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
@@ -37,7 +56,9 @@ def first_positive_rank(predictions: np.ndarray, positives: Sequence[np.ndarray]
         raise ValueError(f"predictions has {num_queries} queries but positives has {len(positives)}")
     counts = np.fromiter((len(p) for p in positives), dtype=np.int64, count=num_queries)
     positive_ids = (
-        np.concatenate([np.asarray(p, dtype=np.int64).ravel() for p in positives]) if counts.sum() else np.zeros(0, np.int64)
+        np.concatenate([np.asarray(p, dtype=np.int64).ravel() for p in positives])
+        if counts.sum()
+        else np.zeros(0, np.int64)
     )
     predictions = predictions.astype(np.int64, copy=False)
     # One key per (query, database index) pair turns "is this prediction among
@@ -53,30 +74,42 @@ def recall_at_n(
     predictions: np.ndarray,
     positives: Sequence[np.ndarray],
     ns: Sequence[int] = DEFAULT_RECALL_NS,
+    convention: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
 ) -> tuple[dict[int, float], int]:
-    """Recall@N in percent over the queries that have at least one positive.
+    """Recall@N in percent.
 
     Args:
         predictions: (M, K) database indices ranked best first, K >= max(ns).
         positives: per query, an array of the database indices within the threshold.
         ns: the N values to report.
+        convention: what a query without any positive counts for:
+            ``count-as-miss`` divides by all M queries (such a query is never
+            right), ``exclude`` divides by the queries that have a positive.
 
     Returns:
-        ``({N: percent}, number of queries without any positive)``; those queries
-        are left out of the percentages, as is the convention (METHODS.md §1).
+        ``({N: percent}, number of queries without any positive)``.
+
+    Raises:
+        ValueError: on malformed input, and with ``exclude`` when no query has a
+            positive (the percentage is then 0 / 0).
     """
+    convention = check_convention(convention, "convention")
     ns = check_recall_ns(ns)
     predictions = np.asarray(predictions)
     if predictions.ndim == 2 and ns[-1] > predictions.shape[1]:
         raise ValueError(f"recall@{ns[-1]} needs at least {ns[-1]} predictions per query, got {predictions.shape[1]}")
     ranks = first_positive_rank(predictions, positives)
+    if len(ranks) == 0:
+        raise ValueError("recall: there are no queries")
     has_positive = np.fromiter((len(p) > 0 for p in positives), dtype=bool, count=len(positives))
     num_without = int((~has_positive).sum())
-    if not has_positive.any():
-        raise ValueError(
-            f"none of the {len(positives)} queries has a positive within the threshold: recall is undefined "
-            "(is the distance threshold too small, or are the UTM coordinates wrong?)"
-        )
-    ranks = ranks[has_positive]
+    if convention == "exclude":
+        if not has_positive.any():
+            raise ValueError(
+                f"none of the {len(positives)} queries has a positive within the threshold: recall excluding them "
+                "is undefined (is the distance threshold too small, or are the UTM coordinates wrong?)"
+            )
+        ranks = ranks[has_positive]
+    # A query without positives has rank K (no prediction matched), so it counts as a miss for every N.
     recalls = {n: float(100.0 * np.count_nonzero(ranks < n) / len(ranks)) for n in ns}
     return recalls, num_without

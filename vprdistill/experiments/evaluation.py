@@ -14,6 +14,7 @@ from PIL import Image
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.eval.evaluate import evaluate_model
 from vprdistill.eval.pictures import render_prediction
+from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
 from vprdistill.experiments.rows import ResultRow
 from vprdistill.models.checkpoint import load_model
 
@@ -38,11 +39,24 @@ def evaluate_run(
     input_kind: str = "rgb",
     command: str = "",
     batch_size: int = 32,
+    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
 ) -> ResultRow:
-    """Evaluate the best checkpoint of ``run_dir`` on ``test_set``."""
+    """Evaluate the best checkpoint of ``run_dir`` on ``test_set``.
+
+    ``queries_without_positive``: ``count-as-miss`` or ``exclude``, as in
+    :func:`~vprdistill.eval.recall.recall_at_n`.
+    """
     model = load_model(run_dir, device=device)
-    result = evaluate_model(model, test_set, image_size=image_size, batch_size=batch_size, device=device,
-                            input_kind=input_kind, progress=False)
+    result = evaluate_model(
+        model,
+        test_set,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+        input_kind=input_kind,
+        progress=False,
+        queries_without_positive=queries_without_positive,
+    )
     per_condition = {c: dict(v["recall"] or {}) for c, v in (result.recall_per_condition or {}).items()}
     counts = {c: int(v["num_queries"]) for c, v in (result.recall_per_condition or {}).items()}
     return ResultRow(

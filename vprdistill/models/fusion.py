@@ -2,32 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from vprdistill.models.options import call_with_options
 
 
 class CrossAttentionBlock(nn.Module):
-    """Queries attend to a context: ``q ← LN(q + MHA(q, ctx, ctx))``, then ``q ← LN(q + FFN(q))``.
+    """Queries attend to a context: ``q ← q + MHA(q, ctx, ctx)``, then ``q ← q + FFN(q)``.
 
-    Post-norm residual blocks as in the original Transformer; the FFN is
-    ``width → ffn_dim → width`` with ReLU.
+    The FFN is ``width → ffn_dim → width`` with ReLU and dropout after the ReLU;
+    the attention drops attention weights with ``dropout``. With ``layer_norm``
+    each residual sum is followed by a LayerNorm (post-norm, as in the original
+    Transformer); without it the block is the plain residual form of the
+    official TSCM code. ``residual_dropout`` (default: ``dropout``) drops each
+    branch's output before it is added; the official code has none (0).
 
     Shapes: queries ``(B, Nq, width)``, context ``(B, Nk, width)`` → ``(B, Nq, width)``.
     """
 
-    def __init__(self, width: int, heads: int, ffn_dim: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        layer_norm: bool = True,
+        residual_dropout: float | None = None,
+    ) -> None:
         super().__init__()
         self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.ffn = nn.Sequential(
             nn.Linear(width, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, width)
         )
-        self.norm2 = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(width) if layer_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout if residual_dropout is None else residual_dropout)
 
     def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         attended, _ = self.attention(queries, context, context, need_weights=False)
@@ -40,15 +53,28 @@ class InterTransformerEncoder(nn.Module):
 
     The two outputs are concatenated along the token axis ``[ViT←CNN ; CNN←ViT]``
     and then along channels with the un-fused tokens in the same order
-    ``[ViT ; CNN]``, so each fused token sits next to the token it was computed from.
+    ``[ViT ; CNN]``, so each fused token sits next to the token it was computed
+    from (the official code's order).
+
+    Args:
+        width: token width of both streams.
+        heads, ffn_dim, dropout, layer_norm, residual_dropout: see :class:`CrossAttentionBlock`.
 
     Shapes: cnn ``(B, N1, width)``, vit ``(B, N2, width)`` → ``(B, N2 + N1, 2·width)``.
     """
 
-    def __init__(self, width: int, heads: int = 4, ffn_dim: int = 1024, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int = 4,
+        ffn_dim: int = 1024,
+        dropout: float = 0.0,
+        layer_norm: bool = True,
+        residual_dropout: float | None = None,
+    ) -> None:
         super().__init__()
-        self.vit_from_cnn = CrossAttentionBlock(width, heads, ffn_dim, dropout)
-        self.cnn_from_vit = CrossAttentionBlock(width, heads, ffn_dim, dropout)
+        self.vit_from_cnn = CrossAttentionBlock(width, heads, ffn_dim, dropout, layer_norm, residual_dropout)
+        self.cnn_from_vit = CrossAttentionBlock(width, heads, ffn_dim, dropout, layer_norm, residual_dropout)
         self.output_dim = 2 * int(width)
 
     def forward(self, cnn_tokens: torch.Tensor, vit_tokens: torch.Tensor) -> torch.Tensor:

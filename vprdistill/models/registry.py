@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import torch.nn as nn
+from torch import nn
 
 from vprdistill.models.aggregators import AGGREGATORS
 from vprdistill.models.fusion import FUSIONS
@@ -37,6 +38,20 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 _RESNET50_L3 = {"name": "resnet50.tv_in1k", "truncate_after": "layer3"}
 _RESNET18_L3 = {"name": "resnet18.tv_in1k", "truncate_after": "layer3"}
 _GEM = {"name": "gem", "p": 3.0}
+# timm's default weights of ViT-B/16, named with their tag: ImageNet-21k, fine-tuned on 1k; they
+# expect mean = std = 0.5, which the backbone's input re-normalisation provides.
+_VIT_B16 = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+# The official TSCM heads and fusion: 64 clusters, no BatchNorm at all; no LayerNorm, and no
+# dropout on the residual branches (only on the attention weights and inside the FFN).
+_OFFICIAL_LOUPE = {"name": "netvlad-loupe", "clusters": 64, "add_batch_norm": False, "output_batch_norm": False}
+_OFFICIAL_FUSION = {
+    "name": "cross-attention",
+    "heads": 4,
+    "ffn_dim": 1024,
+    "dropout": 0.1,
+    "layer_norm": False,
+    "residual_dropout": 0.0,
+}
 
 #: Number of structural classes the StructVPR seg-branch sees as one-hot channels by default.
 DEFAULT_STRUCTURAL_CLASSES = 10
@@ -63,11 +78,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": _RESNET18_L3,
         "aggregator": {"name": "netvlad", "clusters": 64},
     },
-    # TSCM (METHODS.md §4). 32 clusters per teacher head: our choice, see tscm.py.
+    # TSCM (METHODS.md §4) as the official code builds it: see tscm.py.
     "tscm-teacher": {
         "architecture": "tscm-teacher",
         "cnn": _RESNET50_L3,
-        "vit": {"name": "vit_base_patch16_224", "dynamic_img_size": True},
+        # Randomly initialised and without positional embedding or class token, as officially.
+        "vit": {
+            "name": "vit_base_patch16_224",
+            "pretrained": False,
+            "position_embedding": False,
+            "dynamic_img_size": True,
+        },
+        "pool": _GEM,
+        "token_dim": 512,
+        "fusion": _OFFICIAL_FUSION,
+        "heads": {
+            "cnn": {**_OFFICIAL_LOUPE, "output_dim": 256, "token_split": 2},
+            "fused": {**_OFFICIAL_LOUPE, "output_dim": 512, "token_split": 2},
+            "vit": {**_OFFICIAL_LOUPE, "output_dim": 256, "token_split": 2},
+        },
+        "descriptor_dim": 2048,
+    },
+    "tscm-student": {
+        "architecture": "tscm-student",
+        "cnn": _RESNET50_L3,
+        "pool": _GEM,
+        "patch_size": 16,
+        "patch_dim": 768,
+        # 196 x 768 patch-token values re-cut into 768 vectors of 196: needs 224x224 images.
+        "token_head": {**_OFFICIAL_LOUPE, "output_dim": 256, "subvector_dim": 196},
+        "token_proj_dim": 1024,
+        "descriptor_dim": 2048,
+    },
+    # Our variants of the pair: Loupe heads on whole tokens with BatchNorm, LayerNorm fusion
+    # blocks, an ImageNet-pretrained ViT with its positional embedding.
+    "tscm-teacher-fulltoken": {
+        "architecture": "tscm-teacher",
+        "cnn": _RESNET50_L3,
+        "vit": {"name": _VIT_B16, "dynamic_img_size": True},
         "pool": _GEM,
         "token_dim": 512,
         "fusion": {"name": "cross-attention", "heads": 4, "ffn_dim": 1024, "dropout": 0.1},
@@ -78,7 +126,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "descriptor_dim": 2048,
     },
-    "tscm-student": {
+    "tscm-student-fulltoken": {
         "architecture": "tscm-student",
         "cnn": _RESNET50_L3,
         "pool": _GEM,
@@ -94,8 +142,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "architecture": "tscm-teacher",
         "cnn": _RESNET18_L3,
         "vit": {
-            "name": "vit_tiny_patch16_224", "depth": 2, "img_size": 128,
-            "dynamic_img_size": True, "pretrained_strict": False,
+            "name": "vit_tiny_patch16_224",
+            "depth": 2,
+            "img_size": 128,
+            "dynamic_img_size": True,
+            "pretrained_strict": False,
         },
         "pool": _GEM,
         "token_dim": 128,
@@ -144,9 +195,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: One line per preset, for listings; "official code" marks the TSCM structure of the official
+#: implementation, "our choice" the project's own variants.
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "resnet18-gem": "ResNet-18 + GeM + linear -> 512 (CosPlace-style baseline)",
+    "resnet50-gem": "ResNet-50 + GeM + linear -> 2048 (CosPlace-style baseline)",
+    "resnet18-netvlad": "ResNet-18 to layer3 + NetVLAD, 64 clusters -> 16384",
+    "tscm-teacher": "TSCM teacher, official code: 64-cluster Loupe heads on half tokens, no BN/LN, random ViT "
+    "without positional embedding (125.0M)",
+    "tscm-student": "TSCM student, official code: 64-cluster Loupe on the re-viewed 196x768 patch tokens, "
+    "no BN, 224x224 input (12.70M)",
+    "tscm-teacher-fulltoken": "TSCM teacher, our choice: 32-cluster Loupe heads on whole tokens with BN, "
+    "LayerNorm fusion, pretrained ViT with positional embedding",
+    "tscm-student-fulltoken": "TSCM student, our choice: 16-cluster Loupe on whole patch tokens with BN, any input size",
+    "tscm-teacher-tiny": "tiny TSCM teacher for CPU runs (ResNet-18, 2-block ViT-Tiny), full-token heads -> 512",
+    "tscm-student-tiny": "tiny TSCM student for CPU runs, full-token head -> 512",
+    "structvpr-rgb": "StructVPR RGB branch: ResNet-50 to layer3 + GeM -> 1024",
+    "structvpr-seg": "StructVPR seg-branch: one-hot maps of 10 classes, ResNet-50 to layer3 + GeM -> 1024",
+    "structvpr-rgb-tiny": "tiny StructVPR RGB branch: ResNet-18 to layer3 + GeM -> 256",
+    "structvpr-seg-tiny": "tiny StructVPR seg-branch: ResNet-18 to layer3 + GeM -> 256",
+}
+
+
 def list_presets() -> list[str]:
     """Names of the built-in presets."""
     return sorted(PRESETS)
+
+
+def describe_preset(name: str) -> str:
+    """The preset's one-line description (empty when it has none)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(list_presets())}")
+    return PRESET_DESCRIPTIONS.get(name, "")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,7 +252,7 @@ def resolve_config(name_or_config: str | Mapping[str, Any], **overrides: Any) ->
     elif isinstance(name_or_config, Mapping):
         config = dict(name_or_config)
     else:
-        raise ValueError(f"a model is a preset name or a config dict, got {type(name_or_config).__name__}")
+        raise ValueError(f"a model is a preset name or a config dict, got {type(name_or_config).__name__}")  # noqa: TRY004
     config = deep_merge(config, overrides)
     preset = config.pop("preset", None)
     if preset is not None:
@@ -222,6 +302,15 @@ def build_model(name_or_config: str | Mapping[str, Any], pretrained: bool = Fals
 
 
 __all__ = [
-    "AGGREGATORS", "ARCHITECTURES", "DEFAULT_STRUCTURAL_CLASSES", "FUSIONS", "PRESETS",
-    "build_model", "deep_merge", "list_presets", "resolve_config",
+    "AGGREGATORS",
+    "ARCHITECTURES",
+    "DEFAULT_STRUCTURAL_CLASSES",
+    "FUSIONS",
+    "PRESETS",
+    "PRESET_DESCRIPTIONS",
+    "build_model",
+    "deep_merge",
+    "describe_preset",
+    "list_presets",
+    "resolve_config",
 ]

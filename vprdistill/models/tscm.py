@@ -2,32 +2,45 @@
 
 Shapes in comments are for 224×224 inputs with the full-size presets.
 
-Teacher: ResNet-50 cut after stage 3 (1024×14×14) → (a) GeM → 1024-d and (b)
-196 tokens projected 1024→512; ViT-B/16 patch tokens (196×768, positional
-embedding kept, class token dropped) projected 768→512; the inter-transformer
-encoder fuses them (392×1024); three NetVLAD-Loupe heads on the CNN tokens
-(→256), the fused tokens (→512) and the ViT tokens (→256). Descriptor:
-``[CNN 256 | fused 512 | ViT 256 | GeM 1024]`` = 2048-d.
+Teacher (``tscm-teacher``, the official code's structure): ResNet-50 cut after
+stage 3 (1024×14×14) → (a) GeM → 1024-d and (b) 196 tokens projected
+1024→512; ViT-B/16 patch tokens (196×768) projected 768→512; the
+inter-transformer encoder fuses them (392×1024); three NetVLAD-Loupe heads on
+the CNN tokens (→256), the fused tokens (→512) and the ViT tokens (→256).
+Descriptor: ``[CNN 256 | fused 512 | ViT 256 | GeM 1024]`` = 2048-d.
+As in the official code the ViT keeps only its child modules (no positional
+embedding, no class token) and starts from a random initialisation while the
+ResNet is ImageNet-pretrained; the fusion blocks have no LayerNorm; every
+Loupe head has 64 clusters on half-width sub-vectors (each token cut into two
+consecutive halves: 392×1024 → 784×512, 196×512 → 392×256) and no BatchNorm.
+That gives 125.0M parameters, the official count (the halving is what keeps
+64 clusters at that size: on whole tokens they would give about 150M).
 
-Student: the same ResNet-50 trunk + GeM → 1024-d, and a 16×16 patch
-embedding (3→768) → NetVLAD-Loupe → 256 → linear 256→1024. Descriptor:
-``[patch branch 1024 | GeM 1024]`` = 2048-d.
+Student (``tscm-student``): the same ResNet-50 trunk + GeM → 1024-d, and a
+16×16 patch embedding (3→768, 196 tokens) → NetVLAD-Loupe → 256 → linear
+256→1024. Descriptor: ``[patch branch 1024 | GeM 1024]`` = 2048-d. Its Loupe
+head, as in the official code, has 64 clusters on 768 vectors of 196 values:
+the 196×768 token values laid end to end and re-cut every 196 (a memory
+re-view, not a transpose), which ties it to 224×224 inputs (N·768 must divide
+by 196). 12.70M parameters, the official student's used part.
 
-Our choices (METHODS.md leaves them open): every teacher head uses 32 clusters,
-not the 64 of the text, because 64 clusters give a 150M-parameter teacher while
-32 give the official code's ~125M (the Loupe projection alone is K·C×out); the
-order of the parts inside each descriptor puts the GeM halves of teacher and
-student at the same place; the inter-transformer blocks are post-norm with ReLU.
+``tscm-teacher-fulltoken`` and ``tscm-student-fulltoken`` are our variants
+(METHODS.md leaves these points open): Loupe heads on whole tokens (32 clusters
+per teacher head, 16 for the student) with BatchNorm, post-norm LayerNorm
+fusion blocks, and an ImageNet-pretrained ViT that keeps its positional
+embedding. In every variant the order of the parts inside each descriptor puts
+the GeM halves of teacher and student at the same place.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-import torch.nn as nn
 from timm.layers import PatchEmbed
+from torch import nn
 
 from vprdistill.models.aggregators import build_aggregator
 from vprdistill.models.aggregators.tokens import as_tokens
@@ -81,10 +94,17 @@ class TSCMTeacherNet(nn.Module):
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.cnn.feature_map(x)
 
-    def parts(self) -> "OrderedDict[str, nn.Module]":
+    def parts(self) -> OrderedDict[str, nn.Module]:
         parts = OrderedDict(
-            cnn=self.cnn, pool=self.pool, cnn_proj=self.cnn_proj, vit=self.vit, vit_proj=self.vit_proj,
-            fusion=self.fusion, head_cnn=self.head_cnn, head_fused=self.head_fused, head_vit=self.head_vit,
+            cnn=self.cnn,
+            pool=self.pool,
+            cnn_proj=self.cnn_proj,
+            vit=self.vit,
+            vit_proj=self.vit_proj,
+            fusion=self.fusion,
+            head_cnn=self.head_cnn,
+            head_fused=self.head_fused,
+            head_vit=self.head_vit,
         )
         if self.projection is not None:
             parts["projection"] = self.projection
@@ -123,10 +143,13 @@ class TSCMStudentNet(nn.Module):
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.cnn.feature_map(x)
 
-    def parts(self) -> "OrderedDict[str, nn.Module]":
+    def parts(self) -> OrderedDict[str, nn.Module]:
         parts = OrderedDict(
-            cnn=self.cnn, pool=self.pool, patch_embed=self.patch_embed,
-            token_head=self.token_head, token_proj=self.token_proj,
+            cnn=self.cnn,
+            pool=self.pool,
+            patch_embed=self.patch_embed,
+            token_head=self.token_head,
+            token_proj=self.token_proj,
         )
         if self.projection is not None:
             parts["projection"] = self.projection
@@ -159,7 +182,9 @@ def build_tscm_teacher_net(
     missing = [key for key in TEACHER_HEADS if key not in heads]
     unknown = [key for key in heads if key not in TEACHER_HEADS]
     if missing or unknown:
-        raise ValueError(f"tscm-teacher: heads must be keyed {list(TEACHER_HEADS)}; missing {missing}, unknown {unknown}")
+        raise ValueError(
+            f"tscm-teacher: heads must be keyed {list(TEACHER_HEADS)}; missing {missing}, unknown {unknown}"
+        )
     cnn_trunk = backbone_from_spec(cnn, input_channels, pretrained)
     vit_trunk = backbone_from_spec(vit, input_channels, pretrained)
     pool_layer = build_aggregator(pool, cnn_trunk.out_channels)
@@ -172,9 +197,15 @@ def build_tscm_teacher_net(
     natural = sum(layer.output_dim for layer in head_layers.values()) + pool_layer.output_dim
     linear, dim = descriptor_projection(natural, descriptor_dim, projection)
     return TSCMTeacherNet(
-        cnn_trunk, vit_trunk, pool_layer,
-        nn.Linear(cnn_trunk.out_channels, token_dim), nn.Linear(vit_trunk.out_channels, token_dim),
-        fusion_layer, head_layers, linear, dim,
+        cnn_trunk,
+        vit_trunk,
+        pool_layer,
+        nn.Linear(cnn_trunk.out_channels, token_dim),
+        nn.Linear(vit_trunk.out_channels, token_dim),
+        fusion_layer,
+        head_layers,
+        linear,
+        dim,
     )
 
 

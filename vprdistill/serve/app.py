@@ -7,30 +7,41 @@ Endpoints:
   answers the JSON of a ``Localization``.
 
 Concurrency: requests are served by uvicorn's event loop; the upload is read
-asynchronously, then decoding and inference run in Starlette's thread pool so
-the loop stays free. Image decoding runs in parallel, but the network and the
-search hold one lock: a single model instance then never runs two forward
-passes at once (CPU threads are not oversubscribed, GPU memory stays at one
-batch), and requests queue for it instead of slowing each other down.
+asynchronously (Starlette spools it to a temporary file above 1 MB), then the
+header check and inference run in Starlette's thread pool and decoding in
+``decode_slots`` threads of its own, so the loop stays free. Each decode is
+reduced to the network's input before its thread takes the next one. The
+network and the search hold one lock: a single model instance never runs two
+forward passes at once (CPU threads are not oversubscribed, GPU memory stays at
+one batch), and requests queue for it instead of slowing each other down.
 
 Limits: request bodies above ``max_upload_bytes`` get 413 (Starlette's body
-limit checks ``Content-Length`` and counts bytes while reading); images that
-do not decode get 400 with the reason.
+limit checks ``Content-Length`` and counts bytes while reading); images whose
+header announces more than ``max_pixels`` get 413 before any pixel is decoded;
+images that are not JPEG, PNG, WebP, BMP or TIFF, or do not decode, get 400
+with the reason. Memory the decoding adds is then bounded by
+``decode_slots × max_pixels × 8`` bytes (``serve.limits.decode_memory_bound``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
 
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from vprdistill.deploy.inputs import ImageLoadError, decode_image_bytes
+from vprdistill.deploy.inputs import ImageLoadError, ImageTooLargeError, check_image_header, decode_image_file
 from vprdistill.deploy.localizer import Localizer
 from vprdistill.serve.auth import api_key_dependency
+from vprdistill.serve.limits import DEFAULT_DECODE_SLOTS, DEFAULT_MAX_PIXELS, decode_memory_bound
 
 UPLOAD_FIELD = "image"
 MAX_TOPK = 100
@@ -51,20 +62,51 @@ _UPLOAD_SCHEMA = {
 }
 
 
-class _SerialisedLocalizer:
-    """Decodes in the calling thread, runs the model and search one request at a time."""
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, as ``json.dumps`` writes it by default.
 
-    def __init__(self, localizer: Localizer) -> None:
+    Index paths read from file names that are not valid UTF-8 hold surrogate
+    escapes (``\\udce9`` for the byte 0xe9), which UTF-8 cannot encode: escaped,
+    they come out as ``vprdistill localize --json`` prints them, and
+    ``os.fsencode(path)`` gives back the bytes of the file name.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class _Pipeline:
+    """Header check, then decoding in ``decode_slots`` threads of its own, then one forward pass at a time.
+
+    Decodes run in a pool of their own rather than in Starlette's 40 threads
+    under a semaphore: glibc gives each thread that allocates a large image a
+    heap of its own and keeps freed pages there, so with a semaphore of two,
+    16 simultaneous 40 MP uploads still added 1.2 GB to the peak; in two
+    threads of their own they add 0.33 GB (BENCHMARKS.md, serve-load).
+    """
+
+    def __init__(self, localizer: Localizer, max_pixels: int, decode_slots: int) -> None:
         self.localizer = localizer
-        self.lock = threading.Lock()
+        self.max_pixels = max_pixels
+        self.decoder = ThreadPoolExecutor(max_workers=decode_slots, thread_name_prefix="vprdistill-decode")
+        self.model_lock = threading.Lock()
 
-    def __call__(self, data: bytes, name: str, topk: int) -> dict[str, Any]:
-        image = decode_image_bytes(data, name=name)
+    async def __call__(self, file: BinaryIO, name: str, topk: int) -> dict[str, Any]:
+        # Refused from the header before queueing for a decode slot.
+        await run_in_threadpool(check_image_header, file, name, self.max_pixels)
+        batch = await asyncio.get_running_loop().run_in_executor(self.decoder, self._prepare, file, name)
+        return await run_in_threadpool(self._answer, batch, name, topk)
+
+    def _prepare(self, file: BinaryIO, name: str) -> torch.Tensor:
+        # Only the network's input, `(1, 3, H, W)`, leaves the decode thread: a request waiting
+        # for the model never holds a full-size decoded photo.
+        return self.localizer.prepare(decode_image_file(file, name, self.max_pixels))[None]
+
+    def _answer(self, batch: torch.Tensor, name: str, topk: int) -> dict[str, Any]:
         start = time.perf_counter()
-        with self.lock:
-            result = self.localizer.localize(image, topk=topk)[0]
+        with self.model_lock:
+            result = self.localizer.match(self.localizer.describe_batch(batch), topk, [name])[0]
         record = result.to_dict()
-        record["source"] = name
         record["elapsed_ms"] = 1e3 * (time.perf_counter() - start)
         return record
 
@@ -89,36 +131,57 @@ def _info(localizer: Localizer) -> dict[str, Any]:
     }
 
 
-def create_app(localizer: Localizer, max_upload_bytes: int, api_key: str | None = None) -> FastAPI:
-    """The service for ``localizer``; bodies above ``max_upload_bytes`` get 413; with ``api_key``,
-    ``/info`` and ``/localize`` need it (401 otherwise)."""
-    if max_upload_bytes < 1:
-        raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+def create_app(
+    localizer: Localizer,
+    max_upload_bytes: int,
+    api_key: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_slots: int = DEFAULT_DECODE_SLOTS,
+) -> FastAPI:
+    """The service for ``localizer``; bodies above ``max_upload_bytes`` and images above ``max_pixels``
+    get 413; at most ``decode_slots`` uploads are decoded at once; with ``api_key``, ``/info`` and
+    ``/localize`` need it (401 otherwise)."""
+    for label, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
+                         ("decode_slots", decode_slots)):  # fmt: skip
+        if value < 1:
+            raise ValueError(f"{label} must be positive, got {value}")
     app = FastAPI(title="vprdistill localisation service", max_body_size=int(max_upload_bytes))
     require_key = Depends(api_key_dependency(api_key))
-    run_localizer = _SerialisedLocalizer(localizer)
+    run_localizer = _Pipeline(localizer, int(max_pixels), int(decode_slots))
     info = _info(localizer)
+    info["limits"] = {
+        "max_upload_bytes": int(max_upload_bytes),
+        "max_pixels": int(max_pixels),
+        "decode_slots": int(decode_slots),
+        "decode_memory_bytes": decode_memory_bound(decode_slots, max_pixels),
+    }
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "index_size": info["index_size"]}
+    def health() -> AsciiJSONResponse:
+        return AsciiJSONResponse({"status": "ok", "index_size": info["index_size"]})
 
     @app.get("/info", dependencies=[require_key])
-    def get_info() -> dict[str, Any]:
-        return info
+    def get_info() -> AsciiJSONResponse:
+        return AsciiJSONResponse(info)
 
     @app.post("/localize", dependencies=[require_key], openapi_extra=_UPLOAD_SCHEMA)
-    async def localize(request: Request, topk: int = Query(5, ge=1, le=MAX_TOPK)) -> dict[str, Any]:
+    async def localize(request: Request, topk: int = Query(5, ge=1, le=MAX_TOPK)) -> AsciiJSONResponse:
         # The form is read here, after the key check, so an unauthorised client never gets its upload parsed.
         form = await request.form(max_files=1, max_fields=1)
-        upload = form.get(UPLOAD_FIELD)
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, detail=f"send the image as a multipart file field named '{UPLOAD_FIELD}'")
-        data = await upload.read()
-        name = upload.filename or UPLOAD_FIELD
         try:
-            return await run_in_threadpool(run_localizer, data, name, topk)
-        except ImageLoadError as error:
-            raise HTTPException(400, detail=str(error)) from error
+            upload = form.get(UPLOAD_FIELD)
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(400, detail=f"send the image as a multipart file field named '{UPLOAD_FIELD}'")
+            name = upload.filename or UPLOAD_FIELD
+            try:
+                # Decoded from Starlette's spooled file: an upload above 1 MB is read from disk, not held in memory.
+                record = await run_localizer(upload.file, name, topk)
+            except ImageTooLargeError as error:
+                raise HTTPException(413, detail=str(error)) from error
+            except ImageLoadError as error:
+                raise HTTPException(400, detail=str(error)) from error
+            return AsciiJSONResponse(record)
+        finally:
+            await form.close()
 
     return app

@@ -20,7 +20,16 @@ Methods are configs, not subclasses. Two names exist:
             loss: {name: structural, w_hard: 0.0, weighting: {name: partition}}
 
 The total loss is the sum of each teacher's loss (each loss carries its own
-hard triplet weight ``w_hard``, so set it to 0 on all teachers but one).
+hard triplet weight ``w_hard``, so set it to 0 on all teachers but one). With
+two or more teachers, each teacher's terms are logged under its input kind and
+position in the list (``rgb0/soft``, ``seg1/kl``, ``rgb0/total``); ``total`` is
+the sum.
+
+A teacher spec takes ``run`` (required), ``input`` (``rgb`` or ``seg``),
+``loss``, ``image_size`` (default: the student's) and ``cache_dir``. A teacher
+is re-run on each batch only when it reads exactly what the student reads
+(same input kind and image size) and augmentation makes each view unique;
+otherwise its descriptors come from its cache of the un-augmented split.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from vprdistill.train.teacher import FrozenTeacher
 from vprdistill.train.tuples import TupleBatch, gather_cached_descriptors, split_tuple_descriptors
 
 METHOD_NAMES = ("triplet", "distill")
+TEACHER_KEYS = ("run", "input", "loss", "image_size", "cache_dir")
 
 
 @dataclass
@@ -60,24 +70,45 @@ class TrainingMethod:
         self.name = spec.pop("name")
         if self.name not in METHOD_NAMES:
             raise ValueError(f"method.name must be one of {', '.join(METHOD_NAMES)}, got {self.name!r}")
-        margin = config.mining.margin
+        # Mining with the teacher reads the first teacher's cache, whatever the batches use.
+        self.mines_with_teacher = config.mining.cache_model == "teacher"
+        if self.mines_with_teacher and self.name != "distill":
+            raise ValueError(
+                f"mining.cache_model: teacher mines with the first teacher's descriptors, so it needs "
+                f"method.name: distill (got {self.name!r}); use mining.cache_model: student"
+            )
+        # Loss margins come from each loss spec (or the loss's documented default, 0.1), never
+        # from mining.margin: the mining margin and the loss margin are separate settings.
         self.teachers: list[TeacherSlot] = []
         if self.name == "triplet":
             loss_spec = dict(spec.pop("loss", {"name": "triplet"}))
-            loss_spec.setdefault("margin", margin)
             self.student_loss = build_loss(loss_spec)
         else:
             self.student_loss = None
             teacher_specs = spec.pop("teachers", None)
-            if not teacher_specs:
-                raise ValueError("method 'distill' needs a non-empty 'teachers' list")
+            if not teacher_specs or not isinstance(teacher_specs, (list, tuple)):
+                raise ValueError(
+                    f"method 'distill' needs a non-empty 'teachers' list, got method.teachers={teacher_specs!r}"
+                )
             for position, teacher_spec in enumerate(teacher_specs):
+                if not isinstance(teacher_spec, dict):
+                    # A config error, reported like the others (the CLI prints ValueErrors plainly).
+                    raise ValueError(  # noqa: TRY004
+                        f"method.teachers[{position}]: expected a mapping with 'run', 'input', 'loss', "
+                        f"got {teacher_spec!r}"
+                    )
                 teacher_spec = dict(teacher_spec)
                 if "run" not in teacher_spec:
                     raise ValueError(f"method.teachers[{position}]: missing 'run' (the teacher's run folder or checkpoint)")
+                # A misspelt key (say 'inputs: seg') would otherwise fall back to a default silently.
+                unknown = sorted(set(teacher_spec) - set(TEACHER_KEYS))
+                if unknown:
+                    raise ValueError(
+                        f"method.teachers[{position}]: unknown key(s) {', '.join(unknown)}; "
+                        f"valid keys: {', '.join(TEACHER_KEYS)}"
+                    )
                 input_kind = teacher_spec.get("input", "rgb")
                 loss_spec = dict(teacher_spec.get("loss", {"name": "soft_cross_metric"}))
-                loss_spec.setdefault("margin", margin)
                 teacher = FrozenTeacher(
                     teacher_spec["run"],
                     input_kind=input_kind,
@@ -89,10 +120,15 @@ class TrainingMethod:
                     cache_dir=teacher_spec.get("cache_dir"),
                     progress=config.progress,
                 )
-                # A segmentation teacher sees different inputs from the student, so its
-                # descriptors always come from the cache; an RGB teacher is re-run on the
-                # batch only when augmentation makes each view unique.
-                use_cache = input_kind == "seg" or not config.data.augment
+                # The batch holds the student's inputs: a teacher that reads other files
+                # (segmentation maps for an RGB student, or RGB for a seg student) or another
+                # size cannot be run on it, so its descriptors come from the cache. A teacher
+                # that reads the same inputs is re-run only when augmentation makes each view
+                # unique; without augmentation the cache holds exactly what it would compute.
+                reads_student_inputs = input_kind == config.data.input and teacher.image_size == tuple(
+                    int(s) for s in config.data.image_size
+                )
+                use_cache = not (config.data.augment and reads_student_inputs)
                 self.teachers.append(
                     TeacherSlot(f"{input_kind}{position}", teacher, build_loss(loss_spec), use_cache)
                 )
@@ -100,15 +136,21 @@ class TrainingMethod:
             raise ValueError(f"method '{self.name}': unknown key(s) {', '.join(sorted(spec))}")
 
     def prepare(self, train_dataset: PlaceDataset) -> None:
-        """Compute (or read back) the teachers' descriptor caches of the training split."""
-        for slot in self.teachers:
-            if slot.use_cache:
+        """Compute (or read back) the teachers' descriptor caches of the training split.
+
+        The first teacher's cache is also built when ``mining.cache_model: teacher``,
+        even if its batches are re-run for augmentation: mining reads un-augmented images.
+        """
+        for position, slot in enumerate(self.teachers):
+            if slot.use_cache or (position == 0 and self.mines_with_teacher):
                 slot.queries, slot.database = slot.teacher.cached_descriptors(train_dataset)
 
     def mining_descriptors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first teacher's cached (queries, database) descriptors, for ``mining.cache_model: teacher``."""
-        if not self.teachers or self.teachers[0].queries is None:
-            raise ValueError("mining.cache_model: teacher needs a distillation method whose first teacher is cached")
+        """The first teacher's cached descriptors: queries (M, D) and database (N, D), for ``mining.cache_model: teacher``."""
+        if not self.teachers:
+            raise ValueError("mining.cache_model: teacher needs method.name: distill with at least one teacher")
+        if self.teachers[0].queries is None:
+            raise RuntimeError("TrainingMethod.mining_descriptors: call prepare(train_dataset) first")
         return self.teachers[0].queries, self.teachers[0].database
 
     def loss(self, batch: TupleBatch, student: TupleDescriptors) -> LossOutput:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vprdistill.data.place_dataset import PlaceDataset
@@ -82,7 +83,7 @@ class FrozenTeacher:
         self.progress = progress
         self.fingerprint = model_fingerprint(self.model)
 
-    def train(self, mode: bool = True) -> "FrozenTeacher":
+    def train(self, mode: bool = True) -> FrozenTeacher:
         """A frozen teacher ignores requests to leave eval mode (no dropout, no BatchNorm updates)."""
         self.model.eval()
         return self
@@ -109,9 +110,16 @@ class FrozenTeacher:
         if cache_file.is_file():
             try:
                 tensors = load_file(str(cache_file))
+                queries, database = tensors["queries"], tensors["database"]
+                # A cache whose rows do not match the image lists would silently pair
+                # descriptors with the wrong images; it is rebuilt like a damaged one.
+                if queries.dim() != 2 or queries.shape[0] != len(query_paths):
+                    raise ValueError(f"queries are {tuple(queries.shape)} for {len(query_paths)} images")
+                if database.dim() != 2 or database.shape[0] != len(database_paths):
+                    raise ValueError(f"database is {tuple(database.shape)} for {len(database_paths)} images")
                 logger.info("teacher %s: descriptors read from cache %s", self.source, cache_file)
-                return tensors["queries"], tensors["database"]
-            except Exception as error:  # a damaged cache is rebuilt rather than trusted
+                return queries, database
+            except (SafetensorError, OSError, KeyError, ValueError) as error:  # a damaged cache is rebuilt
                 logger.warning("teacher cache %s is unreadable (%s); recomputing", cache_file, error)
         queries = self.describe_paths(query_paths, "teacher: queries")
         database = self.describe_paths(database_paths, "teacher: database")
