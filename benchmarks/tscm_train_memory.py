@@ -19,7 +19,9 @@ Writes BENCHMARKS.md section ``tscm-train-memory-<device>``.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--tuples", type=int, default=1, help="tuples in the measured step (the presets use 8)")
     parser.add_argument("--negatives", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -116,10 +119,20 @@ def main() -> None:
         ("TSCM teacher, official", "tscm/pitts30k-teacher-official", None),
         ("TSCM student + frozen teacher", "tscm/pitts30k-student", "tscm/pitts30k-teacher"),
     ]
+    if args.case is not None:
+        _, preset, teacher_preset = cases[args.case]
+        print(json.dumps(measure(preset, teacher_preset, images_per_step, device)))
+        return
     gib = 2**30
     rows = []
-    for label, preset, teacher_preset in cases:
-        figures = measure(preset, teacher_preset, images_per_step, device)
+    for index, (label, preset, teacher_preset) in enumerate(cases):
+        # A fresh process per case: the peak resident memory of a process only ever grows.
+        child = [sys.executable, __file__, "--device", args.device, "--tuples", str(args.tuples),
+                 "--negatives", str(args.negatives), "--case", str(index)]
+        if args.threads:
+            child += ["--threads", str(args.threads)]
+        output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        figures = json.loads(output.strip().splitlines()[-1])
         activations = max(figures["step_growth"] - figures["fixed_step"], 0)
         at_eight = figures["weights"] + figures["fixed_step"] + activations * 8 / args.tuples
         if teacher_preset:
