@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import yaml
 
+from vprdistill.eval.statistics import mean_interval
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
 
@@ -61,3 +62,9 @@ def mean_and_spread(values: Sequence[float]) -> str:
     """``mean ± std`` over seeds (population std; one seed gives ± 0.0)."""
     array = np.asarray(values, dtype=float)
     return f"{array.mean():.1f} ± {array.std():.1f}"
+
+
+def mean_and_interval(values: Sequence[float], level: float = 0.95) -> str:
+    """``mean [low, high]``: the Student-t interval of the mean over seeds (one seed gives the mean alone)."""
+    mean, low, high = mean_interval(values, level)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} [{low:.1f}, {high:.1f}]"

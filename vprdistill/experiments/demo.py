@@ -4,7 +4,9 @@ Generates (or reuses) SynthCity, trains the tiny TSCM teacher, distils the
 tiny student with cross-metric KD and without KD, trains the StructVPR
 seg-branch and the weighted RGB student, trains one student from both
 teachers at once, evaluates every model on the test split (overall and per
-query condition) and writes ``report.md`` / ``report.html``.
+query condition) beside its baselines — the ``thumbnail-16`` preset and each
+network untrained (same config and seed) — with 95 % bootstrap intervals and
+paired comparisons, and writes ``report.md`` / ``report.html``.
 
 Every model is an ordinary run folder under ``OUT/runs/``: usable with
 ``eval``, ``index``, ``localize`` and ``export``. Re-running the demo resumes
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from vprdistill.experiments.evaluation import evaluate_run, machine_line, retrieval_grid
+from vprdistill.experiments.baselines import THUMBNAIL_PRESET, evaluate_run_row, thumbnail_row, untrained_row
+from vprdistill.experiments.evaluation import machine_line, retrieval_grid
 from vprdistill.experiments.plots import recall_against_speed, recall_curves, recall_per_condition
 from vprdistill.experiments.report import summary_table, text_table, write_report
 from vprdistill.experiments.rows import ResultRow
@@ -64,26 +67,56 @@ class DemoModel:
 SEG_BRANCH_KEY = "structvpr-seg"  # the one demo model that reads segmentation maps, not photos
 
 DEMO_MODELS = [
-    DemoModel("tscm-teacher", "tscm/synth-teacher-tiny", "TSCM teacher",
-              "ResNet stage-3 + ViT + inter-transformer with three NetVLAD-Loupe heads (the heavy model)."),
-    DemoModel("tscm-student-nokd", "tscm/synth-student-tiny-nokd", "TSCM student, no KD",
-              "The light student (ResNet stage-3 GeM + patch-embedding VLAD) trained alone with triplets."),
-    DemoModel("tscm-student-cm", "tscm/synth-student-tiny", "TSCM student, cross-metric KD",
-              "The same student distilled from the frozen teacher with soft + cross-metric KD (TSCM).",
-              teachers=[{"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}}]),
-    DemoModel("structvpr-seg", "structvpr/synth-seg-tiny", "StructVPR seg-branch",
-              "A CNN that sees only one-hot structural maps (road, building, sky, ...); not run at test time "
-              "on real images, shown here on ground-truth maps."),
-    DemoModel("structvpr-rgb", "structvpr/synth-rgb-tiny", "StructVPR RGB, weighted KD",
-              "An RGB CNN with triplet loss + partition-weighted structural distillation from the seg-branch.",
-              teachers=[{"run": "structvpr-seg", "input": "seg",
-                         "loss": {"name": "structural", "weighting": {"name": "partition"}}}]),
-    DemoModel("combined-student", "combined/synth-student-tiny", "Student from both teachers",
-              "The TSCM student with cross-metric KD from the TSCM teacher and weighted structural KD from "
-              "the seg-branch at once (neither paper does this).",
-              teachers=[{"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}},
-                        {"run": "structvpr-seg", "input": "seg",
-                         "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}}}]),
+    DemoModel(
+        "tscm-teacher",
+        "tscm/synth-teacher-tiny",
+        "TSCM teacher",
+        "ResNet stage-3 + ViT + inter-transformer with three NetVLAD-Loupe heads (the heavy model).",
+    ),
+    DemoModel(
+        "tscm-student-nokd",
+        "tscm/synth-student-tiny-nokd",
+        "TSCM student, no KD",
+        "The light student (ResNet stage-3 GeM + patch-embedding VLAD) trained alone with triplets.",
+    ),
+    DemoModel(
+        "tscm-student-cm",
+        "tscm/synth-student-tiny",
+        "TSCM student, cross-metric KD",
+        "The same student distilled from the frozen teacher with soft + cross-metric KD (TSCM).",
+        teachers=[{"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}}],
+    ),
+    DemoModel(
+        "structvpr-seg",
+        "structvpr/synth-seg-tiny",
+        "StructVPR seg-branch",
+        "A CNN that sees only one-hot structural maps (road, building, sky, ...); not run at test time "
+        "on real images, shown here on ground-truth maps.",
+    ),
+    DemoModel(
+        "structvpr-rgb",
+        "structvpr/synth-rgb-tiny",
+        "StructVPR RGB, weighted KD",
+        "An RGB CNN with triplet loss + partition-weighted structural distillation from the seg-branch.",
+        teachers=[
+            {"run": "structvpr-seg", "input": "seg", "loss": {"name": "structural", "weighting": {"name": "partition"}}}
+        ],
+    ),
+    DemoModel(
+        "combined-student",
+        "combined/synth-student-tiny",
+        "Student from both teachers",
+        "The TSCM student with cross-metric KD from the TSCM teacher and weighted structural KD from "
+        "the seg-branch at once (neither paper does this).",
+        teachers=[
+            {"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}},
+            {
+                "run": "structvpr-seg",
+                "input": "seg",
+                "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}},
+            },
+        ],
+    ),
 ]
 
 
@@ -112,7 +145,10 @@ def run_demo(
     threads: int | None = None,
     dataset: str | Path | None = None,
 ) -> tuple[Path, Path, list[ResultRow]]:
-    """Run the demo; returns the paths of ``report.md`` and ``report.html`` and the table rows."""
+    """Run the demo; returns the paths of ``report.md`` and ``report.html`` and the trained models' rows.
+
+    ``results.json`` holds those rows and, under ``baselines``, the thumbnail and untrained rows.
+    """
     from vprdistill.data.readers import open_dataset
     from vprdistill.data.synth import generate
 
@@ -124,24 +160,31 @@ def run_demo(
     runs = out_dir / "runs"
     stages = [Stage("data", f"SynthCity '{budget.synth_preset}' dataset", 1.0)]
     stages += [Stage(m.key, f"train {m.name}", 3.0 if m.key == "tscm-teacher" else 2.0) for m in DEMO_MODELS]
-    stages += [Stage("eval", "evaluate every model on the test split", 1.5), Stage("report", "write the report", 0.3)]
+    stages += [
+        Stage("eval", "evaluate every model on the test split", 1.5),
+        Stage("baselines", "evaluate the baselines: thumbnail-16 and every network untrained", 0.8),
+        Stage("report", "write the report", 0.3),
+    ]
     progress = StageProgress(stages)
 
     if dataset is None:
-        progress.run("data", lambda: generate(dataset_dir, preset=budget.synth_preset, seed=seed,
-                                              image_size=max(budget.image_size, 64)))
+        progress.run(
+            "data",
+            lambda: generate(dataset_dir, preset=budget.synth_preset, seed=seed, image_size=max(budget.image_size, 64)),
+        )
     else:
         progress.run("data", lambda: None)
     commands: dict[str, str] = {}
+    configs = {}
     for model in DEMO_MODELS:
         overrides = _overrides(model, budget, dataset_dir, runs, seed) + [f"device={torch_device.type}"]
         run_dir = runs / model.key
         config = load_config(model.preset, overrides)
+        configs[model.key] = config
         resume = (run_dir / "last_state.pt").is_file()
         progress.run(model.key, lambda c=config, r=run_dir, again=resume: train(c, r, resume=again))
         commands[model.key] = (
-            "vprdistill train " + model.preset + " " + " ".join(shlex.quote(o) for o in overrides)
-            + f" --out {run_dir}"
+            "vprdistill train " + model.preset + " " + " ".join(shlex.quote(o) for o in overrides) + f" --out {run_dir}"
         )
 
     test_set = open_dataset(dataset_dir, split="test")
@@ -151,22 +194,55 @@ def run_demo(
         rows = []
         for model in DEMO_MODELS:
             input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
-            eval_command = (f"vprdistill eval --model {runs / model.key} --dataset {dataset_dir} --split test "
-                            f"--image-size {budget.image_size}" + (" --input seg" if input_kind == "seg" else ""))
-            rows.append(evaluate_run(
-                runs / model.key, test_set, model.name, model.description, image_size=image_size,
-                device=torch_device, input_kind=input_kind,
-                command=commands[model.key] + "\n  " + eval_command,
-            ))
+            eval_command = (
+                f"vprdistill eval --model {runs / model.key} --dataset {dataset_dir} --split test "
+                f"--image-size {budget.image_size}" + (" --input seg" if input_kind == "seg" else "")
+            )
+            rows.append(
+                evaluate_run_row(
+                    runs / model.key,
+                    test_set,
+                    model.name,
+                    model.description,
+                    image_size=image_size,
+                    device=torch_device,
+                    input_kind=input_kind,
+                    command=commands[model.key] + "\n  " + eval_command,
+                )
+            )
         return rows
 
     rows = progress.run("eval", evaluate_all)
 
+    def evaluate_baselines() -> list[ResultRow]:
+        # One evaluation each: the untrained networks are the runs' starting points, not trained again.
+        baselines = [
+            thumbnail_row(
+                test_set,
+                image_size,
+                torch_device,
+                command=(
+                    f"vprdistill eval --model {THUMBNAIL_PRESET} --dataset {dataset_dir} --split test "
+                    f"--image-size {budget.image_size}"
+                ),
+            )
+        ]
+        for model in DEMO_MODELS:
+            input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
+            baselines.append(
+                untrained_row(configs[model.key], test_set, model.name, image_size, torch_device, input_kind=input_kind)
+            )
+        return baselines
+
+    baselines = progress.run("baselines", evaluate_baselines)
+
     def report() -> tuple[Path, Path]:
+        # The figures show the trained models and the parameter-free floor they must clear.
+        floor = [row for row in baselines if row.kind == "baseline"]
         figures = {
-            "recall_at_n": recall_curves(rows),
-            "recall_per_condition": recall_per_condition(rows),
-            "recall_vs_speed": recall_against_speed(rows),
+            "recall_at_n": recall_curves([*rows, *floor]),
+            "recall_per_condition": recall_per_condition([*rows, *floor]),
+            "recall_vs_speed": recall_against_speed([*rows, *floor]),
         }
         # The sample grids show the best model a user could deploy: one that reads photos.
         rgb_models = [(m, r) for m, r in zip(DEMO_MODELS, rows) if m.key != SEG_BRANCH_KEY]
@@ -177,19 +253,33 @@ def run_demo(
             grid = retrieval_grid(runs / best_key, test_set, condition, image_size=image_size, device=torch_device)
             if grid is not None:
                 grids[f"{condition} queries, {best.name}"] = grid
-        meta = (f"{machine_line()}; {datetime.date.today().isoformat()}; budget: "
-                f"{'quick' if quick else 'full'} ({budget.epochs} epochs, {budget.max_train_queries} training "
-                f"queries per epoch, {budget.image_size}x{budget.image_size} px); "
-                f"{test_set.num_queries} test queries against {test_set.num_database} database images; seed {seed}")
-        intro = ("Every model below was trained by `vprdistill demo` on the built-in SynthCity data and evaluated "
-                 "on its test split: database images by day, queries under changing time of day, weather and "
-                 "season. Recall@N counts a query as found when one of its top N database images lies within "
-                 "25 m.")
-        return write_report(out_dir, "vprdistill demo report", intro, rows, figures, grids, meta)
+        meta = (
+            f"{machine_line()}; {datetime.date.today().isoformat()}; budget: "
+            f"{'quick' if quick else 'full'} ({budget.epochs} epochs, {budget.max_train_queries} training "
+            f"queries per epoch, {budget.image_size}x{budget.image_size} px); "
+            f"{test_set.num_queries} test queries against {test_set.num_database} database images; seed {seed}"
+        )
+        intro = (
+            "Every model below was trained by `vprdistill demo` on the built-in SynthCity data and evaluated "
+            "on its test split: database images by day, queries under changing time of day, weather and "
+            "season. Recall@N counts a query as found when one of its top N database images lies within "
+            "25 m. Intervals are 95 % percentile bootstrap intervals over the test queries (10,000 "
+            "resamples)."
+        )
+        return write_report(out_dir, "vprdistill demo report", intro, rows, figures, grids, meta, baselines=baselines)
 
     md_path, html_path = progress.run("report", report)
-    atomic_write_json(out_dir / "results.json", {"rows": [row.to_dict() for row in rows], "quick": quick, "seed": seed})
+    atomic_write_json(
+        out_dir / "results.json",
+        {
+            "rows": [row.to_dict() for row in rows],
+            "baselines": [row.to_dict() for row in baselines],
+            "quick": quick,
+            "seed": seed,
+        },
+    )
     total = progress.finish()
     print("\n" + text_table(summary_table(rows)))
+    print("\nbaselines\n" + text_table(summary_table(baselines)))
     print(f"\nreport: {html_path}  (and {md_path}); total time {total / 60:.1f} min")
     return md_path, html_path, rows

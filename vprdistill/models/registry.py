@@ -1,7 +1,7 @@
 """Presets and ``build_model``: a model is a config dict of named parts, not a subclass.
 
 A config names its ``architecture`` (``generic``, ``tscm-teacher``,
-``tscm-student``) and that architecture's parts: backbone specs (any timm
+``tscm-student``, ``thumbnail``) and that architecture's parts: backbone specs (any timm
 name, or ``torchvision:<arch>``), aggregator specs (:data:`AGGREGATORS`) and a
 fusion spec (:data:`FUSIONS`). A preset is such a dict with a name; a config
 may start from one and override it key by key, nested dicts merged::
@@ -25,12 +25,14 @@ from vprdistill.models.fusion import FUSIONS
 from vprdistill.models.generic import build_generic_net
 from vprdistill.models.options import call_with_options
 from vprdistill.models.place_model import PlaceModel
+from vprdistill.models.thumbnail import build_thumbnail_net
 from vprdistill.models.tscm import build_tscm_student_net, build_tscm_teacher_net
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "generic": build_generic_net,
     "tscm-teacher": build_tscm_teacher_net,
     "tscm-student": build_tscm_student_net,
+    "thumbnail": build_thumbnail_net,
 }
 
 # ResNets carry torchvision's ImageNet weights (timm tag ``tv_in1k``), as the reference
@@ -57,6 +59,8 @@ _OFFICIAL_FUSION = {
 DEFAULT_STRUCTURAL_CLASSES = 10
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # The untrained floor (thumbnail.py): the image shrunk to 16×16, centred per channel; no parameters.
+    "thumbnail-16": {"architecture": "thumbnail", "size": 16, "interpolation": "area", "centre": "channel"},
     # Baselines, CosPlace-style: GeM then a linear layer.
     "resnet18-gem": {
         "architecture": "generic",
@@ -198,6 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: One line per preset, for listings; "official code" marks the TSCM structure of the official
 #: implementation, "our choice" the project's own variants.
 PRESET_DESCRIPTIONS: dict[str, str] = {
+    "thumbnail-16": "baseline without parameters: 16x16 area-averaged colour thumbnail, per-channel centred -> 768",
     "resnet18-gem": "ResNet-18 + GeM + linear -> 512 (CosPlace-style baseline)",
     "resnet50-gem": "ResNet-50 + GeM + linear -> 2048 (CosPlace-style baseline)",
     "resnet18-netvlad": "ResNet-18 to layer3 + NetVLAD, 64 clusters -> 16384",

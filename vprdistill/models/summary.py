@@ -40,7 +40,10 @@ def summarize(model: PlaceModel, image_size: int | Sequence[int] = 224) -> dict[
         ``total_parameters``, ``trainable_parameters``, ``flops``.
     """
     height, width = image_hw(image_size)
-    parameter = next(model.parameters())
+    # A parameter-free model (the thumbnail baseline) has buffers at most: take the device from those.
+    parameter = next(iter(model.parameters()), None)
+    if parameter is None:
+        parameter = next(iter(model.buffers()), torch.zeros(()))
     qualified = {id(module): name for name, module in model.named_modules()}
     root = type(model).__name__
     counter = FlopCounterMode(display=False)

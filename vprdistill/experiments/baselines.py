@@ -1,0 +1,133 @@
+"""Rows a trained model is read against: the thumbnail baseline and the same network before training.
+
+A trained model has learnt something only where it beats both: the
+``thumbnail-16`` preset (no parameters, models/thumbnail.py) and its own
+network as training started it — the same config, the same seed, the same
+ImageNet weights or none, but no training step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.data.structural import StructuralClassMap
+from vprdistill.eval.evaluate import evaluate_model
+from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
+from vprdistill.experiments.rows import ResultRow, row_from_result
+from vprdistill.models.checkpoint import load_model
+from vprdistill.models.place_model import PlaceModel
+from vprdistill.models.registry import build_model
+from vprdistill.train.config import TrainConfig
+from vprdistill.utils.seed import seed_everything
+
+THUMBNAIL_PRESET = "thumbnail-16"
+THUMBNAIL_NAME = "thumbnail-16 (no training)"
+THUMBNAIL_DESCRIPTION = (
+    "Baseline without parameters: the image shrunk to 16x16 by area averaging, each colour channel centred on "
+    "its own mean, L2-normalised; searched by inner product like every model."
+)
+
+
+def evaluate_model_row(
+    model: PlaceModel,
+    test_set: PlaceDataset,
+    name: str,
+    description: str,
+    image_size: tuple[int, int],
+    device: torch.device | str,
+    input_kind: str = "rgb",
+    command: str = "",
+    run_dir: str = "",
+    kind: str = "trained",
+    baseline_for: str = "",
+    batch_size: int = 32,
+    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
+) -> ResultRow:
+    """Evaluate ``model`` on ``test_set`` into a row with per-query hits and 95 % bootstrap intervals."""
+    result = evaluate_model(
+        model,
+        test_set,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+        input_kind=input_kind,
+        progress=False,
+        queries_without_positive=queries_without_positive,
+    )
+    return row_from_result(
+        result,
+        name,
+        description,
+        parameters=sum(p.numel() for p in model.parameters()),
+        run_dir=run_dir,
+        command=command,
+        kind=kind,
+        baseline_for=baseline_for,
+    )
+
+
+def evaluate_run_row(run_dir: Path, test_set: PlaceDataset, name: str, description: str, **options) -> ResultRow:
+    """:func:`evaluate_model_row` of the best checkpoint of ``run_dir`` (options as there)."""
+    model = load_model(run_dir, device=options.get("device", "cpu"))
+    return evaluate_model_row(model, test_set, name, description, run_dir=str(run_dir), **options)
+
+
+def untrained_model(config: TrainConfig) -> PlaceModel:
+    """The network ``train(config)`` starts from: seeded with ``config.seed``, built as training builds it.
+
+    ImageNet weights are loaded when the config asks for them (and has no
+    ``init_from``); a seg-input model carries the config's structural class map,
+    so that it reads the segmentation maps as the trained one does.
+    """
+    model_config = config.model if isinstance(config.model, dict) else {"preset": config.model}
+    seed_everything(config.seed)
+    pretrained = bool(config.pretrained) and not config.init_from
+    model = build_model(dict(model_config, image_size=list(config.data.image_size)), pretrained=pretrained)
+    if config.data.input == "seg":
+        model.structural_class_map = StructuralClassMap.from_yaml(source=config.data.structural_source)
+    return model.eval()
+
+
+def untrained_row(
+    config: TrainConfig,
+    test_set: PlaceDataset,
+    trained_name: str,
+    image_size: tuple[int, int],
+    device: torch.device | str,
+    input_kind: str = "rgb",
+    command: str = "",
+) -> ResultRow:
+    """The row of ``trained_name``'s network before training (``<name>, untrained``)."""
+    model = untrained_model(config).to(device)
+    start = "ImageNet weights" if config.pretrained and not config.init_from else "random initialisation"
+    return evaluate_model_row(
+        model,
+        test_set,
+        f"{trained_name}, untrained",
+        f"The network of '{trained_name}' at its {start} (seed {config.seed}), before any training step.",
+        image_size=image_size,
+        device=device,
+        input_kind=input_kind,
+        command=command,
+        kind="untrained",
+        baseline_for=trained_name,
+    )
+
+
+def thumbnail_row(
+    test_set: PlaceDataset, image_size: tuple[int, int], device: torch.device | str, command: str = ""
+) -> ResultRow:
+    """The ``thumbnail-16`` baseline on ``test_set`` (photos, fed at ``image_size`` as the models are)."""
+    return evaluate_model_row(
+        build_model(THUMBNAIL_PRESET).to(device),
+        test_set,
+        THUMBNAIL_NAME,
+        THUMBNAIL_DESCRIPTION,
+        image_size=image_size,
+        device=device,
+        command=command,
+        kind="baseline",
+    )
