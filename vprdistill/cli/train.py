@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from pathlib import Path
 
 from vprdistill.cli.common import add_device_args
@@ -14,24 +15,53 @@ EPILOG = """examples:
   vprdistill train --resume runs/teacher epochs=20      # continue, with a larger epoch budget
 
 CONFIG is a YAML file or the name of a packaged preset (`vprdistill train --list`).
-Overrides are key=value with dotted keys; values are parsed as YAML."""
+Overrides are key=value with dotted keys; values are parsed as YAML and checked
+against each key's type.
+
+--resume continues the run from its last finished epoch. Only these keys may differ
+from its config.yaml (optim values apply from the next epoch):
+  {safe}.
+A change of any other key is refused before anything is written. One training
+writes a run folder at a time; a second one is refused (docs/RELIABILITY.md)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vprdistill.train.config import RESUME_SAFE_KEYS
+
     parser = subparsers.add_parser(
         "train",
         help="train a model (baseline, TSCM teacher/student, StructVPR) from a YAML preset",
         description="Train with NetVLAD-style cached hard-negative mining; writes a run folder with the "
         "resolved config, log, metrics.jsonl and best/last checkpoints (safetensors + JSON).",
-        epilog=EPILOG,
+        epilog=EPILOG.format(
+            safe=textwrap.fill(
+                ", ".join(RESUME_SAFE_KEYS), width=84, subsequent_indent="  "
+            )
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML preset (path or packaged name)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 data.image_size=[64,64]")
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>_<timestamp>)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue an interrupted run from its last finished epoch")
-    parser.add_argument("--list", action="store_true", help="list the packaged presets and exit")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides, e.g. optim.lr=1e-4 data.image_size=[64,64]",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default: runs/<name>_<timestamp>)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last finished epoch",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the packaged presets and exit"
+    )
     add_device_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
@@ -53,12 +83,16 @@ def run(args: argparse.Namespace) -> int:
             overrides.insert(0, args.config)
         config_file = args.resume / "config.yaml"
         if not config_file.is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")
+            raise FileNotFoundError(
+                f"--resume {args.resume}: no config.yaml there (is it a run folder?)"
+            )
         config = load_config(config_file, overrides + _device_overrides(args))
         out = args.resume
     else:
         if not args.config:
-            raise ValueError("give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR")
+            raise ValueError(
+                "give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR"
+            )
         config = load_config(args.config, overrides + _device_overrides(args))
         out = args.out or timestamped_run_dir("runs", config.name)
     if args.no_progress:
@@ -67,8 +101,15 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 0
     print(f"run folder: {result.run_dir}")
-    print(f"best validation R@1: {result.best_recall_at_1:.2f} (epoch {result.best_epoch}), epochs run: {result.epochs_run}"
-          + (" (stopped early)" if result.stopped_early else ""))
+    best = (
+        f"best validation R@1: {result.best_recall_at_1:.2f} (epoch {result.best_epoch})"
+        if result.best_recall_at_1 >= 0
+        else f"no validation split: the best checkpoint is the last epoch's ({result.best_epoch})"
+    )
+    print(
+        f"{best}, epochs run: {result.epochs_run}"
+        + (" (stopped early)" if result.stopped_early else "")
+    )
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vprdistill.deploy.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
+from vprdistill.utils.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
 from vprdistill.deploy.searcher import CompactSearcher
 from vprdistill.deploy.stores import neighbour_recall
 from vprdistill.utils.atomic import atomic_write_json
@@ -84,7 +84,7 @@ def check_destination(folder: str | Path) -> None:
     Refused: a file, a non-empty folder that is not an index, an index or a parent
     folder that cannot be written. Whether another writer holds it is ``index_lock``'s part.
     """
-    from vprdistill.deploy.atomic_folder import check_replaceable
+    from vprdistill.utils.atomic_folder import check_replaceable
 
     folder = Path(folder)
     try:

@@ -4,35 +4,62 @@ A preset is a YAML file (see ``vprdistill/configs/``); every field below has a
 default, so a preset only states what differs. The resolved configuration is
 saved as ``config.yaml`` in each run folder, and a run is reproduced by
 training from that file.
+
+Every value is type-checked when a config is loaded, against the field's type
+below; an error names the key and the type it expects. A number given as a
+string (``1e-4``: YAML 1.1 reads exponents without a dot as strings) is read
+as a float where a float is expected, and an integer where a string is
+expected is read as its text.
+
+On ``--resume`` only the keys of ``RESUME_SAFE_KEYS`` may differ from the
+run's ``config.yaml`` (``resume_changes``); any other change is refused before
+anything is written (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
+
+from vprdistill.eval.recall import QUERIES_WITHOUT_POSITIVE
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 AMP_MODES = ("off", "bf16", "fp16")
 BATCHNORM_MODES = ("batch", "sync", "frozen")
+VIOLATION_RULES = (
+    "margin",
+    "sqrt_margin",
+)  # mining: d_neg < d_pos + margin, or + sqrt(margin)
 
 
 @dataclass
 class DataConfig:
     dataset: str = ""  # dataset root (folder format) or NetVLAD .mat file / folder
+    # Which NetVLAD set (pitts30k, pitts250k, ...) of a folder holding several; with a .mat file or a
+    # folder-format root it must be that dataset's name. A .mat file gives every split its own
+    # <name>_<split>.mat beside it.
+    name: str | None = None
     reader: str = "auto"  # auto | folder | mat
     train_split: str = "train"
     val_split: str = "val"
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W
     input: str = "rgb"  # rgb | seg: what the trained model consumes
-    structural_source: str = "cityscapes"  # label set of the segmentation maps (input: seg)
+    structural_source: str = (
+        "cityscapes"  # label set of the segmentation maps (input: seg)
+    )
     augment: bool = False
     num_workers: int = 0
     skip_bad_images: bool = False
-    max_train_queries: int | None = None  # use a fixed random subset of training queries (small budgets)
+    max_train_queries: int | None = (
+        None  # use a fixed random subset of training queries (small budgets)
+    )
     max_val_queries: int | None = None
 
 
@@ -44,9 +71,21 @@ class MiningConfig:
     negative_radius_m: float = 25.0
     num_negatives: int = 10
     negative_samples: int = 1000
-    margin: float = 0.1
-    refresh_every: int | None = None  # queries between cache refreshes; None = once per epoch
-    cache_model: str = "student"  # student | teacher (the first teacher of a distillation method)
+    # The mining margin must be stated: it is not the loss's margin (each loss states its own,
+    # method...loss.margin, default 0.1), and the two are not tied to each other.
+    margin: float | None = None
+    # margin: keep negatives with d_neg < d_pos + margin. sqrt_margin: d_neg < d_pos + sqrt(margin),
+    # the test of the official TSCM code (from pytorch-NetVlad).
+    violation_rule: str = "margin"
+    carry_negatives: bool = (
+        False  # each query's last kept negatives join its next round's candidates
+    )
+    refresh_every: int | None = (
+        None  # queries between cache refreshes; None = once per epoch
+    )
+    cache_model: str = (
+        "student"  # student | teacher (the first teacher of a distillation method)
+    )
 
 
 @dataclass
@@ -62,8 +101,11 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     name: str = "run"
-    model: Any = "resnet18-gem"  # a preset name or a model config dict
+    model: str | dict = "resnet18-gem"  # a preset name or a model config dict
     pretrained: bool = False
+    # A run folder (or checkpoint) whose best weights the model starts from, e.g. StructVPR's
+    # stage 2 starting the RGB branch from a trained RGB run; the architectures must match.
+    init_from: str | None = None
     method: dict = field(default_factory=lambda: {"name": "triplet"})
     data: DataConfig = field(default_factory=DataConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
@@ -77,10 +119,15 @@ class TrainConfig:
     eval_batch_size: int = 32
     threshold_m: float = 25.0
     recall_ns: list[int] = field(default_factory=lambda: [1, 5, 10])
+    # Validation queries without a database image within threshold_m: count-as-miss (divide by all
+    # queries) | exclude (divide by those with a positive, as the official TSCM code does).
+    queries_without_positive: str = "count-as-miss"
     tensorboard: bool = False
     progress: bool = True
     amp: str = "off"  # off | bf16 | fp16: autocast of the student's forward pass (fp16 on CUDA, with loss scaling)
-    compile: bool = False  # torch.compile the student; falls back to eager mode with a warning
+    compile: bool = (
+        False  # torch.compile the student; falls back to eager mode with a warning
+    )
     batchnorm: str = "batch"  # batch | sync | frozen: BatchNorm statistics under data parallelism (docs/DISTRIBUTED.md)
 
     def to_dict(self) -> dict:
@@ -89,19 +136,146 @@ class TrainConfig:
 
 _SECTIONS = {"data": DataConfig, "mining": MiningConfig, "optim": OptimConfig}
 
+# Keys that may differ from the run's config.yaml on --resume: they change how or how long the
+# run trains from the next epoch on, not what the checkpoint holds or what its epochs meant.
+# optim.* values are applied to the restored optimizer and scheduler (train/loop.py); every
+# other key (model, method, data, mining, seed, batch size, validation settings, ...) is refused.
+RESUME_SAFE_KEYS = (
+    "name",
+    "epochs",
+    "patience",
+    "device",
+    "threads",
+    "progress",
+    "tensorboard",
+    "eval_batch_size",
+    "amp",
+    "compile",
+    "batchnorm",
+    "data.num_workers",
+    "data.dataset",  # the same data moved to another folder; the log records the change
+    "optim.lr",
+    "optim.lr_decay",
+    "optim.weight_decay",
+    "optim.momentum",
+    "optim.grad_clip",
+)
+
+
+def _type_name(hint: Any) -> str:
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if hint is dict:
+        return "a mapping"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return (
+            f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        )
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    return str(hint)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """``value`` checked against the field type ``hint`` (and converted where lossless); ValueError naming ``key``."""
+
+    def refuse(detail: str = "") -> ValueError:
+        return ValueError(
+            f"{source}: {key} must be {detail or _type_name(hint)}, got {value!r} ({type(value).__name__})"
+        )
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key, source)
+            except ValueError:
+                continue
+        raise refuse()
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise refuse()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise refuse()
+    if hint is float:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())  # "1e-4": YAML 1.1 reads it as a string
+            except ValueError:
+                number = None
+        if number is None:
+            raise refuse()
+        if not math.isfinite(number):
+            raise refuse("a finite number")
+        return number
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""  # `key=` on the command line, or `key:` in YAML: empty (e.g. data.val_split=)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # e.g. a folder named 2024
+        raise refuse()
+    if hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise refuse()
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise refuse()
+        return [
+            _coerce(item, args[0], f"{key}[{i}]", source)
+            for i, item in enumerate(value)
+        ]
+    return value
+
+
+def _check_fields(cls: type, raw: dict, prefix: str, source: str) -> dict:
+    """``raw``'s values checked against the fields of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {
+        key: _coerce(value, hints[key], prefix + key, source)
+        for key, value in raw.items()
+    }
+
 
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
-    """Build a ``TrainConfig`` from a nested dict; unknown keys are an error naming them."""
+    """Build a ``TrainConfig`` from a nested dict; unknown keys and values of the wrong type are errors naming them."""
     raw = dict(raw or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"{source}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key in _SECTIONS:
             section_cls = _SECTIONS[key]
             section_known = {f.name for f in dataclasses.fields(section_cls)}
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(
+                    f"{source}: {key} must be a mapping of its keys (set one as {key}.KEY=VALUE), "
+                    f"got {value!r} ({type(value).__name__})"
+                )
             value = dict(value or {})
             bad = sorted(set(value) - section_known)
             if bad:
@@ -109,39 +283,124 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
                     f"{source}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
                     f"valid keys of '{key}': {', '.join(sorted(section_known))}"
                 )
-            kwargs[key] = section_cls(**value)
+            kwargs[key] = section_cls(
+                **_check_fields(section_cls, value, f"{key}.", source)
+            )
         else:
             kwargs[key] = value
     if kwargs.get("amp") is False:  # YAML reads a bare `off` as false
         kwargs["amp"] = "off"
+    top_level = {k: v for k, v in kwargs.items() if k not in _SECTIONS}
+    kwargs.update(_check_fields(TrainConfig, top_level, "", source))
     config = TrainConfig(**kwargs)
     validate_config(config, source)
     return config
 
 
 def validate_config(config: TrainConfig, source: str = "config") -> None:
-    if config.epochs < 1:
-        raise ValueError(f"{source}: epochs must be >= 1, got {config.epochs}")
-    if config.batch_size < 1:
-        raise ValueError(f"{source}: batch_size must be >= 1, got {config.batch_size}")
+    """Value checks beyond the types (ranges, choices, combinations); ValueError naming the key."""
+    at_least = {
+        "epochs": (config.epochs, 1),
+        "batch_size": (config.batch_size, 1),
+        "patience": (config.patience, 1),
+        "eval_batch_size": (config.eval_batch_size, 1),
+        "data.num_workers": (config.data.num_workers, 0),
+        "mining.num_negatives": (config.mining.num_negatives, 1),
+        "mining.negative_samples": (config.mining.negative_samples, 1),
+        "optim.lr": (config.optim.lr, 0),
+        "optim.weight_decay": (config.optim.weight_decay, 0),
+        "optim.momentum": (config.optim.momentum, 0),
+        "threshold_m": (config.threshold_m, 0),
+    }
+    if config.threads is not None:
+        at_least["threads"] = (config.threads, 1)
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ValueError(f"{source}: {key} must be >= {low}, got {value}")
+    if config.optim.lr_decay <= 0:
+        raise ValueError(
+            f"{source}: optim.lr_decay must be > 0 (the factor of the learning rate per epoch), "
+            f"got {config.optim.lr_decay}"
+        )
+    if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
+        raise ValueError(
+            f"{source}: optim.grad_clip must be > 0 or null, got {config.optim.grad_clip}"
+        )
+    if 1 not in config.recall_ns or any(n < 1 for n in config.recall_ns):
+        raise ValueError(
+            f"{source}: recall_ns must contain 1 (validation R@1 chooses the best checkpoint) and "
+            f"only values >= 1, got {config.recall_ns}"
+        )
+    if any(side < 1 for side in config.data.image_size):
+        raise ValueError(
+            f"{source}: data.image_size must be positive [H, W], got {config.data.image_size}"
+        )
     if config.optim.name not in ("adam", "sgd"):
-        raise ValueError(f"{source}: optim.name must be adam or sgd, got {config.optim.name!r}")
+        raise ValueError(
+            f"{source}: optim.name must be adam or sgd, got {config.optim.name!r}"
+        )
+    if config.queries_without_positive not in QUERIES_WITHOUT_POSITIVE:
+        raise ValueError(
+            f"{source}: queries_without_positive must be one of {', '.join(QUERIES_WITHOUT_POSITIVE)}, "
+            f"got {config.queries_without_positive!r}"
+        )
     if config.data.input not in ("rgb", "seg"):
-        raise ValueError(f"{source}: data.input must be rgb or seg, got {config.data.input!r}")
+        raise ValueError(
+            f"{source}: data.input must be rgb or seg, got {config.data.input!r}"
+        )
     if config.mining.cache_model not in ("student", "teacher"):
-        raise ValueError(f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}")
+        raise ValueError(
+            f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}"
+        )
+    _validate_mining(config.mining, source)
     if config.mining.negative_radius_m < config.mining.positive_radius_m:
-        raise ValueError(f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m")
+        raise ValueError(
+            f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m"
+        )
     if len(config.data.image_size) != 2:
-        raise ValueError(f"{source}: data.image_size must be [H, W], got {config.data.image_size}")
+        raise ValueError(
+            f"{source}: data.image_size must be [H, W], got {config.data.image_size}"
+        )
     if config.amp not in AMP_MODES:
-        raise ValueError(f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
+        raise ValueError(
+            f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}"
+        )
     if not isinstance(config.compile, bool):
-        raise ValueError(f"{source}: compile must be true or false, got {config.compile!r}")
+        raise ValueError(  # noqa: TRY004 (a config error, reported like the others)
+            f"{source}: compile must be true or false, got {config.compile!r}"
+        )
     if config.batchnorm not in BATCHNORM_MODES:
-        raise ValueError(f"{source}: batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
+        raise ValueError(
+            f"{source}: batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}"
+        )
     if not isinstance(config.method, dict) or "name" not in config.method:
         raise ValueError(f"{source}: method must be a mapping with a 'name'")
+    if isinstance(config.model, dict) and not config.model:
+        raise ValueError(
+            f"{source}: model must be a preset name or a non-empty model config mapping"
+        )
+
+
+def _validate_mining(mining: MiningConfig, source: str) -> None:
+    margin = mining.margin
+    if margin is None:
+        raise ValueError(
+            f"{source}: mining.margin is not set; state the mining margin (e.g. mining.margin=0.1). "
+            "It is not taken from the loss: the loss margin is set in the method's loss spec"
+        )
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
+        raise ValueError(
+            f"{source}: mining.margin must be a number >= 0, got {margin!r}"
+        )
+    if mining.violation_rule not in VIOLATION_RULES:
+        raise ValueError(
+            f"{source}: mining.violation_rule must be one of {', '.join(VIOLATION_RULES)}, "
+            f"got {mining.violation_rule!r}"
+        )
+    if not isinstance(mining.carry_negatives, bool):
+        raise ValueError(  # noqa: TRY004 (a config error, reported like the others)
+            f"{source}: mining.carry_negatives must be true or false, got {mining.carry_negatives!r}"
+        )
 
 
 def resolve_preset_path(path_or_name: str | Path) -> Path:
@@ -175,13 +434,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 child = {}
                 node[part] = child
             if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: '{part}' is not a section")
+                raise ValueError(f"override {item!r}: '{part}' is not a section")  # noqa: TRY004
             node = child
         node[parts[-1]] = value
     return raw
 
 
-def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(
+    path_or_name: str | Path, overrides: list[str] | None = None
+) -> TrainConfig:
     """Load a YAML preset (path or packaged name), apply overrides and validate."""
     path = resolve_preset_path(path_or_name)
     raw = _read_yaml_with_base(path, seen=())
@@ -198,7 +459,7 @@ def _read_yaml_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
     except yaml.YAMLError as error:
         raise ValueError(f"config {path}: not valid YAML ({error})") from error
     if not isinstance(raw, dict):
-        raise ValueError(f"config {path}: the top level must be a mapping")
+        raise ValueError(f"config {path}: the top level must be a mapping")  # noqa: TRY004
     base_name = raw.pop("base", None)
     if base_name is None:
         return raw
@@ -215,6 +476,89 @@ def _deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``optim.lr``, ``method.loss.margin``); other values are leaves."""
+    if not isinstance(node, dict) or (prefix and not node):
+        return {prefix.rstrip("."): node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value if value else "''"
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10_000)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
+
+
+def resume_changes(
+    run_config: str | Path, config: TrainConfig
+) -> list[tuple[str, Any, Any]]:
+    """The keys in which ``config`` differs from a run's ``config.yaml``, checked before resuming it.
+
+    Only keys of ``RESUME_SAFE_KEYS`` may differ; the others would make the
+    checkpoint mean something else (another model, input size, method, data or
+    mining), so a change of any of them is refused, naming every one. Keys the
+    run's file lacks (added to the config after the run started) are not compared.
+
+    Returns:
+        ``(key, value in the run, value now)`` for every allowed change, dotted keys sorted.
+
+    Raises:
+        FileNotFoundError: the run has no ``config.yaml``.
+        ValueError: a key outside ``RESUME_SAFE_KEYS`` differs (the message lists each,
+            with both values, and the keys that may change).
+    """
+    run_config = Path(run_config)
+    if not run_config.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {run_config} does not exist (is {run_config.parent} a run folder?)"
+        )
+    raw = yaml.safe_load(run_config.read_text()) or {}
+    try:
+        saved = _flatten(config_from_dict(raw, source=str(run_config)).to_dict())
+    except ValueError:
+        saved = _flatten(
+            raw
+        )  # written by another version: compare the keys it has, as written
+    now = _flatten(config.to_dict())
+    changed = [key for key in saved.keys() & now.keys() if saved[key] != now[key]]
+    # On one side only: a field added or removed since the run started (not compared), or an
+    # option of the model or method mapping given on one side only (a change).
+    changed += [
+        key
+        for key in saved.keys() ^ now.keys()
+        if key.split(".", 1)[0] in ("model", "method")
+    ]
+    changed.sort()
+    refused = [key for key in changed if key not in RESUME_SAFE_KEYS]
+    if refused:
+        details = "; ".join(
+            f"{key}: {_show(saved.get(key, '(not set)'))} in the run, {_show(now.get(key, '(not set)'))} now"
+            for key in sorted(refused)
+        )
+        raise ValueError(
+            f"cannot resume {run_config.parent} with this config: {details}. These keys define what the run trains "
+            f"and cannot change on resume; nothing was written. Keys that can change on resume: "
+            f"{', '.join(RESUME_SAFE_KEYS)}. To train with the new values, start a new run "
+            f"(init_from={run_config.parent} starts it from this run's best weights)."
+        )
+    return [(key, saved[key], now[key]) for key in sorted(changed)]
+
+
+def describe_change(key: str, before: Any, after: Any) -> str:
+    """``key: before -> after``, values written as in a config."""
+    return f"{key}: {_show(before)} -> {_show(after)}"
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

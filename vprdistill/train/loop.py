@@ -14,17 +14,25 @@ are computed in shards and gathered, every rank mines the same tuples and
 trains the student (wrapped in ``DistributedDataParallel``) on its share of
 them, and rank 0 alone writes the run folder (``train/distributed.py``,
 docs/DISTRIBUTED.md).
+
+Run folders (``train/run_folder.py``, docs/RELIABILITY.md): the writing process
+holds the run's lock from start to end, so a second training of the same folder
+is refused; on resume, the config is compared with the run's ``config.yaml``
+before anything is written, and every epoch's checkpoint replaces the previous
+one as a unit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,18 +40,39 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vprdistill.data.place_dataset import PlaceDataset
-from vprdistill.data.readers import open_dataset
+from vprdistill.data.readers import open_dataset_with_source
+from vprdistill.data.structural import StructuralClassMap
 from vprdistill.eval.evaluate import evaluate_descriptors
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.registry import build_model
-from vprdistill.train.amp_compile import StudentForward, autocast, check_amp, grad_scaler
-from vprdistill.train.config import TrainConfig, save_config
-from vprdistill.train.distributed import DistributedContext, distributed_context, prepare_batchnorm, set_training_mode
+from vprdistill.train.amp_compile import (
+    StudentForward,
+    autocast,
+    check_amp,
+    grad_scaler,
+)
+from vprdistill.train.config import (
+    TrainConfig,
+    describe_change,
+    resume_changes,
+    save_config,
+)
+from vprdistill.train.distributed import (
+    DistributedContext,
+    distributed_context,
+    prepare_batchnorm,
+    set_training_mode,
+)
+from vprdistill.train.init_from import init_weights_from
 from vprdistill.train.inputs import build_input_loader, input_paths
 from vprdistill.train.methods import TrainingMethod
-from vprdistill.train.mining import TripletMiner
+from vprdistill.train.mining import log_mining_round, miner_from_config
 from vprdistill.train.run_folder import RunFolder
-from vprdistill.train.tuples import TupleDataset, collate_tuples, split_tuple_descriptors
+from vprdistill.train.tuples import (
+    TupleDataset,
+    collate_tuples,
+    split_tuple_descriptors,
+)
 from vprdistill.utils.device import set_threads
 from vprdistill.utils.logging import get_logger, setup_logging
 from vprdistill.utils.seed import seed_everything
@@ -52,6 +81,7 @@ logger = get_logger("train")
 
 # Each rank draws its own augmentation and dropout; rank 0 keeps the one-process seeds.
 _RANK_SEED_STRIDE = 1_000_003
+
 
 @dataclass
 class StepInfo:
@@ -67,7 +97,7 @@ StepCallback = Callable[[StepInfo], None]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run folder keeps the last good checkpoint."""
+    """The loss became NaN or infinite; the run folder keeps the checkpoint of the last finished epoch, if any."""
 
 
 @dataclass
@@ -79,7 +109,9 @@ class TrainResult:
     stopped_early: bool
 
 
-def _subset_queries(dataset: PlaceDataset, limit: int | None, seed: int) -> PlaceDataset:
+def _subset_queries(
+    dataset: PlaceDataset, limit: int | None, seed: int
+) -> PlaceDataset:
     if limit is None or limit >= dataset.num_queries:
         return dataset
     rng = np.random.default_rng(seed)
@@ -87,17 +119,88 @@ def _subset_queries(dataset: PlaceDataset, limit: int | None, seed: int) -> Plac
     return dataset.subset(query_indices=keep)
 
 
-def _build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def open_train_val(config: TrainConfig) -> tuple[PlaceDataset, PlaceDataset | None]:
+    """The training split and the validation split (None when ``data.val_split`` is empty).
+
+    Each split is opened on its own: ``data.dataset`` naming ``<name>_train.mat``
+    gives the validation split ``<name>_val.mat`` beside it, and ``data.name``
+    chooses the set in a folder holding several. The file (with its
+    ``whichSet``) or folder of each split goes to the log, and a validation
+    split read from the training split's own source is warned about, since
+    early stopping and the best checkpoint would then be chosen on training
+    queries. The query subsets of ``data.max_*_queries`` are applied.
+    """
+    data = config.data
+    if not data.dataset:
+        raise ValueError(
+            "data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity"
+        )
+    options = {
+        "reader": data.reader,
+        "skip_bad_images": data.skip_bad_images,
+        "name": data.name,
+    }
+    train_set, train_source = open_dataset_with_source(
+        data.dataset, split=data.train_split, **options
+    )
+    logger.info(
+        "training split %r: %s, %d database images, %d queries",
+        data.train_split,
+        train_source,
+        train_set.num_database,
+        train_set.num_queries,
+    )
+    train_set = _subset_queries(train_set, data.max_train_queries, config.seed)
+    if not data.val_split:
+        logger.info(
+            "no validation split (data.val_split is empty): the last epoch counts as the best"
+        )
+        return train_set, None
+    val_set, val_source = open_dataset_with_source(
+        data.dataset, split=data.val_split, **options
+    )
+    val_set = _subset_queries(val_set, data.max_val_queries, config.seed + 1)
+    without = sum(len(p) == 0 for p in val_set.positives(config.threshold_m))
+    logger.info(
+        "validation split %r: %s, %d database images, %d queries (%d without a positive within %g m: %s)",
+        data.val_split,
+        val_source,
+        val_set.num_database,
+        val_set.num_queries,
+        without,
+        config.threshold_m,
+        config.queries_without_positive,
+    )
+    if val_source == train_source:
+        logger.warning(
+            "the validation split is read from %s, as the training split: early stopping and the best "
+            "checkpoint are chosen on training queries",
+            val_source,
+        )
+    return train_set, val_set
+
+
+def _build_optimizer(
+    config: TrainConfig, model: torch.nn.Module
+) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     if config.optim.name == "adam":
-        return torch.optim.Adam(parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        return torch.optim.Adam(
+            parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
     return torch.optim.SGD(
-        parameters, lr=config.optim.lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
+        parameters,
+        lr=config.optim.lr,
+        momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
     )
 
 
 def _describe(
-    config: TrainConfig, model: torch.nn.Module, paths: list[Path], context: DistributedContext
+    config: TrainConfig,
+    model: torch.nn.Module,
+    paths: list[Path],
+    context: DistributedContext,
 ) -> np.ndarray:
     """Descriptors ``(N, D)`` of ``paths``: each rank computes its shard, every rank gets all of them."""
     share = context.shard(len(paths))
@@ -118,7 +221,12 @@ def _describe(
 class _Validator:
     """Validation R@N of the student on the validation split (descriptors computed each epoch)."""
 
-    def __init__(self, config: TrainConfig, dataset: PlaceDataset | None, context: DistributedContext) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: PlaceDataset | None,
+        context: DistributedContext,
+    ) -> None:
         self.config = config
         self.dataset = dataset
         self.context = context
@@ -132,7 +240,12 @@ class _Validator:
 
         def recall() -> dict[str, float]:
             result = evaluate_descriptors(
-                database, queries, self.dataset, threshold_m=self.config.threshold_m, recall_ns=self.config.recall_ns
+                database,
+                queries,
+                self.dataset,
+                threshold_m=self.config.threshold_m,
+                recall_ns=self.config.recall_ns,
+                queries_without_positive=self.config.queries_without_positive,
             )
             return {str(k): float(v) for k, v in result.recall.items()}
 
@@ -155,6 +268,16 @@ def train(
     Started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set), every
     process calls this function; ``config.batch_size`` is then per process, and
     rank 0's ``out_dir`` is the run folder of all.
+
+    Raises:
+        FolderLockedError: another process trains into ``out_dir`` (nothing is written).
+        FileExistsError: a new run into a non-empty ``out_dir``.
+        FileNotFoundError: ``resume`` of a run that holds no checkpoint yet.
+        ValueError: ``resume`` with a changed key outside ``RESUME_SAFE_KEYS`` (nothing
+            is written), or a checkpoint whose files do not belong together.
+        CheckpointSaveError: an epoch's checkpoint could not be written (full disk);
+            the previous checkpoint is intact.
+        NonFiniteLossError: the loss became NaN or infinite.
     """
     with distributed_context(config.device) as context:
         return _train(config, out_dir, resume, step_callbacks, context)
@@ -169,7 +292,38 @@ def _train(
 ) -> TrainResult:
     # Ranks may have picked different time-stamped folders; rank 0's is the run.
     run = RunFolder(context.broadcast_object(str(out_dir)))
-    context.run_where(context.is_main, lambda: run.create(exist_ok=resume))
+    with contextlib.ExitStack() as stack:
+        # Rank 0 alone writes the run folder, so it alone holds the run's lock, until training ends.
+        changes = context.run_where(
+            context.is_main, lambda: _open_run(run, config, resume, stack)
+        )
+        return _train_locked(
+            config, run, resume, step_callbacks, context, changes or []
+        )
+
+
+def _open_run(
+    run: RunFolder, config: TrainConfig, resume: bool, stack: contextlib.ExitStack
+) -> list[tuple[str, object, object]]:
+    """Lock the run folder and check a resume before anything is written; return the allowed config changes."""
+    stack.enter_context(run.lock())
+    changes: list[tuple[str, object, object]] = []
+    if resume:
+        run.recover()
+        run.require_checkpoint()
+        changes = resume_changes(run.config_path, config)
+    run.create(exist_ok=resume)
+    return changes
+
+
+def _train_locked(
+    config: TrainConfig,
+    run: RunFolder,
+    resume: bool,
+    step_callbacks: Sequence[StepCallback],
+    context: DistributedContext,
+    changes: list[tuple[str, object, object]],
+) -> TrainResult:
     if context.is_main:
         setup_logging(log_file=run.log_path)
     else:
@@ -180,46 +334,57 @@ def _train(
     device = context.device
     check_amp(config.amp, device)
     seed_everything(config.seed)
-    context.run_where(context.is_main, lambda: save_config(saved_config, run.config_path))
-    logger.info("run %s on %s (%d threads)%s", run.path, device, torch.get_num_threads(), " — resuming" if resume else "")
-    if context.is_distributed:
-        logger.info("data parallel on %d processes: global batch %d tuples (batch_size %d per process)",
-                    context.world_size, config.batch_size * context.world_size, config.batch_size)
-
-    if not config.data.dataset:
-        raise ValueError("data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity")
-    train_set = open_dataset(
-        config.data.dataset, split=config.data.train_split, reader=config.data.reader,
-        skip_bad_images=config.data.skip_bad_images,
+    context.run_where(
+        context.is_main, lambda: save_config(saved_config, run.config_path)
     )
-    train_set = _subset_queries(train_set, config.data.max_train_queries, config.seed)
-    val_set = None
-    if config.data.val_split:
-        val_set = open_dataset(
-            config.data.dataset, split=config.data.val_split, reader=config.data.reader,
-            skip_bad_images=config.data.skip_bad_images,
+    logger.info(
+        "run %s on %s (%d threads)%s",
+        run.path,
+        device,
+        torch.get_num_threads(),
+        " — resuming" if resume else "",
+    )
+    for key, before, after in changes:
+        logger.info("config changed on resume: %s", describe_change(key, before, after))
+    if context.is_distributed:
+        logger.info(
+            "data parallel on %d processes: global batch %d tuples (batch_size %d per process)",
+            context.world_size,
+            config.batch_size * context.world_size,
+            config.batch_size,
         )
-        val_set = _subset_queries(val_set, config.data.max_val_queries, config.seed + 1)
+
+    train_set, val_set = open_train_val(config)
     validate = _Validator(config, val_set, context)
 
-    model_config = config.model if isinstance(config.model, dict) else {"preset": config.model}
+    model_config = (
+        config.model if isinstance(config.model, dict) else {"preset": config.model}
+    )
     # The training size travels with the weights, so eval/index/export default to it.
-    model = build_model(dict(model_config, image_size=list(config.data.image_size)), pretrained=config.pretrained)
+    # Weights loaded from init_from replace ImageNet ones, so none are loaded first.
+    pretrained = config.pretrained and not config.init_from
+    model = build_model(
+        dict(model_config, image_size=list(config.data.image_size)),
+        pretrained=pretrained,
+    )
+    if config.data.input == "seg":
+        # Saved with the weights, so evaluation and a StructVPR teacher read maps as in training.
+        model.structural_class_map = StructuralClassMap.from_yaml(
+            source=config.data.structural_source
+        )
+    if config.init_from and not resume:
+        logger.info("model weights from %s", init_weights_from(model, config.init_from))
     model = prepare_batchnorm(model.to(device), config.batchnorm, context)
     method = TrainingMethod(config, device)
     # One process per machine fills the teacher caches; the others then read them.
     context.run_where(context.local_rank == 0, lambda: method.prepare(train_set))
     context.run_where(context.local_rank != 0, lambda: method.prepare(train_set))
-    miner = TripletMiner(
-        train_set,
-        positive_radius_m=config.mining.positive_radius_m,
-        negative_radius_m=config.mining.negative_radius_m,
-        num_negatives=config.mining.num_negatives,
-        negative_samples=min(config.mining.negative_samples, train_set.num_database),
-        margin=config.mining.margin,
-    )
+    miner = miner_from_config(config.mining, train_set)
+    logger.info("%s; loss margin %s", miner.describe(), _loss_margins(method))
     optimizer = _build_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.optim.lr_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=config.optim.lr_decay
+    )
     scaler = grad_scaler(config.amp, device)
 
     start_epoch, best_recall, best_epoch, stale_epochs = 1, -1.0, 0, 0
@@ -232,40 +397,73 @@ def _train(
         stale_epochs = int(state["stale_epochs"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        context.run_where(context.is_main, lambda: run.truncate_metrics(start_epoch - 1))
-        logger.info("resumed after epoch %d (best R@1 %.2f at epoch %d)", start_epoch - 1, best_recall, best_epoch)
+        if state.get("miner"):
+            miner.load_state_dict(state["miner"])
+        _apply_optimizer_config(
+            config, optimizer, scheduler, finished_epochs=start_epoch - 1
+        )
+        context.run_where(
+            context.is_main, lambda: run.truncate_metrics(start_epoch - 1)
+        )
+        logger.info(
+            "resumed after epoch %d (best R@1 %.2f at epoch %d)",
+            start_epoch - 1,
+            best_recall,
+            best_epoch,
+        )
 
     forward = StudentForward(context.wrap(model), compile=config.compile)
-    writer = _tensorboard_writer(run.path) if config.tensorboard and context.is_main else None
+    writer = (
+        _tensorboard_writer(run.path)
+        if config.tensorboard and context.is_main
+        else None
+    )
     load_input = build_input_loader(config.data, train=True)
     query_paths, database_paths = input_paths(train_set, config.data.input)
     epochs_run, stopped_early = start_epoch - 1, False
+    saved_epoch = (
+        start_epoch - 1
+    )  # the epoch of the checkpoint in the run folder (0: none yet)
 
     for epoch in range(start_epoch, config.epochs + 1):
         if stale_epochs >= config.patience:
             stopped_early = True
             break
         epoch_start = time.perf_counter()
-        torch.manual_seed(config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank)
+        torch.manual_seed(
+            config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank
+        )
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(miner.trainable_queries)
         chunk = config.mining.refresh_every or len(order)
         term_sums: dict[str, float] = {}
-        steps, tuples_trained, skipped = 0, 0, 0
+        steps, tuples_trained, skipped, mining_rounds = 0, 0, 0, []
         set_training_mode(model, config.batchnorm)
-        bar = tqdm(total=len(order), desc=f"epoch {epoch}/{config.epochs}", unit="q", disable=not config.progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(order),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="q",
+            disable=not config.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for chunk_start in range(0, len(order), chunk):
             chunk_queries = order[chunk_start : chunk_start + chunk]
             context.sync_buffers(model)
-            query_desc, database_desc = _mining_cache(config, model, method, train_set, chunk_queries, context)
+            query_desc, database_desc = _mining_cache(
+                config, model, method, train_set, chunk_queries, context
+            )
             # Every rank mines the whole chunk with the same generator, then trains on its share.
             tuples, stats = miner.mine(chunk_queries, query_desc, database_desc, rng)
             skipped += stats.skipped_no_violation
+            mining_rounds.append(stats.as_dict())
+            log_mining_round(epoch, len(mining_rounds), stats)
             bar.update(stats.skipped_no_violation)
             set_training_mode(model, config.batchnorm)
             loader = DataLoader(
-                TupleDataset(context.share(tuples), query_paths, database_paths, load_input),
+                TupleDataset(
+                    context.share(tuples), query_paths, database_paths, load_input
+                ),
                 batch_size=config.batch_size,
                 shuffle=False,  # the order is already a seeded permutation
                 num_workers=config.data.num_workers,
@@ -276,27 +474,42 @@ def _train(
                 step_start = time.perf_counter()
                 with autocast(config.amp, device):
                     descriptors = forward(batch.images)
-                output = method.loss(batch, split_tuple_descriptors(descriptors.float(), batch))
+                output = method.loss(
+                    batch, split_tuple_descriptors(descriptors.float(), batch)
+                )
                 # The mean over ranks: every rank sees the same value, so all stop together on NaN.
-                loss_value = context.all_reduce_sum([float(output.total.detach())])[0] / context.world_size
+                loss_value = (
+                    context.all_reduce_sum([float(output.total.detach())])[0]
+                    / context.world_size
+                )
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
-                        f"non-finite loss ({loss_value}) at epoch {epoch}, step {steps + 1}: "
-                        f"terms {output.terms}. Training stopped; {run.path} keeps the last good checkpoint "
-                        "(lower optim.lr or check the data)."
+                        _non_finite_message(
+                            config,
+                            run,
+                            loss_value,
+                            epoch,
+                            steps + 1,
+                            output.terms,
+                            saved_epoch,
+                        )
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(output.total).backward()
                 if config.optim.grad_clip:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(
+                        model.parameters(), config.optim.grad_clip
+                    )
                 scaler.step(optimizer)
                 scaler.update()
                 steps += 1
                 tuples_trained += batch.batch_size
                 for key, value in output.terms.items():
                     term_sums[key] = term_sums.get(key, 0.0) + float(value)
-                rate = batch.images.shape[0] / max(time.perf_counter() - step_start, 1e-9)
+                rate = batch.images.shape[0] / max(
+                    time.perf_counter() - step_start, 1e-9
+                )
                 bar.update(batch.batch_size * context.world_size)
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
                 for callback in step_callbacks:
@@ -307,11 +520,12 @@ def _train(
 
         context.sync_buffers(model)
         recall = validate(model)
-        recall_at_1 = recall["1"] if recall else -float(epoch)  # no validation: the latest epoch is the best
-        improved = recall_at_1 > best_recall
+        # Without a validation split every epoch is the best so far (best_recall stays -1: none measured).
+        improved = recall is None or recall["1"] > best_recall
         if improved:
-            best_recall, best_epoch, stale_epochs = recall_at_1, epoch, 0
-            context.run_where(context.is_main, lambda: run.save_best(model))
+            best_epoch, stale_epochs = epoch, 0
+            if recall is not None:
+                best_recall = recall["1"]
         else:
             stale_epochs += 1
         record = {
@@ -319,8 +533,13 @@ def _train(
             "steps": steps,
             "tuples": tuples_trained,
             "queries_skipped_no_violation": skipped,
+            "queries_skipped_share": skipped
+            / max(sum(r["queries"] for r in mining_rounds), 1),
+            "mining_rounds": mining_rounds,
             "lr": optimizer.param_groups[0]["lr"],
-            "loss": {k: v / max(steps * context.world_size, 1) for k, v in term_sums.items()},
+            "loss": {
+                k: v / max(steps * context.world_size, 1) for k, v in term_sums.items()
+            },
             "val_recall": recall,
             "best_epoch": best_epoch,
             "seconds": round(time.perf_counter() - epoch_start, 2),
@@ -334,20 +553,100 @@ def _train(
             "best_recall": best_recall,
             "best_epoch": best_epoch,
             "stale_epochs": stale_epochs,
+            "miner": miner.state_dict() if miner.carry_negatives else {},
         }
 
-        def save_epoch() -> None:
-            run.append_metrics(record)
-            run.save_last(model, state)
-            _log_epoch(record, recall, writer)
-
+        save_epoch = functools.partial(
+            _save_epoch, run, record, model, state, improved, recall, writer
+        )
         # Also the barrier after saving: no rank starts the next epoch before rank 0 has saved.
         context.run_where(context.is_main, save_epoch)
-        epochs_run = epoch
+        epochs_run = saved_epoch = epoch
 
     if writer is not None:
         writer.close()
     return TrainResult(run.path, best_recall, best_epoch, epochs_run, stopped_early)
+
+
+def _save_epoch(
+    run: RunFolder,
+    record: dict,
+    model: torch.nn.Module,
+    state: dict,
+    is_best: bool,
+    recall: dict[str, float] | None,
+    writer,
+) -> None:
+    run.save_epoch(record, model, state, is_best=is_best)
+    _log_epoch(record, recall, writer)
+
+
+def _apply_optimizer_config(
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.ExponentialLR,
+    finished_epochs: int,
+) -> None:
+    """Give the restored optimizer and scheduler the config's optim values where they changed on resume.
+
+    ``optim.lr`` is the rate of epoch 1 and ``optim.lr_decay`` its factor per epoch,
+    so after a change the next epoch trains at ``lr * lr_decay ** finished_epochs``,
+    as if the run had used the new values from the start. Unchanged values are left
+    exactly as restored (an uninterrupted run and a resumed one stay bit-identical).
+    """
+    optim = config.optim
+    if optim.lr != scheduler.base_lrs[0] or optim.lr_decay != scheduler.gamma:
+        lr = optim.lr * optim.lr_decay**finished_epochs
+        scheduler.base_lrs = [optim.lr for _ in optimizer.param_groups]
+        scheduler.gamma = optim.lr_decay
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = optim.lr, lr
+        scheduler._last_lr = [
+            lr for _ in optimizer.param_groups
+        ]  # what get_last_lr reports until the next step
+        logger.info(
+            "learning-rate schedule from the config: optim.lr %g, optim.lr_decay %g: epoch %d trains at lr %g",
+            optim.lr,
+            optim.lr_decay,
+            finished_epochs + 1,
+            lr,
+        )
+    for name, value in (
+        ("weight_decay", optim.weight_decay),
+        ("momentum", optim.momentum),
+    ):
+        groups = [g for g in optimizer.param_groups if name in g and g[name] != value]
+        for group in groups:
+            group[name] = value
+        if groups:
+            logger.info(
+                "optim.%s %g from the config applied to the restored optimizer",
+                name,
+                value,
+            )
+
+
+def _non_finite_message(
+    config: TrainConfig,
+    run: RunFolder,
+    loss: float,
+    epoch: int,
+    step: int,
+    terms: dict,
+    saved_epoch: int,
+) -> str:
+    """What happened, what the run folder holds now, and the command that continues with a lower rate."""
+    lower = f"optim.lr={config.optim.lr / 10:g}"
+    found = f"non-finite loss ({loss}) at epoch {epoch}, step {step}: terms {terms}. Training stopped."
+    if saved_epoch < 1:
+        return (
+            f"{found} No epoch finished, so {run.path} holds no checkpoint; start a new run with a lower "
+            f"learning rate ({lower}) or check the data."
+        )
+    return (
+        f"{found} {run.path} keeps the checkpoint of epoch {saved_epoch}; continue from it with a lower "
+        f"learning rate: vprdistill train --resume {run.path} {lower} (or check the data)."
+    )
 
 
 def _sum_over_ranks(
@@ -358,7 +657,7 @@ def _sum_over_ranks(
         return term_sums, tuples_trained
     keys = sorted(term_sums)
     totals = context.all_reduce_sum([term_sums[k] for k in keys] + [tuples_trained])
-    return dict(zip(keys, totals[:-1])), int(round(totals[-1]))
+    return dict(zip(keys, totals[:-1])), round(totals[-1])
 
 
 def _mining_cache(
@@ -375,17 +674,37 @@ def _mining_cache(
         return queries.numpy(), database.numpy()
     query_paths, database_paths = input_paths(dataset, config.data.input)
     database = _describe(config, model, database_paths, context)
-    chunk_descriptors = _describe(config, model, [query_paths[q] for q in chunk_queries], context)
+    chunk_descriptors = _describe(
+        config, model, [query_paths[q] for q in chunk_queries], context
+    )
     queries = np.zeros((dataset.num_queries, database.shape[1]), dtype=np.float32)
     queries[chunk_queries] = chunk_descriptors
     return queries, database
 
 
+def _loss_margins(method: TrainingMethod) -> str:
+    """The margin of each loss, for the log next to the (separate) mining margin."""
+    losses = (
+        [method.student_loss]
+        if method.student_loss is not None
+        else [slot.loss for slot in method.teachers]
+    )
+    return ", ".join(str(getattr(loss, "margin", "none")) for loss in losses)
+
+
 def _log_epoch(record: dict, recall: dict[str, float] | None, writer) -> None:
-    recall_text = ", ".join(f"R@{k} {v:.2f}" for k, v in recall.items()) if recall else "no validation split"
+    recall_text = (
+        ", ".join(f"R@{k} {v:.2f}" for k, v in recall.items())
+        if recall
+        else "no validation split"
+    )
     logger.info(
         "epoch %d: loss %.4f, %s, %d steps, %.1fs",
-        record["epoch"], record["loss"].get("total", float("nan")), recall_text, record["steps"], record["seconds"],
+        record["epoch"],
+        record["loss"].get("total", float("nan")),
+        recall_text,
+        record["steps"],
+        record["seconds"],
     )
     if writer is None:
         return
@@ -400,7 +719,9 @@ def _tensorboard_writer(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        logger.warning("tensorboard: true, but the tensorboard package is not installed "
-                       "(pip install 'vprdistill[tensorboard]'); continuing without it")
+        logger.warning(
+            "tensorboard: true, but the tensorboard package is not installed "
+            "(pip install 'vprdistill[tensorboard]'); continuing without it"
+        )
         return None
     return SummaryWriter(log_dir=str(path / "tensorboard"))
