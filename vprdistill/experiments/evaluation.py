@@ -15,6 +15,7 @@ from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.eval.evaluate import evaluate_model
 from vprdistill.eval.pictures import render_prediction
 from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
+from vprdistill.experiments.baselines import evaluate_run_row
 from vprdistill.experiments.rows import ResultRow
 from vprdistill.models.checkpoint import load_model
 
@@ -46,30 +47,18 @@ def evaluate_run(
     ``queries_without_positive``: ``count-as-miss`` or ``exclude``, as in
     :func:`~vprdistill.eval.recall.recall_at_n`.
     """
-    model = load_model(run_dir, device=device)
-    result = evaluate_model(
-        model,
+    # One way to turn an evaluation into a row: the baselines' (with per-query hits and intervals).
+    return evaluate_run_row(
+        run_dir,
         test_set,
+        name,
+        description,
         image_size=image_size,
-        batch_size=batch_size,
         device=device,
         input_kind=input_kind,
-        progress=False,
-        queries_without_positive=queries_without_positive,
-    )
-    per_condition = {c: dict(v["recall"] or {}) for c, v in (result.recall_per_condition or {}).items()}
-    counts = {c: int(v["num_queries"]) for c, v in (result.recall_per_condition or {}).items()}
-    return ResultRow(
-        name=name,
-        description=description,
-        parameters=sum(p.numel() for p in model.parameters()),
-        recall=dict(result.recall),
-        recall_per_condition=per_condition,
-        queries_per_condition=counts,
-        ms_per_image=float(result.ms_per_image),
-        ms_per_query=float(result.ms_per_query),
-        run_dir=str(run_dir),
         command=command,
+        batch_size=batch_size,
+        queries_without_positive=queries_without_positive,
     )
 
 
