@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat"), help="dataset format")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
+    parser.add_argument("--segmentation-dir", default="segmentation", metavar="NAME",
+                        help="maps folder of the dataset root for seg-input models, e.g. segmentation-predicted "
+                        "(written by `vprdistill segment --maps-dir`)")
     parser.add_argument("--threshold", type=float, default=25.0, help="metres within which a database image is right")
     parser.add_argument("--recalls", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N", help="the N of Recall@N")
     parser.add_argument(
@@ -312,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         reader=args.reader,
         skip_bad_images=args.skip_bad_images,
         name=args.dataset_name,
+        segmentation_dir=args.segmentation_dir,
     )
     model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
     image_size = _image_size(args, settings, model)

@@ -13,12 +13,15 @@ EPILOG = """examples:
   vprdistill segment data/msls --splits val --batch-size 4 --image-size 512
   vprdistill segment data/pitts --name pitts30k --splits train val test   # NetVLAD .mat files
   vprdistill segment data/pitts/datasets/pitts30k_test.mat --model models/segformer-b0-cityscapes --device cuda
+  vprdistill segment data/synthcity --model runs/segmenter --maps-dir segmentation-predicted   # keep ground truth
 
 Maps are single-channel PNGs of Cityscapes trainIds (0 road ... 18 bicycle, 255 void), at each
 image's own size. Folder format: ROOT/segmentation/<split>/<database|queries>/<image name>.png,
 mirroring ROOT/images. NetVLAD .mat files: IMAGE_ROOT/segmentation/<whichSet>/database/<listed path>.png
 and .../queries/<listed path>.png, where the dataset reader finds them.
-Existing maps are kept, so an interrupted run resumes; --overwrite redoes them."""
+Existing maps are kept, so an interrupted run resumes; --overwrite redoes them.
+--maps-dir NAME writes the same tree to ROOT/NAME/ instead of ROOT/segmentation/ (e.g. predicted maps
+beside SynthCity's ground truth); the dataset reader opens it with segmentation_dir=NAME."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -74,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "aspect ratio; H W resizes to exactly H x W; None: the shorter side becomes the image "
         "processor's size",
     )
+    parser.add_argument(
+        "--maps-dir",
+        default="segmentation",
+        metavar="NAME",
+        help="folder of the dataset root (image root for .mat files) that receives the maps, "
+        "e.g. segmentation-predicted to leave existing ground-truth maps untouched",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes decoding images while the network runs")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     parser.add_argument(
@@ -104,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         num_workers=args.workers,
         name=args.name,
+        maps_dir=args.maps_dir,
     )
     print(json.dumps(report.as_dict(), indent=2))
     return 0

@@ -28,6 +28,11 @@ def register(subparsers) -> None:
     parser.add_argument("--headings", type=int, default=None, help="database headings per point (None: 4)")
     parser.add_argument("--queries", type=int, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
                         help="queries per split (None: the preset's)")
+    parser.add_argument("--train-places", type=int, default=None, metavar="N",
+                        help="also write N train-region places in the GSV-Cities layout under OUT_DIR/places "
+                             "(None: 0, no place set)")
+    parser.add_argument("--views-per-place", type=int, default=None, metavar="K",
+                        help="views of each place under distinct conditions (None: 4)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (None: CPU count)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -36,7 +41,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from vprdistill.data.synth import generate
 
-    overrides = {"database_condition": args.database_condition, "spacing_m": args.spacing, "headings": args.headings}
+    overrides = {"database_condition": args.database_condition, "spacing_m": args.spacing, "headings": args.headings,
+                 "train_places": args.train_places, "views_per_place": args.views_per_place}
     if args.queries is not None:
         overrides.update(queries_train=args.queries[0], queries_val=args.queries[1], queries_test=args.queries[2])
     out = generate(args.out_dir, preset=args.preset, seed=args.seed, image_size=args.image_size, conditions=args.conditions,
@@ -45,5 +51,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = json.loads((out / "dataset.json").read_text())
     sizes = ", ".join(f"{split} {n['database']} db / {n['queries']} q" for split, n in manifest["splits"].items())
     print(f"SynthCity ({args.preset}, seed {args.seed}) in {out}: {sizes}")
+    places = manifest.get("places")
+    if places:
+        print(f"places: {places['count']} x {places['views']} views in {out / places['root']} (GSV-Cities layout)")
     print(f"contact sheet: {out / 'contact_sheet.png'}")
     return 0

@@ -1,4 +1,4 @@
-"""Datasets of geotagged images: `PlaceDataset`, readers, image loading, transforms.
+"""Datasets of geotagged images: `PlaceDataset`, `PlaceImages`, readers, image loading, transforms.
 
 Names are imported on first use, so ``import vprdistill.data`` stays cheap and
 torch is loaded only by the pieces that need it. The SynthCity generator is the
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vprdistill.data.images import ImageLoadError, load_image, load_segmentation, verify_image
     from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
+    from vprdistill.data.place_images import PlaceImages, is_place_images_root, open_place_images
     from vprdistill.data.readers import (
         PlaceFilename,
         find_mat_file,
@@ -38,6 +39,9 @@ _EXPORTS = {
     "verify_image": "images",
     "DatasetFormatError": "place_dataset",
     "PlaceDataset": "place_dataset",
+    "PlaceImages": "place_images",
+    "is_place_images_root": "place_images",
+    "open_place_images": "place_images",
     "PlaceFilename": "readers",
     "find_mat_file": "readers",
     "open_dataset": "readers",

@@ -10,7 +10,10 @@
 
 Segmentation maps, when present, mirror the image tree under
 ``ROOT/segmentation/<split>/{database,queries}/`` with the image's relative
-path and a ``.png`` suffix, for both formats.
+path and a ``.png`` suffix, for both formats. Another maps folder beside it
+(``segmentation_dir``, e.g. ``segmentation-predicted`` written by ``vprdistill
+segment --maps-dir``) is read instead when asked for, so predicted maps can be
+used without overwriting the ground truth; a folder asked for by name must exist.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.utils.logging import get_logger
 
 __all__ = [
+    "DEFAULT_SEGMENTATION_DIR",
     "DatasetFormatError",
     "DatasetSource",
     "PlaceFilename",
+    "check_segmentation_dir",
     "find_mat_file",
     "mat_file_for_split",
     "open_dataset",
@@ -52,6 +57,31 @@ MAT_FIELDS = (
     "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr",
 )  # fmt: skip
 _FLOAT_FIELDS = {"latitude", "longitude", "heading", "pitch", "roll", "height"}
+DEFAULT_SEGMENTATION_DIR = "segmentation"
+# Folders of the dataset root that hold something else: maps written there would mix with it.
+_RESERVED_DIRS = {"images", "queries_real", "datasets"}
+
+
+def check_segmentation_dir(segmentation_dir: str) -> str:
+    """Return ``segmentation_dir`` if it is a usable maps-folder name, else raise ``ValueError``.
+
+    It must be one plain folder name inside the dataset root (no path separators,
+    not ``.``/``..``, not hidden, not a folder that holds images).
+    """
+    name = str(segmentation_dir)
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name in {".", ".."}
+        or name.startswith(".")
+        or name in _RESERVED_DIRS
+    ):
+        raise ValueError(
+            f"segmentation_dir: expected one folder name inside the dataset root, e.g. "
+            f"{DEFAULT_SEGMENTATION_DIR!r} or 'segmentation-predicted', got {segmentation_dir!r}"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -143,8 +173,17 @@ class _Subset:
         )
 
 
-def read_folder_dataset(root: str | Path, split: str = "test", skip_bad_images: bool = False) -> PlaceDataset:
-    """Read ``ROOT/images/<split>/{database,queries}`` (files in sorted path order)."""
+def read_folder_dataset(
+    root: str | Path,
+    split: str = "test",
+    skip_bad_images: bool = False,
+    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
+) -> PlaceDataset:
+    """Read ``ROOT/images/<split>/{database,queries}`` (files in sorted path order).
+
+    Maps come from ``ROOT/<segmentation_dir>/<split>/`` (see the module docstring).
+    """
+    segmentation_dir = check_segmentation_dir(segmentation_dir)
     root = Path(root)
     split_dir = root / "images" / split
     if not split_dir.is_dir():
@@ -166,7 +205,8 @@ def read_folder_dataset(root: str | Path, split: str = "test", skip_bad_images: 
         parsed = [parse_place_filename(p) for p in paths]
         utm = np.array([(p.east, p.north) for p in parsed], dtype=np.float64)
         subsets[label] = _Subset(label, paths, relative, utm, [p.note for p in parsed])
-    return _assemble(root.resolve().name, root, split, subsets, skip_bad_images, DatasetSource("folder", split_dir))
+    source = DatasetSource("folder", split_dir)
+    return _assemble(root.resolve().name, root, split, subsets, skip_bad_images, source, segmentation_dir)
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -278,6 +318,7 @@ def read_mat_dataset(
     image_root: str | Path | None = None,
     skip_bad_images: bool = False,
     split: str | None = None,
+    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> PlaceDataset:
     """Read a NetVLAD ``dbStruct`` file (Pittsburgh layout).
 
@@ -289,7 +330,7 @@ def read_mat_dataset(
     that does not exist raises ``FileNotFoundError`` naming it, unless
     ``skip_bad_images`` drops it.
     """
-    return _read_mat(Path(mat_path), image_root, skip_bad_images, split)[0]
+    return _read_mat(Path(mat_path), image_root, skip_bad_images, split, segmentation_dir=segmentation_dir)[0]
 
 
 def _read_mat(
@@ -298,7 +339,9 @@ def _read_mat(
     skip_bad_images: bool,
     split: str | None,
     struct: dict[str, Any] | None = None,
+    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> tuple[PlaceDataset, DatasetSource]:
+    segmentation_dir = check_segmentation_dir(segmentation_dir)
     if struct is None:
         struct = _load_db_struct(mat_path)
     if image_root is None:
@@ -338,7 +381,7 @@ def _read_mat(
                     f"first: {missing[0]} (image root {image_root}; use skip_bad_images to leave them out)"
                 )
     source = DatasetSource("mat", mat_path, which_set)
-    return _assemble(name, image_root, split, subsets, skip_bad_images, source), source
+    return _assemble(name, image_root, split, subsets, skip_bad_images, source, segmentation_dir), source
 
 
 def _load_db_struct(mat_path: Path) -> dict[str, Any]:
@@ -409,11 +452,24 @@ def _mat_scalar(value: Any, field_name: str, mat_path: Path) -> float:
 
 
 def _assemble(
-    name: str, root: Path, split: str, subsets: dict[str, _Subset], skip_bad_images: bool, source: DatasetSource
+    name: str,
+    root: Path,
+    split: str,
+    subsets: dict[str, _Subset],
+    skip_bad_images: bool,
+    source: DatasetSource,
+    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> PlaceDataset:
     if skip_bad_images:
         subsets = {label: _drop_bad_images(subset, f"{name}/{split}") for label, subset in subsets.items()}
-    segmentation = _segmentation_paths(root / "segmentation" / split, subsets)
+    maps_split_dir = root / segmentation_dir / split
+    # The default folder is optional (a dataset may have no maps); one asked for by name must be there.
+    if segmentation_dir != DEFAULT_SEGMENTATION_DIR and not maps_split_dir.is_dir():
+        raise DatasetFormatError(
+            f"segmentation_dir {segmentation_dir!r} was asked for but {maps_split_dir} does not exist "
+            f"(write it with: vprdistill segment --maps-dir {segmentation_dir} ...)"
+        )
+    segmentation = _segmentation_paths(maps_split_dir, subsets)
     database, queries = subsets["database"], subsets["queries"]
     dataset = PlaceDataset(
         name=name,
@@ -478,6 +534,7 @@ def open_dataset(
     skip_bad_images: bool = False,
     image_root: str | Path | None = None,
     name: str | None = None,
+    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> PlaceDataset:
     """Open one split of a dataset in either format of METHODS.md §2.
 
@@ -494,8 +551,10 @@ def open_dataset(
     be that dataset's name. ``skip_bad_images`` checks every image and leaves
     out (with a warning naming each) those that are missing or corrupt.
     ``image_root`` overrides where a ``.mat`` file's relative paths start.
+    ``segmentation_dir`` is the maps folder of the root (default ``segmentation``,
+    optional; another name, e.g. ``segmentation-predicted``, must exist).
     """
-    return open_dataset_with_source(path, split, reader, skip_bad_images, image_root, name)[0]
+    return open_dataset_with_source(path, split, reader, skip_bad_images, image_root, name, segmentation_dir)[0]
 
 
 def open_dataset_with_source(
@@ -505,8 +564,10 @@ def open_dataset_with_source(
     skip_bad_images: bool = False,
     image_root: str | Path | None = None,
     name: str | None = None,
+    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> tuple[PlaceDataset, DatasetSource]:
     """:func:`open_dataset`, also telling which file (and ``whichSet``) or split folder was read."""
+    segmentation_dir = check_segmentation_dir(segmentation_dir)
     path = Path(path).expanduser()
     name = name or None
     if not path.exists():
@@ -518,7 +579,7 @@ def open_dataset_with_source(
             raise ValueError("image_root applies to the .mat reader only; folder-format paths come from the folder")
         if not path.is_dir():
             raise DatasetFormatError(f"{path}: the folder reader needs a dataset root folder, not a file")
-        dataset = read_folder_dataset(path, split or "test", skip_bad_images)
+        dataset = read_folder_dataset(path, split or "test", skip_bad_images, segmentation_dir)
         if name is not None and dataset.name != name:
             raise DatasetFormatError(
                 f"{path}: a folder-format dataset is named after its folder, {dataset.name!r}, "
@@ -528,7 +589,8 @@ def open_dataset_with_source(
     if reader == "mat":
         if path.is_dir():
             split = split or "test"
-            return _read_mat(find_mat_file(path, split, name), image_root or path, skip_bad_images, split)
+            mat_file = find_mat_file(path, split, name)
+            return _read_mat(mat_file, image_root or path, skip_bad_images, split, segmentation_dir=segmentation_dir)
         struct = _load_db_struct(path)
         own = _mat_own_split(path, struct)
         file_set = path.stem.removesuffix(f"_{own}")
@@ -537,8 +599,9 @@ def open_dataset_with_source(
                 f"{path} is a file of dataset {file_set!r}, not of {name!r} (expected {name}_<split>.mat)"
             )
         if split is None or own == split:
-            return _read_mat(path, image_root, skip_bad_images, split, struct)
-        return _read_mat(_file_for_split(path, own, split), image_root, skip_bad_images, split)
+            return _read_mat(path, image_root, skip_bad_images, split, struct, segmentation_dir)
+        sibling = _file_for_split(path, own, split)
+        return _read_mat(sibling, image_root, skip_bad_images, split, segmentation_dir=segmentation_dir)
     raise ValueError(f"unknown reader {reader!r}; expected auto, folder or mat")
 
 

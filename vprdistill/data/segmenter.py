@@ -8,7 +8,9 @@ mirrored ``ROOT/segmentation/<split>/<database|queries>/<name>.png``. NetVLAD
 tree ``vprdistill.data.readers`` looks in for both formats. Each map is a
 single-channel PNG of Cityscapes trainIds (0 road ... 18 bicycle, 255 void), the
 label set SynthCity writes too, so ``StructuralClassMap(source="cityscapes")``
-reads both.
+reads both. ``maps_dir`` writes the same tree under another folder name instead
+of ``segmentation`` (e.g. ``segmentation-predicted``), so predicted maps can sit
+beside ground-truth ones; the reader opens them with ``segmentation_dir``.
 
 The network sees each image resized so that its shorter side has a given
 length (by default the image processor's own size), keeping the aspect ratio;
@@ -38,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vprdistill.data.images import ImageLoadError, load_image
+from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, check_segmentation_dir
 from vprdistill.data.segmentation_labels import CITYSCAPES_TRAIN_ID_NAMES, LABEL_SPACE, VOID_ID, label_mapping
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
 from vprdistill.utils.device import resolve_device
@@ -286,14 +289,16 @@ def find_mat_files(root: str | Path, splits: Sequence[str] | None = None, name: 
     return found
 
 
-def mat_segmentation_paths(dataset: Any) -> tuple[list[Path], list[Path]]:
+def mat_segmentation_paths(
+    dataset: Any, maps_dir: str = DEFAULT_SEGMENTATION_DIR
+) -> tuple[list[Path], list[Path]]:
     """Where the maps of a ``.mat`` split's images go: (database maps, query maps).
 
-    ``IMAGE_ROOT/segmentation/<split>/database/<path>.png`` for the database image
+    ``IMAGE_ROOT/<maps_dir>/<split>/database/<path>.png`` for the database image
     ``IMAGE_ROOT/<path>.jpg`` and ``.../queries/<path>.png`` for the query
     ``IMAGE_ROOT/queries_real/<path>.jpg``, the tree the dataset reader looks in.
     """
-    split_dir = Path(dataset.root) / "segmentation" / dataset.split
+    split_dir = Path(dataset.root) / check_segmentation_dir(maps_dir) / dataset.split
     maps = []
     for label, images, base in (
         ("database", dataset.database_paths, Path(dataset.root)),
@@ -308,9 +313,11 @@ def mat_segmentation_paths(dataset: Any) -> tuple[list[Path], list[Path]]:
     return maps[0], maps[1]
 
 
-def segmentation_path(root: str | Path, image_relpath: str | Path) -> Path:
-    """Where the map of ``ROOT/images/<image_relpath>`` goes: ``ROOT/segmentation/<same path>.png``."""
-    return (Path(root) / "segmentation" / image_relpath).with_suffix(".png")
+def segmentation_path(
+    root: str | Path, image_relpath: str | Path, maps_dir: str = DEFAULT_SEGMENTATION_DIR
+) -> Path:
+    """Where the map of ``ROOT/images/<image_relpath>`` goes: ``ROOT/<maps_dir>/<same path>.png``."""
+    return (Path(root) / check_segmentation_dir(maps_dir) / image_relpath).with_suffix(".png")
 
 
 def write_class_map(path: str | Path, class_map: np.ndarray) -> None:
@@ -322,9 +329,9 @@ def write_class_map(path: str | Path, class_map: np.ndarray) -> None:
         Image.fromarray(class_map).save(tmp, format="PNG")  # a 2-D uint8 array is a mode "L" image
 
 
-def write_classes_file(root: str | Path, segmenter: Segmenter) -> Path:
-    """Write ``ROOT/segmentation/classes.json``: the label set of the maps and the model that made them."""
-    path = Path(root) / "segmentation" / "classes.json"
+def write_classes_file(root: str | Path, segmenter: Segmenter, maps_dir: str = DEFAULT_SEGMENTATION_DIR) -> Path:
+    """Write ``ROOT/<maps_dir>/classes.json``: the label set of the maps and the model that made them."""
+    path = Path(root) / check_segmentation_dir(maps_dir) / "classes.json"
     atomic_write_json(
         path,
         {
@@ -375,12 +382,15 @@ class _ImageFiles(Dataset):
             return job, None, error
 
 
-def _folder_jobs(root: Path, splits: Sequence[str] | None) -> list[_Job]:
-    return [_Job(root / "images" / relpath, segmentation_path(root, relpath)) for relpath in find_images(root, splits)]
+def _folder_jobs(root: Path, splits: Sequence[str] | None, maps_dir: str) -> list[_Job]:
+    return [
+        _Job(root / "images" / relpath, segmentation_path(root, relpath, maps_dir))
+        for relpath in find_images(root, splits)
+    ]
 
 
 def _mat_jobs(
-    path: Path, splits: Sequence[str] | None, name: str | None, skip_bad_images: bool
+    path: Path, splits: Sequence[str] | None, name: str | None, skip_bad_images: bool, maps_dir: str
 ) -> tuple[list[_Job], list[Path]]:
     """Jobs of every image listed by the ``.mat`` file(s) at ``path``, and the image roots they write to."""
     from vprdistill.data.readers import open_dataset
@@ -395,7 +405,7 @@ def _mat_jobs(
         )
         if splits and dataset.split not in splits:
             continue
-        database_maps, query_maps = mat_segmentation_paths(dataset)
+        database_maps, query_maps = mat_segmentation_paths(dataset, maps_dir)
         for image, map_path in zip([*dataset.database_paths, *dataset.query_paths], [*database_maps, *query_maps]):
             jobs.setdefault(map_path, _Job(Path(image), map_path))
         if Path(dataset.root) not in roots:
@@ -415,6 +425,7 @@ def segment_dataset(
     image_size: Sequence[int] | int | None = None,
     num_workers: int = 0,
     name: str | None = None,
+    maps_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> SegmentationReport:
     """Write a Cityscapes-trainId segmentation map for every image of a dataset.
 
@@ -429,10 +440,13 @@ def segment_dataset(
     ``skip_bad_images`` is logged and counted as failed (for ``.mat`` files,
     listed images that are missing are left out by the reader, with a warning).
     ``num_workers`` processes decode images while the network runs. Also writes
-    ``segmentation/classes.json`` next to the maps.
+    ``<maps_dir>/classes.json`` next to the maps. ``maps_dir`` (one folder name in
+    the root, default ``segmentation``) is where the map tree goes, e.g.
+    ``segmentation-predicted`` to keep ground-truth maps untouched.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    maps_dir = check_segmentation_dir(maps_dir)
     root = Path(root)
     start = time.perf_counter()
     report = SegmentationReport(root=root, model=str(model_id_or_path))
@@ -447,14 +461,14 @@ def segment_dataset(
             raise FileNotFoundError(
                 f"{root} holds neither images/ (folder format ROOT/images/<split>/...) nor NetVLAD .mat files"
             )
-        jobs, image_roots = _mat_jobs(root, splits, name, skip_bad_images)
+        jobs, image_roots = _mat_jobs(root, splits, name, skip_bad_images, maps_dir)
     else:
         if name is not None:
             raise ValueError("name picks a set of .mat files; a folder-format dataset has one set")
-        jobs, image_roots = _folder_jobs(root, splits), [root]
+        jobs, image_roots = _folder_jobs(root, splits, maps_dir), [root]
     todo = [job for job in jobs if overwrite or not job.map_path.is_file()]
     report.skipped = len(jobs) - len(todo)
-    classes_paths = [image_root / "segmentation" / "classes.json" for image_root in image_roots]
+    classes_paths = [image_root / maps_dir / "classes.json" for image_root in image_roots]
     if not todo and all(path.is_file() for path in classes_paths):
         report.classes_path = classes_paths[0] if classes_paths else None
         report.seconds = time.perf_counter() - start
@@ -463,7 +477,7 @@ def segment_dataset(
         _warn_if_model_changed(path, str(model_id_or_path), report.skipped)
     segmenter = Segmenter(model_id_or_path, device=device, image_size=image_size)
     for image_root in image_roots:
-        report.classes_path = write_classes_file(image_root, segmenter)
+        report.classes_path = write_classes_file(image_root, segmenter, maps_dir)
     report.classes_path = classes_paths[0] if classes_paths else None
     log.info("segmenting %d images of %s (%d already done) with %s", len(todo), root, report.skipped, segmenter.name)
 

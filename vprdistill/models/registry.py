@@ -281,6 +281,8 @@ def resolve_config(name_or_config: str | Mapping[str, Any], **overrides: Any) ->
 # Keys a model config may carry that describe how it is used rather than how it is built:
 # ``image_size`` ([H, W] it was trained at) lets eval, index and export default to it.
 METADATA_KEYS = ("image_size",)
+# Keys PlaceModel applies around the architecture body (see PlaceModel): not architecture options.
+WRAPPER_KEYS = ("input_standardization",)
 
 
 def build_model(name_or_config: str | Mapping[str, Any], pretrained: bool = False, **overrides: Any) -> PlaceModel:
@@ -299,7 +301,9 @@ def build_model(name_or_config: str | Mapping[str, Any], pretrained: bool = Fals
     architecture = config["architecture"]
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
-    options = {key: value for key, value in config.items() if key not in ("name", "architecture", *METADATA_KEYS)}
+    options = {
+        key: value for key, value in config.items() if key not in ("name", "architecture", *METADATA_KEYS, *WRAPPER_KEYS)
+    }
     what = f"model {config.get('name', architecture)!r} (architecture {architecture!r})"
     net = call_with_options(ARCHITECTURES[architecture], options, what, pretrained=pretrained)
     config["descriptor_dim"] = int(net.descriptor_dim)

@@ -61,6 +61,17 @@ class DataConfig:
         None  # use a fixed random subset of training queries (small budgets)
     )
     max_val_queries: int | None = None
+    # Maps folder of the dataset root (input: seg): "segmentation" (SynthCity's ground truth) or e.g.
+    # "segmentation-predicted", written by `vprdistill segment --maps-dir segmentation-predicted`.
+    segmentation_dir: str = "segmentation"
+    # Place-batched training (GSV-Cities layout: Dataframes/<city>.csv + Images/<city>/): batches of
+    # places_per_batch places × views_per_place views with place labels instead of mined tuples;
+    # data.dataset then gives the validation split only. None: NetVLAD-style mined tuples.
+    places: str | None = None
+    cities: list[str] | None = None  # the cities of the place set to train on; None: all
+    places_per_batch: int = 16
+    views_per_place: int = 4
+    place_batches_per_epoch: int | None = None  # None: one pass over the places per epoch
 
 
 @dataclass
@@ -352,7 +363,20 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
         raise ValueError(
             f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}"
         )
-    _validate_mining(config.mining, source)
+    if config.data.places:
+        for key, value in (("places_per_batch", config.data.places_per_batch),
+                           ("views_per_place", config.data.views_per_place)):
+            if value < 2:
+                raise ValueError(f"{source}: data.{key} must be >= 2 (a place batch needs positives and negatives), got {value}")
+        if config.data.place_batches_per_epoch is not None and config.data.place_batches_per_epoch < 1:
+            raise ValueError(
+                f"{source}: data.place_batches_per_epoch must be >= 1 or null, got {config.data.place_batches_per_epoch}"
+            )
+        if config.mining.cache_model != "student":
+            raise ValueError(f"{source}: mining.cache_model: teacher mines tuples; place batches (data.places) mine in the batch")
+    else:
+        # Tuple mining reads the mining settings; place batches mine within the batch instead.
+        _validate_mining(config.mining, source)
     if config.mining.negative_radius_m < config.mining.positive_radius_m:
         raise ValueError(
             f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m"

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.data.place_images import PlaceImages, open_place_images
 from vprdistill.data.readers import open_dataset_with_source
 from vprdistill.data.structural import StructuralClassMap
 from vprdistill.eval.evaluate import evaluate_descriptors
@@ -67,6 +68,7 @@ from vprdistill.train.init_from import init_weights_from
 from vprdistill.train.inputs import build_input_loader, input_paths
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import log_mining_round, miner_from_config
+from vprdistill.train.place_batches import BatchList, PlaceImageDataset, collate_places, place_batches
 from vprdistill.train.run_folder import RunFolder
 from vprdistill.train.tuples import (
     TupleDataset,
@@ -119,8 +121,10 @@ def _subset_queries(
     return dataset.subset(query_indices=keep)
 
 
-def open_train_val(config: TrainConfig) -> tuple[PlaceDataset, PlaceDataset | None]:
+def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDataset | None]:
     """The training split and the validation split (None when ``data.val_split`` is empty).
+
+    With place batches (``data.places``) no training split is opened (None).
 
     Each split is opened on its own: ``data.dataset`` naming ``<name>_train.mat``
     gives the validation split ``<name>_val.mat`` beside it, and ``data.name``
@@ -139,18 +143,23 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset, PlaceDataset | No
         "reader": data.reader,
         "skip_bad_images": data.skip_bad_images,
         "name": data.name,
+        "segmentation_dir": data.segmentation_dir,
     }
-    train_set, train_source = open_dataset_with_source(
-        data.dataset, split=data.train_split, **options
-    )
-    logger.info(
-        "training split %r: %s, %d database images, %d queries",
-        data.train_split,
-        train_source,
-        train_set.num_database,
-        train_set.num_queries,
-    )
-    train_set = _subset_queries(train_set, data.max_train_queries, config.seed)
+    if data.places:
+        # Place batches train on data.places; data.dataset gives the validation split only.
+        train_set, train_source = None, None
+    else:
+        train_set, train_source = open_dataset_with_source(
+            data.dataset, split=data.train_split, **options
+        )
+        logger.info(
+            "training split %r: %s, %d database images, %d queries",
+            data.train_split,
+            train_source,
+            train_set.num_database,
+            train_set.num_queries,
+        )
+        train_set = _subset_queries(train_set, data.max_train_queries, config.seed)
     if not data.val_split:
         logger.info(
             "no validation split (data.val_split is empty): the last epoch counts as the best"
@@ -376,11 +385,23 @@ def _train_locked(
         logger.info("model weights from %s", init_weights_from(model, config.init_from))
     model = prepare_batchnorm(model.to(device), config.batchnorm, context)
     method = TrainingMethod(config, device)
+    places = _open_places(config) if config.data.places else None
+    prepare = functools.partial(method.prepare_places, places) if places is not None else functools.partial(
+        method.prepare, train_set
+    )
     # One process per machine fills the teacher caches; the others then read them.
-    context.run_where(context.local_rank == 0, lambda: method.prepare(train_set))
-    context.run_where(context.local_rank != 0, lambda: method.prepare(train_set))
-    miner = miner_from_config(config.mining, train_set)
-    logger.info("%s; loss margin %s", miner.describe(), _loss_margins(method))
+    context.run_where(context.local_rank == 0, prepare)
+    context.run_where(context.local_rank != 0, prepare)
+    if places is None:
+        miner = miner_from_config(config.mining, train_set)
+        logger.info("%s; loss margin %s", miner.describe(), _loss_margins(method))
+    else:
+        miner = None
+        logger.info(
+            "place batches: %d places x %d views per batch, %d batches per epoch; in-batch tuples with %d negatives",
+            config.data.places_per_batch, config.data.views_per_place, _place_steps(config, places),
+            config.mining.num_negatives,
+        )
     optimizer = _build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(
         optimizer, gamma=config.optim.lr_decay
@@ -397,7 +418,7 @@ def _train_locked(
         stale_epochs = int(state["stale_epochs"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        if state.get("miner"):
+        if state.get("miner") and miner is not None:
             miner.load_state_dict(state["miner"])
         _apply_optimizer_config(
             config, optimizer, scheduler, finished_epochs=start_epoch - 1
@@ -419,7 +440,8 @@ def _train_locked(
         else None
     )
     load_input = build_input_loader(config.data, train=True)
-    query_paths, database_paths = input_paths(train_set, config.data.input)
+    if places is None:
+        query_paths, database_paths = input_paths(train_set, config.data.input)
     epochs_run, stopped_early = start_epoch - 1, False
     saved_epoch = (
         start_epoch - 1
@@ -434,86 +456,114 @@ def _train_locked(
             config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank
         )
         rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(miner.trainable_queries)
-        chunk = config.mining.refresh_every or len(order)
         term_sums: dict[str, float] = {}
         steps, tuples_trained, skipped, mining_rounds = 0, 0, 0, []
         set_training_mode(model, config.batchnorm)
+        if places is not None:
+            batches = place_batches(
+                places.members(), config.data.places_per_batch, config.data.views_per_place,
+                _place_steps(config, places), rng,
+            )
+            bar_total, bar_unit = sum(len(b) for b in batches), "img"
+        else:
+            order = rng.permutation(miner.trainable_queries)
+            bar_total, bar_unit = len(order), "q"
         bar = tqdm(
-            total=len(order),
+            total=bar_total,
             desc=f"epoch {epoch}/{config.epochs}",
-            unit="q",
+            unit=bar_unit,
             disable=not config.progress,
             leave=False,
             dynamic_ncols=True,
         )
-        for chunk_start in range(0, len(order), chunk):
-            chunk_queries = order[chunk_start : chunk_start + chunk]
-            context.sync_buffers(model)
-            query_desc, database_desc = _mining_cache(
-                config, model, method, train_set, chunk_queries, context
+
+        def train_step(batch, compute_loss, epoch=epoch, bar=bar, term_sums=term_sums, saved_epoch=saved_epoch) -> None:
+            """One optimiser step on a batch (tuples or places); updates the epoch's counters."""
+            nonlocal steps, tuples_trained
+            batch = batch.to(device)
+            step_start = time.perf_counter()
+            with autocast(config.amp, device):
+                descriptors = forward(batch.images)
+            output = compute_loss(batch, descriptors.float())
+            # The mean over ranks: every rank sees the same value, so all stop together on NaN.
+            loss_value = (
+                context.all_reduce_sum([float(output.total.detach())])[0]
+                / context.world_size
             )
-            # Every rank mines the whole chunk with the same generator, then trains on its share.
-            tuples, stats = miner.mine(chunk_queries, query_desc, database_desc, rng)
-            skipped += stats.skipped_no_violation
-            mining_rounds.append(stats.as_dict())
-            log_mining_round(epoch, len(mining_rounds), stats)
-            bar.update(stats.skipped_no_violation)
-            set_training_mode(model, config.batchnorm)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    _non_finite_message(
+                        config,
+                        run,
+                        loss_value,
+                        epoch,
+                        steps + 1,
+                        output.terms,
+                        saved_epoch,
+                    )
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(output.total).backward()
+            if config.optim.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), config.optim.grad_clip
+                )
+            scaler.step(optimizer)
+            scaler.update()
+            steps += 1
+            tuples_trained += batch.batch_size
+            for key, value in output.terms.items():
+                term_sums[key] = term_sums.get(key, 0.0) + float(value)
+            rate = batch.images.shape[0] / max(
+                time.perf_counter() - step_start, 1e-9
+            )
+            bar.update(batch.batch_size * context.world_size)
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+            for callback in step_callbacks:
+                callback(StepInfo(epoch, steps, loss_value, model))
+
+        if places is not None:
+            place_paths = places.seg_paths if config.data.input == "seg" else places.paths
+            if place_paths is None:
+                raise ValueError(f"data.input 'seg' needs segmentation maps of the place images in {places.root}")
             loader = DataLoader(
-                TupleDataset(
-                    context.share(tuples), query_paths, database_paths, load_input
-                ),
-                batch_size=config.batch_size,
-                shuffle=False,  # the order is already a seeded permutation
+                PlaceImageDataset(place_paths, places.labels, load_input),
+                batch_sampler=BatchList(context.share(batches)),
                 num_workers=config.data.num_workers,
-                collate_fn=collate_tuples,
+                collate_fn=collate_places,
             )
             for batch in loader:
-                batch = batch.to(device)
-                step_start = time.perf_counter()
-                with autocast(config.amp, device):
-                    descriptors = forward(batch.images)
-                output = method.loss(
-                    batch, split_tuple_descriptors(descriptors.float(), batch)
+                train_step(batch, method.place_loss)
+        else:
+            chunk = config.mining.refresh_every or len(order)
+            for chunk_start in range(0, len(order), chunk):
+                chunk_queries = order[chunk_start : chunk_start + chunk]
+                context.sync_buffers(model)
+                query_desc, database_desc = _mining_cache(
+                    config, model, method, train_set, chunk_queries, context
                 )
-                # The mean over ranks: every rank sees the same value, so all stop together on NaN.
-                loss_value = (
-                    context.all_reduce_sum([float(output.total.detach())])[0]
-                    / context.world_size
+                # Every rank mines the whole chunk with the same generator, then trains on its share.
+                tuples, stats = miner.mine(chunk_queries, query_desc, database_desc, rng)
+                skipped += stats.skipped_no_violation
+                mining_rounds.append(stats.as_dict())
+                log_mining_round(epoch, len(mining_rounds), stats)
+                bar.update(stats.skipped_no_violation)
+                set_training_mode(model, config.batchnorm)
+                loader = DataLoader(
+                    TupleDataset(
+                        context.share(tuples), query_paths, database_paths, load_input
+                    ),
+                    batch_size=config.batch_size,
+                    shuffle=False,  # the order is already a seeded permutation
+                    num_workers=config.data.num_workers,
+                    collate_fn=collate_tuples,
                 )
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        _non_finite_message(
-                            config,
-                            run,
-                            loss_value,
-                            epoch,
-                            steps + 1,
-                            output.terms,
-                            saved_epoch,
-                        )
+                for batch in loader:
+                    train_step(
+                        batch,
+                        lambda b, d: method.loss(b, split_tuple_descriptors(d, b)),
                     )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(output.total).backward()
-                if config.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        model.parameters(), config.optim.grad_clip
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                steps += 1
-                tuples_trained += batch.batch_size
-                for key, value in output.terms.items():
-                    term_sums[key] = term_sums.get(key, 0.0) + float(value)
-                rate = batch.images.shape[0] / max(
-                    time.perf_counter() - step_start, 1e-9
-                )
-                bar.update(batch.batch_size * context.world_size)
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
-                for callback in step_callbacks:
-                    callback(StepInfo(epoch, steps, loss_value, model))
         bar.close()
         scheduler.step()
         term_sums, tuples_trained = _sum_over_ranks(context, term_sums, tuples_trained)
@@ -553,7 +603,7 @@ def _train_locked(
             "best_recall": best_recall,
             "best_epoch": best_epoch,
             "stale_epochs": stale_epochs,
-            "miner": miner.state_dict() if miner.carry_negatives else {},
+            "miner": miner.state_dict() if miner is not None and miner.carry_negatives else {},
         }
 
         save_epoch = functools.partial(
@@ -658,6 +708,25 @@ def _sum_over_ranks(
     keys = sorted(term_sums)
     totals = context.all_reduce_sum([term_sums[k] for k in keys] + [tuples_trained])
     return dict(zip(keys, totals[:-1])), round(totals[-1])
+
+
+def _open_places(config: TrainConfig) -> PlaceImages:
+    """The place set of place-batched training (``data.places``), logged."""
+    places = open_place_images(config.data.places, cities=config.data.cities, min_views=2)
+    if places.num_places < config.data.places_per_batch:
+        raise ValueError(
+            f"data.places_per_batch is {config.data.places_per_batch}, but {config.data.places} holds only "
+            f"{places.num_places} places with 2 or more views"
+        )
+    logger.info("training places: %s, %d places, %d images", places.root, places.num_places, places.num_images)
+    return places
+
+
+def _place_steps(config: TrainConfig, places: PlaceImages) -> int:
+    """Batches per epoch: ``data.place_batches_per_epoch``, or one pass over the places."""
+    if config.data.place_batches_per_epoch:
+        return int(config.data.place_batches_per_epoch)
+    return max(1, places.num_places // config.data.places_per_batch)
 
 
 def _mining_cache(

@@ -25,6 +25,15 @@ two or more teachers, each teacher's terms are logged under its input kind and
 position in the list (``rgb0/soft``, ``seg1/kl``, ``rgb0/total``); ``total`` is
 the sum.
 
+With place batches (``data.places``: P places × K views with place labels,
+GSV-Cities style) the student's own term is the multi-similarity loss and
+miner (``loss: {name: multi_similarity, alpha, beta, base, epsilon}`` for
+``triplet``; ``metric_loss`` for ``distill``, null for none), and every tuple
+loss (each teacher's, or a tuple ``loss`` of ``triplet``) applies to in-batch
+tuples: each image an anchor, its least similar view of the same place the
+positive, the ``mining.num_negatives`` most similar images of other places the
+negatives. A teacher's ``w_hard`` then adds an in-batch triplet term.
+
 A teacher spec takes ``run`` (required), ``input`` (``rgb`` or ``seg``),
 ``loss``, ``image_size`` (default: the student's) and ``cache_dir``. A teacher
 is re-run on each batch only when it reads exactly what the student reads
@@ -40,11 +49,30 @@ from typing import Any
 import torch
 
 from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.data.place_images import PlaceImages
 from vprdistill.losses import build_loss
+from vprdistill.losses.metric import MultiSimilarityLoss, in_batch_tuples
 from vprdistill.losses.types import LossOutput, TupleDescriptors
 from vprdistill.train.config import TrainConfig
+from vprdistill.train.place_batches import PlaceBatch
 from vprdistill.train.teacher import FrozenTeacher
 from vprdistill.train.tuples import TupleBatch, gather_cached_descriptors, split_tuple_descriptors
+
+METRIC_LOSS = "multi_similarity"
+
+
+def build_metric_loss(spec: dict[str, Any] | None, where: str) -> MultiSimilarityLoss | None:
+    """The label-based loss of place batches from ``{name: multi_similarity, ...}``; None for null."""
+    if spec is None:
+        return None
+    params = dict(spec)
+    name = params.pop("name", None)
+    if name != METRIC_LOSS:
+        raise ValueError(f"{where}: the place-batch loss must be named {METRIC_LOSS!r}, got {name!r}")
+    try:
+        return MultiSimilarityLoss(**params)
+    except TypeError as error:
+        raise ValueError(f"{where}: bad parameters {sorted(params)}: {error}") from error
 
 METHOD_NAMES = ("triplet", "distill")
 TEACHER_KEYS = ("run", "input", "loss", "image_size", "cache_dir")
@@ -60,6 +88,7 @@ class TeacherSlot:
     use_cache: bool
     queries: torch.Tensor | None = None  # (M, D) cached descriptors of the training queries
     database: torch.Tensor | None = None  # (N, D)
+    places: torch.Tensor | None = None  # (N, D) cached descriptors of the place images (place batches)
 
 
 class TrainingMethod:
@@ -80,11 +109,27 @@ class TrainingMethod:
         # Loss margins come from each loss spec (or the loss's documented default, 0.1), never
         # from mining.margin: the mining margin and the loss margin are separate settings.
         self.teachers: list[TeacherSlot] = []
+        self.place_batches = bool(config.data.places)
+        self.num_negatives = config.mining.num_negatives
+        self.metric_loss: MultiSimilarityLoss | None = None
         if self.name == "triplet":
-            loss_spec = dict(spec.pop("loss", {"name": "triplet"}))
-            self.student_loss = build_loss(loss_spec)
+            loss_spec = dict(spec.pop("loss", {"name": METRIC_LOSS if self.place_batches else "triplet"}))
+            if loss_spec.get("name") == METRIC_LOSS:
+                if not self.place_batches:
+                    raise ValueError(
+                        f"method.loss: {METRIC_LOSS} needs place batches (data.places); mined tuples take a tuple "
+                        "loss such as triplet"
+                    )
+                self.metric_loss = build_metric_loss(loss_spec, "method.loss")
+                self.student_loss = None
+            else:
+                self.student_loss = build_loss(loss_spec)
         else:
             self.student_loss = None
+            if "metric_loss" in spec and not self.place_batches:
+                raise ValueError("method.metric_loss applies to place batches (data.places) only")
+            metric_spec = spec.pop("metric_loss", {"name": METRIC_LOSS}) if self.place_batches else None
+            self.metric_loss = build_metric_loss(metric_spec, "method.metric_loss")
             teacher_specs = spec.pop("teachers", None)
             if not teacher_specs or not isinstance(teacher_specs, (list, tuple)):
                 raise ValueError(
@@ -145,6 +190,42 @@ class TrainingMethod:
             if slot.use_cache or (position == 0 and self.mines_with_teacher):
                 slot.queries, slot.database = slot.teacher.cached_descriptors(train_dataset)
 
+    def prepare_places(self, places: PlaceImages) -> None:
+        """Compute (or read back) the teachers' descriptor caches of the place images (place batches)."""
+        for slot in self.teachers:
+            if slot.use_cache:
+                slot.places = slot.teacher.cached_place_descriptors(places.paths, places.seg_paths)
+
+    def place_loss(self, batch: PlaceBatch, student: torch.Tensor) -> LossOutput:
+        """Loss of a place batch given the student's descriptors ``(P·K, D)`` of its images."""
+        total = None
+        terms: dict[str, float] = {}
+        if self.metric_loss is not None:
+            output = self.metric_loss(student, batch.labels)
+            total = output.total
+            terms.update({key: value for key, value in output.terms.items() if key != "total"})
+        tuple_losses = [(None, self.student_loss)] if self.student_loss is not None else []
+        tuple_losses += [(slot, slot.loss) for slot in self.teachers]
+        if tuple_losses:
+            anchor, positive, negatives, mask = in_batch_tuples(student, batch.labels, self.num_negatives)
+            student_tuples = _index_tuples(student, anchor, positive, negatives, mask)
+            for slot, loss in tuple_losses:
+                teacher = None
+                if slot is not None:
+                    if slot.use_cache:
+                        rows = slot.places[batch.image_index].to(student.device)
+                    else:
+                        rows = slot.teacher.describe(batch.images).to(student.device)
+                    teacher = _index_tuples(rows, anchor, positive, negatives, mask)
+                output = loss(student_tuples, teacher)
+                total = output.total if total is None else total + output.total
+                prefix = f"{slot.name}/" if slot is not None and len(self.teachers) > 1 else ""
+                terms.update({f"{prefix}{key}": value for key, value in output.terms.items() if key != "total"})
+        if total is None:
+            raise ValueError("method: place batches need a loss (method.metric_loss or a teacher)")
+        terms["total"] = float(total.detach())
+        return LossOutput(total=total, terms=terms)
+
     def mining_descriptors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first teacher's cached descriptors: queries (M, D) and database (N, D), for ``mining.cache_model: teacher``."""
         if not self.teachers:
@@ -170,3 +251,10 @@ class TrainingMethod:
             terms.update({f"{prefix}{key}": value for key, value in output.terms.items()})
         terms["total"] = float(total.detach())
         return LossOutput(total=total, terms=terms)
+
+
+def _index_tuples(
+    rows: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, mask: torch.Tensor
+) -> TupleDescriptors:
+    """In-batch tuples of one model's descriptors ``rows`` ``(B, D)`` from index tensors."""
+    return TupleDescriptors(anchor=rows[anchor], positive=rows[positive], negatives=rows[negatives], negative_mask=mask)

@@ -94,14 +94,29 @@ class FrozenTeacher:
     def cached_descriptors(self, dataset: PlaceDataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher descriptors of the split's queries (M, D) and database (N, D), from cache when valid."""
         query_paths, database_paths = self._paths(dataset)
+        tensors = self.cached_path_descriptors({"queries": query_paths, "database": database_paths})
+        return tensors["queries"], tensors["database"]
+
+    def cached_place_descriptors(self, paths: Sequence[Path], seg_paths: Sequence[Path] | None) -> torch.Tensor:
+        """Teacher descriptors (N, D) of a place set's images (or their maps, for a seg teacher), from cache when valid."""
+        if self.input_kind == "seg":
+            if seg_paths is None:
+                raise ValueError(
+                    f"teacher {self.source} (input: seg) needs segmentation maps of the place images, but the "
+                    "place set has none (Segmentation/<city>/<image stem>.png)"
+                )
+            paths = seg_paths
+        return self.cached_path_descriptors({"places": list(paths)})["places"]
+
+    def cached_path_descriptors(self, groups: dict[str, Sequence[Path]]) -> dict[str, torch.Tensor]:
+        """Teacher descriptors of each named list of files, ``name -> (N_name, D)``, from cache when valid."""
         key_source = json.dumps(
             {
                 "teacher": self.fingerprint,
                 "input": self.input_kind,
                 "image_size": self.image_size,
                 "structural_source": self.structural_source if self.input_kind == "seg" else None,
-                "queries": image_set_key(query_paths),
-                "database": image_set_key(database_paths),
+                **{name: image_set_key(paths) for name, paths in groups.items()},
             },
             sort_keys=True,
         )
@@ -110,23 +125,21 @@ class FrozenTeacher:
         if cache_file.is_file():
             try:
                 tensors = load_file(str(cache_file))
-                queries, database = tensors["queries"], tensors["database"]
                 # A cache whose rows do not match the image lists would silently pair
                 # descriptors with the wrong images; it is rebuilt like a damaged one.
-                if queries.dim() != 2 or queries.shape[0] != len(query_paths):
-                    raise ValueError(f"queries are {tuple(queries.shape)} for {len(query_paths)} images")
-                if database.dim() != 2 or database.shape[0] != len(database_paths):
-                    raise ValueError(f"database is {tuple(database.shape)} for {len(database_paths)} images")
+                for name, paths in groups.items():
+                    rows = tensors[name]
+                    if rows.dim() != 2 or rows.shape[0] != len(paths):
+                        raise ValueError(f"{name} are {tuple(rows.shape)} for {len(paths)} images")
                 logger.info("teacher %s: descriptors read from cache %s", self.source, cache_file)
-                return queries, database
+                return {name: tensors[name] for name in groups}
             except (SafetensorError, OSError, KeyError, ValueError) as error:  # a damaged cache is rebuilt
                 logger.warning("teacher cache %s is unreadable (%s); recomputing", cache_file, error)
-        queries = self.describe_paths(query_paths, "teacher: queries")
-        database = self.describe_paths(database_paths, "teacher: database")
+        tensors = {name: self.describe_paths(paths, f"teacher: {name}") for name, paths in groups.items()}
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache_file) as tmp:
-            save_file({"queries": queries, "database": database}, str(tmp), metadata={"key": key_source})
-        return queries, database
+            save_file(tensors, str(tmp), metadata={"key": key_source})
+        return tensors
 
     def describe_paths(self, paths: Sequence[Path], desc: str = "teacher") -> torch.Tensor:
         """Descriptors (N, D) of image (or segmentation-map) files."""

@@ -17,6 +17,7 @@ from vprdistill.data.synth.conditions import (
 )
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+PLACE_FIELDS: tuple[str, ...] = ("train_places", "views_per_place", "place_conditions")
 
 # Blocks are counted along east (per split) and north (shared by all splits);
 # the number of database images follows from the street length, the spacing
@@ -72,6 +73,10 @@ class SynthConfig:
     query_heading_jitter_deg: float = 15.0
     query_height_jitter_m: float = 0.5
     query_pitch_jitter_deg: float = 5.0
+    # Place-batched training set (GSV-Cities layout, train region only; 0 = none)
+    train_places: int = 0
+    views_per_place: int = 4
+    place_conditions: tuple[str, ...] = ()  # empty: the database condition, then the query conditions
     # Output
     jpeg_quality: int = 90
 
@@ -81,6 +86,9 @@ class SynthConfig:
         set_field(self, "block_size_m", tuple(float(v) for v in self.block_size_m))
         set_field(self, "query_conditions", tuple(parse_condition(c, "conditions").note for c in self.query_conditions))
         set_field(self, "database_condition", parse_condition(self.database_condition, "database_condition").note)
+        set_field(self, "place_conditions",
+                  tuple(parse_condition(c, "place_conditions").note for c in self.place_conditions))
+        _validate_places(self)
 
     @classmethod
     def from_preset(cls, preset: str = "small", **overrides) -> "SynthConfig":
@@ -92,10 +100,11 @@ class SynthConfig:
         if unknown:
             raise ValueError(f"unknown SynthCity parameter(s) {', '.join(unknown)}; valid ones are {', '.join(sorted(names))}")
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-        if isinstance(values.get("query_conditions"), str):
-            values["query_conditions"] = (values["query_conditions"],)
-        if "query_conditions" in values:
-            values["query_conditions"] = tuple(values["query_conditions"])
+        for name in ("query_conditions", "place_conditions"):
+            if isinstance(values.get(name), str):
+                values[name] = (values[name],)
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(preset=preset, **values)
 
     def queries(self, split: str) -> int:
@@ -104,9 +113,24 @@ class SynthConfig:
     def blocks(self, split: str) -> int:
         return int(getattr(self, f"{split}_blocks"))
 
+    def place_condition_list(self) -> tuple[str, ...]:
+        """The conditions of the place views, duplicates removed: the first is every place's first view's.
+
+        Empty ``place_conditions`` means the database condition, then the query conditions.
+        """
+        listed = self.place_conditions or (self.database_condition, *self.query_conditions)
+        return tuple(dict.fromkeys(listed))
+
     def to_json(self) -> dict:
-        """All parameters as JSON-ready values (tuples become lists)."""
+        """All parameters as JSON-ready values (tuples become lists).
+
+        The place fields are left out while ``train_places`` is 0, so datasets
+        written before they existed keep their manifest (and are reused).
+        """
         data = dataclasses.asdict(self)
+        if self.train_places == 0:
+            for name in PLACE_FIELDS:
+                data.pop(name)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
@@ -140,3 +164,20 @@ def _validate(config: SynthConfig) -> None:
     for name, ok, message in checks:
         if not ok:
             raise ValueError(f"{name}: {message}, got {getattr(config, name, None) if name != 'conditions' else list(config.query_conditions)!r}")
+
+
+def _validate_places(config: SynthConfig) -> None:
+    for name in ("train_places", "views_per_place"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            # ValueError like every other bad parameter: the CLI reports those as usage errors.
+            raise ValueError(f"{name}: must be an integer, got {value!r}")  # noqa: TRY004
+    if config.train_places < 0:
+        raise ValueError(f"train_places: must be >= 0 (0 writes no place set), got {config.train_places!r}")
+    if config.views_per_place < 2:
+        raise ValueError(f"views_per_place: must be >= 2 (a place needs a positive pair), got {config.views_per_place!r}")
+    # Only checked when places are written: a short query mix must not break datasets without places.
+    conditions = config.place_condition_list()
+    if config.train_places > 0 and config.views_per_place > len(conditions):
+        raise ValueError(f"views_per_place: must be <= the number of distinct place conditions ({len(conditions)}: "
+                         f"{', '.join(conditions)}), got {config.views_per_place!r}")

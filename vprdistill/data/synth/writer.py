@@ -1,4 +1,4 @@
-"""Write a SynthCity dataset to disk: images, class maps, contact sheet, manifest.
+"""Write a SynthCity dataset to disk: images, class maps, place set, contact sheet, manifest.
 
 The manifest ``dataset.json`` is written last and atomically, so its presence
 means the dataset is complete; a folder with a matching manifest is reused as
@@ -22,10 +22,11 @@ from vprdistill.data.synth.conditions import SEASONS, TIMES, WEATHERS, parse_con
 from vprdistill.data.synth.config import SPLITS, SynthConfig
 from vprdistill.data.synth.contact_sheet import make_contact_sheet, pick_samples
 from vprdistill.data.synth.filenames import FIELDS
+from vprdistill.data.synth.places import CITY, CSV_COLUMNS, PLACES_ROOT, PlaceViewSpec, places_csv_text, plan_places
 from vprdistill.data.synth.render import render_view
 from vprdistill.data.synth.traversal import KINDS, ImageSpec, plan_dataset
 from vprdistill.data.synth.world import UTM_ORIGIN, UTM_ZONE_LETTER, UTM_ZONE_NUMBER, World, build_world
-from vprdistill.utils.atomic import atomic_write_json
+from vprdistill.utils.atomic import atomic_write_json, atomic_write_text
 from vprdistill.utils.logging import get_logger
 
 GENERATOR = "synthcity"
@@ -33,7 +34,8 @@ VERSION = "1.0.0"
 MANIFEST = "dataset.json"
 CONTACT_SHEET = "contact_sheet.png"
 IN_PROGRESS = ".synthcity-in-progress"
-OWNED = ("images", "segmentation", CONTACT_SHEET, MANIFEST)
+OWNED = ("images", "segmentation", PLACES_ROOT, CONTACT_SHEET, MANIFEST)
+PLACES_CSV = Path(PLACES_ROOT, "Dataframes", f"{CITY}.csv")
 CHUNK = 16
 
 log = get_logger("data.synth")
@@ -47,7 +49,9 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
 
     ``conditions`` is the query mix (``'night-rain-winter'``, ``'fog'``, ...;
     default: the preset's); ``overrides`` are any other ``SynthConfig`` fields
-    (``spacing_m=8``, ``queries_test=100``, ...). ``workers`` defaults to the
+    (``spacing_m=8``, ``queries_test=100``, ``train_places=500``, ...); with
+    ``train_places > 0`` a place set in the GSV-Cities layout is written to
+    ``out_dir/places`` (see ``places.py``). ``workers`` defaults to the
     CPU count. Raises ``ValueError`` naming the bad argument or folder.
     """
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -58,6 +62,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
     out = Path(out_dir)
     world = build_world(config)
     plan = plan_dataset(world, config)
+    places = plan_places(world, config)
     manifest = build_manifest(config, plan)
     _claim_folder(out)
     if _is_complete(out, manifest):
@@ -72,7 +77,12 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
         for kind in KINDS:
             (out / "images" / split / kind).mkdir(parents=True, exist_ok=True)
             (out / "segmentation" / split / kind).mkdir(parents=True, exist_ok=True)
-    _render_all(world, config, specs, out, workers or os.cpu_count() or 1, progress)
+    if places:
+        for folder in (out / PLACES_ROOT / "Images" / CITY, out / PLACES_ROOT / "Segmentation" / CITY, (out / PLACES_CSV).parent):
+            folder.mkdir(parents=True, exist_ok=True)
+    _render_all(world, config, [*specs, *places], out, workers or os.cpu_count() or 1, progress)
+    if places:
+        atomic_write_text(out / PLACES_CSV, places_csv_text(world, places))
 
     test = plan["test"]
     samples = pick_samples(test["database"], test["queries"])
@@ -86,7 +96,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
 def build_manifest(config: SynthConfig, plan: dict[str, dict[str, list[ImageSpec]]]) -> dict:
     """The JSON description of a dataset; identical parameters give an identical manifest."""
     classes = class_list()
-    return {
+    manifest = {
         "generator": GENERATOR,
         "version": VERSION,
         "seed": config.seed,
@@ -108,13 +118,36 @@ def build_manifest(config: SynthConfig, plan: dict[str, dict[str, list[ImageSpec
         "file_name_fields": list(FIELDS),
         "note_format": "<time>-<weather>-<season>",
     }
+    # Only with places, so that the manifest of a dataset without them is as it always was.
+    if config.train_places > 0:
+        manifest["places"] = {
+            "count": config.train_places,
+            "views": config.views_per_place,
+            "images": config.train_places * config.views_per_place,
+            "conditions": list(config.place_condition_list()),
+            "split": "train",
+            "root": PLACES_ROOT,
+            "layout": {
+                "format": "GSV-Cities",
+                "dataframe": PLACES_CSV.as_posix(),
+                "columns": list(CSV_COLUMNS),
+                "images": f"{PLACES_ROOT}/Images/{CITY}/{CITY}_<place_id % 10**5, 7 digits>_<year>_<month, 2 digits>_"
+                          "<northdeg, 3 digits>_<lat>_<lon>_<panoid>.jpg",
+                "segmentation": f"{PLACES_ROOT}/Segmentation/{CITY}/<image stem>.png",
+            },
+        }
+    return manifest
 
 
-def _image_path(spec: ImageSpec, world: World) -> Path:
+def _image_path(spec: ImageSpec | PlaceViewSpec, world: World) -> Path:
+    if isinstance(spec, PlaceViewSpec):
+        return spec.image_path(world)
     return Path("images", spec.split, spec.kind, spec.file_name(world, ".jpg"))
 
 
-def _seg_path(spec: ImageSpec, world: World) -> Path:
+def _seg_path(spec: ImageSpec | PlaceViewSpec, world: World) -> Path:
+    if isinstance(spec, PlaceViewSpec):
+        return spec.seg_path(world)
     return Path("segmentation", spec.split, spec.kind, spec.file_name(world, ".png"))
 
 
@@ -129,8 +162,8 @@ def _claim_folder(out: Path) -> None:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"out_dir: output folder {out} is not writable")
     ours = (out / IN_PROGRESS).exists() or _read_manifest(out).get("generator") == GENERATOR
-    if not ours and any((out / name).exists() for name in ("images", "segmentation")):
-        raise ValueError(f"out_dir: {out} already holds images/ or segmentation/ not written by SynthCity; "
+    if not ours and any((out / name).exists() for name in ("images", "segmentation", PLACES_ROOT)):
+        raise ValueError(f"out_dir: {out} already holds images/, segmentation/ or {PLACES_ROOT}/ not written by SynthCity; "
                          "choose an empty folder")
 
 
@@ -150,6 +183,14 @@ def _is_complete(out: Path, manifest: dict) -> bool:
                 folder = out / root / split / kind
                 if not folder.is_dir() or sum(1 for p in os.scandir(folder) if p.name.endswith(suffix)) != count:
                     return False
+    places = manifest.get("places")
+    if places:
+        if not (out / PLACES_CSV).is_file():
+            return False
+        for root, suffix in (("Images", ".jpg"), ("Segmentation", ".png")):
+            folder = out / PLACES_ROOT / root / CITY
+            if not folder.is_dir() or sum(1 for p in os.scandir(folder) if p.name.endswith(suffix)) != places["images"]:
+                return False
     return (out / CONTACT_SHEET).exists()
 
 
@@ -164,7 +205,7 @@ def _init_worker(world: World, config: SynthConfig, out: str) -> None:
     _worker.update(world=world, config=config, out=Path(out))
 
 
-def _render_chunk(specs: list[ImageSpec]) -> int:
+def _render_chunk(specs: list[ImageSpec | PlaceViewSpec]) -> int:
     world, config, out = _worker["world"], _worker["config"], _worker["out"]
     for spec in specs:
         rgb, seg = render_view(world, spec.view, config.image_size, config.fov_deg, parse_condition(spec.condition),
@@ -174,7 +215,7 @@ def _render_chunk(specs: list[ImageSpec]) -> int:
     return len(specs)
 
 
-def _render_all(world: World, config: SynthConfig, specs: list[ImageSpec], out: Path, workers: int, progress: bool) -> None:
+def _render_all(world: World, config: SynthConfig, specs: list[ImageSpec | PlaceViewSpec], out: Path, workers: int, progress: bool) -> None:
     chunks = [specs[i:i + CHUNK] for i in range(0, len(specs), CHUNK)]
     with tqdm(total=len(specs), desc="SynthCity", unit="img", disable=not progress) as bar:
         if workers == 1:
