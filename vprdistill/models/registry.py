@@ -235,10 +235,19 @@ def describe_preset(name: str) -> str:
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` applied: nested dicts merge key by key, anything else is replaced."""
+    """``base`` with ``override`` applied: nested dicts merge key by key, anything else is replaced.
+
+    A nested dict naming another ``name`` than the base's (a part of another kind) replaces it whole.
+    """
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+        # A part of another kind (an aggregator {name: mixvpr} over the preset's {name: gem, p: 3})
+        # replaces the preset's part: the old part's options mean nothing to the new one.
+        other_kind = (
+            isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+            and "name" in value and value.get("name") != merged[key].get("name")
+        )
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and not other_kind:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -11,12 +11,14 @@ from typing import Any, Mapping
 import torch.nn as nn
 
 from vprdistill.models.aggregators.gem import GeM
+from vprdistill.models.aggregators.mixvpr import MixVPR
 from vprdistill.models.aggregators.netvlad import NetVLAD
 from vprdistill.models.aggregators.netvlad_loupe import ContextGating, NetVLADLoupe
 from vprdistill.models.options import call_with_options
 
 AGGREGATORS: dict[str, type[nn.Module]] = {
     "gem": GeM,
+    "mixvpr": MixVPR,
     "netvlad": NetVLAD,
     "netvlad-loupe": NetVLADLoupe,
 }
@@ -34,4 +36,4 @@ def build_aggregator(spec: Mapping[str, Any], in_channels: int) -> nn.Module:
     return call_with_options(AGGREGATORS[name], options, f"aggregator {name!r}", in_channels=in_channels)
 
 
-__all__ = ["AGGREGATORS", "ContextGating", "GeM", "NetVLAD", "NetVLADLoupe", "build_aggregator"]
+__all__ = ["AGGREGATORS", "ContextGating", "GeM", "MixVPR", "NetVLAD", "NetVLADLoupe", "build_aggregator"]
