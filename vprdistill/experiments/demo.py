@@ -1,9 +1,10 @@
 """``vprdistill demo``: the whole method on built-in data, from an empty folder to a report.
 
-Generates (or reuses) SynthCity, trains the tiny TSCM teacher, distils the
-tiny student with cross-metric KD and without KD, trains the StructVPR
-seg-branch and the weighted RGB student, trains one student from both
-teachers at once, evaluates every model on the test split (overall and per
+Generates (or reuses) SynthCity with a place set (P places × K views under
+several conditions), trains every model with place batches (multi-similarity
+loss and miner; distillation on in-batch tuples): the tiny TSCM teacher, the
+tiny student with cross-metric KD and without KD, the StructVPR seg-branch and
+the weighted RGB student, one student from both teachers at once; then evaluates every model on the test split (overall and per
 query condition) beside its baselines — the ``thumbnail-16`` preset and each
 network untrained (same config and seed) — with 95 % bootstrap intervals and
 paired comparisons, and writes ``report.md`` / ``report.html``.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from vprdistill.data.synth.places import PLACES_ROOT as PLACES_FOLDER
 from vprdistill.experiments.baselines import THUMBNAIL_PRESET, evaluate_run_row, thumbnail_row, untrained_row
 from vprdistill.experiments.evaluation import machine_line, retrieval_grid
 from vprdistill.experiments.plots import recall_against_speed, recall_curves, recall_per_condition
@@ -42,17 +44,19 @@ class DemoBudget:
     """How much data and training the demo spends; ``quick`` is a smoke run of the same pipeline."""
 
     synth_preset: str
-    image_size: int
+    image_size: int  # the side models train and are evaluated at
     epochs: int
-    max_train_queries: int
+    train_places: int
+    views_per_place: int
+    places_per_batch: int
     max_val_queries: int
-    num_negatives: int
-    negative_samples: int
+    synth: dict = field(default_factory=dict)  # further SynthCity parameters
     extra: list[str] = field(default_factory=list)
 
 
-FULL = DemoBudget("small", 64, 5, 320, 150, 6, 300)
-QUICK = DemoBudget("tiny", 48, 1, 40, 40, 4, 100)
+# `small` with a training region of 4 blocks: room for 700 distinct places (12 m apart per heading).
+FULL = DemoBudget("small", 64, 10, 700, 4, 16, 160, synth={"train_blocks": 4})
+QUICK = DemoBudget("tiny", 48, 1, 12, 3, 4, 40)
 
 
 @dataclass
@@ -62,6 +66,16 @@ class DemoModel:
     name: str
     description: str
     teachers: list[dict] = field(default_factory=list)  # teacher specs; "run" holds another model's key
+    # The teacher's larger budget (TSCM's teacher is the stronger model): a factor on the image side
+    # and on the epochs of the demo's budget.
+    image_scale: float = 1.0
+    epoch_scale: float = 1.0
+
+    def image_size(self, budget: DemoBudget) -> int:
+        return int(round(budget.image_size * self.image_scale / 16) * 16)
+
+    def epochs(self, budget: DemoBudget) -> int:
+        return max(1, round(budget.epochs * self.epoch_scale))
 
 
 SEG_BRANCH_KEY = "structvpr-seg"  # the one demo model that reads segmentation maps, not photos
@@ -69,47 +83,53 @@ SEG_BRANCH_KEY = "structvpr-seg"  # the one demo model that reads segmentation m
 DEMO_MODELS = [
     DemoModel(
         "tscm-teacher",
-        "tscm/synth-teacher-tiny",
+        "tscm/synth-teacher-places",
         "TSCM teacher",
-        "ResNet stage-3 + ViT + inter-transformer with three NetVLAD-Loupe heads (the heavy model).",
+        "ResNet stage-3 + ViT + inter-transformer with three NetVLAD-Loupe heads (the heavy model), "
+        "trained on 1.5x larger images (96 px in the full demo).",
+        image_scale=1.5,
     ),
     DemoModel(
         "tscm-student-nokd",
-        "tscm/synth-student-tiny-nokd",
+        "tscm/synth-student-places-nokd",
         "TSCM student, no KD",
-        "The light student (ResNet stage-3 GeM + patch-embedding VLAD) trained alone with triplets.",
+        "The light student (ResNet stage-3 GeM + patch-embedding VLAD) trained alone (multi-similarity).",
     ),
     DemoModel(
         "tscm-student-cm",
-        "tscm/synth-student-tiny",
+        "tscm/synth-student-places",
         "TSCM student, cross-metric KD",
         "The same student distilled from the frozen teacher with soft + cross-metric KD (TSCM).",
-        teachers=[{"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}}],
+        teachers=[{"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric", "w_hard": 0.0}}],
     ),
     DemoModel(
         "structvpr-seg",
-        "structvpr/synth-seg-tiny",
-        "StructVPR seg-branch",
-        "A CNN that sees only one-hot structural maps (road, building, sky, ...); not run at test time "
-        "on real images, shown here on ground-truth maps.",
+        "structvpr/synth-seg-places",
+        "StructVPR seg-branch (oracle: ground-truth maps)",
+        "A CNN that sees only one-hot structural maps (road, building, sky, ...); not run at test time, "
+        "and shown here on SynthCity's ground-truth maps: an oracle no photo-only model gets.",
     ),
     DemoModel(
         "structvpr-rgb",
-        "structvpr/synth-rgb-tiny",
+        "structvpr/synth-rgb-places",
         "StructVPR RGB, weighted KD",
-        "An RGB CNN with triplet loss + partition-weighted structural distillation from the seg-branch.",
+        "An RGB CNN with multi-similarity + partition-weighted structural distillation from the seg-branch.",
         teachers=[
-            {"run": "structvpr-seg", "input": "seg", "loss": {"name": "structural", "weighting": {"name": "partition"}}}
+            {
+                "run": "structvpr-seg",
+                "input": "seg",
+                "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}},
+            }
         ],
     ),
     DemoModel(
         "combined-student",
-        "combined/synth-student-tiny",
+        "combined/synth-student-places",
         "Student from both teachers",
         "The TSCM student with cross-metric KD from the TSCM teacher and weighted structural KD from "
         "the seg-branch at once (neither paper does this).",
         teachers=[
-            {"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}},
+            {"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric", "w_hard": 0.0}},
             {
                 "run": "structvpr-seg",
                 "input": "seg",
@@ -123,12 +143,12 @@ DEMO_MODELS = [
 def _overrides(model: DemoModel, budget: DemoBudget, dataset: Path, runs: Path, seed: int) -> list[str]:
     overrides = [
         f"data.dataset={dataset}",
-        f"data.image_size=[{budget.image_size}, {budget.image_size}]",
-        f"epochs={budget.epochs}",
-        f"data.max_train_queries={budget.max_train_queries}",
+        f"data.places={dataset / PLACES_FOLDER}",
+        f"data.image_size=[{model.image_size(budget)}, {model.image_size(budget)}]",
+        f"epochs={model.epochs(budget)}",
+        f"data.places_per_batch={budget.places_per_batch}",
+        f"data.views_per_place={min(budget.views_per_place, 4)}",
         f"data.max_val_queries={budget.max_val_queries}",
-        f"mining.num_negatives={budget.num_negatives}",
-        f"mining.negative_samples={budget.negative_samples}",
         f"seed={seed}",
     ] + budget.extra
     if model.teachers:
@@ -170,7 +190,15 @@ def run_demo(
     if dataset is None:
         progress.run(
             "data",
-            lambda: generate(dataset_dir, preset=budget.synth_preset, seed=seed, image_size=max(budget.image_size, 64)),
+            lambda: generate(
+                dataset_dir,
+                preset=budget.synth_preset,
+                seed=seed,
+                image_size=max(2 * budget.image_size, 64),
+                train_places=budget.train_places,
+                views_per_place=budget.views_per_place,
+                **budget.synth,
+            ),
         )
     else:
         progress.run("data", lambda: None)
@@ -188,7 +216,7 @@ def run_demo(
         )
 
     test_set = open_dataset(dataset_dir, split="test")
-    image_size = (budget.image_size, budget.image_size)
+    image_size = (budget.image_size, budget.image_size)  # of the students; each model is read at its own size
 
     def evaluate_all() -> list[ResultRow]:
         rows = []
@@ -196,7 +224,7 @@ def run_demo(
             input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
             eval_command = (
                 f"vprdistill eval --model {runs / model.key} --dataset {dataset_dir} --split test "
-                f"--image-size {budget.image_size}" + (" --input seg" if input_kind == "seg" else "")
+                f"--image-size {model.image_size(budget)}" + (" --input seg" if input_kind == "seg" else "")
             )
             rows.append(
                 evaluate_run_row(
@@ -204,7 +232,7 @@ def run_demo(
                     test_set,
                     model.name,
                     model.description,
-                    image_size=image_size,
+                    image_size=(model.image_size(budget),) * 2,
                     device=torch_device,
                     input_kind=input_kind,
                     command=commands[model.key] + "\n  " + eval_command,
@@ -230,7 +258,10 @@ def run_demo(
         for model in DEMO_MODELS:
             input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
             baselines.append(
-                untrained_row(configs[model.key], test_set, model.name, image_size, torch_device, input_kind=input_kind)
+                untrained_row(
+                    configs[model.key], test_set, model.name, (model.image_size(budget),) * 2, torch_device,
+                    input_kind=input_kind,
+                )
             )
         return baselines
 
@@ -250,13 +281,17 @@ def run_demo(
         best_key = best_model.key
         grids = {}
         for condition in ("day", "night"):
-            grid = retrieval_grid(runs / best_key, test_set, condition, image_size=image_size, device=torch_device)
+            grid = retrieval_grid(
+                runs / best_key, test_set, condition, image_size=(best_model.image_size(budget),) * 2,
+                device=torch_device,
+            )
             if grid is not None:
                 grids[f"{condition} queries, {best.name}"] = grid
         meta = (
             f"{machine_line()}; {datetime.date.today().isoformat()}; budget: "
-            f"{'quick' if quick else 'full'} ({budget.epochs} epochs, {budget.max_train_queries} training "
-            f"queries per epoch, {budget.image_size}x{budget.image_size} px); "
+            f"{'quick' if quick else 'full'} ({budget.epochs} epochs over {budget.train_places} training places x "
+            f"{budget.views_per_place} views, {budget.places_per_batch} places per batch, "
+            f"{budget.image_size}x{budget.image_size} px); "
             f"{test_set.num_queries} test queries against {test_set.num_database} database images; seed {seed}"
         )
         intro = (
