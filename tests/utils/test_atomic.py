@@ -22,3 +22,16 @@ def test_finished_file_has_the_umask_mode_not_mkstemps_0600(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_a_finished_atomic_folder_has_the_umask_mode_not_mkdtemps_0700(tmp_path):
+    from vprdistill.utils.atomic_folder import atomic_folder
+
+    old = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "model", marker="config.json") as staging:
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755

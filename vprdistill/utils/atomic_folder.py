@@ -30,6 +30,13 @@ from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.atomic_folder")
 
+def _default_folder_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+_FOLDER_MODE = _default_folder_mode()
 STAGING_INFIX = ".tmp-"
 BACKUP_SUFFIX = ".backup"
 
@@ -161,6 +168,8 @@ def atomic_folder(
         check_replaceable(target, marker)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
+        # mkdtemp makes a 0700 folder; the finished one gets the mode a plain mkdir would give.
+        os.chmod(staging, _FOLDER_MODE)
         try:
             yield staging
             _fsync_tree(staging)
