@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report_sections import machine_description, today, update_section
+from benchmarks.report_sections import load_average, machine_description, today, update_section
 from vprdistill.data.readers import open_dataset
 from vprdistill.data.transforms import build_transform
 from vprdistill.eval.statistics import detectable_difference, mean_interval, paired_comparison
@@ -47,13 +47,6 @@ def _database_tensor(test_set, size: int) -> torch.Tensor:
     return torch.stack([transform(Image.open(path).convert("RGB")) for path in test_set.database_paths])
 
 
-def _load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def _ci(row, n: str = "1") -> str:
     low, high = row.recall_ci[n]
     return f"{row.recall[n]:.1f} [{low:.1f}, {high:.1f}]"
@@ -76,7 +69,7 @@ def main() -> None:
     test_set = open_dataset(args.dataset, split="test")
     size = (args.image_size, args.image_size)
     conditions = sorted(set(test_set.query_conditions()))
-    load_before = _load_average()
+    load_before = load_average()
     start = time.perf_counter()
 
     thumbnails = []
@@ -96,7 +89,7 @@ def main() -> None:
             untrained.setdefault(preset, []).append(row)
             print(f"{preset} seed {seed}: R@1 {_ci(row)}", flush=True)
     minutes = (time.perf_counter() - start) / 60
-    load_after = _load_average()
+    load_after = load_average()
 
     thumb = thumbnails[0]
     queries = len(thumb.hits["1"])

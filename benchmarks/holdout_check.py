@@ -20,20 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report_sections import machine_description, today, update_section
+from benchmarks.report_sections import load_average, machine_description, today, update_section
 from vprdistill.data.readers import open_dataset
 from vprdistill.data.synth import generate
 from vprdistill.eval.statistics import paired_comparison
 from vprdistill.experiments.baselines import evaluate_run_row, thumbnail_row
 from vprdistill.models.checkpoint import load_model
 from vprdistill.utils.device import set_threads
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def condition_hits(row, conditions: list[str], condition: str) -> list[int]:
@@ -51,7 +44,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args()
     set_threads(args.threads)
-    started, load_before = time.time(), _load_average()
+    started, load_before = time.time(), load_average()
     data = args.data or Path(f"/tmp/synthcity-holdout-seed{args.seed}")
     # Only the test split is read; the other splits are kept as small as the generator allows.
     generate(data, preset="small", seed=args.seed, image_size=128, progress=False,
@@ -99,7 +92,7 @@ def main() -> int:
         "## New-seed holdout check (SynthCity `small`, a city the demo never saw)\n\n"
         f"Command: `uv run python benchmarks/holdout_check.py --runs {args.runs} --seed {args.seed}`\n"
         f"Machine: {machine_description()}; date {today()}; {minutes:.1f} min; load average {load_before} before, "
-        f"{_load_average()} after. Holdout test split: {test_set.num_queries} queries "
+        f"{load_average()} after. Holdout test split: {test_set.num_queries} queries "
         f"({len(names)} conditions × {test_set.num_queries // max(len(names), 1)}), {test_set.num_database} "
         f"database images, 25 m, {args.image_size} px. Paired differences: bootstrap over queries "
         "(10,000 resamples), exact McNemar p. A per-condition figure covers 60 queries (one query = 1.7 points).\n\n"

@@ -34,6 +34,14 @@ def machine_description() -> str:
     )
 
 
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, for the line that says how idle the machine was."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def today() -> str:
     return datetime.date.today().isoformat()
 

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def _default_file_mode() -> int:
-    # mkstemp creates 0600 files; a finished file gets the mode a plain open() would give.
+def umask_mode(full: int) -> int:
+    """``full`` (0o666 for files, 0o777 for folders) less the process umask: what open()/mkdir() would give."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return full & ~mask
 
 
-_FILE_MODE = _default_file_mode()
+# mkstemp creates 0600 files; a finished file gets the mode a plain open() would give.
+_FILE_MODE = umask_mode(0o666)
 
 
 @contextlib.contextmanager

@@ -25,18 +25,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from vprdistill.utils.atomic import umask_mode
 from vprdistill.utils.locking import FolderLockedError, folder_lock
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.atomic_folder")
 
-def _default_folder_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o777 & ~mask
-
-
-_FOLDER_MODE = _default_folder_mode()
+# mkdtemp makes 0700 folders; a finished one gets the mode a plain mkdir() would give.
+_FOLDER_MODE = umask_mode(0o777)
 STAGING_INFIX = ".tmp-"
 BACKUP_SUFFIX = ".backup"
 
@@ -168,7 +164,6 @@ def atomic_folder(
         check_replaceable(target, marker)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
-        # mkdtemp makes a 0700 folder; the finished one gets the mode a plain mkdir would give.
         os.chmod(staging, _FOLDER_MODE)
         try:
             yield staging
