@@ -17,6 +17,9 @@ def test_bench_json_has_the_fields(tmp_path: Path) -> None:
     assert row["batch"] == 2 and row["pytorch_ms_per_image"] > 0 and row["onnxruntime_ms_per_image"] > 0
     assert 0 < row["pytorch_share_of_matmul_peak"] and 0 < row["onnxruntime_share_of_matmul_peak"]
     assert max(report["onnx"]["max_abs_diff"].values()) <= 1e-4
+    # The CPU wheel has one provider; its figure is the one reported as ONNX Runtime's.
+    assert report["onnx"]["providers"] == ["CPUExecutionProvider"]
+    assert row["onnxruntime_cpu_ms_per_image"] == row["onnxruntime_ms_per_image"]
     modes = {r["mode"]: r for r in report["matching"]}
     # PCA sizes at or above the 64-d test descriptors are left out: they would save nothing.
     assert set(modes) == {"exact-float32", "float16", "int8"}

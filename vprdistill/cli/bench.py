@@ -54,8 +54,12 @@ def format_report(report: dict) -> str:
                      f"{machine['device_memory_bandwidth_gbs']['read']:.0f} GB/s")  # fmt: skip
     for row in report["descriptors"]:
         text = f"  batch {row['batch']:>3}: PyTorch {row['pytorch_ms_per_image']:.2f} ms/image ({row['pytorch_share_of_matmul_peak']:.0%} of matmul peak)"
+        for key, value in row.items():
+            if key.startswith("onnxruntime_") and key.endswith("_ms_per_image") and key != "onnxruntime_ms_per_image":
+                provider = key.removeprefix("onnxruntime_").removesuffix("_ms_per_image")
+                text += f", ONNX Runtime {provider} {value:.2f} ms/image"
         if "onnxruntime_ms_per_image" in row:
-            text += f", ONNX Runtime {row['onnxruntime_ms_per_image']:.2f} ms/image ({row['onnxruntime_share_of_matmul_peak']:.0%})"
+            text += f" ({row['onnxruntime_share_of_matmul_peak']:.0%} of peak for the fastest)"
         lines.append(text)
     lines.append(f"matching against {settings['db_size']} x {settings['dim']} (ms per query):")
     for row in report["matching"]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vprdistill.deploy.matching_bench import EXACT_MODE, applicable_modes, measure_mode, random_unit_rows
+from vprdistill.models.inference import as_model_input, inference_copy
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.bench")
@@ -80,8 +81,8 @@ def peak_rss_mb() -> float:
 
 
 def time_pytorch(model: torch.nn.Module, image_size: tuple[int, int], batch: int, device: torch.device, repeats: int) -> float:
-    """ms per image of the eager model on a `(batch, 3, H, W)` input."""
-    images = torch.randn(batch, 3, *image_size, device=device)
+    """ms per image of the eager model on a `(batch, 3, H, W)` input (in the model's memory layout)."""
+    images = as_model_input(torch.randn(batch, 3, *image_size, device=device), model)
     with torch.inference_mode():
         seconds = best_seconds(lambda: model(images), repeats, device)
     return 1e3 * seconds / batch
@@ -96,6 +97,30 @@ def time_onnxruntime(session: Any, image_size: tuple[int, int], batch: int, repe
     return 1e3 * seconds / batch
 
 
+def available_providers() -> list[str]:
+    """ONNX Runtime's execution providers usable here, fastest first (TensorRT, CUDA, then the CPU).
+
+    The CPU wheel of ``onnxruntime`` has only the CPU provider; the ``gpu`` extra
+    (``onnxruntime-gpu``) adds CUDA and TensorRT.
+    """
+    import onnxruntime as ort
+
+    order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    available = set(ort.get_available_providers())
+    return [name for name in order if name in available]
+
+
+def provider_session(path: str | Path, provider: str, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on ``provider`` alone (the CPU provider as the fallback for unsupported nodes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
 def bench_descriptors(
     model: torch.nn.Module,
     image_size: tuple[int, int],
@@ -105,20 +130,39 @@ def bench_descriptors(
     with_onnx: bool = True,
     opset: int = 17,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Rows ``{batch, pytorch_ms_per_image, onnxruntime_ms_per_image}`` and the export record (or ``None``)."""
-    rows = [{"batch": int(b), "pytorch_ms_per_image": time_pytorch(model, image_size, b, device, repeats)} for b in batch_sizes]
+    """Rows ``{batch, pytorch_ms_per_image, onnxruntime_ms_per_image[, <provider>_ms_per_image…]}`` and the export record.
+
+    PyTorch runs the inference copy on the CPU (BatchNorm folded, channels-last:
+    ``vprdistill.models.inference``), as ``eval`` and the localizer do. ONNX
+    Runtime is timed on every available provider; ``onnxruntime_ms_per_image`` is
+    the first (fastest) provider's figure. The record is ``None`` without ONNX.
+    """
+    runner = inference_copy(model, device) if device.type == "cpu" else model
+    rows = [{"batch": int(b), "pytorch_ms_per_image": time_pytorch(runner, image_size, b, device, repeats)} for b in batch_sizes]
     if not with_onnx:
         return rows, None
-    from vprdistill.deploy.export import export_onnx, onnx_session
+    from vprdistill.deploy.export import export_onnx
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         record = export_onnx(model, path, image_size, opset=opset)
         model.to(device)  # export moves the model to the CPU
-        session = onnx_session(path, device=str(device), threads=torch.get_num_threads())
+        providers = available_providers() if device.type == "cuda" else ["CPUExecutionProvider"]
+        record["providers"] = []
+        for provider in providers:
+            try:
+                session = provider_session(path, provider, threads=torch.get_num_threads())
+            except Exception as error:  # a provider listed but unusable (no driver, no TensorRT libraries)
+                log.warning("ONNX Runtime provider %s is unusable here: %s", provider, error)
+                continue
+            record["providers"].append(provider)
+            short = provider.removesuffix("ExecutionProvider").lower()
+            for row in rows:
+                row[f"onnxruntime_{short}_ms_per_image"] = time_onnxruntime(session, image_size, row["batch"], repeats)
         for row in rows:
-            row["onnxruntime_ms_per_image"] = time_onnxruntime(session, image_size, row["batch"], repeats)
-        record["providers"] = session.get_providers()
+            first = next((row[key] for key in row if key.startswith("onnxruntime_") and key.endswith("_ms_per_image")), None)
+            if first is not None:
+                row["onnxruntime_ms_per_image"] = first
     return rows, record
 
 
