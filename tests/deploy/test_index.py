@@ -143,7 +143,9 @@ def test_compact_indexes_round_trip_and_find_copies(
     manifest = json.loads((out / "index.json").read_text())
     assert manifest["stored_dim"] == (pca or 512) and manifest["dtype"] == dtype and manifest["type"] == index_type
     assert (out / stored_file).is_file() and (out / "pca_matrix.npy").is_file() == bool(pca)
-    assert 0.0 <= manifest["neighbour_recall_at_10"] <= 1.0
+    # float16, int8 + PCA-8 and HNSW + PCA-8 keep nearly every exact neighbour of these descriptors
+    # (1.0, 0.99 and 1.0 measured); a broken compression or search falls far below.
+    assert manifest["neighbour_recall_at_10"] >= 0.9
     if dtype == "float16":
         assert np.load(out / "descriptors.npy").dtype == np.float16
 

@@ -34,7 +34,8 @@ def test_copy_queries_find_their_database_image(localizer: Localizer, tiny_datas
         assert [m.rank for m in result.matches] == [1, 2, 3]
         assert result.matches[0].score > result.matches[1].score >= result.matches[2].score
         assert result.best.distance == pytest.approx(np.sqrt(2 - 2 * result.best.score), abs=1e-6)
-        assert all(0.0 <= m.confidence <= 1.0 for m in result.matches)
+        # Uncalibrated, the confidence is the cosine similarity mapped linearly to [0, 1].
+        assert [m.confidence for m in result.matches] == pytest.approx([(m.score + 1) / 2 for m in result.matches])
         assert not result.unknown and result.threshold is None  # the index is not calibrated
 
 

@@ -79,7 +79,8 @@ def test_approximate_indexes_find_the_exact_neighbour(
     # of its cluster, so the neighbour stays in the top 10 (≥ 0.985 over 4 seeds).
     recall = recall_against_exact(ivfpq, queries, exact)
     assert recall[10] >= 0.9
-    assert recall[1] <= recall[10]
+    # Near-ties reorder under quantisation, so the exact first neighbour is not always first.
+    assert recall[1] < recall[10]
 
 
 def test_ivfpq_is_far_smaller_than_flat(data: tuple[np.ndarray, np.ndarray, np.ndarray], ivfpq: faiss.Index) -> None:

@@ -66,20 +66,28 @@ def test_mined_positives_within_10m_negatives_beyond_25m_and_violating():
 def test_query_without_violation_is_skipped():
     rng = np.random.default_rng(2)
     dataset = _random_dataset(rng, num_database=100, num_queries=20)
-    miner = TripletMiner(dataset, negative_samples=50, num_negatives=5, margin=0.1)
+    miner = TripletMiner(dataset, negative_samples=100, num_negatives=5, margin=0.1)
     database_desc = _normalised(rng, (dataset.num_database, 8))
-    # Each query descriptor equals its positive's: d_pos = 0; negatives are far unless identical.
+    trainable = [int(q) for q in miner.trainable_queries]
+    assert len(trainable) >= 4
+    positives = dataset.positives(10)
+    # Half of the queries sit on their positive (d_pos = 0, nothing violates the margin); the
+    # other half sit on a database image more than 25 m away (a negative at distance 0).
     query_desc = np.zeros((dataset.num_queries, 8), dtype=np.float32)
-    for q, positives in enumerate(dataset.positives(10)):
-        if len(positives):
-            query_desc[q] = database_desc[positives[0]]
-    database_desc_far = database_desc.copy()
-    tuples, stats = miner.mine(miner.trainable_queries, query_desc, database_desc_far, np.random.default_rng(0))
+    satisfied, violated = set(trainable[::2]), set(trainable[1::2])
+    for q in trainable:
+        if q in satisfied:
+            query_desc[q] = database_desc[positives[q][0]]
+        else:
+            metres = np.linalg.norm(dataset.database_utm - dataset.query_utm[q], axis=1)
+            query_desc[q] = database_desc[int(np.argmax(metres))]
+    tuples, stats = miner.mine(miner.trainable_queries, query_desc, database_desc, np.random.default_rng(0))
+    assert {item.query for item in tuples} == violated
+    assert stats.skipped_no_violation == len(satisfied)
     for item in tuples:
         d_neg = np.linalg.norm(database_desc[item.negatives] - query_desc[item.query], axis=1)
-        assert (d_neg < 0.1).all()
-    assert stats.skipped_no_violation + len(tuples) == len(miner.trainable_queries)
-    assert stats.skipped_no_violation > 0
+        d_pos = np.linalg.norm(database_desc[item.positive] - query_desc[item.query])
+        assert (d_neg < d_pos + 0.1).all()
 
 
 def test_mining_is_deterministic_for_a_seed():
