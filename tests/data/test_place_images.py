@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vprdistill.data import PlaceImages, is_place_images_root, open_place_images
+from vprdistill.data.place_images import PlaceImages, is_place_images_root, open_place_images
 
 HEADER = "place_id,year,month,northdeg,city_id,lat,lon,panoid"
 

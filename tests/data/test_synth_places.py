@@ -13,7 +13,7 @@ import utm
 from PIL import Image
 
 from vprdistill.cli.main import main
-from vprdistill.data import open_place_images
+from vprdistill.data.place_images import open_place_images
 from vprdistill.data.synth import SynthConfig, build_world, generate, parse_file_name, plan_dataset
 from vprdistill.data.synth.writer import _is_complete, build_manifest
 

@@ -4,9 +4,10 @@
   VPRDISTILL_API_KEY=secret vprdistill serve --index map_index --host 0.0.0.0 --port 8000
 
   curl -F image=@photo.jpg 'http://127.0.0.1:8000/localize?topk=5'
+  curl -F images=@a.jpg -F images=@b.jpg 'http://127.0.0.1:8000/localize/batch?topk=5'
 
 It listens on 127.0.0.1 unless told otherwise. When the environment variable
-VPRDISTILL_API_KEY is set, /info and /localize need that key
+VPRDISTILL_API_KEY is set, /info, /localize and /localize/batch need that key
 (X-API-Key header or Authorization: Bearer).
 
 Limits: bodies above --max-upload-mb and images above --max-megapixels get 413;
@@ -14,7 +15,9 @@ at most --decode-slots uploads are decoded at once, which bounds the memory
 decoding adds to decode-slots × max-megapixels × 8 bytes (244 MiB by default);
 a request must arrive in full within --request-timeout seconds, idle
 connections close 5 s after their last answer, and connections beyond
---max-connections get 503.
+--max-connections get 503. /localize/batch takes up to --max-batch-images
+images a request (more get 413; 0 turns the endpoint off), within the same
+body limit, each image checked against --max-megapixels.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ import sys
 from pathlib import Path
 
 from vprdistill.cli.common import add_device_args, apply_device_args
-from vprdistill.serve.limits import DEFAULT_DECODE_SLOTS, DEFAULT_MAX_PIXELS, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+from vprdistill.serve.limits import (
+    DEFAULT_DECODE_SLOTS,
+    DEFAULT_MAX_BATCH_IMAGES,
+    DEFAULT_MAX_PIXELS,
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT_S,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                         help="images with more pixels get 413, refused from their header")  # fmt: skip
     parser.add_argument("--decode-slots", type=int, default=DEFAULT_DECODE_SLOTS, help="uploads decoded at once")
+    parser.add_argument("--max-batch-images", type=int, default=DEFAULT_MAX_BATCH_IMAGES,
+                        help="images a POST /localize/batch may carry (more get 413); 0: no batch endpoint")  # fmt: skip
     parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
                         help="seconds a client has to send a whole request")  # fmt: skip
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, help="more connections get 503")
@@ -76,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     for option in ("max_upload_mb", "max_megapixels", "decode_slots", "request_timeout", "max_connections"):
         if getattr(args, option) <= 0:
             raise ValueError(f"--{option.replace('_', '-')} must be positive")
+    if args.max_batch_images < 0:
+        raise ValueError("--max-batch-images must be 0 (no batch endpoint) or positive")
     device = apply_device_args(args)
     localizer = Localizer.from_index_folder(args.index, args.model, device=device)
     api_key = os.environ.get(API_KEY_ENV) or None
@@ -87,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_pixels=int(args.max_megapixels * 1e6),
         decode_slots=args.decode_slots,
+        max_batch_images=args.max_batch_images,
     )
     print(
         f"serving index {args.index} ({len(localizer.index)} images) on http://{args.host}:{args.port} "

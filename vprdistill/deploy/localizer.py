@@ -4,6 +4,7 @@
     localizer = Localizer(load_model(index.manifest["model_path"]), index)
     result = localizer.localize("photo.jpg", topk=5)[0]
     result.unknown, result.position, result.matches[0].path
+    localizer.localize(bgr_frame, channel_order="BGR")  # an OpenCV / cv_bridge array
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import torch
 from vprdistill.data.transforms import build_transform, image_size_hw
 from vprdistill.deploy.calibration import confidence_of
 from vprdistill.deploy.index import MapIndex
-from vprdistill.deploy.inputs import ImageInput, ImageLoadError, as_image_list, source_name, to_rgb_image
+from vprdistill.deploy.inputs import (
+    ImageInput,
+    ImageLoadError,
+    as_image_list,
+    check_channel_order,
+    source_name,
+    to_rgb_image,
+)
 
 
 @dataclass(frozen=True)
@@ -137,30 +145,51 @@ class Localizer:
         model = load_model(model_path, device=device)
         return cls(model, index, device=device, image_size=image_size, on_unreadable=on_unreadable)
 
-    def prepare(self, image: ImageInput) -> torch.Tensor:
-        """The network input `(3, H, W)` float32 of one image (decoded, resized, normalised)."""
-        return self.transform(to_rgb_image(image))
+    def prepare(self, image: ImageInput, channel_order: str = "RGB") -> torch.Tensor:
+        """The network input `(3, H, W)` float32 of one image (decoded, resized, normalised).
+
+        ``channel_order``: the order of an array's channels, ``"RGB"`` (the
+        default) or ``"BGR"`` (OpenCV, ROS ``cv_bridge``; a 4-channel array is
+        then BGRA). Paths, bytes and PIL images carry their own order and are
+        not affected; any other value raises ``ValueError``.
+        """
+        return self.transform(to_rgb_image(image, channel_order))
 
     @torch.inference_mode()
     def describe_batch(self, batch: torch.Tensor) -> np.ndarray:
         """Descriptors `(B, D)` float32 of prepared inputs `(B, 3, H, W)`."""
         return self.model(batch.to(self.device)).float().cpu().numpy()
 
-    def describe(self, images: list[ImageInput]) -> np.ndarray:
-        """Descriptors `(B, D)` float32 of B images (paths, PIL images, arrays or encoded bytes)."""
-        return self.describe_batch(torch.stack([self.prepare(item) for item in images]))
+    def describe(self, images: list[ImageInput], channel_order: str = "RGB") -> np.ndarray:
+        """Descriptors `(B, D)` float32 of B images (paths, PIL images, arrays or encoded bytes).
 
-    def localize(self, image_or_batch: ImageInput | list[ImageInput], topk: int = 5) -> list[Localization]:
-        """Top-``topk`` matches of one image or a batch (list, or `(B, H, W, C)` array): one ``Localization`` each."""
+        ``channel_order`` applies to the arrays among them, as in ``prepare``.
+        """
+        check_channel_order(channel_order)
+        return self.describe_batch(torch.stack([self.prepare(item, channel_order) for item in images]))
+
+    def localize(
+        self, image_or_batch: ImageInput | list[ImageInput], topk: int = 5, channel_order: str = "RGB"
+    ) -> list[Localization]:
+        """Top-``topk`` matches of one image or a batch (list, or `(B, H, W, C)` array): one ``Localization`` each.
+
+        ``channel_order``: ``"RGB"`` (the default) or ``"BGR"``, the order of the
+        channels of array inputs (``(H, W, 3)``, ``(H, W, 4)`` or a ``(B, H, W, C)``
+        batch): pass ``"BGR"`` for frames from OpenCV or ROS ``cv_bridge``, whose
+        channels read as RGB would give other, wrong, descriptors. Paths, bytes
+        and PIL images carry their own order and are not affected. Any other
+        value raises ``ValueError`` before any image is read.
+        """
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
+        check_channel_order(channel_order)
         items = as_image_list(image_or_batch)
         sources = [source_name(item) for item in items]
         inputs: list[torch.Tensor] = []
         errors: dict[int, str] = {}  # position in the batch → why that photo could not be read
         for i, item in enumerate(items):
             try:
-                inputs.append(self.prepare(item))
+                inputs.append(self.prepare(item, channel_order))
             except ImageLoadError as error:
                 if self.on_unreadable == "raise":
                     raise

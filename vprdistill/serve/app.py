@@ -5,6 +5,11 @@ Endpoints:
 - ``GET /info``: model, fingerprint, descriptor size, index size and settings.
 - ``POST /localize?topk=5``: multipart upload of one image in the field ``image``;
   answers the JSON of a ``Localization``.
+- ``POST /localize/batch?topk=5``: up to ``max_batch_images`` images in one
+  multipart request, each a file field named ``images``; answers
+  ``{"results": [...]}``, one ``/localize`` answer per image in upload order,
+  their descriptors computed in one forward pass. ``max_batch_images=0`` leaves
+  the endpoint out.
 
 Concurrency: requests are served by uvicorn's event loop; the upload is read
 asynchronously (Starlette spools it to a temporary file above 1 MB), then the
@@ -21,6 +26,10 @@ header announces more than ``max_pixels`` get 413 before any pixel is decoded;
 images that are not JPEG, PNG, WebP, BMP or TIFF, or do not decode, get 400
 with the reason. Memory the decoding adds is then bounded by
 ``decode_slots × max_pixels × 8`` bytes (``serve.limits.decode_memory_bound``).
+A batch obeys the same limits: the body limit counts the whole request, each
+image is checked against ``max_pixels`` and decoded in the same slots, and the
+first bad image (by position) gets the same 413 or 400, naming its position and
+file name; more than ``max_batch_images`` images get 413 while the form is read.
 """
 
 from __future__ import annotations
@@ -30,20 +39,28 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import Any, BinaryIO
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from vprdistill.deploy.inputs import ImageLoadError, ImageTooLargeError, check_image_header, decode_image_file
 from vprdistill.deploy.localizer import Localizer
 from vprdistill.serve.auth import api_key_dependency
-from vprdistill.serve.limits import DEFAULT_DECODE_SLOTS, DEFAULT_MAX_PIXELS, decode_memory_bound
+from vprdistill.serve.limits import (
+    DEFAULT_DECODE_SLOTS,
+    DEFAULT_MAX_BATCH_IMAGES,
+    DEFAULT_MAX_PIXELS,
+    decode_memory_bound,
+)
 
 UPLOAD_FIELD = "image"
+BATCH_FIELD = "images"
 MAX_TOPK = 100
 
 _UPLOAD_SCHEMA = {
@@ -55,6 +72,21 @@ _UPLOAD_SCHEMA = {
                     "type": "object",
                     "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}},
                     "required": [UPLOAD_FIELD],
+                }
+            }
+        },
+    }
+}
+
+_BATCH_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {BATCH_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": [BATCH_FIELD],
                 }
             }
         },
@@ -103,12 +135,92 @@ class _Pipeline:
         return self.localizer.prepare(decode_image_file(file, name, self.max_pixels))[None]
 
     def _answer(self, batch: torch.Tensor, name: str, topk: int) -> dict[str, Any]:
+        return self._answer_all(batch, [name], topk)[0]
+
+    def _answer_all(self, batch: torch.Tensor, names: list[str], topk: int) -> list[dict[str, Any]]:
+        """One record per row of ``batch`` `(B, 3, H, W)`: one forward pass and one search for all of them."""
         start = time.perf_counter()
         with self.model_lock:
-            result = self.localizer.match(self.localizer.describe_batch(batch), topk, [name])[0]
-        record = result.to_dict()
-        record["elapsed_ms"] = 1e3 * (time.perf_counter() - start)
-        return record
+            results = self.localizer.match(self.localizer.describe_batch(batch), topk, list(names))
+        elapsed_ms = 1e3 * (time.perf_counter() - start)
+        records = [result.to_dict() for result in results]
+        for record in records:
+            record["elapsed_ms"] = elapsed_ms  # the batch's model and search time
+        return records
+
+    async def batch(self, parts: list[tuple[BinaryIO, str]], topk: int) -> list[dict[str, Any]]:
+        """``(file, name)`` parts → one record each, in order; ``BatchPartError`` names the first bad part."""
+        await run_in_threadpool(self._check_headers, parts)  # every header before any decode
+        loop = asyncio.get_running_loop()
+        # All parts queue for the same decode slots as single uploads: the decode memory bound holds.
+        prepared = await asyncio.gather(
+            *(loop.run_in_executor(self.decoder, self._prepare, file, name) for file, name in parts),
+            return_exceptions=True,
+        )
+        for index, outcome in enumerate(prepared):
+            if isinstance(outcome, ImageLoadError):
+                raise BatchPartError(index, parts[index][1], outcome) from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return await run_in_threadpool(self._answer_all, torch.cat(prepared), [name for _, name in parts], topk)
+
+    def _check_headers(self, parts: list[tuple[BinaryIO, str]]) -> None:
+        for index, (file, name) in enumerate(parts):
+            try:
+                check_image_header(file, name, self.max_pixels)
+            except ImageLoadError as error:
+                raise BatchPartError(index, name, error) from error
+
+
+class BatchPartError(Exception):
+    """Image ``index`` (file name ``name``) of a batch could not be used; ``error`` says why."""
+
+    def __init__(self, index: int, name: str, error: ImageLoadError) -> None:
+        super().__init__(f"{BATCH_FIELD}[{index}] ({name}): {error}")
+        self.index, self.name, self.error = index, name, error
+
+
+class TooManyImagesError(Exception):
+    """A batch form with more image files than the limit; raised at the first one too many."""
+
+
+class _BatchFormParser(MultiPartParser):
+    """Starlette's multipart parser, stopping at the first file beyond ``max_images``.
+
+    Starlette's own ``max_files`` stops there too, but answers 400 with a
+    generic message; the batch endpoint answers 413 naming its limit. The parse
+    stops as soon as the part's headers arrive: its bytes are never spooled.
+    ``_current_part`` is Starlette's own record of the part being read
+    (tests/serve/test_batch.py fails should a Starlette release rename it).
+    """
+
+    def __init__(self, request: Request, stream: Any, max_images: int, max_fields: int) -> None:
+        super().__init__(request.headers, stream, max_fields=max_fields)
+        self.max_images = max_images
+        self.images = 0
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        if self._current_part.file is not None:  # a part with a file name, as every image upload has
+            self.images += 1
+            if self.images > self.max_images:
+                raise TooManyImagesError
+
+
+async def _read_batch_form(request: Request, max_images: int) -> FormData:
+    """The multipart form of a batch request; 400 for a request that is not one, 413 past ``max_images`` files."""
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise HTTPException(400, detail=f"send the images as multipart file fields named '{BATCH_FIELD}'")
+    try:
+        async with aclosing(request.stream()) as stream:
+            return await _BatchFormParser(request, stream, max_images, max_fields=1).parse()
+    except TooManyImagesError:
+        raise HTTPException(
+            413, detail=f"a batch holds at most {max_images} images; send the others in another request"
+        ) from None
+    except MultiPartException as error:
+        raise HTTPException(400, detail=error.message) from error
 
 
 def _info(localizer: Localizer) -> dict[str, Any]:
@@ -137,14 +249,18 @@ def create_app(
     api_key: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_slots: int = DEFAULT_DECODE_SLOTS,
+    max_batch_images: int = DEFAULT_MAX_BATCH_IMAGES,
 ) -> FastAPI:
     """The service for ``localizer``; bodies above ``max_upload_bytes`` and images above ``max_pixels``
-    get 413; at most ``decode_slots`` uploads are decoded at once; with ``api_key``, ``/info`` and
-    ``/localize`` need it (401 otherwise)."""
+    get 413; at most ``decode_slots`` uploads are decoded at once; ``/localize/batch`` takes up to
+    ``max_batch_images`` images a request (0: no batch endpoint); with ``api_key``, ``/info``,
+    ``/localize`` and ``/localize/batch`` need it (401 otherwise)."""
     for label, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                          ("decode_slots", decode_slots)):  # fmt: skip
         if value < 1:
             raise ValueError(f"{label} must be positive, got {value}")
+    if max_batch_images < 0:
+        raise ValueError(f"max_batch_images must be 0 (no batch endpoint) or positive, got {max_batch_images}")
     app = FastAPI(title="vprdistill localisation service", max_body_size=int(max_upload_bytes))
     require_key = Depends(api_key_dependency(api_key))
     run_localizer = _Pipeline(localizer, int(max_pixels), int(decode_slots))
@@ -155,6 +271,7 @@ def create_app(
         "decode_slots": int(decode_slots),
         "decode_memory_bytes": decode_memory_bound(decode_slots, max_pixels),
     }
+    info["max_batch_images"] = int(max_batch_images)
 
     @app.get("/health")
     def health() -> AsciiJSONResponse:
@@ -183,5 +300,29 @@ def create_app(
             return AsciiJSONResponse(record)
         finally:
             await form.close()
+
+    if max_batch_images:
+
+        @app.post("/localize/batch", dependencies=[require_key], openapi_extra=_BATCH_SCHEMA)
+        async def localize_batch(request: Request, topk: int = Query(5, ge=1, le=MAX_TOPK)) -> AsciiJSONResponse:
+            # As for /localize, the form is read only after the key check.
+            form = await _read_batch_form(request, int(max_batch_images))
+            try:
+                unexpected = sorted(set(form.keys()) - {BATCH_FIELD})
+                if unexpected:
+                    raise HTTPException(400, detail=f"unexpected field '{unexpected[0]}': send the images as "
+                                                    f"multipart file fields named '{BATCH_FIELD}'")  # fmt: skip
+                uploads = form.getlist(BATCH_FIELD)
+                if not uploads or not all(isinstance(upload, UploadFile) for upload in uploads):
+                    raise HTTPException(400, detail=f"send the images as multipart file fields named '{BATCH_FIELD}'")
+                parts = [(upload.file, upload.filename or f"{BATCH_FIELD}[{i}]") for i, upload in enumerate(uploads)]
+                try:
+                    records = await run_localizer.batch(parts, topk)
+                except BatchPartError as error:
+                    status = 413 if isinstance(error.error, ImageTooLargeError) else 400
+                    raise HTTPException(status, detail=str(error)) from error
+                return AsciiJSONResponse({"results": records})
+            finally:
+                await form.close()
 
     return app
