@@ -84,7 +84,7 @@ def test_health_and_info(open_server: str, localizer: Localizer) -> None:
     assert info["descriptor_dim"] == 512 and info["index_size"] == 12
     assert info["model"] == "resnet18-gem" and info["image_size"] == [64, 64]
     assert info["limits"] == {"max_upload_bytes": MAX_UPLOAD, "max_pixels": 16_000_000, "decode_slots": 2,
-                              "decode_memory_bytes": 2 * 16_000_000 * 8}  # fmt: skip
+                              "decode_memory_bytes": 2 * 16_000_000 * 8, "max_batch_images": 16}  # fmt: skip
 
 
 def test_localize_returns_the_copied_database_image(open_server: str, query: tuple[bytes, str]) -> None:

@@ -152,7 +152,7 @@ def test_malformed_batches_are_client_errors(client: TestClient, queries) -> Non
 def test_the_limit_is_in_info_and_zero_turns_the_endpoint_off(
     localizer: Localizer, client: TestClient, queries
 ) -> None:
-    assert client.get("/info").json()["max_batch_images"] == MAX_IMAGES
+    assert client.get("/info").json()["limits"]["max_batch_images"] == MAX_IMAGES
     with TestClient(create_app(localizer, MAX_UPLOAD, max_batch_images=0)) as off:
         assert off.post("/localize/batch", files=parts(("a.jpg", queries[0][1]))).status_code == 404
         assert off.post("/localize", files={"image": ("a.jpg", queries[0][1])}).status_code == 200
@@ -169,7 +169,7 @@ def test_the_cli_option_sets_the_limit(tiny_index: Path, queries, monkeypatch, c
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, *args, **kwargs: served.append(self.config.app))
     assert main(["serve", "--index", str(tiny_index), "--max-batch-images", "2"]) == 0
     with TestClient(served[0]) as app:
-        assert app.get("/info").json()["max_batch_images"] == 2
+        assert app.get("/info").json()["limits"]["max_batch_images"] == 2
         three = parts(*[(f"{i}.jpg", queries[0][1]) for i in range(3)])
         response = app.post("/localize/batch", files=three)
     assert response.status_code == 413 and "at most 2 images" in response.json()["detail"]

@@ -1,10 +1,18 @@
 """vprdistill export: a place model as ONNX, checked against PyTorch with ONNX Runtime.
 
   vprdistill export --model runs/student --format onnx --out student.onnx --image-size 224 224
+  vprdistill export --model runs/student --format onnx --out robot.onnx --image-size 224 224 \\
+      --embed-preprocessing --channel-order BGR
 
 Writes OUT (atomically, only when ONNX Runtime reproduces PyTorch's
 descriptors on batches of 1 and 3 within --atol) and OUT.json with the model
 config, fingerprint and input size.
+
+--embed-preprocessing writes a frame-in graph instead: its input ``frames``
+is a uint8 batch (N, H_in, W_in, 3) of any frame size in --channel-order, and
+the graph itself reorders the channels, resizes (antialiased bilinear) to the
+image size, scales and normalises. It is checked on uint8 frames of two sizes
+against the PyTorch path (PIL resize, ImageNet normalisation, model).
 """
 
 from __future__ import annotations
@@ -15,6 +23,11 @@ from pathlib import Path
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown, and the examples of the description kept as written."""
+
+
+# Literal copies of vprdistill.deploy's DEFAULT_ATOL, FRAME_ATOL and CHANNEL_ORDERS (the tests check they agree):
+# importing those modules here would load torch for every command's --help.
+DEFAULT_ATOL, FRAME_ATOL, CHANNEL_ORDERS = 1e-4, 5e-3, ("RGB", "BGR")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="input side or H W fixed in the graph (default: the training run's, else the model's)")  # fmt: skip
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"),
-                        help="torch.export-based (writes opset >= 18) or TorchScript-based; auto: legacy first below opset 18, else dynamo first")  # fmt: skip
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference of the L2-normalised descriptors")
+                        help="torch.export-based (writes opset >= 18) or TorchScript-based; auto: legacy first below opset 18, else dynamo first; "
+                             "frame graphs need dynamo")  # fmt: skip
+    parser.add_argument("--atol", type=float, default=None,
+                        help=f"largest allowed difference of the L2-normalised descriptors (default {DEFAULT_ATOL:g}; "
+                             f"{FRAME_ATOL:g} with --embed-preprocessing, whose reference resizes with PIL)")  # fmt: skip
+    parser.add_argument("--embed-preprocessing", action="store_true",
+                        help="frame-in graph: uint8 (N, H_in, W_in, 3) frames of any size, resized and normalised inside")  # fmt: skip
+    parser.add_argument("--channel-order", type=str.upper, choices=CHANNEL_ORDERS, default=None,
+                        help="channel order of the frames (with --embed-preprocessing; default RGB)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -41,13 +61,27 @@ def run(args: argparse.Namespace) -> int:
     from vprdistill.deploy.export import export_onnx, sidecar_path
     from vprdistill.deploy.model_io import pick_image_size
 
+    if args.channel_order is not None and not args.embed_preprocessing:
+        raise ValueError("--channel-order applies to frame graphs: add --embed-preprocessing")
     model = load_model_or_preset(args.model, "cpu")
     image_size = pick_image_size(args.image_size, run_settings(args.model), model)
-    record = export_onnx(model, args.out, image_size, opset=args.opset, exporter=args.exporter, atol=args.atol)
-    differences = ", ".join(f"batch {b}: {d:.2e}" for b, d in record["max_abs_diff"].items())
+    record = export_onnx(
+        model, args.out, image_size, opset=args.opset, exporter=args.exporter, atol=args.atol,
+        embed_preprocessing=args.embed_preprocessing, channel_order=args.channel_order or "RGB",
+    )  # fmt: skip
+    size = f"{image_size[0]}x{image_size[1]}"
+    if args.embed_preprocessing:
+        what = f"input uint8 frames (N, H_in, W_in, 3) {record['input']['channel_order']} of any size, resized inside to {size}"
+        differences = ", ".join(f"frames {shape}: {d:.2e}" for shape, d in record["max_abs_diff"].items())
+        reference = "PyTorch path (PIL resize + build_transform + model)"
+        cosine = f"; min cosine {min(record['min_cosine'].values()):.7f}"
+    else:
+        what = f"{size} input"
+        differences = ", ".join(f"batch {b}: {d:.2e}" for b, d in record["max_abs_diff"].items())
+        reference, cosine = "PyTorch", ""
     print(
         f"wrote {args.out} ({record['exporter']} exporter, opset {record['opset']}, "
-        f"{image_size[0]}x{image_size[1]} input, {record['descriptor_dim']}-d output) and {sidecar_path(args.out)}"
+        f"{what}, {record['descriptor_dim']}-d output) and {sidecar_path(args.out)}"
     )
-    print(f"max |ONNX Runtime - PyTorch| on L2-normalised descriptors: {differences} (atol {args.atol:g})")
+    print(f"max |ONNX Runtime - {reference}| on L2-normalised descriptors: {differences} (atol {record['atol']:g}){cosine}")
     return 0

@@ -15,14 +15,22 @@ The ``.onnx`` file is written atomically and only after ONNX Runtime reproduced
 PyTorch's descriptors on batches of 1 and 3 within ``atol``; a sidecar
 ``<file>.onnx.json`` records the model config, fingerprint, input size and the
 measured difference.
+
+``embed_preprocessing=True`` exports a frame-in graph instead
+(``vprdistill.deploy.frame_graph``): input ``frames`` `(N, H_in, W_in, 3)` uint8
+in ``channel_order``, any size, resized and normalised inside the graph. Its
+antialiased resize needs the dynamo exporter (opset 18 or later); it is checked
+on uint8 frames of two sizes against the PyTorch path (PIL image,
+``build_transform``, model) within ``FRAME_ATOL`` by default.
 """
 
 from __future__ import annotations
 
 import platform
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +42,7 @@ from vprdistill.utils.logging import get_logger
 EXPORTERS = ("auto", "dynamo", "legacy")
 INPUT_NAME, OUTPUT_NAME = "images", "descriptors"
 CHECK_BATCH_SIZES = (1, 3)
+DEFAULT_ATOL = 1e-4
 DYNAMO_MIN_OPSET = 18
 log = get_logger("deploy.export")
 
@@ -48,42 +57,61 @@ def sidecar_path(onnx_path: str | Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".json")
 
 
-def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
+# Dynamic input axes of each graph: the float-in graph's batch; the frame graph's batch, height and width.
+IMAGE_AXES = {0: "batch"}
+FRAME_AXES = {0: "batch", 1: "height", 2: "width"}
+# Largest dynamic size declared to torch.export (ONNX keeps the axes symbolic; nothing enforces it at run time).
+_DIM_MAX = {"batch": 4096, "height": 16384, "width": 16384}
+
+
+def _export_dynamo(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
+    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES,
+) -> None:  # fmt: skip
+    dims = {axis: torch.export.Dim(name, min=1, max=_DIM_MAX[name]) for axis, name in axes.items()}
     program = torch.onnx.export(
-        model, (example,), None, dynamo=True, dynamic_shapes=({0: batch},),
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        model, (example,), None, dynamo=True, dynamic_shapes=(dims,),
+        input_names=[input_name], output_names=[OUTPUT_NAME],
         opset_version=max(opset, DYNAMO_MIN_OPSET), verbose=False,
     )  # fmt: skip
     program.save(str(path))
 
 
-def _export_legacy(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_legacy(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
+    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES,
+) -> None:  # fmt: skip
     # The tracer warns about every Python-level shape check (nn.MultiheadAttention has many);
     # whether the traced graph is right is decided by the comparison with PyTorch that follows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        _legacy_export_call(model, example, path, opset)
+        _legacy_export_call(model, example, path, opset, input_name, axes)
 
 
-def _legacy_export_call(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _legacy_export_call(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
+    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES,
+) -> None:  # fmt: skip
     torch.onnx.export(
         model, (example,), str(path), dynamo=False, opset_version=opset,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        input_names=[input_name], output_names=[OUTPUT_NAME],
+        dynamic_axes={input_name: dict(axes), OUTPUT_NAME: {0: "batch"}},
     )  # fmt: skip
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> str:
-    """Write the graph to ``path`` with the requested exporter; return the one that worked."""
-    if exporter == "auto":
-        order = ("legacy", "dynamo") if opset < DYNAMO_MIN_OPSET else ("dynamo", "legacy")
-    else:
+def _export(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str,
+    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES, order: Sequence[str] | None = None,
+) -> str:  # fmt: skip
+    """Write the graph to ``path`` with the requested exporter (or ``order`` for ``auto``); return the one that worked."""
+    if exporter != "auto":
         order = (exporter,)
+    elif order is None:
+        order = ("legacy", "dynamo") if opset < DYNAMO_MIN_OPSET else ("dynamo", "legacy")
     failures = []
     for name in order:
         try:
-            (_export_dynamo if name == "dynamo" else _export_legacy)(model, example, path, opset)
+            (_export_dynamo if name == "dynamo" else _export_legacy)(model, example, path, opset, input_name, axes)
             return name
         except Exception as error:  # each exporter fails in its own way on unsupported operators
             failures.append(f"{name}: {type(error).__name__}: {str(error)[:500]}")
@@ -128,28 +156,63 @@ def export_onnx(
     image_size: tuple[int, int] | int,
     opset: int = 17,
     exporter: str = "auto",
-    atol: float = 1e-4,
+    atol: float | None = None,
     batch_sizes: Sequence[int] = CHECK_BATCH_SIZES,
+    embed_preprocessing: bool = False,
+    channel_order: str = "RGB",
 ) -> dict[str, Any]:
     """Export ``model`` (on the CPU, eval mode) to ``out_path`` and check it; return the sidecar record.
+
+    Args:
+        image_size: ``(H, W)`` (or one side) of the model's input, fixed in the graph.
+        atol: largest allowed difference of the L2-normalised descriptors; default
+            ``1e-4``, or ``FRAME_ATOL`` with ``embed_preprocessing``.
+        batch_sizes: the batches of random images of the float-in check.
+        embed_preprocessing: export the frame-in graph, input ``frames``
+            `(N, H_in, W_in, 3)` uint8 of any size (see ``vprdistill.deploy.frame_graph``),
+            instead of ``images`` `(B, 3, H, W)` float32, normalised.
+        channel_order: ``RGB`` or ``BGR``, the frames' channel order (frame graphs only).
 
     Raises:
         OnnxMismatchError: ONNX Runtime and PyTorch differ by more than ``atol``
             (nothing is written then).
         RuntimeError: no exporter could export the model (each one's error is listed).
+        ValueError: an unknown exporter or channel order, a model that does not take
+            RGB images, or a frame graph asked of the legacy exporter.
     """
-    from vprdistill.models.checkpoint import model_fingerprint
+    from vprdistill.deploy import frame_graph
 
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    import onnx
-
+    channel_order = frame_graph.check_channel_order(channel_order)
+    if not embed_preprocessing and channel_order != "RGB":
+        raise ValueError(f"channel_order={channel_order} applies to frame graphs (embed_preprocessing=True) only")
+    if embed_preprocessing and exporter == "legacy":
+        raise ValueError(
+            "the legacy ONNX exporter cannot export the frame graph's antialiased resize "
+            "(aten::_upsample_bilinear2d_aa, at any opset); use the dynamo or auto exporter"
+        )
     size = image_size_hw(image_size)
     model = model.to("cpu").eval()
     channels = int(getattr(model, "input_channels", 3))
     if channels != 3:
         raise ValueError(f"export takes RGB models; this one takes {channels}-channel input")
     out_path = Path(out_path)
+    if embed_preprocessing:
+        atol = frame_graph.FRAME_ATOL if atol is None else float(atol)
+        record = _export_frame_graph(model, out_path, size, opset, exporter, atol, channel_order)
+    else:
+        atol = DEFAULT_ATOL if atol is None else float(atol)
+        record = _export_image_graph(model, out_path, size, opset, exporter, atol, batch_sizes)
+    atomic_write_json(sidecar_path(out_path), record)
+    return record
+
+
+def _export_image_graph(
+    model: torch.nn.Module, out_path: Path, size: tuple[int, int], opset: int, exporter: str, atol: float,
+    batch_sizes: Sequence[int],
+) -> dict[str, Any]:  # fmt: skip
+    """The float-in graph: export, check on random batches, and the sidecar record."""
     # Batch 2: torch.export specialises a dimension of size 1 to a constant.
     example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     with atomic_path(out_path) as tmp:
@@ -161,25 +224,97 @@ def export_onnx(
                 f"ONNX Runtime and PyTorch descriptors differ by up to {worst:.3g} (> atol {atol:g}) "
                 f"per batch size {differences}; {out_path} was not written"
             )
-        opsets = {entry.domain or "ai.onnx": entry.version for entry in onnx.load(str(tmp), load_external_data=False).opset_import}
-    import onnxruntime
+        opsets = _opsets(tmp)
+    return {
+        **_model_record(model, out_path, size),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, *size], "dtype": "float32",
+                  "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},
+        "output": _output_record(model),
+        **_run_record(used, opset, opsets, atol),
+        "max_abs_diff": {str(batch): diff for batch, diff in differences.items()},
+        "versions": _versions(),
+    }
 
-    record = {
+
+def _export_frame_graph(
+    model: torch.nn.Module, out_path: Path, size: tuple[int, int], opset: int, exporter: str, atol: float,
+    channel_order: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The frame-in graph: export with dynamo, check on uint8 frames of two sizes, and the sidecar record."""
+    from vprdistill.deploy.frame_graph import (
+        EAGER_ATOL,
+        FRAME_INPUT_NAME,
+        FrameGraph,
+        as_channel_order,
+        compare_frame_graph,
+        frame_input_record,
+        synthetic_frames,
+    )
+
+    graph = FrameGraph(model, size, channel_order).eval()
+    # A frame size other than the model's and the check's, so that no size is specialised to a constant.
+    example_shape = (2, (3 * size[0]) // 2 + 1, (4 * size[1]) // 3 + 3, 3)
+    example = torch.from_numpy(as_channel_order(synthetic_frames(example_shape, seed=99), channel_order))
+    with atomic_path(out_path) as tmp:
+        used = _export(graph, example, tmp, opset, exporter, FRAME_INPUT_NAME, FRAME_AXES, order=("dynamo",))
+        checks = compare_frame_graph(graph, onnx_session(tmp), size)
+        worst = max(check["max_abs_diff"] for check in checks.values())
+        worst_eager = max(check["max_abs_diff_eager"] for check in checks.values())
+        if not (worst <= atol and worst_eager <= EAGER_ATOL):  # also catches NaN
+            raise OnnxMismatchError(
+                f"ONNX Runtime's descriptors of uint8 frames differ from the PyTorch path (PIL resize, "
+                f"build_transform, model) by up to {worst:.3g} (atol {atol:g}) and from the graph run by "
+                f"PyTorch by up to {worst_eager:.3g} (atol {EAGER_ATOL:g}), per frame shape {checks}; "
+                f"{out_path} was not written"
+            )
+        opsets = _opsets(tmp)
+    return {
+        **_model_record(model, out_path, size),
+        "embedded_preprocessing": True,
+        "input": frame_input_record(size, channel_order),
+        "output": _output_record(model),
+        **_run_record(used, opset, opsets, atol),
+        "atol_eager": EAGER_ATOL,
+        "check": {
+            "reference": "build_transform(image_size) on the RGB frame as a PIL image, then the PyTorch model",
+            "frames": "synthetic uint8 frames (smooth colour regions, edges, noise), "
+            "one larger and one smaller than image_size",
+        },
+        "max_abs_diff": {shape: check["max_abs_diff"] for shape, check in checks.items()},
+        "min_cosine": {shape: check["min_cosine"] for shape, check in checks.items()},
+        "max_abs_diff_eager": {shape: check["max_abs_diff_eager"] for shape, check in checks.items()},
+        "versions": _versions(),
+    }
+
+
+def _opsets(path: Path) -> dict[str, int]:
+    import onnx
+
+    return {entry.domain or "ai.onnx": entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import}
+
+
+def _model_record(model: torch.nn.Module, out_path: Path, size: tuple[int, int]) -> dict[str, Any]:
+    from vprdistill.models.checkpoint import model_fingerprint
+
+    return {
         "format": "vprdistill-onnx",
         "onnx_file": out_path.name,
         "model_config": dict(getattr(model, "config", {})),
         "fingerprint": model_fingerprint(model),
         "descriptor_dim": int(getattr(model, "descriptor_dim", 0)),
         "image_size": list(size),
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, *size], "dtype": "float32",
-                  "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},  # fmt: skip
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", int(getattr(model, "descriptor_dim", 0))], "l2_normalised": True},
-        "exporter": used,
-        "opset_requested": int(opset),
-        "opset": int(opsets.get("ai.onnx", opset)),
-        "atol": float(atol),
-        "max_abs_diff": {str(batch): diff for batch, diff in differences.items()},
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
     }
-    atomic_write_json(sidecar_path(out_path), record)
-    return record
+
+
+def _output_record(model: torch.nn.Module) -> dict[str, Any]:
+    return {"name": OUTPUT_NAME, "shape": ["batch", int(getattr(model, "descriptor_dim", 0))], "l2_normalised": True}
+
+
+def _run_record(used: str, opset: int, opsets: dict[str, int], atol: float) -> dict[str, Any]:
+    return {"exporter": used, "opset_requested": int(opset), "opset": int(opsets.get("ai.onnx", opset)), "atol": float(atol)}
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}

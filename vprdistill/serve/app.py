@@ -270,8 +270,8 @@ def create_app(
         "max_pixels": int(max_pixels),
         "decode_slots": int(decode_slots),
         "decode_memory_bytes": decode_memory_bound(decode_slots, max_pixels),
+        "max_batch_images": int(max_batch_images),
     }
-    info["max_batch_images"] = int(max_batch_images)
 
     @app.get("/health")
     def health() -> AsciiJSONResponse:
