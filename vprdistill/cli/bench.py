@@ -11,14 +11,10 @@ bandwidth, so each figure can be read as a share of the machine's limit.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, and the examples of the description kept as written."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

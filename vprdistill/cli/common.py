@@ -1,10 +1,18 @@
-"""Options shared by several sub-commands."""
+"""What several sub-commands share: the help formatter and the device options.
+
+Nothing here imports torch: the parsers of every sub-command are built for
+``vprdistill --help``, which must answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from vprdistill.utils.device import DEVICE_CHOICES, resolve_device, set_threads
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the examples of the description kept as written."""
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

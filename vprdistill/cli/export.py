@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vprdistill.cli.common import HelpFormatter
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, and the examples of the description kept as written."""
 
 
 # Literal copies of vprdistill.deploy's DEFAULT_ATOL, FRAME_ATOL and CHANNEL_ORDERS (the tests check they agree):

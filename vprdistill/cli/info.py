@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -26,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from vprdistill.models.checkpoint import load_model
     from vprdistill.models.registry import build_model, describe_preset, list_presets
     from vprdistill.models.summary import format_summary, summarize

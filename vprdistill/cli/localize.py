@@ -16,11 +16,8 @@ import math
 import sys
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, and the examples of the description kept as written."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
 
 EPILOG = """examples:
   vprdistill segment data/msls --splits train val
@@ -24,12 +24,8 @@ Existing maps are kept, so an interrupted run resumes; --overwrite redoes them.
 beside SynthCity's ground truth); the dataset reader opens it with segmentation_dir=NAME."""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option, and the examples kept as written."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vprdistill.data.segmenter import DEFAULT_SEGMENTATION_MODEL
+    from vprdistill.data.segmentation_labels import DEFAULT_SEGMENTATION_MODEL
 
     parser = subparsers.add_parser(
         "segment",
@@ -38,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "folder-format dataset (ROOT/images/<split>/) or of NetVLAD .mat files and write Cityscapes-trainId "
         "maps to the dataset's segmentation/ folder, plus classes.json.",
         epilog=EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "dataset",

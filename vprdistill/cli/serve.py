@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
 from vprdistill.serve.limits import (
     DEFAULT_DECODE_SLOTS,
     DEFAULT_MAX_BATCH_IMAGES,
@@ -37,9 +37,6 @@ from vprdistill.serve.limits import (
     REQUEST_TIMEOUT_S,
 )
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, and the examples of the description kept as written."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

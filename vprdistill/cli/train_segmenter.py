@@ -42,7 +42,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vprdistill.train.segmenter import SegmenterTrainingConfig
+    from vprdistill.train.segmenter_config import SegmenterTrainingConfig
 
     defaults = SegmenterTrainingConfig()
     train = subparsers.add_parser(

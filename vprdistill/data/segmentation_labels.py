@@ -15,6 +15,9 @@ import numpy as np
 
 from vprdistill.utils.logging import get_logger
 
+# The segmenter `vprdistill segment` runs when none is named (read by the CLI's help, so kept here, away from torch).
+DEFAULT_SEGMENTATION_MODEL = "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"
+
 log = get_logger("data.segmentation_labels")
 
 VOID_ID = 255

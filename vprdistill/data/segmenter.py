@@ -41,14 +41,19 @@ from tqdm.auto import tqdm
 
 from vprdistill.data.images import ImageLoadError, load_image
 from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, check_segmentation_dir
-from vprdistill.data.segmentation_labels import CITYSCAPES_TRAIN_ID_NAMES, LABEL_SPACE, VOID_ID, label_mapping
+from vprdistill.data.segmentation_labels import (
+    CITYSCAPES_TRAIN_ID_NAMES,
+    DEFAULT_SEGMENTATION_MODEL,
+    LABEL_SPACE,
+    VOID_ID,
+    label_mapping,
+)
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
 from vprdistill.utils.device import resolve_device
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("data.segmenter")
 
-DEFAULT_SEGMENTATION_MODEL = "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from vprdistill.data.images import load_image, load_segmentation
 from vprdistill.data.segmentation_labels import CITYSCAPES_TRAIN_ID_NAMES, VOID_ID
+from vprdistill.train.segmenter_config import SegmenterTrainingConfig
 from vprdistill.utils.atomic import atomic_write_json
 from vprdistill.utils.atomic_folder import atomic_folder
 from vprdistill.utils.logging import get_logger
@@ -43,54 +44,7 @@ from vprdistill.utils.seed import seed_everything
 log = get_logger("train.segmenter")
 
 MARKER = "segmenter_training.json"
-DEFAULT_CONDITIONS = ("day-clear-summer",)
 NUM_CLASSES = len(CITYSCAPES_TRAIN_ID_NAMES)
-
-
-@dataclass
-class SegmenterTrainingConfig:
-    """Settings of :func:`train_segmenter` (all saved to ``segmenter_training.json``).
-
-    ``conditions``: the ``note`` values of the training images (``None``: every
-    image of the split). ``max_images``: a seeded random subset of that many.
-    ``hidden_sizes`` etc. are ``SegformerConfig`` fields; the defaults give a
-    network of about 0.4 M parameters that trains on a CPU in minutes at 128 px.
-    """
-
-    epochs: int = 10
-    image_size: int = 128
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    seed: int = 0
-    split: str = "train"
-    conditions: list[str] | None = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
-    max_images: int | None = None
-    flip: bool = True
-    hidden_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
-    num_attention_heads: list[int] = field(default_factory=lambda: [1, 1, 2, 4])
-    decoder_hidden_size: int = 64
-
-    def validate(self) -> None:
-        for name in ("epochs", "image_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be at least 1 (or None for all), got {self.max_images}")
-        if self.conditions is not None and not self.conditions:
-            raise ValueError("conditions is empty: name at least one condition, or None for every image")
-        stages = {len(self.hidden_sizes), len(self.depths), len(self.num_attention_heads)}
-        if len(stages) != 1:
-            raise ValueError(
-                "hidden_sizes, depths and num_attention_heads need one entry per stage, got "
-                f"{self.hidden_sizes}, {self.depths}, {self.num_attention_heads}"
-            )
-        for size, heads in zip(self.hidden_sizes, self.num_attention_heads):
-            if heads < 1 or size % heads:
-                raise ValueError(f"hidden size {size} is not divisible by its {heads} attention heads")
 
 
 @dataclass

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the CLI reads DEVICE_CHOICES to build its
+# help, and `vprdistill --help` must answer without loading torch.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -14,6 +19,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     device that is not present is an error rather than a silent fallback, so a
     benchmark never reports CPU figures under a GPU label.
     """
+    import torch
+
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -34,8 +41,10 @@ def set_threads(num_threads: int | None) -> None:
     """Set the number of CPU threads of torch, faiss and the BLAS libraries NumPy and SciPy load."""
     if num_threads is None or num_threads <= 0:
         return
-    torch.set_num_threads(num_threads)
     import faiss
+    import torch
+
+    torch.set_num_threads(num_threads)
     from threadpoolctl import threadpool_limits
 
     faiss.omp_set_num_threads(num_threads)
