@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from vprdistill.models.inference import as_model_input, fold_batchnorm, inference_copy, uses_channels_last
+from vprdistill.models.inference import (
+    as_model_input,
+    channels_last_during,
+    fold_batchnorm,
+    inference_copy,
+    uses_channels_last,
+)
 from vprdistill.models.registry import build_model
 
 
@@ -58,3 +64,19 @@ def test_inference_copy_of_a_resnet_student() -> None:
     assert (found - expected).abs().max().item() < 1e-4
     # The original keeps its BatchNorm layers and layout (it may go on training).
     assert sum(type(m) is nn.BatchNorm2d for m in model.modules()) == batch_norms_before
+
+
+def test_channels_last_during_runs_the_model_itself_and_restores_its_layout() -> None:
+    model = _trained_statistics(build_model("resnet18-gem"))
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    with torch.inference_mode():
+        expected = model(images)
+        with channels_last_during(model) as runner:
+            assert runner is model and uses_channels_last(model)
+            found = runner(as_model_input(images, runner))
+    assert calls == [2, 2], "the caller's own hooks fire"
+    assert not uses_channels_last(model)
+    assert all(p.is_contiguous() for p in model.parameters()), "safetensors stores contiguous tensors only"
+    assert (found - expected).abs().max().item() < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from vprdistill.data.structural import StructuralClassMap
 from vprdistill.data.structural_store import class_map_for_model
 from vprdistill.data.torch_datasets import ImagePathDataset, SegmentationPathDataset
 from vprdistill.data.transforms import build_segmentation_transform, build_transform, image_size_hw
-from vprdistill.models.inference import as_model_input, inference_copy
+from vprdistill.models.inference import as_model_input, channels_last_during
 
 INPUT_KINDS = ("rgb", "seg")
 
@@ -115,13 +116,17 @@ def extract_descriptors(
         descriptors = np.zeros((0, int(getattr(model, "descriptor_dim", 0))), dtype=np.float32)
     was_training = model.training
     model.to(device).eval()
-    # On the CPU a folded, channels-last copy runs several times faster at large batches
-    # (vprdistill/models/inference.py); the caller's model is left as it was.
-    runner = inference_copy(model, device) if device.type == "cpu" else model
+    # On the CPU, channels-last weights run several times faster at large batches
+    # (vprdistill/models/inference.py); the model's layout is restored afterwards.
+    layout = channels_last_during(model) if device.type == "cpu" else contextlib.nullcontext(model)
     batch_seconds: list[tuple[float, int]] = []
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
+        with (
+            layout as runner,
+            torch.inference_mode(),
+            tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar,
+        ):
             for images, indices in loader:
                 _synchronize(device)
                 batch_start = time.perf_counter()

@@ -8,14 +8,19 @@ a larger batch becomes *slower* per image. Channels-last removes them; folding
 each eval-mode BatchNorm into the convolution before it removes a further
 memory-bound pass per layer (BENCHMARKS.md ``cpu-batch-latency`` measures both).
 
-The copy is for inference only: the folded convolutions no longer have
-BatchNorm statistics to update, so it is never trained or saved; the original
-model is left untouched.
+The copy is for inference only (the localizer, ``bench``): the folded
+convolutions no longer have BatchNorm statistics to update, so it is never
+trained or saved; the original model is left untouched. Descriptor extraction,
+which also runs during training and on teachers whose hooks a caller may rely
+on, switches the model's own layout for the duration instead
+(:func:`channels_last_during`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 
 import torch
@@ -77,6 +82,23 @@ def inference_copy(
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     return fast
+
+
+@contextmanager
+def channels_last_during(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` itself, its weights channels-last inside the block and back in the default layout after.
+
+    For callers that must run the caller's own model (its hooks fire, nothing is
+    copied), such as descriptor extraction during training; the layout is put
+    back because a checkpoint (safetensors) stores contiguous tensors only.
+    """
+    was_channels_last = uses_channels_last(model)
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        if not was_channels_last:
+            model.to(memory_format=torch.contiguous_format)
 
 
 def as_model_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
