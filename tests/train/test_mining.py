@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.train.config import load_config
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import MiningStats, TripletMiner
@@ -250,3 +250,20 @@ def test_mining_margin_must_be_stated_and_is_not_the_loss_margin(tmp_path):
         ["mining.margin=0.3", "method={name: triplet, loss: {name: triplet, margin: 0.2}}"],
     )
     assert TrainingMethod(config, torch.device("cpu")).student_loss.margin == 0.2
+
+
+def test_mining_refuses_a_dataset_whose_positives_are_lists():
+    """Lists of positives (VPR-Bench, gsv-cities .npy) carry no radii: mining at 10 m and 25 m would be the same lists."""
+    listed = PlaceDataset(
+        name="listed",
+        root="/nonexistent",
+        split="train",
+        database_paths=[f"db{i}.jpg" for i in range(4)],
+        query_paths=["q0.jpg", "q1.jpg"],
+        database_utm=np.zeros((4, 2)),
+        query_utm=np.zeros((2, 2)),
+        query_positives=[np.array([0]), np.array([2, 3])],
+        has_positions=False,
+    )
+    with pytest.raises(DatasetFormatError, match="lists of positives"):
+        TripletMiner(listed, margin=0.1, negative_samples=2, num_negatives=1)

@@ -20,7 +20,15 @@ EPILOG = """examples:
   vprdistill eval --model resnet18-gem --dataset data/synthcity --image-size 64 --save-pictures 8
   vprdistill eval --model runs/student/best.safetensors --dataset data/pitts30k --threshold 10
   vprdistill eval --model runs/student --dataset data/Pittsburgh --dataset-name pitts250k --split test
-  vprdistill eval --model runs/student --dataset data/Pittsburgh/datasets/pitts30k_val.mat"""
+  vprdistill eval --model runs/student --dataset data/Pittsburgh/datasets/pitts30k_val.mat
+  vprdistill eval --model runs/student --dataset data/tokyo247/tokyo247.mat --queries-root data/tokyo247
+  vprdistill eval --model runs/student --database mycity/database --queries mycity/queries
+  vprdistill eval --model runs/student --database mycity/db --queries mycity/q --positions mycity/positions.csv
+
+--database DIR --queries DIR reads any two folders of images; positions come from
+@east@north@...@.jpg file names, or from --positions, a CSV with a header path,lat,lon
+or path,east,north (optional zone and note columns; paths relative to the folder or to
+the two folders' common parent, e.g. db/0001.jpg). See docs/DATASETS.md."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -51,13 +59,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="for a preset: load its ImageNet backbone weights (from the local cache)",
     )
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--dataset",
-        required=True,
         type=Path,
         metavar="PATH",
         help="folder-format root, a root holding <name>_<split>.mat, or a .mat file "
         "(for another --split, the <name>_<split>.mat beside it)",
+    )
+    source.add_argument(
+        "--database",
+        type=Path,
+        metavar="DIR",
+        help="instead of --dataset: a folder of database images, with --queries",
+    )
+    parser.add_argument("--queries", type=Path, default=None, metavar="DIR", help="with --database: the query images")
+    parser.add_argument(
+        "--positions",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="with --database: image positions, header path,lat,lon or path,east,north "
+        "(when not given: @east@north@ file names)",
+    )
+    parser.add_argument(
+        "--utm-zone",
+        default=None,
+        metavar="ZONE",
+        help="with --database: the UTM zone of the positions, e.g. 17T (lat/lon are converted into it)",
+    )
+    parser.add_argument(
+        "--queries-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="for a .mat dataset: the folder its query paths are relative to "
+        "(when not given: the image root, then its queries_real/)",
     )
     parser.add_argument(
         "--split", default=None, help="dataset split (when not given: a .mat file's own split, else test)"
@@ -68,7 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="which NetVLAD set of a root holding several, e.g. pitts30k or pitts250k",
     )
-    parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat"), help="dataset format")
+    parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat", "msls", "vprbench", "gsv-lists"),
+                        help="dataset format (docs/DATASETS.md, docs/DATASETS_LISTS.md)")  # fmt: skip
+    parser.add_argument("--image-root", type=Path, default=None, metavar="DIR",
+                        help="where the relative image paths of a .mat file or gsv-cities lists start")  # fmt: skip
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
     parser.add_argument("--segmentation-dir", default="segmentation", metavar="NAME",
                         help="maps folder of the dataset root for seg-input models, e.g. segmentation-predicted "
@@ -245,7 +285,10 @@ def format_report(report: dict[str, Any]) -> str:
         "",
     ]
     source = report.get("source")
-    if source:
+    if source and source["format"] == "folders":
+        positions = f"positions from {source['positions']}" if source.get("positions") else "positions from file names"
+        lines.insert(2, f"read from database {source['path']}, queries {source.get('queries_path')} ({positions})")
+    elif source:
         which_set = f" (whichSet {source['which_set']!r})" if source["format"] == "mat" else ""
         lines.insert(2, f"read from {source['path']}{which_set}")
     header = f"{'':16s}" + "".join(f"{'R@' + n:>8s}" for n in ns) + f"{'queries':>10s}"
@@ -273,7 +316,8 @@ def write_predictions_csv(path: Path, dataset, predictions: np.ndarray) -> None:
     writer = csv.writer(buffer)
     writer.writerow(["query"] + [f"prediction_{rank}" for rank in range(1, predictions.shape[1] + 1)])
     for query_path, row in zip(dataset.query_paths, predictions):
-        writer.writerow([str(query_path)] + [str(dataset.database_paths[i]) for i in row])
+        # -1 pads a row searched within a group (a city of MSLS) smaller than K: an empty cell.
+        writer.writerow([str(query_path)] + [str(dataset.database_paths[i]) if i >= 0 else "" for i in row])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -297,10 +341,59 @@ def write_descriptors(folder: Path, dataset, result) -> None:
     )
 
 
+def open_eval_dataset(args: argparse.Namespace):
+    """The dataset of ``--dataset`` or of ``--database``/``--queries``, and its `DatasetSource`.
+
+    Options of one way that the other does not take are refused, naming them,
+    rather than ignored.
+    """
+    from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, open_dataset_with_source
+    from vprdistill.data.two_folders import read_two_folders_with_source
+
+    if args.database is not None:
+        if args.queries is None:
+            raise ValueError("--database needs --queries (the folder of query images)")
+        given = [
+            flag
+            for flag, value, default in (
+                ("--split", args.split, None),
+                ("--dataset-name", args.dataset_name, None),
+                ("--reader", args.reader, "auto"),
+                ("--queries-root", args.queries_root, None),
+                ("--image-root", args.image_root, None),
+                ("--segmentation-dir", args.segmentation_dir, DEFAULT_SEGMENTATION_DIR),
+            )
+            if value != default
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for --dataset only, not with --database/--queries")
+        # Recall@N needs every query's position: a query without one is an error naming it.
+        return read_two_folders_with_source(
+            args.database, args.queries, args.positions, require_query_positions=True,
+            skip_bad_images=args.skip_bad_images, zone=args.utm_zone,
+        )  # fmt: skip
+    given = [
+        flag
+        for flag, value in (("--queries", args.queries), ("--positions", args.positions), ("--utm-zone", args.utm_zone))
+        if value is not None
+    ]
+    if given:
+        raise ValueError(f"{', '.join(given)}: with --database only, not with --dataset")
+    return open_dataset_with_source(
+        args.dataset,
+        split=args.split,
+        reader=args.reader,
+        skip_bad_images=args.skip_bad_images,
+        name=args.dataset_name,
+        segmentation_dir=args.segmentation_dir,
+        queries_root=args.queries_root,
+        image_root=args.image_root,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vprdistill.data.readers import open_dataset_with_source
     from vprdistill.eval.evaluate import evaluate_model
     from vprdistill.eval.pictures import save_prediction_pictures
     from vprdistill.utils.atomic import atomic_write_text
@@ -309,14 +402,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--save-pictures takes a number of queries, got {args.save_pictures}")
     device = apply_device_args(args)
     settings = run_settings(args.model)
-    dataset, source = open_dataset_with_source(
-        args.dataset,
-        split=args.split,
-        reader=args.reader,
-        skip_bad_images=args.skip_bad_images,
-        name=args.dataset_name,
-        segmentation_dir=args.segmentation_dir,
-    )
+    dataset, source = open_eval_dataset(args)
     model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
     image_size = _image_size(args, settings, model)
     input_kind = None if args.input == "auto" else args.input
@@ -339,11 +425,15 @@ def run(args: argparse.Namespace) -> int:
         queries_without_positive=args.queries_without_positive,
     )
     report = result.to_json()
-    report["source"] = {"format": source.format, "path": str(source.path), "which_set": source.which_set}
+    report["source"] = source.to_json()
+    report["utm_zone"] = dataset.utm_zone
     report["settings"] = {
         "model": args.model,
-        "dataset_root": str(args.dataset),
+        "dataset_root": None if args.dataset is None else str(args.dataset),
         "dataset_name": args.dataset_name,
+        "database": None if args.database is None else str(args.database),
+        "queries": None if args.queries is None else str(args.queries),
+        "positions": None if args.positions is None else str(args.positions),
         "image_size": list(image_size),
         "batch_size": args.batch_size,
         "device": str(device),

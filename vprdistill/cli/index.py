@@ -2,8 +2,14 @@
 
   vprdistill index build --model runs/student --dataset data/synthcity --split test --out map_index
   vprdistill index build --model runs/student --images photos/ --out map_index --pca 256 --dtype int8
+  vprdistill index build --model runs/student --database mycity/db --positions mycity/positions.csv --out map_index
   vprdistill index add map_index new_photos/
   vprdistill index calibrate map_index --dataset data/synthcity --split val
+  vprdistill index calibrate map_index --database val/db --queries val/q --positions val/positions.csv
+
+--positions FILE.csv gives positions to --images or --database folders: a CSV with a
+header path,lat,lon or path,east,north (docs/DATASETS.md). --images keeps photos
+without a position (stored as NaN); --database and --queries need every position.
 
 Commands that write an index take turns: each holds a lock on it (the file
 .INDEX_DIR.lock beside the folder) from reading the index to writing it. A
@@ -45,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", type=Path, metavar="PATH", help="index the database of a dataset split")
     source.add_argument("--images", type=Path, metavar="DIR", help="index a folder of photos (@east@north@...@.jpg names give positions)")
+    source.add_argument("--database", type=Path, metavar="DIR",
+                        help="index a folder of database images, each with a position (names or --positions)")
+    build.add_argument("--positions", type=Path, default=None, metavar="FILE.csv",
+                       help="with --images or --database: positions, header path,lat,lon or path,east,north")
+    build.add_argument("--utm-zone", default=None, metavar="ZONE",
+                       help="with --positions or @ names: the UTM zone of the positions, e.g. 17T")
     build.add_argument("--split", default="test", help="split of --dataset")
     build.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR")
     build.add_argument("--type", default="flat", choices=INDEX_TYPES, help="exact flat search or an approximate faiss index")
@@ -71,7 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate", help="calibrate the out-of-map score threshold on a validation split", formatter_class=fmt
     )
     calibrate.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
-    calibrate.add_argument("--dataset", required=True, type=Path, metavar="PATH")
+    calibration_data = calibrate.add_mutually_exclusive_group(required=True)
+    calibration_data.add_argument("--dataset", type=Path, metavar="PATH", help="a dataset (its --split)")
+    calibration_data.add_argument("--database", type=Path, metavar="DIR",
+                                  help="instead of --dataset: a folder of database images, with --queries")
+    calibrate.add_argument("--queries", type=Path, default=None, metavar="DIR", help="with --database: query images")
+    calibrate.add_argument("--positions", type=Path, default=None, metavar="FILE.csv",
+                           help="with --database: positions (when not given: @east@north@ file names)")
+    calibrate.add_argument("--utm-zone", default=None, metavar="ZONE", help="with --database: the UTM zone, e.g. 17T")
     calibrate.add_argument("--split", default="val")
     calibrate.add_argument("--threshold-m", type=float, default=25.0, help="metres within which an answer is right")
     calibrate.add_argument("--target-precision", type=float, default=0.95, help="share of accepted answers that must be right")
@@ -153,6 +172,7 @@ def run_build(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from vprdistill.cli.eval import run_settings
     from vprdistill.data.readers import open_dataset
+    from vprdistill.data.two_folders import read_image_folder
     from vprdistill.deploy.build import build_index, list_images, positions_from_names
     from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.models.checkpoint import load_model
@@ -161,8 +181,17 @@ def _build(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     image_size = pick_image_size(args.image_size, run_settings(args.model), model)
     if args.dataset is not None:
+        if args.positions is not None or args.utm_zone is not None:
+            raise ValueError("--positions and --utm-zone go with --images or --database, not --dataset")
         dataset = open_dataset(args.dataset, split=args.split)
         paths, positions = dataset.database_paths, dataset.database_utm
+    elif args.database is not None or args.positions is not None or args.utm_zone is not None:
+        # --images keeps photos without a position (NaN); --database is a map where each has one.
+        folder = args.database if args.database is not None else args.images
+        images = read_image_folder(
+            folder, args.positions, require_positions=args.database is not None, zone=args.utm_zone
+        )
+        paths, positions = images.paths, images.utm
     else:
         if not args.images.is_dir():
             raise FileNotFoundError(f"--images {args.images} is not a folder")
@@ -213,14 +242,29 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
+def _calibration_dataset(args: argparse.Namespace):
+    """The split of ``--dataset``, or the two folders ``--database``/``--queries`` (every position known)."""
     from vprdistill.data.readers import open_dataset
+    from vprdistill.data.two_folders import read_two_folders
+
+    if args.dataset is not None:
+        given = [f for f, v in (("--queries", args.queries), ("--positions", args.positions),
+                                ("--utm-zone", args.utm_zone)) if v is not None]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)}: with --database only, not with --dataset")
+        return open_dataset(args.dataset, split=args.split)
+    if args.queries is None:
+        raise ValueError("--database needs --queries (the folder of query images)")
+    return read_two_folders(args.database, args.queries, args.positions, zone=args.utm_zone)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
     from vprdistill.deploy.build import compute_index_descriptors
     from vprdistill.deploy.calibration import calibrate_index, format_table
     from vprdistill.deploy.index import MapIndex
 
     device = apply_device_args(args)
-    dataset = open_dataset(args.dataset, split=args.split)
+    dataset = _calibration_dataset(args)
     progress = not args.no_progress
     # The calibration depends on the index's PCA and store, so no other writer may replace it meanwhile.
     with _writing_index(args.index_dir, args.wait):
@@ -233,7 +277,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
         record = calibrate_index(
             index, database, dataset.database_utm, queries, dataset.query_utm, args.threshold_m, args.target_precision
         )
-        record.update({"dataset": str(Path(args.dataset).resolve()), "split": args.split})
+        if args.dataset is not None:
+            record.update({"dataset": str(Path(args.dataset).resolve()), "split": args.split})
+        else:
+            record.update({
+                "dataset": str(Path(args.database).resolve()), "queries": str(Path(args.queries).resolve()),
+                "positions": None if args.positions is None else str(Path(args.positions).resolve()),
+                "split": dataset.split,
+            })  # fmt: skip
         index.manifest["calibration"] = record
         index.save_manifest(args.index_dir)
     print(format_table(record))

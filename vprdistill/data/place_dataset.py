@@ -8,11 +8,16 @@ same radius once per epoch and evaluation for the same radius per model.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+# A UTM zone as written on maps: number 1-60 and, optionally, the latitude band letter (no I or O).
+_ZONE_PATTERN = re.compile(r"^(?:[1-9]|[1-5][0-9]|60)[C-HJ-NP-X]?$")
 
 
 class DatasetFormatError(ValueError):
@@ -30,6 +35,22 @@ class PlaceDataset:
     (east, north) in metres. The optional lists run parallel to the path lists:
     segmentation maps (StructVPR) and the condition note of each image (from the
     folder format's ``note`` field, e.g. ``night``).
+
+    ``utm_zone`` is the UTM zone the positions are in (e.g. ``17T``; the band
+    letter may be missing), ``None`` when the source does not say.
+    ``allow_unknown_query_positions`` lets query rows of ``query_utm`` be NaN
+    (a query whose position is unknown, see ``vprdistill.data.two_folders``);
+    such a dataset can be described and searched, but ground truth
+    (:meth:`positives`) refuses it, naming the queries.
+
+    ``database_groups`` / ``query_groups`` (both or neither) label each image
+    with a group, e.g. its city in MSLS: a query's positives and its search
+    (``eval.evaluate``) are then restricted to the database images of its group.
+    ``query_positives`` gives the ground truth as lists instead (VPR-Bench,
+    gsv-cities ``.npy`` files): per query, the database indices that are right;
+    :meth:`positives` then returns them whatever the radius. Without positions
+    (``has_positions=False``, positions all zeros) such lists are the only
+    ground truth, and what needs metres (mining, neighbours) raises.
     """
 
     name: str
@@ -43,6 +64,12 @@ class PlaceDataset:
     query_seg_paths: list[Path] | None = field(default=None, repr=False)
     database_notes: list[str] | None = field(default=None, repr=False)
     query_notes: list[str] | None = field(default=None, repr=False)
+    utm_zone: str | None = None
+    allow_unknown_query_positions: bool = field(default=False, repr=False)
+    database_groups: list[str] | None = field(default=None, repr=False)
+    query_groups: list[str] | None = field(default=None, repr=False)
+    query_positives: list[np.ndarray] | None = field(default=None, repr=False)
+    has_positions: bool = field(default=True, repr=False)
     _cache: dict[tuple[str, float], list[np.ndarray]] = field(default_factory=dict, init=False, repr=False)
     _tree: Any = field(default=None, init=False, repr=False)
 
@@ -51,7 +78,14 @@ class PlaceDataset:
         self.database_paths = [Path(p) for p in self.database_paths]
         self.query_paths = [Path(p) for p in self.query_paths]
         self.database_utm = self._checked_utm(self.database_utm, "database_utm", len(self.database_paths))
-        self.query_utm = self._checked_utm(self.query_utm, "query_utm", len(self.query_paths))
+        self.query_utm = self._checked_utm(
+            self.query_utm, "query_utm", len(self.query_paths), allow_nan_rows=self.allow_unknown_query_positions
+        )
+        if self.utm_zone is not None and not _ZONE_PATTERN.match(str(self.utm_zone)):
+            raise DatasetFormatError(
+                f"{self._where}: utm_zone must be a UTM zone such as '17T' or '17' (number 1-60, "
+                f"optional band letter C-X without I and O), got {self.utm_zone!r}"
+            )
         if not self.database_paths:
             raise DatasetFormatError(f"{self._where}: the database is empty")
         if not self.query_paths:
@@ -73,19 +107,70 @@ class PlaceDataset:
                 raise DatasetFormatError(
                     f"{self._where}: {field_name} has {len(values)} entries, expected {expected} (one per image)"
                 )
+        self._check_groups_and_lists()
+
+    def _check_groups_and_lists(self) -> None:
+        """Validate the optional groups and explicit positives (lengths, index ranges); store them normalised."""
+        if (self.database_groups is None) != (self.query_groups is None):
+            raise DatasetFormatError(f"{self._where}: groups are given for only one of database and queries")
+        if self.database_groups is not None:
+            self.database_groups = [str(g) for g in self.database_groups]
+            self.query_groups = [str(g) for g in self.query_groups]  # type: ignore[union-attr]
+            for field_name, values, expected in (
+                ("database_groups", self.database_groups, self.num_database),
+                ("query_groups", self.query_groups, self.num_queries),
+            ):
+                if len(values) != expected:
+                    raise DatasetFormatError(
+                        f"{self._where}: {field_name} has {len(values)} entries, expected {expected} (one per image)"
+                    )
+        if self.query_positives is None:
+            if not self.has_positions:
+                raise DatasetFormatError(
+                    f"{self._where}: without positions (has_positions=False) the ground truth must be given "
+                    "as query_positives"
+                )
+            return
+        if len(self.query_positives) != self.num_queries:
+            raise DatasetFormatError(
+                f"{self._where}: query_positives has {len(self.query_positives)} entries, "
+                f"expected {self.num_queries} (one per query)"
+            )
+        checked = []
+        for query, found in enumerate(self.query_positives):
+            array = np.asarray(found)
+            if array.size and (array.dtype.kind not in "iu" or array.ndim != 1):
+                raise DatasetFormatError(
+                    f"{self._where}: query_positives[{query}] must be a 1-D array of database indices, "
+                    f"got {array.dtype} of shape {array.shape}"
+                )
+            array = array.astype(np.int64).reshape(-1)
+            if array.size and (array.min() < 0 or array.max() >= self.num_database):
+                raise DatasetFormatError(
+                    f"{self._where}: query_positives[{query}] holds database index "
+                    f"{int(array.min() if array.min() < 0 else array.max())}, outside [0, {self.num_database})"
+                )
+            array = np.unique(array)  # sorted, each index once
+            array.flags.writeable = False  # shared with every caller, as the radius cache is
+            checked.append(array)
+        self.query_positives = checked
 
     @property
     def _where(self) -> str:
         return f"dataset {self.name!r} split {self.split!r}"
 
-    def _checked_utm(self, utm: Any, field_name: str, expected: int) -> np.ndarray:
+    def _checked_utm(self, utm: Any, field_name: str, expected: int, allow_nan_rows: bool = False) -> np.ndarray:
         array = np.asarray(utm, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] != expected:
             raise DatasetFormatError(
                 f"{self._where}: {field_name} has shape {array.shape}, expected ({expected}, 2) (east, north per image)"
             )
-        if not np.isfinite(array).all():
-            bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        finite = np.isfinite(array).all(axis=1)
+        if allow_nan_rows:
+            # An unknown position is a whole NaN row; half a position or an infinity is a bug.
+            finite |= np.isnan(array).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
             raise DatasetFormatError(f"{self._where}: {field_name} row {bad} is not finite: {array[bad].tolist()}")
         return array
 
@@ -104,6 +189,23 @@ class PlaceDataset:
         return len(self.query_paths)
 
     @property
+    def unknown_query_positions(self) -> np.ndarray:
+        """Indices of the queries whose position is unknown (NaN rows of ``query_utm``): ``(K,)`` int64."""
+        return np.flatnonzero(np.isnan(self.query_utm).any(axis=1))
+
+    def check_query_positions(self, purpose: str = "ground truth") -> None:
+        """Raise ``DatasetFormatError`` naming the first queries without a known position, if any."""
+        unknown = self.unknown_query_positions
+        if unknown.size:
+            names = ", ".join(str(self.query_paths[i]) for i in unknown[:5])
+            more = f" and {unknown.size - 5} more" if unknown.size > 5 else ""
+            raise DatasetFormatError(
+                f"{self._where}: {unknown.size} of {self.num_queries} queries have no known position, "
+                f"which {purpose} needs: {names}{more}. Give their positions (in the positions file or "
+                f"the @east@north@ file names), or leave these queries out"
+            )
+
+    @property
     def has_segmentation(self) -> bool:
         return self.database_seg_paths is not None and self.query_seg_paths is not None
 
@@ -120,12 +222,18 @@ class PlaceDataset:
             raise ValueError(f"radius_m must be a finite non-negative number of metres, got {radius_m}")
         key = (kind, radius_m)
         if key not in self._cache:
+            self.require_positions("a radius search (positives or neighbours in metres)")
             # With X=None scikit-learn queries the fitted points and leaves each point out of its own list.
             queries = self.query_utm if kind == "queries" else None
             _, indices = self._database_tree().radius_neighbors(queries, radius=radius_m, sort_results=True)
+            database_groups = None if self.database_groups is None else np.asarray(self.database_groups, dtype=object)
+            own_groups = self.query_groups if kind == "queries" else self.database_groups
             result = []
-            for found in indices:
+            for row, found in enumerate(indices):
                 found = found.astype(np.int64, copy=False)
+                if database_groups is not None:
+                    # Groups are separate places (cities, maybe in other UTM zones): metres across them mean nothing.
+                    found = found[database_groups[found] == own_groups[row]]  # type: ignore[index]
                 found.flags.writeable = False  # cached: callers share these arrays
                 result.append(found)
             self._cache[key] = result
@@ -135,20 +243,41 @@ class PlaceDataset:
         """Per query, the database indices within ``radius_m`` metres (inclusive), nearest first.
 
         Returns M read-only int64 arrays; a query without positives gets an empty array.
+        With groups, only database images of the query's group count. With explicit
+        ``query_positives`` these are returned (sorted) and ``radius_m`` is not used.
+        Raises ``DatasetFormatError`` naming them when some queries have no known position.
         """
+        if self.query_positives is not None:
+            return list(self.query_positives)
+        self.check_query_positions("ground truth (positives within a radius)")
         return self._radius_search("queries", radius_m)
 
     def database_neighbours(self, radius_m: float) -> list[np.ndarray]:
         """Per database image, the other database indices within ``radius_m`` metres, nearest first.
 
         An image is not its own neighbour (other images at the same position are).
-        Used for mining when database images serve as training queries. Returns N arrays.
+        With groups, only images of the same group. Used for mining when database
+        images serve as training queries. Returns N arrays. Needs positions.
         """
         return self._radius_search("database", radius_m)
 
     def distances_to_database(self, query_index: int) -> np.ndarray:
-        """Metres from query ``query_index`` to every database image: ``(N,)`` float64."""
+        """Metres from query ``query_index`` to every database image: ``(N,)`` float64 (NaN without positions)."""
+        if not self.has_positions:
+            return np.full(self.num_database, np.nan)
         return np.linalg.norm(self.database_utm - self.query_utm[query_index], axis=1)
+
+    def require_positions(self, purpose: str) -> None:
+        """Raise ``DatasetFormatError`` when the dataset has no positions (``has_positions=False``).
+
+        Ground truth given as lists serves evaluation only: what needs metres
+        (training mining with its two radii, database neighbours) calls this first.
+        """
+        if not self.has_positions:
+            raise DatasetFormatError(
+                f"{self._where} has no positions (its ground truth is a list of positives per query), "
+                f"but {purpose} needs them; use a dataset with UTM positions for this"
+            )
 
     def query_conditions(self) -> list[str]:
         """The condition note of each query (e.g. ``night``), ``"unknown"`` where there is none."""
@@ -161,9 +290,16 @@ class PlaceDataset:
         query_indices: Sequence[int] | np.ndarray | None = None,
         database_indices: Sequence[int] | np.ndarray | None = None,
     ) -> PlaceDataset:
-        """A new dataset with the chosen queries and/or database images (``None`` keeps all), in the given order."""
+        """A new dataset with the chosen queries and/or database images (``None`` keeps all), in the given order.
+
+        Explicit ``query_positives`` follow the database images they name to their new indices.
+        """
         q = _as_indices(query_indices, self.num_queries, "query_indices")
         d = _as_indices(database_indices, self.num_database, "database_indices")
+        query_positives = None
+        if self.query_positives is not None:
+            kept = [self.query_positives[i] for i in q]
+            query_positives = kept if database_indices is None else _renumber_positives(kept, d)
 
         def pick(values: list | None, indices: np.ndarray) -> list | None:
             return None if values is None else [values[i] for i in indices]
@@ -180,7 +316,26 @@ class PlaceDataset:
             query_seg_paths=pick(self.query_seg_paths, q),
             database_notes=pick(self.database_notes, d),
             query_notes=pick(self.query_notes, q),
+            utm_zone=self.utm_zone,
+            allow_unknown_query_positions=self.allow_unknown_query_positions,
+            database_groups=pick(self.database_groups, d),
+            query_groups=pick(self.query_groups, q),
+            query_positives=query_positives,
+            has_positions=self.has_positions,
         )
+
+
+def _renumber_positives(positives: list[np.ndarray], kept_database: np.ndarray) -> list[np.ndarray]:
+    """Old database indices → their positions in ``kept_database`` (all of them, if one is kept twice)."""
+    order = np.argsort(kept_database, kind="stable")
+    ordered = kept_database[order]
+    result = []
+    for found in positives:
+        starts = np.searchsorted(ordered, found, side="left")
+        ends = np.searchsorted(ordered, found, side="right")
+        pieces = [order[a:b] for a, b in zip(starts, ends) if b > a]
+        result.append(np.sort(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64))
+    return result
 
 
 def _as_indices(indices: Sequence[int] | np.ndarray | None, size: int, name: str) -> np.ndarray:

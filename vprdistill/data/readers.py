@@ -6,7 +6,16 @@
 - NetVLAD ``.mat`` structure files (Pittsburgh 30k/250k layout): a ``dbStruct``
   listing database paths relative to the image root and query paths relative to
   ``ROOT/queries_real/``. One file per split, ``<name>_<split>.mat`` (its
-  ``whichSet`` is the split), side by side for all splits and sets.
+  ``whichSet`` is the split), side by side for all splits and sets. Files saved
+  by MATLAB with ``-v7.3`` (HDF5) are read too (``vprdistill.data.netvlad_mat``).
+  Tokyo 24/7 as distributed also opens: its ``tokyo247.mat`` lists database
+  images as ``.jpg`` while the files are ``.png`` (a listed image that is
+  missing is looked for with the other image suffixes), and its query paths
+  (``247query_v3/...``) are relative to the root itself: each query is looked
+  for in the root first, then in ``queries_real/`` (``queries_root`` overrides both).
+
+Any two folders of images (a database and queries) with positions in their
+names or in a CSV file are read by ``vprdistill.data.two_folders``.
 
 Segmentation maps, when present, mirror the image tree under
 ``ROOT/segmentation/<split>/{database,queries}/`` with the image's relative
@@ -26,11 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vprdistill.data.images import verify_image
+from vprdistill.data.netvlad_mat import MAT_FIELDS, load_db_struct
 from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.utils.logging import get_logger
 
 __all__ = [
     "DEFAULT_SEGMENTATION_DIR",
+    "MAT_FIELDS",
     "DatasetFormatError",
     "DatasetSource",
     "PlaceFilename",
@@ -51,10 +62,6 @@ SUBSETS = ("database", "queries")
 FILENAME_FIELDS = (
     "east", "north", "zone_number", "zone_letter", "latitude", "longitude", "pano_id",
     "tile_num", "heading", "pitch", "roll", "height", "timestamp", "note",
-)  # fmt: skip
-MAT_FIELDS = (
-    "whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",
-    "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr",
 )  # fmt: skip
 _FLOAT_FIELDS = {"latitude", "longitude", "heading", "pitch", "roll", "height"}
 DEFAULT_SEGMENTATION_DIR = "segmentation"
@@ -194,6 +201,8 @@ def read_folder_dataset(
             f"splits present: {', '.join(present) if present else 'none'}"
         )
     subsets = {}
+    zones: list[str] = []
+    named: list[Path] = []
     for label in SUBSETS:
         folder = split_dir / label
         if not folder.is_dir():
@@ -205,8 +214,29 @@ def read_folder_dataset(
         parsed = [parse_place_filename(p) for p in paths]
         utm = np.array([(p.east, p.north) for p in parsed], dtype=np.float64)
         subsets[label] = _Subset(label, paths, relative, utm, [p.note for p in parsed])
+        zones += [p.zone for p in parsed]
+        named += paths
     source = DatasetSource("folder", split_dir)
-    return _assemble(root.resolve().name, root, split, subsets, skip_bad_images, source, segmentation_dir)
+    dataset = _assemble(root.resolve().name, root, split, subsets, skip_bad_images, source, segmentation_dir)
+    dataset.utm_zone = _names_zone(zones, named, split_dir)
+    return dataset
+
+
+def _names_zone(zones: list[str], paths: list[Path], where: Path) -> str | None:
+    """The one UTM zone the file names give, else ``None``.
+
+    Names in several zones (or with a malformed zone) are warned about rather
+    than refused, as this reader always opened them; their metres do not compare.
+    """
+    from vprdistill.data.positions import check_one_zone, parse_zone
+
+    try:
+        parsed = [parse_zone(z, str(p)) if z and z[0].isdigit() else None for z, p in zip(zones, paths)]
+        zone = check_one_zone(parsed, paths, str(where))
+    except DatasetFormatError as error:
+        log.warning("%s", error)
+        return None
+    return None if zone is None else str(zone)
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -233,6 +263,8 @@ def find_mat_file(root: str | Path, split: str = "test", name: str | None = None
         pattern = f"{name or '*'}_{split}.mat"
         present = sorted({_mat_set_name(p) for p in _mat_candidates(root, split)})
         hint = f"; sets with split {split!r} there: {', '.join(present)}" if name and present else ""
+        if not present:
+            hint += _other_mat_files_hint(root)
         raise DatasetFormatError(f"no NetVLAD structure file {pattern} in {root} or {root / 'datasets'}{hint}")
     if len(candidates) > 1:
         names = sorted({_mat_set_name(p) for p in candidates})
@@ -247,9 +279,25 @@ def find_mat_file(root: str | Path, split: str = "test", name: str | None = None
     return candidates[0]
 
 
+def _other_mat_files_hint(root: Path) -> str:
+    """Names the ``.mat`` files of ``root`` that no ``<name>_<split>.mat`` pattern matched, and how to open them."""
+    others = sorted(p.name for folder in (root, root / "datasets") if folder.is_dir() for p in folder.glob("*.mat"))
+    if not others:
+        return ""
+    return (
+        f"; .mat files there: {', '.join(others[:5])} (a file not named <name>_<split>.mat, such as "
+        "tokyo247.mat, opens as the dataset path itself, or by its name as the dataset name)"
+    )
+
+
 def _mat_candidates(root: Path, split: str, name: str | None = None) -> list[Path]:
     pattern = f"{name}_{split}.mat" if name else f"*_{split}.mat"
-    return sorted(p for folder in (root, root / "datasets") if folder.is_dir() for p in folder.glob(pattern))
+    folders = [folder for folder in (root, root / "datasets") if folder.is_dir()]
+    found = sorted(p for folder in folders for p in folder.glob(pattern))
+    if not found and name:
+        # A set with one file and no split in its name, such as Tokyo 24/7's tokyo247.mat.
+        found = sorted(p for folder in folders for p in folder.glob(f"{name}.mat"))
+    return found
 
 
 def _mat_set_name(path: Path) -> str:
@@ -257,22 +305,59 @@ def _mat_set_name(path: Path) -> str:
     return path.stem.rsplit("_", 1)[0]
 
 
+# How a listed image may be spelled on disk: Tokyo 24/7 lists .jpg for files saved as .png.
+_SUFFIX_ALTERNATIVES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+def _resolve_listed(relative: Path, roots: list[Path]) -> Path | None:
+    """The file a ``.mat`` file's relative path names: under the first root holding it as listed,
+    else with another image suffix; ``None`` when there is none."""
+    for root in roots:
+        if (root / relative).is_file():
+            return root / relative
+    if relative.suffix.lower() in IMAGE_SUFFIXES:
+        for root in roots:
+            for suffix in _SUFFIX_ALTERNATIVES:
+                if suffix != relative.suffix:
+                    candidate = root / relative.with_suffix(suffix)
+                    if candidate.is_file():
+                        return candidate
+    return None
+
+
 @dataclass(frozen=True)
 class DatasetSource:
     """Where one split was read from, for logs and reports.
 
-    ``path`` is the ``.mat`` file (``format="mat"``, with its ``whichSet``) or
-    the split folder ``ROOT/images/<split>`` (``format="folder"``).
+    ``path`` is the ``.mat`` file (``format="mat"``, with its ``whichSet``),
+    the split folder ``ROOT/images/<split>`` (``format="folder"``) or the
+    database folder of two folders (``format="folders"``, with
+    ``queries_path`` and the ``positions`` file, if any).
     """
 
-    format: Literal["folder", "mat"]
+    format: Literal["folder", "mat", "folders", "msls", "vprbench", "gsv-lists"]
     path: Path
     which_set: str | None = None
+    queries_path: Path | None = None
+    positions: Path | None = None
 
     def __str__(self) -> str:
         if self.format == "mat":
             return f"{self.path} (whichSet {self.which_set!r})"
+        if self.format == "folders":
+            positions = f"positions from {self.positions}" if self.positions else "positions from the file names"
+            return f"database {self.path}, queries {self.queries_path} ({positions})"
+        if self.format in ("msls", "vprbench", "gsv-lists"):
+            return f"{self.path} ({self.format} layout)"
         return f"{self.path} (folder format)"
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values (paths as text); ``queries_path`` and ``positions`` for two folders only."""
+        record: dict[str, Any] = {"format": self.format, "path": str(self.path), "which_set": self.which_set}
+        if self.format == "folders":
+            record["queries_path"] = None if self.queries_path is None else str(self.queries_path)
+            record["positions"] = None if self.positions is None else str(self.positions)
+        return record
 
 
 def mat_file_for_split(mat_path: str | Path, split: str | None) -> Path:
@@ -308,6 +393,10 @@ def _file_for_split(mat_path: Path, own: str, split: str) -> Path:
     return sibling
 
 
+def _load_db_struct(mat_path: Path) -> dict[str, Any]:
+    return load_db_struct(mat_path)
+
+
 def _mat_own_split(mat_path: Path, struct: dict[str, Any]) -> str:
     """The split a file holds: its ``whichSet``, else the suffix of ``<name>_<split>.mat``."""
     return _mat_string(struct["whichSet"], "whichSet", mat_path) or mat_path.stem.rsplit("_", 1)[-1]
@@ -319,18 +408,25 @@ def read_mat_dataset(
     skip_bad_images: bool = False,
     split: str | None = None,
     segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
+    queries_root: str | Path | None = None,
 ) -> PlaceDataset:
-    """Read a NetVLAD ``dbStruct`` file (Pittsburgh layout).
+    """Read a NetVLAD ``dbStruct`` file (Pittsburgh layout; MATLAB v5, v7 or v7.3).
 
     ``image_root`` defaults to the folder holding ``datasets/`` when the file lies
     in a ``datasets`` folder, else to the file's folder. Database paths are
-    relative to it, query paths to ``image_root/queries_real``. The split is the
-    file's ``whichSet``; when ``split`` is given, a ``whichSet`` that differs
-    raises ``DatasetFormatError`` naming the file and both values. A listed image
-    that does not exist raises ``FileNotFoundError`` naming it, unless
+    relative to it; query paths to it too when the file is there (Tokyo 24/7's
+    ``247query_v3/...``), else to ``image_root/queries_real`` (Pittsburgh), or
+    to ``queries_root`` alone when given. A listed image missing under its own
+    suffix is looked for with the other image suffixes (Tokyo 24/7 lists
+    ``.jpg`` for ``.png`` files). The split is the file's ``whichSet``; when
+    ``split`` is given, a ``whichSet`` that differs raises
+    ``DatasetFormatError`` naming the file and both values. A listed image that
+    does not exist raises ``FileNotFoundError`` naming it, unless
     ``skip_bad_images`` drops it.
     """
-    return _read_mat(Path(mat_path), image_root, skip_bad_images, split, segmentation_dir=segmentation_dir)[0]
+    return _read_mat(
+        Path(mat_path), image_root, skip_bad_images, split, segmentation_dir=segmentation_dir, queries_root=queries_root
+    )[0]
 
 
 def _read_mat(
@@ -340,6 +436,7 @@ def _read_mat(
     split: str | None,
     struct: dict[str, Any] | None = None,
     segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
+    queries_root: str | Path | None = None,
 ) -> tuple[PlaceDataset, DatasetSource]:
     segmentation_dir = check_segmentation_dir(segmentation_dir)
     if struct is None:
@@ -356,10 +453,11 @@ def _read_mat(
     split = which_set or split or mat_path.stem.rsplit("_", 1)[-1]
     name = mat_path.stem.removesuffix(f"_{split}")
 
+    query_roots = [Path(queries_root)] if queries_root is not None else [image_root, image_root / "queries_real"]
     subsets = {}
-    for label, names_field, utm_field, count_field, folder in (
-        ("database", "dbImageFns", "utmDb", "numImages", image_root),
-        ("queries", "qImageFns", "utmQ", "numQueries", image_root / "queries_real"),
+    for label, names_field, utm_field, count_field, roots in (
+        ("database", "dbImageFns", "utmDb", "numImages", [image_root]),
+        ("queries", "qImageFns", "utmQ", "numQueries", query_roots),
     ):
         relative = [Path(n) for n in _mat_strings(struct[names_field], names_field, mat_path)]
         utm = _mat_utm(struct[utm_field], utm_field, len(relative), mat_path)
@@ -368,48 +466,22 @@ def _read_mat(
             raise DatasetFormatError(
                 f"{mat_path}: {count_field} is {count:g} but {names_field} lists {len(relative)} images"
             )
-        subsets[label] = _Subset(label, [folder / r for r in relative], relative, utm)
+        resolved = [_resolve_listed(r, roots) for r in relative]
+        missing = [r for r, path in zip(relative, resolved) if path is None]
+        if missing and not skip_bad_images:
+            looked = " or ".join(str(root / missing[0]) for root in roots)
+            raise FileNotFoundError(
+                f"{mat_path}: {len(missing)} of {len(relative)} {label} images are missing, first: {looked} "
+                f"(also looked for with the suffixes {', '.join(IMAGE_SUFFIXES)}; image root {image_root}; "
+                f"use skip_bad_images to leave them out)"
+            )
+        # A missing image keeps its listed path under the last root; skip_bad_images then drops it.
+        paths = [roots[-1] / r if path is None else path for r, path in zip(relative, resolved)]
+        subsets[label] = _Subset(label, paths, relative, utm)
     for field_name in ("posDistThr", "posDistSqThr", "nonTrivPosDistSqThr"):
         _mat_scalar(struct[field_name], field_name, mat_path)
-
-    if not skip_bad_images:
-        for subset in subsets.values():
-            missing = [p for p in subset.paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"{mat_path}: {len(missing)} of {len(subset.paths)} {subset.label} images are missing, "
-                    f"first: {missing[0]} (image root {image_root}; use skip_bad_images to leave them out)"
-                )
     source = DatasetSource("mat", mat_path, which_set)
     return _assemble(name, image_root, split, subsets, skip_bad_images, source, segmentation_dir), source
-
-
-def _load_db_struct(mat_path: Path) -> dict[str, Any]:
-    from scipy.io import loadmat
-
-    if not mat_path.is_file():
-        raise FileNotFoundError(f"NetVLAD structure file {mat_path} does not exist")
-    try:
-        contents = loadmat(mat_path)
-    except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
-        raise DatasetFormatError(
-            f"{mat_path}: unsupported MATLAB file version ({exc}); save it with -v7 or older"
-        ) from exc
-    except Exception as exc:
-        raise DatasetFormatError(f"{mat_path} is not a readable MATLAB .mat file: {type(exc).__name__}: {exc}") from exc
-    if "dbStruct" not in contents:
-        variables = sorted(k for k in contents if not k.startswith("__"))
-        raise DatasetFormatError(f"{mat_path}: no variable dbStruct (variables: {', '.join(variables) or 'none'})")
-    struct = contents["dbStruct"]
-    if struct.dtype.names is None or struct.size != 1:
-        raise DatasetFormatError(
-            f"{mat_path}: dbStruct is not a single MATLAB struct (dtype {struct.dtype}, shape {struct.shape})"
-        )
-    missing = [f for f in MAT_FIELDS if f not in struct.dtype.names]
-    if missing:
-        raise DatasetFormatError(f"{mat_path}: dbStruct lacks field {missing[0]} (all missing: {', '.join(missing)})")
-    record = struct.reshape(-1)[0]
-    return {f: record[f] for f in MAT_FIELDS}
 
 
 def _mat_string(value: Any, field_name: str, mat_path: Path) -> str:
@@ -524,7 +596,7 @@ def _segmentation_paths(split_dir: Path, subsets: dict[str, _Subset]) -> dict[st
     return found
 
 
-Reader = Literal["auto", "folder", "mat"]
+Reader = Literal["auto", "folder", "mat", "msls", "vprbench", "gsv-lists"]
 
 
 def open_dataset(
@@ -535,6 +607,7 @@ def open_dataset(
     image_root: str | Path | None = None,
     name: str | None = None,
     segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
+    queries_root: str | Path | None = None,
 ) -> PlaceDataset:
     """Open one split of a dataset in either format of METHODS.md §2.
 
@@ -550,11 +623,14 @@ def open_dataset(
     a root holding several; given with a file or a folder-format root, it must
     be that dataset's name. ``skip_bad_images`` checks every image and leaves
     out (with a warning naming each) those that are missing or corrupt.
-    ``image_root`` overrides where a ``.mat`` file's relative paths start.
+    ``image_root`` overrides where a ``.mat`` file's relative paths start, and
+    ``queries_root`` where its query paths start (see :func:`read_mat_dataset`).
     ``segmentation_dir`` is the maps folder of the root (default ``segmentation``,
     optional; another name, e.g. ``segmentation-predicted``, must exist).
     """
-    return open_dataset_with_source(path, split, reader, skip_bad_images, image_root, name, segmentation_dir)[0]
+    return open_dataset_with_source(
+        path, split, reader, skip_bad_images, image_root, name, segmentation_dir, queries_root
+    )[0]
 
 
 def open_dataset_with_source(
@@ -565,6 +641,7 @@ def open_dataset_with_source(
     image_root: str | Path | None = None,
     name: str | None = None,
     segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
+    queries_root: str | Path | None = None,
 ) -> tuple[PlaceDataset, DatasetSource]:
     """:func:`open_dataset`, also telling which file (and ``whichSet``) or split folder was read."""
     segmentation_dir = check_segmentation_dir(segmentation_dir)
@@ -575,8 +652,10 @@ def open_dataset_with_source(
     if reader == "auto":
         reader = _detect_reader(path, split or "test", name)
     if reader == "folder":
-        if image_root is not None:
-            raise ValueError("image_root applies to the .mat reader only; folder-format paths come from the folder")
+        if image_root is not None or queries_root is not None:
+            raise ValueError(
+                "image_root and queries_root apply to the .mat reader only; folder-format paths come from the folder"
+            )
         if not path.is_dir():
             raise DatasetFormatError(f"{path}: the folder reader needs a dataset root folder, not a file")
         dataset = read_folder_dataset(path, split or "test", skip_bad_images, segmentation_dir)
@@ -590,7 +669,10 @@ def open_dataset_with_source(
         if path.is_dir():
             split = split or "test"
             mat_file = find_mat_file(path, split, name)
-            return _read_mat(mat_file, image_root or path, skip_bad_images, split, segmentation_dir=segmentation_dir)
+            return _read_mat(
+                mat_file, image_root or path, skip_bad_images, split,
+                segmentation_dir=segmentation_dir, queries_root=queries_root,
+            )  # fmt: skip
         struct = _load_db_struct(path)
         own = _mat_own_split(path, struct)
         file_set = path.stem.removesuffix(f"_{own}")
@@ -599,22 +681,75 @@ def open_dataset_with_source(
                 f"{path} is a file of dataset {file_set!r}, not of {name!r} (expected {name}_<split>.mat)"
             )
         if split is None or own == split:
-            return _read_mat(path, image_root, skip_bad_images, split, struct, segmentation_dir)
+            return _read_mat(path, image_root, skip_bad_images, split, struct, segmentation_dir, queries_root)
         sibling = _file_for_split(path, own, split)
-        return _read_mat(sibling, image_root, skip_bad_images, split, segmentation_dir=segmentation_dir)
-    raise ValueError(f"unknown reader {reader!r}; expected auto, folder or mat")
+        return _read_mat(
+            sibling, image_root, skip_bad_images, split, segmentation_dir=segmentation_dir, queries_root=queries_root
+        )
+    if reader in LIST_READERS:
+        return _open_list_reader(path, split, reader, skip_bad_images, image_root, name, segmentation_dir, queries_root)
+    raise ValueError(f"unknown reader {reader!r}; expected auto, folder, mat, {', '.join(LIST_READERS)}")
+
+
+LIST_READERS = ("msls", "vprbench", "gsv-lists")
+
+
+def _open_list_reader(
+    path: Path,
+    split: str | None,
+    reader: str,
+    skip_bad_images: bool,
+    image_root: str | Path | None,
+    name: str | None,
+    segmentation_dir: str,
+    queries_root: str | Path | None,
+) -> tuple[PlaceDataset, DatasetSource]:
+    """MSLS (vprdistill.data.msls) and the ground-truth lists readers (vprdistill.data.ground_truth_lists)."""
+    if segmentation_dir != DEFAULT_SEGMENTATION_DIR or queries_root is not None:
+        raise ValueError(f"segmentation_dir and queries_root do not apply to the {reader} reader")
+    if image_root is not None and reader != "gsv-lists":
+        raise ValueError(f"image_root applies to the gsv-lists reader only, not to {reader}")
+    if reader == "msls":
+        from vprdistill.data.msls import msls_split_dir, read_msls_split
+
+        if name not in (None, "msls"):
+            raise DatasetFormatError(f"{path}: an MSLS root holds dataset 'msls', not {name!r}")
+        # split: val (the 740-query protocol), val-full, train; "test" is refused (no positions).
+        return read_msls_split(path, split, skip_bad_images), DatasetSource("msls", msls_split_dir(path))
+    if reader == "vprbench":
+        from vprdistill.data.ground_truth_lists import read_vprbench
+
+        return read_vprbench(path, skip_bad_images, name), DatasetSource("vprbench", path)
+    from vprdistill.data.ground_truth_lists import find_gsv_lists, read_gsv_lists
+
+    folder, set_name = find_gsv_lists(path, name)
+    dataset = read_gsv_lists(folder, image_root, set_name, skip_bad_images)
+    return dataset, DatasetSource("gsv-lists", folder / f"{set_name}_qImages.npy")
 
 
 def _detect_reader(path: Path, split: str, name: str | None = None) -> Reader:
+    from vprdistill.data.ground_truth_lists import is_gsv_lists_dir, is_gsv_lists_file, is_vprbench_dir
+    from vprdistill.data.msls import is_msls_root
+
     if path.is_file():
         if path.suffix.lower() == ".mat":
             return "mat"
-        raise DatasetFormatError(f"{path} is a file but not a NetVLAD .mat structure file")
+        if is_gsv_lists_file(path):
+            return "gsv-lists"
+        raise DatasetFormatError(f"{path} is a file but not a NetVLAD .mat structure file nor a gsv-cities list")
     if (path / "images" / split).is_dir():
         return "folder"
     if _mat_candidates(path, split, name):
         return "mat"
+    if is_msls_root(path):
+        return "msls"
+    if is_vprbench_dir(path):
+        return "vprbench"
+    if is_gsv_lists_dir(path, name):
+        return "gsv-lists"
     raise DatasetFormatError(
         f"no dataset recognised at {path}: looked for {path / 'images' / split}/ (folder format) "
-        f"and {name or '*'}_{split}.mat in {path} or {path / 'datasets'} (NetVLAD .mat format)"
+        f"and {name or '*'}_{split}.mat in {path} or {path / 'datasets'} (NetVLAD .mat format), "
+        f"train_val/<city>/ (MSLS), ref/ + query/ + ground_truth_new.npy (VPR-Bench) and "
+        f"<name>_qImages.npy (gsv-cities lists){_other_mat_files_hint(path)}"
     )

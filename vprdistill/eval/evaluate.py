@@ -8,6 +8,11 @@ Recall is then reported both before and after it.
 
 Queries without a positive count as misses unless ``queries_without_positive``
 is ``exclude`` (``eval.recall``); the report records the convention and count.
+
+A dataset with groups (``database_groups`` / ``query_groups``, e.g. the cities of
+MSLS) is searched group by group: a query ranks only its own group's database
+images. A dataset with explicit positives (``query_positives``) is scored on
+them and ``threshold_m`` is not used; the report says so.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ from vprdistill.eval.recall import (
 )
 from vprdistill.models.checkpoint import model_fingerprint
 from vprdistill.retrieval.search import exact_search
+from vprdistill.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from vprdistill.retrieval.rerank import Reranker as RerankerObject
+
+log = get_logger("eval.evaluate")
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_RERANK_TOPK = 100
@@ -53,6 +61,12 @@ class EvaluationResult:
     ``recall`` maps N (as a string, as in the JSON) to a percentage over all
     queries (``queries_without_positive="count-as-miss"``) or over those that
     have a positive within ``threshold_m`` (``"exclude"``).
+
+    ``ground_truth`` is set (``"explicit positives; threshold_m not used"``) when
+    the dataset gives its positives as lists; ``search_groups`` maps each group
+    of a grouped search to its ``num_database`` and ``num_queries``. In a grouped
+    search a row of ``predictions`` is padded with -1 where the query's group has
+    fewer than K database images.
     """
 
     recall: dict[str, float]
@@ -72,6 +86,8 @@ class EvaluationResult:
     extraction: dict[str, Any] | None = None
     recall_before_rerank: dict[str, float] | None = None
     rerank: dict[str, Any] | None = None
+    ground_truth: str | None = None
+    search_groups: dict[str, dict[str, int]] | None = None
     predictions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)
     positives: list[np.ndarray] = field(default_factory=list, repr=False)
     database_descriptors: np.ndarray | None = field(default=None, repr=False)
@@ -102,6 +118,8 @@ class EvaluationResult:
             "extraction": self.extraction,
             "recall_before_rerank": self.recall_before_rerank,
             "rerank": self.rerank,
+            "ground_truth": self.ground_truth,
+            "search_groups": self.search_groups,
         }
         record.update({key: value for key, value in optional.items() if value is not None})
         return record
@@ -175,6 +193,10 @@ def _rerank(
     rows = tqdm(predictions, desc="re-ranking", unit="query", disable=not progress)
     for query_index, row in enumerate(rows):
         candidates = row[:topk]
+        candidates = candidates[candidates >= 0]  # -1 pads a grouped search: no image to re-rank
+        if not len(candidates):
+            reranked[query_index] = row[:keep]
+            continue
         order = np.asarray(reranker(query_index, candidates.copy()), dtype=np.int64).ravel()
         if not np.isin(order, candidates).all() or len(np.unique(order)) != len(order):
             raise ValueError(
@@ -184,6 +206,45 @@ def _rerank(
         rest = row[~np.isin(row, order)]
         reranked[query_index] = np.concatenate([order, rest])[:keep]
     return reranked
+
+
+def grouped_search(
+    database_descriptors: np.ndarray,
+    query_descriptors: np.ndarray,
+    database_groups: Sequence[str],
+    query_groups: Sequence[str],
+    k: int,
+    backend: str = "matmul",
+) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Exact search of each query among the database images of its own group only.
+
+    Args:
+        database_descriptors: (N, D); ``database_groups`` their N group labels.
+        query_descriptors: (M, D); ``query_groups`` their M group labels.
+        k: predictions per query.
+        backend: as in :func:`~vprdistill.retrieval.search.exact_search`.
+
+    Returns:
+        predictions (M, k) int64 indices into the whole database, best first, -1
+        where the group has fewer than k images; and per group its
+        ``num_database`` and ``num_queries``.
+    """
+    database_labels = np.asarray(database_groups, dtype=object)
+    query_labels = np.asarray(query_groups, dtype=object)
+    predictions = np.full((len(query_labels), k), -1, dtype=np.int64)
+    sizes: dict[str, dict[str, int]] = {}
+    for group in sorted(set(query_labels.tolist())):
+        members = np.flatnonzero(query_labels == group)
+        database = np.flatnonzero(database_labels == group)
+        sizes[str(group)] = {"num_database": len(database), "num_queries": len(members)}
+        if not len(database):
+            log.warning("group %r: %d queries but no database image; they count as misses", group, len(members))
+            continue
+        group_k = min(k, len(database))
+        _, local = exact_search(database_descriptors[database], query_descriptors[members], group_k, backend=backend)
+        # Indices into the group's slice of the database back to indices into the whole database.
+        predictions[members, :group_k] = database[local]
+    return predictions, sizes
 
 
 def evaluate_descriptors(
@@ -231,9 +292,21 @@ def evaluate_descriptors(
     keep = min(ns[-1], num_database)
     search_k = max(keep, min(rerank_topk, num_database)) if reranker is not None else keep
     positives = dataset.positives(threshold_m)
+    ground_truth = None
+    if dataset.query_positives is not None:
+        ground_truth = "explicit positives; threshold_m not used"
+        log.info("%s: ground truth from the dataset's lists of positives; threshold_m (%g m) is not used",
+                 dataset.name, threshold_m)  # fmt: skip
 
     start = time.perf_counter()
-    _, predictions = exact_search(database_descriptors, query_descriptors, search_k, backend=search_backend)
+    search_groups = None
+    if dataset.query_groups is not None:
+        predictions, search_groups = grouped_search(
+            database_descriptors, query_descriptors, dataset.database_groups, dataset.query_groups, search_k,
+            search_backend,
+        )  # fmt: skip
+    else:
+        _, predictions = exact_search(database_descriptors, query_descriptors, search_k, backend=search_backend)
     ms_per_query = 1e3 * (time.perf_counter() - start) / dataset.num_queries
 
     recall_before_rerank, rerank_info = None, None
@@ -274,6 +347,8 @@ def evaluate_descriptors(
         recall_per_condition=per_condition,
         recall_before_rerank=recall_before_rerank,
         rerank=rerank_info,
+        ground_truth=ground_truth,
+        search_groups=search_groups,
         predictions=predictions,
         positives=positives,
         database_descriptors=database_descriptors,

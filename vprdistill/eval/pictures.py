@@ -79,6 +79,7 @@ def render_prediction(
     positive database indices), wrong (red) otherwise.
     """
     candidates = np.asarray(candidates, dtype=np.int64).ravel()
+    candidates = candidates[candidates >= 0]  # -1 pads a row searched within a small group (an MSLS city)
     distances = dataset.distances_to_database(int(query_index))[candidates]
     return prediction_picture(
         dataset.query_paths[query_index],

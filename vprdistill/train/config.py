@@ -72,6 +72,12 @@ class DataConfig:
     places_per_batch: int = 16
     views_per_place: int = 4
     place_batches_per_epoch: int | None = None  # None: one pass over the places per epoch
+    # Validation on any two folders of images instead of data.dataset's data.val_split: database and
+    # queries folders, positions from @east@north@ names or from the CSV data.positions (path,lat,lon
+    # or path,east,north; docs/DATASETS.md). With data.places, data.dataset may then be left empty.
+    database: str | None = None
+    queries: str | None = None
+    positions: str | None = None
 
 
 @dataclass
@@ -359,6 +365,7 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
         raise ValueError(
             f"{source}: data.input must be rgb or seg, got {config.data.input!r}"
         )
+    _validate_validation_folders(config.data, source)
     if config.mining.cache_model not in ("student", "teacher"):
         raise ValueError(
             f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}"
@@ -402,6 +409,25 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
     if isinstance(config.model, dict) and not config.model:
         raise ValueError(
             f"{source}: model must be a preset name or a non-empty model config mapping"
+        )
+
+
+def _validate_validation_folders(data: DataConfig, source: str) -> None:
+    """data.database, data.queries and data.positions: both folders or neither, positions only with them."""
+    if bool(data.database) != bool(data.queries):
+        given, missing = ("data.database", "data.queries") if data.database else ("data.queries", "data.database")
+        raise ValueError(f"{source}: {given} is set but {missing} is not; give both folders or neither")
+    if data.positions and not data.database:
+        raise ValueError(f"{source}: data.positions goes with data.database and data.queries")
+    if data.database and data.input == "seg":
+        raise ValueError(
+            f"{source}: data.database/data.queries give photos without segmentation maps; "
+            "data.input: seg needs a dataset root with maps (data.dataset)"
+        )
+    if not data.dataset and not data.places and data.database:
+        raise ValueError(
+            f"{source}: data.database/data.queries give the validation split only; the training split "
+            "comes from data.dataset (or place batches from data.places)"
         )
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vprdistill.data.place_dataset import PlaceDataset
+from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.train.config import VIOLATION_RULES, MiningConfig
 from vprdistill.utils.logging import get_logger
 
@@ -112,6 +112,11 @@ class TripletMiner:
         self.carry_negatives = carry_negatives
         # query index -> database indices it kept in its last round (only with carry_negatives)
         self.carried: dict[int, np.ndarray] = {}
+        if dataset.query_positives is not None or not dataset.has_positions:
+            raise DatasetFormatError(
+                f"mining: {dataset.name} ({dataset.split}) gives its ground truth as lists of positives; mining needs "
+                f"UTM positions (positives within {positive_radius_m} m, negatives beyond {negative_radius_m} m)"
+            )
         self.positives = dataset.positives(positive_radius_m)
         self.non_negatives = dataset.positives(negative_radius_m)
         # Only queries with at least one positive can form a tuple; the others are
