@@ -168,3 +168,33 @@ def test_localize_cli_stream_goes_on_after_an_unreadable_frame(
     assert frames[2]["error"] and frames[2]["matches"] == []
     assert frames[2]["smoothed_position"] == frames[1]["smoothed_position"]  # the bad frame leaves the estimate
     assert all(f["error"] is None and f["matches"] for f in frames[3:])
+
+
+def test_answers_come_in_latitude_and_longitude_when_the_index_knows_its_zone(
+    localizer: Localizer, tiny_dataset: Path
+) -> None:
+    import utm
+
+    # The test images are named @east@north@17@T@...: the index records zone 17T.
+    assert localizer.index.utm_zone == "17T"
+    dataset = open_dataset(tiny_dataset, "test")
+    (result,) = localizer.localize([str(dataset.query_paths[0])], topk=2)
+    latitude, longitude = result.lat_lon
+    # Back through the utm package's forward projection in the same zone: the UTM position again.
+    east, north, number, _ = utm.from_latlon(latitude, longitude, force_zone_number=17)
+    assert number == 17
+    assert np.allclose((east, north), result.position, atol=0.01)
+    record = result.to_dict()
+    assert record["lat_lon"] == [latitude, longitude]
+    assert [m["lat_lon"] is not None for m in record["matches"]] == [True, True]
+
+
+def test_an_index_without_a_zone_answers_in_utm_only(tiny_index: Path, tmp_path: Path) -> None:
+    index = MapIndex.load(tiny_index)
+    index.manifest["utm_zone"] = None
+    index.save(tmp_path / "no_zone")
+    plain = Localizer.from_index_folder(tmp_path / "no_zone")
+    assert plain.index.utm_zone is None
+    (result,) = plain.localize([plain.index.paths[0]], topk=1)
+    assert result.position is not None and result.lat_lon is None
+    assert result.to_dict()["lat_lon"] is None

@@ -173,7 +173,7 @@ def _build(args: argparse.Namespace) -> int:
     from vprdistill.cli.eval import run_settings
     from vprdistill.data.readers import open_dataset
     from vprdistill.data.two_folders import read_image_folder
-    from vprdistill.deploy.build import build_index, list_images, positions_from_names
+    from vprdistill.deploy.build import build_index, list_images, positions_from_names, zone_from_names
     from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.models.checkpoint import load_model
 
@@ -184,27 +184,27 @@ def _build(args: argparse.Namespace) -> int:
         if args.positions is not None or args.utm_zone is not None:
             raise ValueError("--positions and --utm-zone go with --images or --database, not --dataset")
         dataset = open_dataset(args.dataset, split=args.split)
-        paths, positions = dataset.database_paths, dataset.database_utm
+        paths, positions, utm_zone = dataset.database_paths, dataset.database_utm, dataset.utm_zone
     elif args.database is not None or args.positions is not None or args.utm_zone is not None:
         # --images keeps photos without a position (NaN); --database is a map where each has one.
         folder = args.database if args.database is not None else args.images
         images = read_image_folder(
             folder, args.positions, require_positions=args.database is not None, zone=args.utm_zone
         )
-        paths, positions = images.paths, images.utm
+        paths, positions, utm_zone = images.paths, images.utm, images.utm_zone
     else:
         if not args.images.is_dir():
             raise FileNotFoundError(f"--images {args.images} is not a folder")
         paths = list_images([args.images])
         if not paths:
             raise ValueError(f"no images (.jpg, .jpeg, .png) in {args.images}")
-        positions = positions_from_names(paths)
+        positions, utm_zone = positions_from_names(paths), zone_from_names(paths)
     start = time.perf_counter()
     index = build_index(
         model, paths, positions, image_size,
         index_type=args.type, dtype=args.dtype, pca_dim=args.pca, batch_size=args.batch_size,
         device=device, model_path=args.model, progress=not args.no_progress,
-        shard_dir=args.shards, shard_size=args.shard_size,
+        shard_dir=args.shards, shard_size=args.shard_size, utm_zone=utm_zone,
     )  # fmt: skip
     index.save(args.out)
     manifest = index.manifest

@@ -48,6 +48,7 @@ __all__ = [
     "check_one_zone",
     "latlon_to_utm",
     "parse_zone",
+    "utm_to_latlon",
     "read_positions_file",
 ]
 
@@ -139,6 +140,28 @@ def latlon_to_utm(
         utm_positions[rows, 0] = east
         utm_positions[rows, 1] = north
     return utm_positions, zones
+
+
+def utm_to_latlon(positions: np.ndarray, zone: UtmZone | str) -> np.ndarray:
+    """UTM metres `(N, 2)` (east, north) in ``zone`` to WGS84 degrees `(N, 2)` (latitude, longitude).
+
+    NaN rows (unknown positions) stay NaN. The zone needs its band letter (or
+    the hemisphere is unknown): ``17T`` converts, ``17`` is a ``ValueError``.
+    """
+    import utm
+
+    zone = parse_zone(zone) if isinstance(zone, str) else zone
+    if zone.northern is None:
+        raise ValueError(f"UTM zone {zone} has no band letter, so its hemisphere is unknown: give it as e.g. {zone}T")
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    degrees = np.full_like(positions, np.nan)
+    known = np.isfinite(positions).all(axis=1)
+    if known.any():
+        latitude, longitude = utm.to_latlon(
+            positions[known, 0], positions[known, 1], zone.number, northern=zone.northern, strict=False
+        )
+        degrees[known, 0], degrees[known, 1] = latitude, longitude
+    return degrees
 
 
 @dataclass

@@ -48,6 +48,23 @@ def positions_from_names(paths: Sequence[str | Path]) -> np.ndarray:
     return positions
 
 
+def zone_from_names(paths: Sequence[str | Path]) -> str | None:
+    """The one UTM zone the ``@east@north@zone@letter@…`` names give, ``None`` when they give none.
+
+    Raises ``ValueError`` naming a file of each zone when they give several.
+    """
+    zones: dict[str, Path] = {}
+    for path in paths:
+        if Path(path).name.startswith("@"):
+            zone = parse_place_filename(path).zone
+            if zone:
+                zones.setdefault(zone, Path(path))
+    if len(zones) > 1:
+        named = ", ".join(f"{zone} ({path.name})" for zone, path in zones.items())
+        raise ValueError(f"the images' names give several UTM zones, which one map cannot mix: {named}")
+    return next(iter(zones), None)
+
+
 def compute_index_descriptors(
     model: torch.nn.Module,
     paths: Sequence[str | Path],
@@ -89,8 +106,12 @@ def build_index(
     progress: bool = True,
     shard_dir: str | Path | None = None,
     shard_size: int = 10000,
+    utm_zone: str | None = None,
 ) -> MapIndex:
-    """Describe ``paths`` with ``model`` and index them with their `(N, 2)` positions (not yet saved)."""
+    """Describe ``paths`` with ``model`` and index them with their `(N, 2)` positions (not yet saved).
+
+    ``utm_zone``: the positions' zone, recorded so answers also come in latitude and longitude.
+    """
     from vprdistill.models.checkpoint import model_fingerprint
 
     if not paths:
@@ -109,6 +130,7 @@ def build_index(
         dtype=dtype,
         pca_dim=pca_dim,
         model_path=None if model_path is None else str(Path(model_path).resolve()),
+        utm_zone=utm_zone,
     )
     if "neighbour_recall_at_10" in index.manifest:
         log.info("neighbour recall@10 of the %s/%s index against exact search: %.3f",

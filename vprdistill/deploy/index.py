@@ -174,8 +174,13 @@ class MapIndex:
         dtype: str = "float32",
         pca_dim: int | None = None,
         model_path: str | None = None,
+        utm_zone: str | None = None,
     ) -> MapIndex:
-        """Build an index from `(N, D)` model descriptors, `(N, 2)` positions and N image paths."""
+        """Build an index from `(N, D)` model descriptors, `(N, 2)` positions and N image paths.
+
+        ``utm_zone`` (e.g. ``17T``): the zone the positions are in, so answers can
+        also be given in latitude and longitude; ``None`` when not known.
+        """
         descriptors = np.asarray(descriptors, dtype=np.float32)
         searcher = CompactSearcher.build(descriptors, index_type, dtype, pca_dim)
         manifest = {
@@ -189,6 +194,7 @@ class MapIndex:
             "pca": int(pca_dim) if pca_dim else None,
             "dtype": dtype,
             "image_size": [int(s) for s in image_size],
+            "utm_zone": utm_zone or None,
             "calibration": None,
         }
         exact = descriptors if searcher.pca is None else searcher.reduce(descriptors)
@@ -208,6 +214,11 @@ class MapIndex:
     @property
     def model_fingerprint(self) -> str:
         return str(self.manifest["model_fingerprint"])
+
+    @property
+    def utm_zone(self) -> str | None:
+        """The UTM zone of the positions (e.g. ``17T``), ``None`` when the index was built without one."""
+        return self.manifest.get("utm_zone") or None
 
     @property
     def image_size(self) -> tuple[int, int]:

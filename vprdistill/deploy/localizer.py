@@ -42,6 +42,7 @@ class Match:
     score: float  # inner product of L2-normalised descriptors, higher is better
     distance: float  # L2 distance between the descriptors, sqrt(2 - 2·score)
     confidence: float  # in [0, 1]; calibrated P(correct) when the index is calibrated
+    lat_lon: tuple[float, float] | None = None  # WGS84 degrees, when the index knows its UTM zone
 
 
 @dataclass(frozen=True)
@@ -74,17 +75,24 @@ class Localization:
             return None
         return self.best.position
 
+    @property
+    def lat_lon(self) -> tuple[float, float] | None:
+        """The best match's latitude and longitude (degrees), ``None`` when unknown or the index has no zone."""
+        return None if self.position is None or self.best is None else self.best.lat_lon
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (NaN positions become ``null``)."""
         matches = []
         for match in self.matches:
             record = asdict(match)
             record["position"] = list(match.position) if all(map(math.isfinite, match.position)) else None
+            record["lat_lon"] = None if match.lat_lon is None else list(match.lat_lon)
             matches.append(record)
         return {
             "source": self.source,
             "unknown": self.unknown,
             "position": None if self.position is None else list(self.position),
+            "lat_lon": None if self.lat_lon is None else list(self.lat_lon),
             "score": self.score if self.best else None,
             "confidence": self.confidence,
             "threshold": self.threshold,
@@ -127,6 +135,7 @@ class Localizer:
         self.model = inference_copy(model, self.device) if self.device.type == "cpu" else model.to(self.device).eval()
         self.image_size = image_size_hw(image_size if image_size is not None else index.image_size)
         self.transform = build_transform(self.image_size)
+        self._degrees: np.ndarray | None = None  # the map's latitude/longitude, computed on first use
 
     @classmethod
     def from_index_folder(
@@ -209,12 +218,23 @@ class Localizer:
         calibration = self.index.calibration
         return None if calibration is None else float(calibration["threshold"])
 
+    def _lat_lon(self) -> np.ndarray | None:
+        """`(N, 2)` latitude and longitude of the map's images (computed once), ``None`` without a zone."""
+        if self.index.utm_zone is None:
+            return None
+        if self._degrees is None:
+            from vprdistill.data.positions import utm_to_latlon
+
+            self._degrees = utm_to_latlon(self.index.positions, self.index.utm_zone)
+        return self._degrees
+
     def match(self, descriptors: np.ndarray, topk: int = 5, sources: list[str | None] | None = None) -> list[Localization]:
         """Localisations of already computed `(B, D)` descriptors."""
         scores, indices = self.index.search(descriptors, topk)
         calibration = self.index.calibration
         threshold = self._threshold()
         sources = sources or [None] * len(descriptors)
+        degrees = self._lat_lon()
         results = []
         for row_scores, row_indices, source in zip(scores, indices, sources):
             keep = row_indices >= 0
@@ -229,6 +249,7 @@ class Localizer:
                     score=float(s),
                     distance=float(math.sqrt(max(0.0, 2.0 - 2.0 * float(s)))),
                     confidence=float(c),
+                    lat_lon=None if degrees is None or np.isnan(degrees[i]).any() else (float(degrees[i, 0]), float(degrees[i, 1])),
                 )
                 for rank, (i, s, c) in enumerate(zip(row_indices, row_scores, confidences))
             ]

@@ -240,6 +240,7 @@ def _info(localizer: Localizer) -> dict[str, Any]:
         "image_size": list(localizer.image_size),
         "device": str(localizer.device),
         "calibrated_threshold": None if calibration is None else calibration["threshold"],
+        "utm_zone": index.utm_zone,
     }
 
 
