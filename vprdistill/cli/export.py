@@ -52,6 +52,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="frame-in graph: uint8 (N, H_in, W_in, 3) frames of any size, resized and normalised inside")  # fmt: skip
     parser.add_argument("--channel-order", type=str.upper, choices=CHANNEL_ORDERS, default=None,
                         help="channel order of the frames (with --embed-preprocessing; default RGB)")  # fmt: skip
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                        help="fp16: float16 weights and compute, float32 input/output; int8: static QDQ quantisation "
+                             "calibrated with --calibrate. OUT is then that graph, and the checked float32 one goes to "
+                             "OUT's .fp32.onnx (student.int8.onnx -> student.fp32.onnx)")  # fmt: skip
+    parser.add_argument("--calibrate", type=Path, default=None, metavar="DATASET",
+                        help="int8: dataset whose --calibrate-split database images (the map's own) set the activation ranges")  # fmt: skip
+    parser.add_argument("--calibrate-split", default="test", metavar="SPLIT", help="split of --calibrate")
+    parser.add_argument("--calibration-images", type=int, default=256, metavar="N",
+                        help="int8: at most N database images, spread along the database")  # fmt: skip
+    parser.add_argument("--int8-activations", default="uint8", choices=("uint8", "int8"),
+                        help="int8 activations: uint8 (U8S8) for x86 CPUs, int8 (S8S8) for ARM CPUs")  # fmt: skip
+    parser.add_argument("--eval-dataset", type=Path, default=None, metavar="DATASET",
+                        help="with --precision fp16/int8: measure the recall cost against the float32 graph on this "
+                             "dataset (stored in OUT.json)")  # fmt: skip
+    parser.add_argument("--eval-split", default="test", metavar="SPLIT", help="split of --eval-dataset")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime threads for calibration, evaluation and timing (default: its own)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -62,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.channel_order is not None and not args.embed_preprocessing:
         raise ValueError("--channel-order applies to frame graphs: add --embed-preprocessing")
+    if args.precision != "fp32":
+        from vprdistill.deploy.precision import check_precision_arguments, float32_path_for
+
+        check_precision_arguments(args.precision, args.calibrate)  # before the export: int8 needs --calibrate
+        converted_out, args.out = args.out, float32_path_for(args.out)
     model = load_model_or_preset(args.model, "cpu")
     image_size = pick_image_size(args.image_size, run_settings(args.model), model)
     record = export_onnx(
@@ -83,4 +105,34 @@ def run(args: argparse.Namespace) -> int:
         f"{what}, {record['descriptor_dim']}-d output) and {sidecar_path(args.out)}"
     )
     print(f"max |ONNX Runtime - {reference}| on L2-normalised descriptors: {differences} (atol {record['atol']:g}){cosine}")
+    if args.precision != "fp32":
+        print_conversion(args, args.out, converted_out)
     return 0
+
+
+def print_conversion(args: argparse.Namespace, fp32_path: Path, out: Path) -> None:
+    """Convert the float32 graph to --precision, write OUT and OUT.json, and print what it cost."""
+    from vprdistill.deploy.export import sidecar_path
+    from vprdistill.deploy.precision import convert_precision
+
+    converted = convert_precision(
+        fp32_path, out, args.precision, calibrate=args.calibrate,
+        evaluate=(args.eval_dataset, args.eval_split) if args.eval_dataset is not None else None,
+        calibrate_split=args.calibrate_split, max_calibration_images=args.calibration_images,
+        activations=args.int8_activations, threads=args.threads,
+    )  # fmt: skip
+    ratio = converted["file_bytes"] / converted["source"]["file_bytes"]
+    print(f"wrote {out} ({args.precision}, {converted['file_bytes'] / 1e6:.1f} MB, {ratio:.2f}x the float32 file) "
+          f"and {sidecar_path(out)}")  # fmt: skip
+    check = converted["precision_check"]
+    print(f"check on {check['n_images']} images ({check['inputs']}): min cosine to float32 {check['min_cosine']:.5f}")
+    cost = converted["recall_cost"]
+    if cost is not None:
+        for name in ("fp32", args.precision):
+            recall, ms = cost["recall"][name], cost["ms_per_image"][name]
+            print(f"{name:>5s}: R@1 {recall['1']:.1f}  R@5 {recall['5']:.1f}  R@10 {recall['10']:.1f}  "
+                  f"{ms['1']:.2f} ms/image at batch 1, {ms['8']:.2f} at batch 8")  # fmt: skip
+        same_place = "" if cost["top1_same_place"] is None else (
+            f", within {cost['threshold_m']:g} m of it for {100 * cost['top1_same_place']:.1f} %")  # fmt: skip
+        print(f"top-1 match the same image as float32's for {100 * cost['top1_agreement']:.1f} % of the "
+              f"{cost['num_queries']} queries of {cost['dataset']} {cost['split']}{same_place}")  # fmt: skip
