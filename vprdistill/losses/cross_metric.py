@@ -18,6 +18,11 @@ sum over x ∈ {a, p, n} without saying how several negatives combine).
     L_total = w_hard·L_hard + mean_pairs 0.5·max(margin + D, 0)²
 
 with all weights 1 in the released code. The teacher is always detached.
+
+Every distillation term compares a student descriptor with a teacher descriptor
+directly, so both must live in one space: for a teacher of another dimension the
+caller passes ``projected_student`` (the student's tuples through a learned
+projection into the teacher's space); ``L_hard`` stays on the student's own descriptors.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import Tensor
 from vprdistill.losses.masking import mean_over_valid
 from vprdistill.losses.regression import descriptor_regression, squared_distance
 from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, paired_teacher
+from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, in_teacher_space, paired_teacher
 
 FORMS = ("paper", "official")
 
@@ -92,8 +97,22 @@ class CrossMetricDistillationLoss:
     def requires_teacher(self) -> bool:
         return self.w_soft > 0 or self.w_cm > 0
 
-    def __call__(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> LossOutput:
-        """Loss of a batch: ``student`` and ``teacher`` hold ``(B, D)``, ``(B, D)``, ``(B, Nn, D)`` descriptors."""
+    @property
+    def compares_across_spaces(self) -> bool:
+        """Soft and cross-metric terms compare student and teacher descriptors directly."""
+        return self.requires_teacher
+
+    def __call__(
+        self,
+        student: TupleDescriptors,
+        teacher: TupleDescriptors | None = None,
+        projected_student: TupleDescriptors | None = None,
+    ) -> LossOutput:
+        """Loss of a batch: ``student`` and ``teacher`` hold ``(B, D)``, ``(B, D)``, ``(B, Nn, D)`` descriptors.
+
+        ``projected_student`` (``(B, Dt)``, ``(B, Dt)``, ``(B, Nn, Dt)``), when given, replaces
+        ``student`` in the soft and cross-metric terms; the hard term reads ``student``.
+        """
         hard = triplet_margin_loss(
             student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
         )
@@ -101,15 +120,17 @@ class CrossMetricDistillationLoss:
         terms: Terms = {"hard": hard}
         if self.requires_teacher:
             teacher = paired_teacher(student, teacher, "CrossMetricDistillationLoss")
-            if teacher.dim != student.dim:
+            compared = in_teacher_space(student, projected_student, "CrossMetricDistillationLoss")
+            if teacher.dim != compared.dim:
                 raise ValueError(
-                    f"CrossMetricDistillationLoss: student dimension {student.dim} differs from teacher "
-                    f"dimension {teacher.dim}; TSCM compares descriptors directly, so they must agree"
+                    f"CrossMetricDistillationLoss: student dimension {compared.dim} differs from teacher "
+                    f"dimension {teacher.dim}; TSCM compares descriptors directly, so they must agree "
+                    "(a teacher of another dimension needs a projection of the student: projection: auto)"
                 )
             if self.form == "paper":
-                total = total + self._paper_terms(student, teacher, terms)
+                total = total + self._paper_terms(compared, teacher, terms)
             else:
-                total = total + self._official_term(student, teacher, terms)
+                total = total + self._official_term(compared, teacher, terms)
         return LossOutput.from_tensors(total, terms)
 
     def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:

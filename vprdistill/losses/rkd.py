@@ -86,8 +86,21 @@ class RelationalDistillationLoss:
     def requires_teacher(self) -> bool:
         return self.w_rkd > 0
 
-    def __call__(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> LossOutput:
-        """Loss of a batch of tuples; the teacher's descriptor dimension may differ from the student's."""
+    @property
+    def compares_across_spaces(self) -> bool:
+        """RKD compares distances measured within each model's own space: no projection is needed."""
+        return False
+
+    def __call__(
+        self,
+        student: TupleDescriptors,
+        teacher: TupleDescriptors | None = None,
+        projected_student: TupleDescriptors | None = None,
+    ) -> LossOutput:
+        """Loss of a batch of tuples; the teacher's descriptor dimension may differ from the student's.
+
+        ``projected_student`` is not used: the student's own distances are matched, never a projection's.
+        """
         hard = triplet_margin_loss(
             student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
         )

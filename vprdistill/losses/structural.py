@@ -15,7 +15,10 @@ strength whatever the weighting: a partition that keeps half the tuples distils 
 tuples as strongly as ``uniform`` distils all of them, so the two are compared at equal
 strength and differ only in *which* tuples teach.
 Because the KL compares similarity distributions, the seg-branch (teacher) may have a
-different descriptor dimension from the RGB branch (student).
+different descriptor dimension from the RGB branch (student). The regression compares
+descriptors directly: for a teacher of another dimension it reads ``projected_student``
+(the student's tuples through a learned projection into the teacher's space), while the
+KL and the ranks stay on the student's own descriptors.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import Tensor
 
 from vprdistill.losses.regression import descriptor_regression
 from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, paired_teacher
+from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, in_teacher_space, paired_teacher
 from vprdistill.losses.weighting import SampleWeighting, build_sample_weighting, compute_ranks
 
 
@@ -158,8 +161,21 @@ class StructuralDistillationLoss:
     def requires_teacher(self) -> bool:
         return self.w_kd > 0 or self.w_regression > 0
 
-    def __call__(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> LossOutput:
-        """Loss of a batch: student ``(B, Ds)``/``(B, Nn, Ds)`` and teacher ``(B, Dt)``/``(B, Nn, Dt)`` tuples."""
+    @property
+    def compares_across_spaces(self) -> bool:
+        """Only the optional regression compares descriptors directly; the KL compares similarities."""
+        return self.w_regression > 0
+
+    def __call__(
+        self,
+        student: TupleDescriptors,
+        teacher: TupleDescriptors | None = None,
+        projected_student: TupleDescriptors | None = None,
+    ) -> LossOutput:
+        """Loss of a batch: student ``(B, Ds)``/``(B, Nn, Ds)`` and teacher ``(B, Dt)``/``(B, Nn, Dt)`` tuples.
+
+        ``projected_student`` (``(B, Dt)``/``(B, Nn, Dt)``), when given, replaces ``student`` in the regression.
+        """
         hard = triplet_margin_loss(
             student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
         )
@@ -167,16 +183,20 @@ class StructuralDistillationLoss:
         terms: Terms = {"hard": hard}
         if self.requires_teacher:
             teacher = paired_teacher(student, teacher, "StructuralDistillationLoss")
-            if self.w_regression > 0 and teacher.dim != student.dim:
+            compared = in_teacher_space(student, projected_student, "StructuralDistillationLoss")
+            if self.w_regression > 0 and teacher.dim != compared.dim:
                 raise ValueError(
                     f"StructuralDistillationLoss.w_regression={self.w_regression} needs equal descriptor "
-                    f"dimensions, got student {student.dim} and teacher {teacher.dim}; set w_regression to 0"
+                    f"dimensions, got student {compared.dim} and teacher {teacher.dim}; set w_regression to 0 "
+                    "or give the teacher a projection of the student (projection: auto)"
                 )
-            distillation = self._distillation(student, teacher, terms)
+            distillation = self._distillation(student, teacher, terms, compared)
             total = total + distillation
         return LossOutput.from_tensors(total, terms)
 
-    def _distillation(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:
+    def _distillation(
+        self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms, compared: TupleDescriptors
+    ) -> Tensor:
         student_candidates, mask = student.candidates()
         teacher_candidates, _ = teacher.candidates()
         kl = similarity_distribution_kl(
@@ -190,7 +210,7 @@ class StructuralDistillationLoss:
         terms["kl"] = kl.mean()
         terms["weighted_kl"] = weighted_mean(kl, weights)
         if self.w_regression > 0:
-            regression = descriptor_regression(student, teacher)
+            regression = descriptor_regression(compared, teacher)
             terms["regression"] = regression.mean()
             per_sample = per_sample + self.w_regression * regression
         distillation = weighted_mean(per_sample, weights)

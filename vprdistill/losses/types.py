@@ -7,6 +7,7 @@ valid ones, and every loss of this package ignores the others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -79,6 +80,13 @@ class TupleDescriptors:
         positive_valid = torch.ones((self.batch_size, 1), dtype=torch.bool, device=self.anchor.device)
         return candidates, torch.cat([positive_valid, self.valid_negatives()], dim=1)
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> TupleDescriptors:
+        """``fn`` applied to every descriptor (along the last axis: ``(..., D) -> (..., D')``), the mask kept.
+
+        How a student's tuples are carried into a teacher's descriptor space by a projection.
+        """
+        return TupleDescriptors(fn(self.anchor), fn(self.positive), fn(self.negatives), self.negative_mask)
+
     def detach(self) -> TupleDescriptors:
         """The same descriptors cut from the autograd graph (for teachers)."""
         return TupleDescriptors(
@@ -113,12 +121,45 @@ class LossOutput:
 class DistillationLoss(Protocol):
     """What the training loop calls on a batch of tuples.
 
-    ``requires_teacher`` tells the loop whether it must run the teacher at all.
+    ``requires_teacher`` tells the loop whether it must run the teacher at all;
+    ``compares_across_spaces`` whether a term compares a student descriptor with a
+    teacher descriptor directly (``||S(x) − T(y)||²``), which needs both in one space.
+    Such terms read ``projected_student`` when given: the student's tuples carried into
+    the teacher's space (a learned projection, for a teacher of another dimension);
+    the student's own terms (triplet) and relational terms (similarities or distances
+    within each model's space) always read ``student``.
     """
 
     requires_teacher: bool
+    compares_across_spaces: bool
 
-    def __call__(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> LossOutput: ...
+    def __call__(
+        self,
+        student: TupleDescriptors,
+        teacher: TupleDescriptors | None = None,
+        projected_student: TupleDescriptors | None = None,
+    ) -> LossOutput: ...
+
+
+def in_teacher_space(
+    student: TupleDescriptors, projected_student: TupleDescriptors | None, loss_name: str
+) -> TupleDescriptors:
+    """The student's tuples to compare with the teacher's: ``projected_student`` when given, else ``student``.
+
+    Raises:
+        ValueError: ``projected_student`` does not describe the same tuples (batch, negatives, mask).
+    """
+    if projected_student is None:
+        return student
+    if projected_student.batch_size != student.batch_size or projected_student.num_negatives != student.num_negatives:
+        raise ValueError(
+            f"{loss_name}: projected student tuples (B={projected_student.batch_size}, "
+            f"Nn={projected_student.num_negatives}) do not match the student's (B={student.batch_size}, "
+            f"Nn={student.num_negatives})"
+        )
+    if not torch.equal(projected_student.valid_negatives(), student.valid_negatives()):
+        raise ValueError(f"{loss_name}: projected_student.negative_mask differs from student.negative_mask")
+    return projected_student
 
 
 def paired_teacher(student: TupleDescriptors, teacher: TupleDescriptors | None, loss_name: str) -> TupleDescriptors:

@@ -43,6 +43,7 @@ from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.data.place_images import PlaceImages, open_place_images
 from vprdistill.data.readers import open_dataset_with_source
 from vprdistill.data.structural import StructuralClassMap
+from vprdistill.data.two_folders import read_two_folders_with_source
 from vprdistill.eval.evaluate import evaluate_descriptors
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.registry import build_model
@@ -135,7 +136,7 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
     queries. The query subsets of ``data.max_*_queries`` are applied.
     """
     data = config.data
-    if not data.dataset:
+    if not data.dataset and not (data.places and data.database):
         raise ValueError(
             "data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity"
         )
@@ -160,14 +161,20 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
             train_set.num_queries,
         )
         train_set = _subset_queries(train_set, data.max_train_queries, config.seed)
-    if not data.val_split:
+    if data.database:
+        # Two folders (data.database, data.queries) replace data.dataset's data.val_split.
+        val_set, val_source = read_two_folders_with_source(
+            data.database, data.queries, data.positions, skip_bad_images=data.skip_bad_images, split="val"
+        )
+    elif not data.val_split:
         logger.info(
             "no validation split (data.val_split is empty): the last epoch counts as the best"
         )
         return train_set, None
-    val_set, val_source = open_dataset_with_source(
-        data.dataset, split=data.val_split, **options
-    )
+    else:
+        val_set, val_source = open_dataset_with_source(
+            data.dataset, split=data.val_split, **options
+        )
     val_set = _subset_queries(val_set, data.max_val_queries, config.seed + 1)
     without = sum(len(p) == 0 for p in val_set.positives(config.threshold_m))
     logger.info(
@@ -190,9 +197,10 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
 
 
 def _build_optimizer(
-    config: TrainConfig, model: torch.nn.Module
+    config: TrainConfig, model: torch.nn.Module, extra: Sequence[torch.nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    # ``extra``: the method's own parameters (teacher projections), trained with the student.
+    parameters = [p for p in model.parameters() if p.requires_grad] + list(extra)
     if config.optim.name == "adam":
         return torch.optim.Adam(
             parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay
@@ -384,7 +392,7 @@ def _train_locked(
     if config.init_from and not resume:
         logger.info("model weights from %s", init_weights_from(model, config.init_from))
     model = prepare_batchnorm(model.to(device), config.batchnorm, context)
-    method = TrainingMethod(config, device)
+    method = TrainingMethod(config, device, student_dim=getattr(model, "descriptor_dim", None))
     places = _open_places(config) if config.data.places else None
     prepare = functools.partial(method.prepare_places, places) if places is not None else functools.partial(
         method.prepare, train_set
@@ -402,7 +410,7 @@ def _train_locked(
             config.data.places_per_batch, config.data.views_per_place, _place_steps(config, places),
             config.mining.num_negatives,
         )
-    optimizer = _build_optimizer(config, model)
+    optimizer = _build_optimizer(config, model, method.parameters())
     scheduler = torch.optim.lr_scheduler.ExponentialLR(
         optimizer, gamma=config.optim.lr_decay
     )
@@ -416,6 +424,8 @@ def _train_locked(
         start_epoch = int(state["epoch"]) + 1
         best_recall, best_epoch = float(state["best_recall"]), int(state["best_epoch"])
         stale_epochs = int(state["stale_epochs"])
+        if state.get("projections"):
+            method.load_state_dict(state["projections"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         if state.get("miner") and miner is not None:
@@ -504,6 +514,7 @@ def _train_locked(
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(output.total).backward()
+            _average_method_gradients(method, context)
             if config.optim.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(
@@ -604,6 +615,8 @@ def _train_locked(
             "best_epoch": best_epoch,
             "stale_epochs": stale_epochs,
             "miner": miner.state_dict() if miner is not None and miner.carry_negatives else {},
+            # Teacher projections: trained with the student but not part of it (never in its weights files).
+            "projections": method.state_dict(),
         }
 
         save_epoch = functools.partial(
@@ -616,6 +629,18 @@ def _train_locked(
     if writer is not None:
         writer.close()
     return TrainResult(run.path, best_recall, best_epoch, epochs_run, stopped_early)
+
+
+def _average_method_gradients(method: TrainingMethod, context: DistributedContext) -> None:
+    """Average the method's own gradients (teacher projections) over ranks, as DDP does for the student's."""
+    parameters = method.parameters()
+    if not context.is_distributed or not parameters:
+        return
+    for parameter in parameters:
+        if parameter.grad is None:  # every rank must reduce the same tensors, in the same order
+            parameter.grad = torch.zeros_like(parameter)
+        torch.distributed.all_reduce(parameter.grad)
+        parameter.grad.div_(context.world_size)
 
 
 def _save_epoch(
