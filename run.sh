@@ -21,6 +21,9 @@ command="${1:-demo}"
 shift || true
 case "$command" in
     test)
+        # Lint and format check first: a style error fails fast, before the 10-minute suite.
+        uv run --locked --no-sync ruff check vprdistill tests benchmarks
+        uv run --locked --no-sync ruff format --check vprdistill tests benchmarks
         exec uv run --locked --no-sync pytest "$@"
         ;;
     *)

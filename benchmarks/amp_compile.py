@@ -101,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="steps per mode per round")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--keep-compile-cache", action="store_true",
-                        help="reuse the inductor cache of earlier runs (the first step then omits most compile time)")
+    parser.add_argument(
+        "--keep-compile-cache",
+        action="store_true",
+        help="reuse the inductor cache of earlier runs (the first step then omits most compile time)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -125,8 +128,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     reference = build_model(dict(preset=args.preset, image_size=[args.image_size, args.image_size]))
     batch = tuple_batch(args.tuples, args.negatives, args.image_size, reference.input_channels, args.seed)
     images = batch.images.shape[0]
-    print(f"{args.preset} at {args.image_size}px, {args.tuples} tuples x (2 + {args.negatives}) = {images} images "
-          f"per step, {torch.get_num_threads()} threads")
+    print(
+        f"{args.preset} at {args.image_size}px, {args.tuples} tuples x (2 + {args.negatives}) = {images} images "
+        f"per step, {torch.get_num_threads()} threads"
+    )
 
     runners: dict[str, StepRunner] = {}
     first_step: dict[str, float] = {}
@@ -166,7 +171,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             f"{first_step[name]:.1f} | {first_loss[name]:.5f} |"
         )
     table = "\n".join(rows)
-    shifts = [abs(first_loss[n] / first_loss["off"] - 1) for n in args.modes if MODES[n][0] == "bf16" and "off" in first_loss]
+    shifts = [
+        abs(first_loss[n] / first_loss["off"] - 1) for n in args.modes if MODES[n][0] == "bf16" and "off" in first_loss
+    ]
     loss_shift = max(shifts) if shifts else None
     print(table)
 
@@ -186,7 +193,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             f"{args.warmup} untimed warm-up steps per mode (the first compiles), then {args.rounds} rounds × "
             f"{args.steps} steps with the modes taking turns; steps/s is the median round, the ratio the median "
             "of the rounds' ratios. The first step includes compilation"
-            + (" (inductor cache of earlier runs reused)" if args.keep_compile_cache else " into an empty inductor cache"),
+            + (
+                " (inductor cache of earlier runs reused)"
+                if args.keep_compile_cache
+                else " into an empty inductor cache"
+            ),
             f"- Command: `{command.strip()}`",
             "",
             table,

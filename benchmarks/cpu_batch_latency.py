@@ -37,7 +37,9 @@ MODES = ("eager NCHW", "eager channels-last", "eager folded + channels-last", "o
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tscm-student", help="a model preset (random weights: speed does not depend on them)")
+    parser.add_argument(
+        "--model", default="tscm-student", help="a model preset (random weights: speed does not depend on them)"
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--threads", type=int, default=None)
@@ -97,17 +99,19 @@ def main() -> None:
     command = f"uv run python benchmarks/cpu_batch_latency.py --model {args.model} --image-size {args.image_size}" + (
         f" --threads {args.threads}" if args.threads else ""
     )
-    body = "\n".join([
-        f"## cpu-batch-latency: {args.model} descriptor latency against batch size ({args.image_size} px)",
-        "",
-        f"Command: `{command}`",
-        f"Machine: {machine_description()}; date {today()}; load average {load_before} before, {load_after} after.",
-        f"- {gflops:.2f} GFLOP per image (`torch.utils.flop_counter`); peak = best float32 2048² matrix product in this run, "
-        f"{peak:.1f} GFLOP/s. Share of peak = (GFLOP per image / s per image) / peak: a ratio within one run.",
-        f"- Best of {args.repeats} timed batches after one warm-up, random weights; modes take turns at each batch size.",
-        "",
-        *table,
-    ])
+    body = "\n".join(
+        [
+            f"## cpu-batch-latency: {args.model} descriptor latency against batch size ({args.image_size} px)",
+            "",
+            f"Command: `{command}`",
+            f"Machine: {machine_description()}; date {today()}; load average {load_before} before, {load_after} after.",
+            f"- {gflops:.2f} GFLOP per image (`torch.utils.flop_counter`); peak = best float32 2048² matrix product in this run, "
+            f"{peak:.1f} GFLOP/s. Share of peak = (GFLOP per image / s per image) / peak: a ratio within one run.",
+            f"- Best of {args.repeats} timed batches after one warm-up, random weights; modes take turns at each batch size.",
+            "",
+            *table,
+        ]
+    )
     print(body)
     if not args.no_write:
         update_section("cpu-batch-latency", body)

@@ -29,8 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
-                        help="copy the run's report, results.json and figures here before the clone is removed")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="copy the run's report, results.json and figures here before the clone is removed",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
@@ -49,19 +54,21 @@ def main() -> None:
     cpu = usage.ru_utime + usage.ru_stime
     load_after = os.getloadavg()
     name = "quick" if args.quick else "full"
-    body = "\n".join([
-        f"## `vprdistill demo{' --quick' if args.quick else ''}` from a fresh clone",
-        "",
-        f"Command: `python benchmarks/demo_timing.py{' --quick' if args.quick else ''}` "
-        f"(runs `{' '.join(command)}` in a new clone: environment sync, SynthCity generation, training, "
-        "evaluation, report).",
-        f"Machine: {machine_description()}; date {today()}; load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after.",
-        "",
-        "| run | wall | CPU (user + system) |",
-        "|---|---|---|",
-        f"| demo {name} | {wall / 60:.1f} min | {cpu / 60:.1f} min |",
-    ])
+    body = "\n".join(
+        [
+            f"## `vprdistill demo{' --quick' if args.quick else ''}` from a fresh clone",
+            "",
+            f"Command: `python benchmarks/demo_timing.py{' --quick' if args.quick else ''}` "
+            f"(runs `{' '.join(command)}` in a new clone: environment sync, SynthCity generation, training, "
+            "evaluation, report).",
+            f"Machine: {machine_description()}; date {today()}; load average {load_before[0]:.1f} before, "
+            f"{load_after[0]:.1f} after.",
+            "",
+            "| run | wall | CPU (user + system) |",
+            "|---|---|---|",
+            f"| demo {name} | {wall / 60:.1f} min | {cpu / 60:.1f} min |",
+        ]
+    )
     print(body)
     if not args.no_write:
         update_section(f"demo-timing-{name}", body)

@@ -16,8 +16,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         for name, search in methods.items():
-            batched_s[name].append(seconds(lambda: search(batch)))
+            batched_s[name].append(seconds(lambda search=search: search(batch)))
             single_s[name].append(seconds(single_query_loop(search, singles)))
     load_after = os.getloadavg()[0]
     rows = []
@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         batched = 1e3 * min(batched_s[name]) / len(batch)
         single = 1e3 * min(single_s[name]) / len(singles)
         rows.append((name, batched, single, agreements[name]))
-        print(f"{name:40s} batched {batched:8.3f} ms/query   single {single:8.3f} ms/query   "
-              f"agreement {agreements[name]:.4f}")
+        print(
+            f"{name:40s} batched {batched:8.3f} ms/query   single {single:8.3f} ms/query   "
+            f"agreement {agreements[name]:.4f}"
+        )
 
     faiss_batched, faiss_single = next((b, s) for n, b, s, _ in rows if n.startswith("faiss"))
     table = [
@@ -137,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {batched:.3f} | {faiss_batched / batched:.2f}× | {single:.3f} | "
             f"{faiss_single / single:.2f}× | {100 * agree:.2f}% |"
         )
-    command = "python benchmarks/eval_speed.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/eval_speed.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     body = "\n".join(
         [
             "## eval-speed: exact search, ms per query",

@@ -47,8 +47,17 @@ def main() -> int:
     started, load_before = time.time(), load_average()
     data = args.data or Path(f"/tmp/synthcity-holdout-seed{args.seed}")
     # Only the test split is read; the other splits are kept as small as the generator allows.
-    generate(data, preset="small", seed=args.seed, image_size=128, progress=False,
-             train_blocks=1, val_blocks=1, queries_train=8, queries_val=8)
+    generate(
+        data,
+        preset="small",
+        seed=args.seed,
+        image_size=128,
+        progress=False,
+        train_blocks=1,
+        val_blocks=1,
+        queries_train=8,
+        queries_val=8,
+    )
     test_set = open_dataset(data, split="test")
     size = (args.image_size, args.image_size)
     thumbnail = thumbnail_row(test_set, size, "cpu")
@@ -69,9 +78,12 @@ def main() -> int:
         "| model | R@1 [95 % CI] | − thumbnail-16, paired [95 % CI], p | " + " | ".join(names) + " | all above |",
         "|---" * (len(names) + 4) + "|",
     ]
-    lines.append(f"| thumbnail-16 | {thumbnail.recall['1']:.1f} [{thumbnail.recall_ci['1'][0]:.1f}, "
-                 f"{thumbnail.recall_ci['1'][1]:.1f}] | – | "
-                 + " | ".join(f"{thumbnail.recall_per_condition[c]['1']:.1f}" for c in names) + " | – |")
+    lines.append(
+        f"| thumbnail-16 | {thumbnail.recall['1']:.1f} [{thumbnail.recall_ci['1'][0]:.1f}, "
+        f"{thumbnail.recall_ci['1'][1]:.1f}] | – | "
+        + " | ".join(f"{thumbnail.recall_per_condition[c]['1']:.1f}" for c in names)
+        + " | – |"
+    )
     failures = []
     for run_dir in runs:
         row = evaluate_run_row(run_dir, test_set, run_dir.name, "", image_size=size, device="cpu")
@@ -82,12 +94,17 @@ def main() -> int:
         if not ok:
             failures.append(run_dir.name)
         cells = [f"{row.recall_per_condition[c]['1']:.1f}{'' if above[c] else ' ✗'}" for c in names]
-        lines.append(f"| {run_dir.name} | {row.recall['1']:.1f} [{row.recall_ci['1'][0]:.1f}, {row.recall_ci['1'][1]:.1f}]"
-                     f"{'' if overall else ' ✗'} | {paired} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+        lines.append(
+            f"| {run_dir.name} | {row.recall['1']:.1f} [{row.recall_ci['1'][0]:.1f}, {row.recall_ci['1'][1]:.1f}]"
+            f"{'' if overall else ' ✗'} | {paired} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |"
+        )
     table = "\n".join(lines)
     minutes = (time.time() - started) / 60
-    verdict = "every model is above thumbnail-16 overall and under every condition" if not failures else (
-        "not above thumbnail-16 everywhere (✗ marks where): " + ", ".join(failures))
+    verdict = (
+        "every model is above thumbnail-16 overall and under every condition"
+        if not failures
+        else ("not above thumbnail-16 everywhere (✗ marks where): " + ", ".join(failures))
+    )
     body = (
         "## New-seed holdout check (SynthCity `small`, a city the demo never saw)\n\n"
         f"Command: `uv run python benchmarks/holdout_check.py --runs {args.runs} --seed {args.seed}`\n"

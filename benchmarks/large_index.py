@@ -140,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-search", type=int, default=64, help="HNSW candidates explored per query")
     parser.add_argument("--sweep-nprobe", type=int, nargs="*", default=[4, 64], help="other nprobe values timed")
     parser.add_argument("--sweep-ef-search", type=int, nargs="*", default=[16, 256, 1024], help="ef_search values")
-    parser.add_argument("--ef-construction", type=int, default=40,
-                        help="HNSW build candidates; 40 (not build_index's 80) halves the longest step of the run")
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        default=40,
+        help="HNSW build candidates; 40 (not build_index's 80) halves the longest step of the run",
+    )
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
     parser.add_argument("--shortlist", type=int, default=100, help="IVF-PQ candidates re-ranked exactly")
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions (best kept)")
@@ -172,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         options = {"nprobe": args.nprobe} if kind == "ivfpq" else {}
         if kind == "hnsw":
             options = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
-        index, build_seconds = timed(lambda: build_index(database, kind, seed=args.seed, **options))
+        index, build_seconds = timed(
+            lambda kind=kind, options=options: build_index(database, kind, seed=args.seed, **options)
+        )
         memory = index_memory_bytes(index)
-        batched, single = ms_per_query(lambda q: index.search(q, k), queries, args.single_queries, args.repeats)
+        batched, single = ms_per_query(
+            lambda q, index=index: index.search(q, k), queries, args.single_queries, args.repeats
+        )
         recall = recall_against_exact(index, queries, exact)
         name = "flat (exact, faiss IndexFlatIP)"
         if kind == "ivfpq":
@@ -189,20 +197,31 @@ def main(argv: list[str] | None = None) -> int:
                 # The float32 rows live on disk; only the shortlisted ones are read.
                 np.save(Path(folder) / "database.npy", database)
                 on_disk = np.load(Path(folder) / "database.npy", mmap_mode="r")
-                rerank = lambda q: search_reranked(index, q, k, on_disk, shortlist=args.shortlist)  # noqa: E731
+
+                def rerank(q, index=index, on_disk=on_disk):
+                    return search_reranked(index, q, k, on_disk, shortlist=args.shortlist)
+
                 batched, single = ms_per_query(rerank, queries, args.single_queries, args.repeats)
                 _, found = rerank(queries)
             recall = {cut: float((found[:, :cut] == exact[:, :1]).any(axis=1).mean()) for cut in (1, k)}
-            rows.append((f"{name} + exact re-rank of top {args.shortlist} from a memmap", build_seconds, memory,
-                         batched, single, recall))
+            rows.append(
+                (
+                    f"{name} + exact re-rank of top {args.shortlist} from a memmap",
+                    build_seconds,
+                    memory,
+                    batched,
+                    single,
+                    recall,
+                )
+            )
             for nprobe in args.sweep_nprobe:
                 set_search_params(index, nprobe=nprobe)
-                speed = batched_ms(lambda q: index.search(q, k), queries, args.repeats)
+                speed = batched_ms(lambda q, index=index: index.search(q, k), queries, args.repeats)
                 sweep.append((f"IVF-PQ nprobe {nprobe}", speed, recall_against_exact(index, queries, exact)))
         if kind == "hnsw":
             for ef in args.sweep_ef_search:
                 set_search_params(index, ef_search=ef)
-                speed = batched_ms(lambda q: index.search(q, k), queries, args.repeats)
+                speed = batched_ms(lambda q, index=index: index.search(q, k), queries, args.repeats)
                 sweep.append((f"HNSW efSearch {ef}", speed, recall_against_exact(index, queries, exact)))
         del index
         gc.collect()

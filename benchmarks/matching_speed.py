@@ -29,8 +29,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def time_methods(
     single = {name: [] for name in methods}
     for _ in range(repeats):
         for name, search in methods.items():
-            batched[name].append(_seconds(lambda: search(batch)))
+            batched[name].append(_seconds(lambda search=search: search(batch)))
             single[name].append(_seconds(_one_at_a_time(search, singles)))
     return {
         name: {"batched": 1e3 * min(batched[name]) / len(batch), "single": 1e3 * min(single[name]) / len(singles)}
@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="thread counts to time with (NumPy's BLAS, torch and faiss alike)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", type=Path, default=None, help="measure recall cost on real descriptors of this dataset")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="measure recall cost on real descriptors of this dataset"
+    )
     parser.add_argument("--model", default=None, help="model for --dataset (run folder, checkpoint or preset)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--image-size", type=int, nargs="+", default=None)
@@ -206,12 +208,16 @@ def main(argv: list[str] | None = None) -> int:
             timings_by_threads[threads] = time_methods(methods, batch, singles, args.repeats)
             loads[threads] = (before, os.getloadavg()[0])
         for name, t in timings_by_threads[threads].items():
-            print(f"{threads} thread(s) {name:34s} batched {t['batched']:8.4f} ms/query   single {t['single']:8.4f} ms/query")
+            print(
+                f"{threads} thread(s) {name:34s} batched {t['batched']:8.4f} ms/query   single {t['single']:8.4f} ms/query"
+            )
 
     setting, recalls = recall_rows(args, modes)
     recall_by_mode = {row["mode"]: row for row in recalls}
     stored = {m.name: (m.pca_dim or args.dim, m.dtype) for m in [EXACT_MODE, *modes]}
-    command = "python benchmarks/matching_speed.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/matching_speed.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     lines = [
         "## matching-speed: exact and compact matching, ms per query",
         "",
@@ -242,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(lines)
     print(body)
     if args.json is not None:
-        args.json.write_text(json.dumps({"timings": timings_by_threads, "recall": recalls, "checks": checks_by_threads}, indent=2))
+        args.json.write_text(
+            json.dumps({"timings": timings_by_threads, "recall": recalls, "checks": checks_by_threads}, indent=2)
+        )
     if not args.no_write:
         print(f"updated {update_section('matching-speed', body)}")
     return 0

@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
     start = time.perf_counter()
-    result = train_segmenter(
-        args.dataset, args.out, config, progress=not args.no_progress, eval_split=args.eval_split
-    )
+    result = train_segmenter(args.dataset, args.out, config, progress=not args.no_progress, eval_split=args.eval_split)
     total = time.perf_counter() - start
     record = json.loads((args.out / "segmenter_training.json").read_text(encoding="utf-8"))
     evaluation = SegmentationEvaluation(**result.evaluation)  # type: ignore[arg-type]

@@ -43,10 +43,19 @@ def evaluate(run_dir: Path, test_set, size, input_kind: str, rerank: bool, topk:
     model = load_model(run_dir)
     reranker = None
     if rerank:
-        reranker = build_reranker("patch", feature_fn=local_feature_fn(model, size, "cpu"),
-                                  image_loader=lambda p: np.asarray(load_image(p)))
-    result = evaluate_model(model, test_set, image_size=size, device="cpu", input_kind=input_kind,
-                            reranker=reranker, rerank_topk=topk, progress=False)
+        reranker = build_reranker(
+            "patch", feature_fn=local_feature_fn(model, size, "cpu"), image_loader=lambda p: np.asarray(load_image(p))
+        )
+    result = evaluate_model(
+        model,
+        test_set,
+        image_size=size,
+        device="cpu",
+        input_kind=input_kind,
+        reranker=reranker,
+        rerank_topk=topk,
+        progress=False,
+    )
     record = result.to_json()
     record["parameters"] = sum(p.numel() for p in model.parameters())
     return record
@@ -64,8 +73,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--section", default="structvpr-ablation", help="RESULTS.md section the table goes to")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--table-only", action="store_true",
-                        help="rebuild the table from OUT/structvpr_ablation.json without training or evaluating")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rebuild the table from OUT/structvpr_ablation.json without training or evaluating",
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     budget = Budget(image_size=args.image_size, epochs=args.epochs, max_train_queries=args.max_train_queries)
@@ -79,7 +91,7 @@ def main() -> None:
         records = json.loads(json_path.read_text())
         for record in records:  # files of an earlier version kept the flag only in the re-rank report
             record.setdefault("reranked", bool(record.get("rerank")))
-    for seed in ([] if args.table_only else args.seeds):
+    for seed in [] if args.table_only else args.seeds:
         seed_common = common + [f"seed={seed}"]
         seg_dir, _ = train_variant("structvpr/synth-seg-tiny", seed_common, args.out / f"seg-seed{seed}")
         runs = {
@@ -87,13 +99,17 @@ def main() -> None:
             "rgb": train_variant("structvpr/synth-rgb-tiny-baseline", seed_common, args.out / f"rgb-seed{seed}")[0],
         }
         for weighting in ("uniform", "partition"):
-            teachers = [{"run": str(seg_dir), "input": "seg",
-                         "loss": {"name": "structural", "weighting": {"name": weighting}}}]
-            runs[weighting] = train_variant("structvpr/synth-rgb-tiny", seed_common + [teachers_override(teachers)],
-                                            args.out / f"{weighting}-seed{seed}")[0]
+            teachers = [
+                {"run": str(seg_dir), "input": "seg", "loss": {"name": "structural", "weighting": {"name": weighting}}}
+            ]
+            runs[weighting] = train_variant(
+                "structvpr/synth-rgb-tiny",
+                seed_common + [teachers_override(teachers)],
+                args.out / f"{weighting}-seed{seed}",
+            )[0]
         for variant, run_dir in runs.items():
             input_kind = "seg" if variant == "seg" else "rgb"
-            for rerank in ([False] if variant == "seg" else [False, True]):
+            for rerank in [False] if variant == "seg" else [False, True]:
                 record = evaluate(run_dir, test_set, size, input_kind, rerank, args.rerank_topk)
                 records.append({**record, "variant": variant, "seed": seed, "reranked": rerank})
                 print(f"{variant} seed {seed} rerank {rerank}: R@1 {record['recall']['1']:.1f}", flush=True)
@@ -115,23 +131,28 @@ def main() -> None:
                 values = [v["1"] for v in values if v]
                 cells.append(mean_and_spread(values) if values else "–")
             ms = [r["ms_per_query"] + (r.get("rerank") or {}).get("ms_per_query", 0.0) for r in group]
-            lines.append(f"| {label} | {'patch top-' + str(args.rerank_topk) if rerank else 'none'} | "
-                         + " | ".join(cells) + f" | {np.mean(ms):.2f} |")
+            lines.append(
+                f"| {label} | {'patch top-' + str(args.rerank_topk) if rerank else 'none'} | "
+                + " | ".join(cells)
+                + f" | {np.mean(ms):.2f} |"
+            )
     counts = {c: v["num_queries"] for c, v in (records[0].get("recall_per_condition") or {}).items()}
-    body = "\n".join([
-        "## StructVPR ablation on SynthCity (tiny presets)",
-        "",
-        f"Command: `uv run python benchmarks/structvpr_ablation.py --dataset {args.dataset} --seeds "
-        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --max-train-queries {args.max_train_queries}"
-        f"" + (f" --threads {args.threads}" if args.threads else "") + "`",
-        f"Machine: {machine_description()}; date {today()}; CPU, {budget.image_size}×{budget.image_size} px, "
-        f"{budget.epochs} epochs of at most {budget.max_train_queries} training queries, same budget for every row. "
-        f"Test split: {test_set.num_queries} queries ({', '.join(f'{c}: {n}' for c, n in counts.items())}), "
-        f"{test_set.num_database} database images, 25 m. Mean ± std over seeds. ms / query = global search "
-        "(+ re-ranking when on).",
-        "",
-        *lines,
-    ])
+    body = "\n".join(
+        [
+            "## StructVPR ablation on SynthCity (tiny presets)",
+            "",
+            f"Command: `uv run python benchmarks/structvpr_ablation.py --dataset {args.dataset} --seeds "
+            f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --max-train-queries {args.max_train_queries}"
+            f"" + (f" --threads {args.threads}" if args.threads else "") + "`",
+            f"Machine: {machine_description()}; date {today()}; CPU, {budget.image_size}×{budget.image_size} px, "
+            f"{budget.epochs} epochs of at most {budget.max_train_queries} training queries, same budget for every row. "
+            f"Test split: {test_set.num_queries} queries ({', '.join(f'{c}: {n}' for c, n in counts.items())}), "
+            f"{test_set.num_database} database images, 25 m. Mean ± std over seeds. ms / query = global search "
+            "(+ re-ranking when on).",
+            "",
+            *lines,
+        ]
+    )
     print(body)
     if not args.no_write:
         update_section(args.section, body, file_name="RESULTS.md")

@@ -85,7 +85,10 @@ def baseline_recall(root: Path, split: str = "test", ns: tuple[int, ...] = (1, 5
     db_images = sorted((root / "images" / split / "database").glob("*.jpg"))
     q_images = sorted((root / "images" / split / "queries").glob("*.jpg"))
     seg_of = lambda p: root / "segmentation" / split / p.parent.name / (p.stem + ".png")  # noqa: E731
-    utm = lambda paths: np.array([[float(parse_file_name(p)["east"]), float(parse_file_name(p)["north"])] for p in paths])  # noqa: E731
+
+    def utm(paths):
+        return np.array([[float(parse_file_name(p)["east"]), float(parse_file_name(p)["north"])] for p in paths])  # noqa: E731
+
     notes = np.array([parse_file_name(p)["note"] for p in q_images])
     positives = cKDTree(utm(db_images)).query_ball_point(utm(q_images), RADIUS_M)
     results = {}
@@ -101,7 +104,10 @@ def baseline_recall(root: Path, split: str = "test", ns: tuple[int, ...] = (1, 5
         per_condition = {}
         for condition in [*sorted(set(notes)), "all"]:
             rows = np.ones(len(notes), bool) if condition == "all" else notes == condition
-            per_condition[condition] = {"queries": int(rows.sum()), **{f"R@{n}": 100.0 * hit[rows, k].mean() for k, n in enumerate(ns)}}
+            per_condition[condition] = {
+                "queries": int(rows.sum()),
+                **{f"R@{n}": 100.0 * hit[rows, k].mean() for k, n in enumerate(ns)},
+            }
         results[name] = per_condition
     return results
 
@@ -111,8 +117,7 @@ def report(speed: dict[int, dict], small: dict, recall: dict[str, dict[str, dict
     lines = [
         "## SynthCity generator",
         "",
-        f"Machine: {machine_description()}. Date: {today()}. Workers: {workers} processes. "
-        f"Command: `{command}`.",
+        f"Machine: {machine_description()}. Date: {today()}. Workers: {workers} processes. Command: `{command}`.",
         "",
         f"Timings were taken on a shared machine (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "for 1 / 5 / 15 min while other work ran), so wall times are pessimistic; the CPU time is the "
@@ -122,11 +127,15 @@ def report(speed: dict[int, dict], small: dict, recall: dict[str, dict[str, dict
         "|---|---:|---:|---:|---:|---:|",
     ]
     for size, row in speed.items():
-        lines.append(f"| `tiny` preset, {size}×{size}, RGB + class map | {row['images']} | {row['wall_s']:.1f} | "
-                     f"{row['cpu_s']:.1f} | {row['images_per_s']:.1f} | {1000 * row['cpu_s'] / row['images']:.1f} |")
-    lines.append(f"| **`small` preset**, 128×128, everything incl. contact sheet | {small['images']} | "
-                 f"**{small['wall_s']:.1f}** | {small['cpu_s']:.1f} | {small['images_per_s']:.1f} | "
-                 f"{1000 * small['cpu_s'] / small['images']:.1f} |")
+        lines.append(
+            f"| `tiny` preset, {size}×{size}, RGB + class map | {row['images']} | {row['wall_s']:.1f} | "
+            f"{row['cpu_s']:.1f} | {row['images_per_s']:.1f} | {1000 * row['cpu_s'] / row['images']:.1f} |"
+        )
+    lines.append(
+        f"| **`small` preset**, 128×128, everything incl. contact sheet | {small['images']} | "
+        f"**{small['wall_s']:.1f}** | {small['cpu_s']:.1f} | {small['images_per_s']:.1f} | "
+        f"{1000 * small['cpu_s'] / small['images']:.1f} |"
+    )
     lines += [
         "",
         "Naive baselines on the `small` test split (exact L2 nearest neighbour with faiss, positives within 25 m; "
@@ -141,7 +150,9 @@ def report(speed: dict[int, dict], small: dict, recall: dict[str, dict[str, dict
     for condition, row in thumbnail.items():
         name = "**all**" if condition == "all" else condition
         other = class_map[condition]
-        lines.append(f"| {name} | {row['queries']} | {row['R@1']:.1f} | {row['R@5']:.1f} | {other['R@1']:.1f} | {other['R@5']:.1f} |")
+        lines.append(
+            f"| {name} | {row['queries']} | {row['R@1']:.1f} | {row['R@5']:.1f} | {other['R@1']:.1f} | {other['R@5']:.1f} |"
+        )
     return "\n".join(lines)
 
 

@@ -63,9 +63,7 @@ def mining_view(
         "share_pos_closer_than_all_negs": float((d_pos_a < d_neg_a).mean()),
     }
     for margin in (0.1, 0.3):
-        out[f"share_violating_margin_{margin}"] = float(
-            (d_neg_a < d_pos_a + margin).mean()
-        )
+        out[f"share_violating_margin_{margin}"] = float((d_neg_a < d_pos_a + margin).mean())
     return out
 
 
@@ -88,9 +86,7 @@ def collapse(database: np.ndarray, seed: int = 0) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", required=True, help="run folder, checkpoint or preset"
-    )
+    parser.add_argument("--model", required=True, help="run folder, checkpoint or preset")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--image-size", type=int, default=None)
@@ -99,25 +95,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model_or_preset(args.model, "cpu")
-    size = (
-        (args.image_size, args.image_size)
-        if args.image_size
-        else default_image_size(model)
-    )
+    size = (args.image_size, args.image_size) if args.image_size else default_image_size(model)
     dataset, _ = open_dataset_with_source(args.dataset, split=args.split)
     database = compute_descriptors(model, dataset.database_paths, size, progress=False)
     queries = compute_descriptors(model, dataset.query_paths, size, progress=False)
-    result = evaluate_descriptors(
-        database, queries, dataset, threshold_m=25.0, recall_ns=(1, 5, 10)
-    )
+    result = evaluate_descriptors(database, queries, dataset, threshold_m=25.0, recall_ns=(1, 5, 10))
     report = {
         "model": args.model,
         "split": args.split,
         "image_size": list(size),
         "recall": {str(k): float(v) for k, v in result.recall.items()},
-        "mining_view": mining_view(
-            queries, database, dataset.positives(10.0), dataset.positives(25.0)
-        ),
+        "mining_view": mining_view(queries, database, dataset.positives(10.0), dataset.positives(25.0)),
         "collapse": collapse(database),
     }
     if result.recall_per_condition:

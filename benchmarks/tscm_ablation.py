@@ -34,14 +34,21 @@ VARIANTS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, required=True, help="SynthCity dataset (vprdistill synth OUT --preset small)")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, help="SynthCity dataset (vprdistill synth OUT --preset small)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/tscm_ablation"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=Budget.epochs)
     parser.add_argument("--image-size", type=int, default=Budget.image_size)
     parser.add_argument("--max-train-queries", type=int, default=Budget.max_train_queries)
-    parser.add_argument("--variants", nargs="+", default=[v for v, _ in VARIANTS],
-                        choices=[v for v, _ in VARIANTS], help="KD variants to train")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[v for v, _ in VARIANTS],
+        choices=[v for v, _ in VARIANTS],
+        help="KD variants to train",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--section", default="tscm-ablation", help="RESULTS.md section the table goes to")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -83,20 +90,22 @@ def main() -> None:
             + " | ".join(mean_and_spread(recalls[n]) for n in ("1", "5", "10"))
             + f" | {sum(r['ms_per_image'] for r in group) / len(group):.2f} |"
         )
-    body = "\n".join([
-        "## TSCM ablation on SynthCity (tiny presets)",
-        "",
-        f"Command: `uv run python benchmarks/tscm_ablation.py --dataset {args.dataset} --seeds "
-        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --max-train-queries {args.max_train_queries}"
-        " --variants " + " ".join(args.variants) + (f" --threads {args.threads}" if args.threads else "") + "`",
-        f"Machine: {machine_description()}; date {today()}; CPU, batch 8 tuples, {budget.image_size}×{budget.image_size} px, "
-        f"{budget.epochs} epochs of at most {budget.max_train_queries} training queries each, "
-        f"{budget.num_negatives} hard negatives from {budget.negative_samples} samples. "
-        f"Test split: {test_set.num_queries} queries, {test_set.num_database} database images, 25 m. "
-        "Mean ± std over seeds (the teacher is trained once, seed 0). ms / image at batch 32.",
-        "",
-        *table,
-    ])
+    body = "\n".join(
+        [
+            "## TSCM ablation on SynthCity (tiny presets)",
+            "",
+            f"Command: `uv run python benchmarks/tscm_ablation.py --dataset {args.dataset} --seeds "
+            f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --max-train-queries {args.max_train_queries}"
+            " --variants " + " ".join(args.variants) + (f" --threads {args.threads}" if args.threads else "") + "`",
+            f"Machine: {machine_description()}; date {today()}; CPU, batch 8 tuples, {budget.image_size}×{budget.image_size} px, "
+            f"{budget.epochs} epochs of at most {budget.max_train_queries} training queries each, "
+            f"{budget.num_negatives} hard negatives from {budget.negative_samples} samples. "
+            f"Test split: {test_set.num_queries} queries, {test_set.num_database} database images, 25 m. "
+            "Mean ± std over seeds (the teacher is trained once, seed 0). ms / image at batch 32.",
+            "",
+            *table,
+        ]
+    )
     print(body)
     if not args.no_write:
         update_section(args.section, body, file_name="RESULTS.md")

@@ -24,8 +24,9 @@ from vprdistill.models.registry import build_model  # noqa: E402
 from vprdistill.utils.device import resolve_device, set_threads  # noqa: E402
 
 
-def time_model(model: torch.nn.Module, batch: int, size: int, device: torch.device, dtype: torch.dtype | None,
-               repeats: int) -> float:
+def time_model(
+    model: torch.nn.Module, batch: int, size: int, device: torch.device, dtype: torch.dtype | None, repeats: int
+) -> float:
     """Median ms per image over ``repeats`` timed batches (after one warm-up batch)."""
     images = torch.randn(batch, 3, size, size, device=device)
     timings = []
@@ -74,17 +75,20 @@ def main() -> None:
     for name, parameters, precision, batch, ms in rows:
         ratio = ms / student[(precision, batch)] if name == "tscm-teacher" else 1.0
         table.append(f"| {name} | {parameters:.2f} | {precision} | {batch} | {ms:.2f} | {ratio:.2f}× |")
-    body = "\n".join([
-        f"## TSCM full-size descriptor latency ({device.type})",
-        "",
-        f"Command: `uv run python benchmarks/tscm_latency.py --device {args.device}"
-        + (f" --threads {args.threads}" if args.threads else "") + "`",
-        f"Machine: {machine_description()}; date {today()}; device {device}; "
-        f"{args.image_size}×{args.image_size} px; median of {args.repeats} batches after one warm-up; random weights. "
-        "The paper's 1.3 ms per descriptor is a GPU figure; no GPU was lent to this task, so only CPU figures exist.",
-        "",
-        *table,
-    ])
+    body = "\n".join(
+        [
+            f"## TSCM full-size descriptor latency ({device.type})",
+            "",
+            f"Command: `uv run python benchmarks/tscm_latency.py --device {args.device}"
+            + (f" --threads {args.threads}" if args.threads else "")
+            + "`",
+            f"Machine: {machine_description()}; date {today()}; device {device}; "
+            f"{args.image_size}×{args.image_size} px; median of {args.repeats} batches after one warm-up; random weights. "
+            "The paper's 1.3 ms per descriptor is a GPU figure; no GPU was lent to this task, so only CPU figures exist.",
+            "",
+            *table,
+        ]
+    )
     print(body)
     if not args.no_write:
         update_section(f"tscm-latency-{device.type}", body)

@@ -45,8 +45,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _step(student: torch.nn.Module, teacher: torch.nn.Module | None, images: torch.Tensor,
-          optimizer: torch.optim.Optimizer) -> None:
+def _step(
+    student: torch.nn.Module, teacher: torch.nn.Module | None, images: torch.Tensor, optimizer: torch.optim.Optimizer
+) -> None:
     optimizer.zero_grad(set_to_none=True)
     descriptors = student(images)
     loss = descriptors.square().sum()
@@ -125,10 +126,20 @@ def main() -> None:
         return
     gib = 2**30
     rows = []
-    for index, (label, preset, teacher_preset) in enumerate(cases):
+    for index, (label, _preset, teacher_preset) in enumerate(cases):
         # A fresh process per case: the peak resident memory of a process only ever grows.
-        child = [sys.executable, __file__, "--device", args.device, "--tuples", str(args.tuples),
-                 "--negatives", str(args.negatives), "--case", str(index)]
+        child = [
+            sys.executable,
+            __file__,
+            "--device",
+            args.device,
+            "--tuples",
+            str(args.tuples),
+            "--negatives",
+            str(args.negatives),
+            "--case",
+            str(index),
+        ]
         if args.threads:
             child += ["--threads", str(args.threads)]
         output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
@@ -158,18 +169,20 @@ def main() -> None:
             f"{activations / args.tuples / gib:.2f} | {at_eight / gib:.1f} | "
             f"{figures['forward_flops_per_image'] / 1e9:.1f} | {epoch_flops / 1e15:.1f} | {figures['seconds']:.1f} |"
         )
-    body = "\n".join([
-        f"## TSCM full-size training step: memory and compute ({device.type})",
-        "",
-        f"Command: `uv run python benchmarks/tscm_train_memory.py --device {args.device} --tuples {args.tuples}`",
-        f"Machine: {machine_description()}; date {today()}; device {device}; 224×224 px; "
-        f"{images_per_tuple} images per tuple; fp32; random weights. Memory is {kind}; the 8-tuple column "
-        "extrapolates the activations linearly and adds weights, gradients and Adam's moments (and the "
-        "frozen teacher's weights for the student). Epoch PFLOP: 3 forward passes per training image "
-        "(forward + backward) plus one pass over the split per 1,000-query cache refresh.",
-        "",
-        *table,
-    ])
+    body = "\n".join(
+        [
+            f"## TSCM full-size training step: memory and compute ({device.type})",
+            "",
+            f"Command: `uv run python benchmarks/tscm_train_memory.py --device {args.device} --tuples {args.tuples}`",
+            f"Machine: {machine_description()}; date {today()}; device {device}; 224×224 px; "
+            f"{images_per_tuple} images per tuple; fp32; random weights. Memory is {kind}; the 8-tuple column "
+            "extrapolates the activations linearly and adds weights, gradients and Adam's moments (and the "
+            "frozen teacher's weights for the student). Epoch PFLOP: 3 forward passes per training image "
+            "(forward + backward) plus one pass over the split per 1,000-query cache refresh.",
+            "",
+            *table,
+        ]
+    )
     print(body)
     if not args.no_write:
         update_section(f"tscm-train-memory-{device.type}", body)

@@ -68,16 +68,12 @@ def scan_source(source: str, filename: str = "<snippet>") -> list[str]:
             root = node.module.split(".")[0]
             if root in PICKLE_MODULES:
                 flag(node, f"imports from {node.module}")
-            if node.module == "torch" and any(
-                alias.name == "load" for alias in node.names
-            ):
+            if node.module == "torch" and any(alias.name == "load" for alias in node.names):
                 flag(
                     node,
                     "imports torch.load under a bare name, hiding its weights_only argument",
                 )
-            if root == "yaml" and any(
-                alias.name in UNSAFE_YAML for alias in node.names
-            ):
+            if root == "yaml" and any(alias.name in UNSAFE_YAML for alias in node.names):
                 flag(node, "imports an unsafe yaml loader")
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
@@ -87,13 +83,11 @@ def scan_source(source: str, filename: str = "<snippet>") -> list[str]:
             if name.startswith("yaml.") and name.split(".", 1)[1] in UNSAFE_YAML:
                 flag(node, f"{name} (use yaml.safe_load)")
             if "allow_pickle" in keywords and not (
-                isinstance(keywords["allow_pickle"], ast.Constant)
-                and keywords["allow_pickle"].value is False
+                isinstance(keywords["allow_pickle"], ast.Constant) and keywords["allow_pickle"].value is False
             ):
                 flag(node, "allow_pickle that is not literally False")
             if "shell" in keywords and not (
-                isinstance(keywords["shell"], ast.Constant)
-                and keywords["shell"].value is False
+                isinstance(keywords["shell"], ast.Constant) and keywords["shell"].value is False
             ):
                 flag(node, "shell= that is not literally False")
             if name in SHELL_CALLS:
@@ -104,11 +98,7 @@ def scan_source(source: str, filename: str = "<snippet>") -> list[str]:
 def test_the_package_source_loads_nothing_unsafely():
     files = sorted(PACKAGE.rglob("*.py"))
     assert len(files) > 50, "the scan did not find the package source"
-    findings = [
-        finding
-        for path in files
-        for finding in scan_source(path.read_text(), str(path.relative_to(PACKAGE)))
-    ]
+    findings = [finding for path in files for finding in scan_source(path.read_text(), str(path.relative_to(PACKAGE)))]
     assert findings == []
 
 

@@ -107,7 +107,12 @@ def test_missing_dataframes_folder_is_named(tmp_path):
 
 
 def test_missing_column_is_named_with_the_file(tmp_path):
-    _write_city(tmp_path, "Rome", [("1,2019,7,45,Rome,41.9,12.5", "x.jpg")], header="place_id,year,month,northdeg,city_id,lat,lon")
+    _write_city(
+        tmp_path,
+        "Rome",
+        [("1,2019,7,45,Rome,41.9,12.5", "x.jpg")],
+        header="place_id,year,month,northdeg,city_id,lat,lon",
+    )
     with pytest.raises(ValueError, match=r"Rome\.csv: missing column\(s\) panoid"):
         open_place_images(tmp_path)
 

@@ -199,7 +199,11 @@ def test_assign_accepts_both_path_forms(tmp_path: Path, caplog: pytest.LogCaptur
     np.testing.assert_array_equal(assigned["database"].utm, [[1, 1], [2, 2]])
     np.testing.assert_array_equal(assigned["queries"].utm, [[3, 3], [4, 4]])
     assert unmatched == [4, 5]
-    assert "2 of 6 rows name no image" in caplog.text and "p.csv:6 (" in caplog.text and "p.csv:7 (db/0009.jpg)" in caplog.text
+    assert (
+        "2 of 6 rows name no image" in caplog.text
+        and "p.csv:6 (" in caplog.text
+        and "p.csv:7 (db/0009.jpg)" in caplog.text
+    )
 
 
 def test_assign_refuses_a_row_naming_two_images_and_two_rows_for_one(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ MINI = dict(spacing_m=30.0, headings=2, queries_train=3, queries_val=3, queries_
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("synth") / "a", preset="tiny", seed=3, image_size=SIZE, workers=2, progress=False)
+    return generate(
+        tmp_path_factory.mktemp("synth") / "a", preset="tiny", seed=3, image_size=SIZE, workers=2, progress=False
+    )
 
 
 def _files(root: Path) -> dict[str, Path]:
@@ -140,7 +142,9 @@ def test_class_map_ignores_light_and_weather_but_not_the_season():
     view = View(spec.x, spec.y, spec.heading_deg)
 
     def render(condition: str):
-        return render_view(world, view, 64, config.fov_deg, parse_condition(condition), image_seed=11, traversal_seed=12)
+        return render_view(
+            world, view, 64, config.fov_deg, parse_condition(condition), image_seed=11, traversal_seed=12
+        )
 
     day_rgb, day_seg = render("day-clear-summer")
     night_rgb, night_seg = render("night-fog-summer")
@@ -157,7 +161,9 @@ def test_single_condition_names_expand_with_defaults():
     assert parse_condition("rain-night").note == "night-rain-summer"
     assert parse_condition("winter").note == "day-clear-winter"
     assert SynthConfig.from_preset("tiny", query_conditions=("night", "fog")).query_conditions == (
-        "night-clear-summer", "day-fog-summer")
+        "night-clear-summer",
+        "day-fog-summer",
+    )
 
 
 @pytest.mark.parametrize(
@@ -230,12 +236,37 @@ def test_interrupted_or_different_dataset_is_regenerated(tmp_path, monkeypatch):
 
 def test_cli_generates_with_named_conditions(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["synth", str(out), "--preset", "tiny", "--image-size", "32", "--spacing", "30", "--headings", "2",
-                 "--queries", "3", "3", "4", "--conditions", "night", "fog", "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "synth",
+            str(out),
+            "--preset",
+            "tiny",
+            "--image-size",
+            "32",
+            "--spacing",
+            "30",
+            "--headings",
+            "2",
+            "--queries",
+            "3",
+            "3",
+            "4",
+            "--conditions",
+            "night",
+            "fog",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["params"]["query_conditions"] == ["night-clear-summer", "day-fog-summer"]
-    assert {parse_file_name(p)["note"] for p in _images(out, "test", "queries")} == {"night-clear-summer", "day-fog-summer"}
+    assert {parse_file_name(p)["note"] for p in _images(out, "test", "queries")} == {
+        "night-clear-summer",
+        "day-fog-summer",
+    }
     assert "SynthCity" in capsys.readouterr().out
 
 

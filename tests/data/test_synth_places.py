@@ -19,7 +19,14 @@ from vprdistill.data.synth.writer import _is_complete, build_manifest
 
 SIZE = 32
 PLACES, VIEWS = 6, 3
-ARGS = {"preset": "tiny", "seed": 5, "image_size": SIZE, "train_places": PLACES, "views_per_place": VIEWS, "progress": False}
+ARGS = {
+    "preset": "tiny",
+    "seed": 5,
+    "image_size": SIZE,
+    "train_places": PLACES,
+    "views_per_place": VIEWS,
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,12 @@ def _rows(root: Path) -> list[dict[str, str]]:
 
 
 def _utm_box(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    points = np.array([[float(parse_file_name(p)["east"]), float(parse_file_name(p)["north"])]
-                       for p in (root / "images" / split / "database").glob("*.jpg")])
+    points = np.array(
+        [
+            [float(parse_file_name(p)["east"]), float(parse_file_name(p)["north"])]
+            for p in (root / "images" / split / "database").glob("*.jpg")
+        ]
+    )
     return points.min(axis=0), points.max(axis=0)
 
 
@@ -67,8 +78,10 @@ def test_first_view_is_the_database_condition_and_views_differ(synth):
 def test_file_names_and_geotags_follow_gsv_cities(synth):
     for row in _rows(synth):
         # Spelled out independently of the writer: city_placeid7_year_month2_northdeg3_lat_lon_panoid.
-        name = (f"synthcity_{int(row['place_id']):07d}_{row['year']}_{int(row['month']):02d}_{int(row['northdeg']):03d}_"
-                f"{float(row['lat'])}_{float(row['lon'])}_{row['panoid']}.jpg")
+        name = (
+            f"synthcity_{int(row['place_id']):07d}_{row['year']}_{int(row['month']):02d}_{int(row['northdeg']):03d}_"
+            f"{float(row['lat'])}_{float(row['lon'])}_{row['panoid']}.jpg"
+        )
         assert (synth / "places" / "Images" / "synthcity" / name).is_file(), name
         east, north, zone, letter = utm.from_latlon(float(row["lat"]), float(row["lon"]))
         assert (zone, letter) == (17, "T")
@@ -90,13 +103,16 @@ def test_places_lie_in_the_train_region_only(synth):
         assert not inside.any(), f"a place lies in the {split} region"
     # Views of one place stand within a few metres of each other.
     for place in range(PLACES):
-        views = positions[place * VIEWS:(place + 1) * VIEWS]
+        views = positions[place * VIEWS : (place + 1) * VIEWS]
         assert np.linalg.norm(views - views.mean(axis=0), axis=1).max() < 8.0
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((root / "places").rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / "places").rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_gives_identical_places_whatever_the_worker_count(synth, tmp_path):
@@ -132,7 +148,8 @@ def test_a_default_config_has_no_places_in_its_manifest():
     with_places = SynthConfig.from_preset("tiny", train_places=2)
     other = build_manifest(with_places, plan_dataset(build_world(with_places), with_places))
     assert {k: v for k, v in other.items() if k not in ("places", "params")} == {
-        k: v for k, v in manifest.items() if k != "params"}
+        k: v for k, v in manifest.items() if k != "params"
+    }
     assert set(other["params"]) - set(manifest["params"]) == {"train_places", "views_per_place", "place_conditions"}
 
 
@@ -147,15 +164,39 @@ def test_place_config_is_validated():
         SynthConfig.from_preset("tiny", train_places=2, place_conditions=("sunny",))
     # Without places, a short query mix never trips the place check.
     assert SynthConfig.from_preset("tiny", query_conditions=("night",)).views_per_place == 4
-    config = SynthConfig.from_preset("tiny", train_places=2, views_per_place=2, place_conditions=("night", "fog", "night"))
+    config = SynthConfig.from_preset(
+        "tiny", train_places=2, views_per_place=2, place_conditions=("night", "fog", "night")
+    )
     assert config.place_condition_list() == ("night-clear-summer", "day-fog-summer")
 
 
 def test_cli_writes_places(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["synth", str(out), "--preset", "tiny", "--image-size", "32", "--spacing", "30", "--headings", "2",
-                 "--queries", "3", "3", "4", "--train-places", "2", "--views-per-place", "2", "--workers", "1",
-                 "--no-progress"])
+    code = main(
+        [
+            "synth",
+            str(out),
+            "--preset",
+            "tiny",
+            "--image-size",
+            "32",
+            "--spacing",
+            "30",
+            "--headings",
+            "2",
+            "--queries",
+            "3",
+            "3",
+            "4",
+            "--train-places",
+            "2",
+            "--views-per-place",
+            "2",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert len(_rows(out)) == 4
     assert open_place_images(out / "places").num_places == 2

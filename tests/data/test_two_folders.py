@@ -114,8 +114,13 @@ def test_zone_from_names_disagreeing_with_the_zone_asked_for(tmp_path: Path) -> 
 
 def test_query_without_position(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     database, queries = plain_folders(tmp_path / "city")
-    rows = [("db/0001.jpg", *DB_LATLON[0]), ("db/0002.jpg", *DB_LATLON[1]), ("db/sub/0003.jpg", *DB_LATLON[2]),
-            ("q/IMG_1.jpg", *Q_LATLON[0]), ("q/IMG_9.jpg", *Q_LATLON[1])]  # fmt: skip  (IMG_9: a typo)
+    rows = [
+        ("db/0001.jpg", *DB_LATLON[0]),
+        ("db/0002.jpg", *DB_LATLON[1]),
+        ("db/sub/0003.jpg", *DB_LATLON[2]),
+        ("q/IMG_1.jpg", *Q_LATLON[0]),
+        ("q/IMG_9.jpg", *Q_LATLON[1]),
+    ]  # fmt: skip  (IMG_9: a typo)
     csv_file = latlon_csv(tmp_path / "city", rows)
     with pytest.raises(DatasetFormatError) as error:
         read_two_folders(database, queries, csv_file)

@@ -20,7 +20,9 @@ from vprdistill.models.registry import build_model
 def test_export_command_matches_pytorch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stem = save_tiny_model(tmp_path)
     out = tmp_path / "student.onnx"
-    assert main(["export", "--model", str(stem), "--format", "onnx", "--out", str(out), "--image-size", "64", "48"]) == 0
+    assert (
+        main(["export", "--model", str(stem), "--format", "onnx", "--out", str(out), "--image-size", "64", "48"]) == 0
+    )
     assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
     sidecar = json.loads(sidecar_path(out).read_text())
     model = load_model(stem)

@@ -31,7 +31,12 @@ def test_build_and_load_round_trip(tiny_index: Path, tiny_dataset: Path, tiny_mo
     assert manifest["type"] == "flat" and manifest["dtype"] == "float32" and manifest["pca"] is None
     assert manifest["image_size"] == [64, 64]
     assert manifest["model_config"] == model.config
-    assert sorted(p.name for p in tiny_index.iterdir()) == ["descriptors.npy", "index.json", "paths.json", "positions.npy"]
+    assert sorted(p.name for p in tiny_index.iterdir()) == [
+        "descriptors.npy",
+        "index.json",
+        "paths.json",
+        "positions.npy",
+    ]
 
     index = MapIndex.load(tiny_index, model=model)
     np.testing.assert_array_equal(index.positions, dataset.database_utm)
@@ -131,10 +136,20 @@ def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("index_type", "dtype", "pca", "stored_file"),
-    [("flat", "float16", None, "descriptors.npy"), ("flat", "int8", 8, "descriptors.faiss"), ("hnsw", "float32", 8, "descriptors.faiss")],
+    [
+        ("flat", "float16", None, "descriptors.npy"),
+        ("flat", "int8", 8, "descriptors.faiss"),
+        ("hnsw", "float32", 8, "descriptors.faiss"),
+    ],
 )
 def test_compact_indexes_round_trip_and_find_copies(
-    tiny_dataset: Path, tiny_model_stem: Path, tmp_path: Path, index_type: str, dtype: str, pca: int | None, stored_file: str
+    tiny_dataset: Path,
+    tiny_model_stem: Path,
+    tmp_path: Path,
+    index_type: str,
+    dtype: str,
+    pca: int | None,
+    stored_file: str,
 ) -> None:
     out = tmp_path / "index"
     args = ["index", "build", "--model", str(tiny_model_stem), "--dataset", str(tiny_dataset), "--split", "test",
@@ -172,9 +187,12 @@ def test_build_with_images_folder_reads_positions_and_allows_unknown(tiny_model_
     assert index.image_size == (32, 32)
 
 
-
-@pytest.mark.parametrize(("index_type", "dtype", "pca"), [("ivfpq", "float32", None), ("ivfpq", "float32", 32), ("flat", "int8", None)])
-def test_trained_stores_survive_save_load_and_empty_like(tmp_path: Path, index_type: str, dtype: str, pca: int | None) -> None:
+@pytest.mark.parametrize(
+    ("index_type", "dtype", "pca"), [("ivfpq", "float32", None), ("ivfpq", "float32", 32), ("flat", "int8", None)]
+)
+def test_trained_stores_survive_save_load_and_empty_like(
+    tmp_path: Path, index_type: str, dtype: str, pca: int | None
+) -> None:
     from vprdistill.deploy.matching_bench import structured_descriptors
 
     database, queries = structured_descriptors(np.random.default_rng(0), 3000, 20, 64, latent_dim=32)
@@ -194,9 +212,27 @@ def test_sharded_build_matches_a_plain_build_and_reuses_finished_shards(
 ) -> None:
     shards = tmp_path / "shards"
     out = tmp_path / "sharded_index"
-    args = ["index", "build", "--model", str(tiny_model_stem), "--dataset", str(tiny_dataset), "--split", "test",
-            "--out", str(out), "--shards", str(shards), "--shard-size", "5", "--image-size", "64", "--no-progress",
-            "--device", "cpu"]
+    args = [
+        "index",
+        "build",
+        "--model",
+        str(tiny_model_stem),
+        "--dataset",
+        str(tiny_dataset),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--shards",
+        str(shards),
+        "--shard-size",
+        "5",
+        "--image-size",
+        "64",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     shard_files = sorted(shards.glob("shard_*.npy"))
     assert len(shard_files) == 3  # 12 images in shards of 5

@@ -60,7 +60,10 @@ def tiny_places(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if source is None:
             east, image = EAST0 - 5000.0, noise_image(rng)
         else:
-            east, image = EAST0 + SPACING_M * source + 4.0, 0.9 * places[source] + rng.normal(0, 4, places[source].shape)
+            east, image = (
+                EAST0 + SPACING_M * source + 4.0,
+                0.9 * places[source] + rng.normal(0, 4, places[source].shape),
+            )
         name = place_name(east, NORTH0 + 1.0, note)
         save_jpeg(image, folders["images", "queries"] / name)
         save_class_map(rng, folders["segmentation", "queries"] / Path(name).with_suffix(".png"))

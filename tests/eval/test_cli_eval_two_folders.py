@@ -36,9 +36,7 @@ def plain_copy(tiny_places: Path, root: Path, form: str) -> tuple[Path, Path, Pa
             lat, lon = utm.to_latlon(parsed.east, parsed.north, 17, "T")
             lines.append(f"{folder}/{name},{lat:.10f},{lon:.10f}")
     else:
-        lines = ["path,east,north,zone,note"] + [
-            f"{name},{p.east},{p.north},17T,{p.note}" for _, name, p in rows
-        ]
+        lines = ["path,east,north,zone,note"] + [f"{name},{p.east},{p.north},17T,{p.note}" for _, name, p in rows]
     csv_file.write_text("\n".join(lines) + "\n")
     return root / "db", root / "q", csv_file
 

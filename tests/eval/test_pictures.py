@@ -28,7 +28,9 @@ def test_frames_show_right_and_wrong(tiny_places, tmp_path):
         predictions.append(order[:3])
     predictions = np.array(predictions)
     thumb = 40
-    written = save_prediction_pictures(dataset, predictions, positives, tmp_path / "pictures", 2, topk=3, thumb_size=thumb)
+    written = save_prediction_pictures(
+        dataset, predictions, positives, tmp_path / "pictures", 2, topk=3, thumb_size=thumb
+    )
     assert len(written) == 2 and all(p.suffix == ".png" and p.is_file() for p in written)
     tile = thumb + 2 * FRAME
     checked = set()
@@ -37,7 +39,7 @@ def test_frames_show_right_and_wrong(tiny_places, tmp_path):
         picture = np.asarray(Image.open(path).convert("RGB"))
         assert picture.shape[1] == GAP + 4 * (tile + GAP)
 
-        def frame_colour(position: int) -> tuple[int, ...]:
+        def frame_colour(position: int, picture: np.ndarray = picture) -> tuple[int, ...]:
             left = GAP + position * (tile + GAP)
             return tuple(int(v) for v in picture[GAP + 1, left + 1])
 

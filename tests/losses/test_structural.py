@@ -226,7 +226,9 @@ def test_a_collapsed_teacher_is_never_right_and_distils_nothing() -> None:
     student = random_tuples(batch=6, num_negatives=4, dim=5, seed=7, requires_grad=True)
     constant = F.normalize(torch.ones(5), dim=0)
     collapsed = TupleDescriptors(
-        constant.expand(6, 5).clone(), constant.expand(6, 5).clone(), constant.expand(6, 4, 5).clone(),
+        constant.expand(6, 5).clone(),
+        constant.expand(6, 5).clone(),
+        constant.expand(6, 4, 5).clone(),
         student.negative_mask,
     )
     out = StructuralDistillationLoss(w_hard=0.0, temperature=TAU, weighting="partition")(student, collapsed)

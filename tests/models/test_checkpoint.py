@@ -35,9 +35,7 @@ def test_round_trip_gives_identical_outputs_and_fingerprint(tmp_path: Path) -> N
     assert (weights.name, config.name) == ("best.safetensors", "best.json")
     meta = json.loads(config.read_text())
     assert meta["format"] == "vprdistill-model" and meta["version"] == 1
-    assert meta["descriptor_dim"] == 512 and meta["fingerprint"] == model_fingerprint(
-        model
-    )
+    assert meta["descriptor_dim"] == 512 and meta["fingerprint"] == model_fingerprint(model)
     x = torch.rand(2, 3, 64, 64)
     for source in (tmp_path, weights, config, tmp_path / "best"):
         loaded = load_model(source, verify_fingerprint=True)
@@ -80,9 +78,7 @@ def test_checkpoint_of_another_preset_names_the_offending_key(tmp_path: Path) ->
         CheckpointError,
         match=r"'net\.patch_embed\.proj\.bias' has shape \(192,\) in the file but \(96,\)",
     ):
-        load_state_from_safetensors(
-            build_model("tscm-student-tiny", patch_dim=96), weights
-        )
+        load_state_from_safetensors(build_model("tscm-student-tiny", patch_dim=96), weights)
 
 
 def test_json_that_does_not_match_the_weights_is_refused(tmp_path: Path) -> None:
@@ -135,17 +131,11 @@ def test_a_flipped_byte_in_the_weights_is_refused_naming_the_file(
     weights, _ = save_model(model, tmp_path / "best")
     changed = _flip_a_byte_of_the_largest_tensor(weights)
     # The file still parses: only a tensor's value differs.
-    assert not torch.equal(
-        load_file(str(weights))[changed], model.state_dict()[changed]
-    )
-    with pytest.raises(
-        CheckpointError, match=r"best\.safetensors.*(corrupt|fingerprint)"
-    ):
+    assert not torch.equal(load_file(str(weights))[changed], model.state_dict()[changed])
+    with pytest.raises(CheckpointError, match=r"best\.safetensors.*(corrupt|fingerprint)"):
         load_model(tmp_path)
     # Every loader of a weights file checks it, not only load_model (init_from, resume).
-    with pytest.raises(
-        CheckpointError, match=r"best\.safetensors.*(corrupt|fingerprint)"
-    ):
+    with pytest.raises(CheckpointError, match=r"best\.safetensors.*(corrupt|fingerprint)"):
         load_state_from_safetensors(build_model("structvpr-rgb-tiny"), weights)
     # The check can be skipped on purpose (it reads every weight once more).
     load_model(tmp_path, verify_fingerprint=False)
@@ -158,9 +148,7 @@ def test_a_checkpoint_written_before_weight_digests_is_checked_against_its_json_
     model = _trained_like("structvpr-rgb-tiny")
     tensors = {key: value.contiguous() for key, value in model.state_dict().items()}
     weights = tmp_path / "best.safetensors"
-    save_file(
-        tensors, str(weights), metadata={"format": "vprdistill-model", "version": "1"}
-    )
+    save_file(tensors, str(weights), metadata={"format": "vprdistill-model", "version": "1"})
     meta = {
         "format": "vprdistill-model",
         "version": 1,
@@ -169,9 +157,7 @@ def test_a_checkpoint_written_before_weight_digests_is_checked_against_its_json_
         "fingerprint": model_fingerprint(model),
     }
     (tmp_path / "best.json").write_text(json.dumps(meta))
-    assert model_fingerprint(load_model(tmp_path)) == model_fingerprint(
-        model
-    )  # intact: loads
+    assert model_fingerprint(load_model(tmp_path)) == model_fingerprint(model)  # intact: loads
     _flip_a_byte_of_the_largest_tensor(weights)
     with pytest.raises(CheckpointError, match=r"best\.safetensors.*fingerprint"):
         load_model(tmp_path)

@@ -25,7 +25,9 @@ def test_mixvpr_tells_apart_two_layouts_of_the_same_features_that_gem_cannot():
 
 
 def test_a_preset_with_a_mixvpr_head_builds_and_bad_options_are_named():
-    model = build_model({"preset": "structvpr-rgb-tiny", "aggregator": {"name": "mixvpr", "out_channels": 16, "out_rows": 2}})
+    model = build_model(
+        {"preset": "structvpr-rgb-tiny", "aggregator": {"name": "mixvpr", "out_channels": 16, "out_rows": 2}}
+    )
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 32)
     with pytest.raises(ValueError, match="grid"):
         build_aggregator({"name": "mixvpr", "grid": 0}, 8)

@@ -118,7 +118,7 @@ def test_oversize_body_gets_413(open_server: str) -> None:
 
 def test_oversize_body_without_content_length_gets_413_while_reading(open_server: str) -> None:
     def chunks() -> Iterator[bytes]:  # a generator body goes out chunked, with no Content-Length
-        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
         for _ in range(8):
             yield b"\xff" * (MAX_UPLOAD // 2)
         yield b"\r\n--b--\r\n"

@@ -14,9 +14,7 @@ def one_epoch_run(synth_tiny: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The tiny config trained for 1 epoch: resuming it with ``epochs=2`` continues it."""
     from vprdistill.train.loop import train
 
-    return train(
-        tiny_config(synth_tiny, epochs=1), tmp_path_factory.mktemp("one_epoch") / "run"
-    ).run_dir
+    return train(tiny_config(synth_tiny, epochs=1), tmp_path_factory.mktemp("one_epoch") / "run").run_dir
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +22,4 @@ def two_epoch_run(synth_tiny: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The same config trained for 2 epochs without interruption: what every resumed run must equal."""
     from vprdistill.train.loop import train
 
-    return train(
-        tiny_config(synth_tiny, epochs=2), tmp_path_factory.mktemp("two_epochs") / "run"
-    ).run_dir
+    return train(tiny_config(synth_tiny, epochs=2), tmp_path_factory.mktemp("two_epochs") / "run").run_dir

@@ -15,9 +15,7 @@ from vprdistill.train.config import TrainConfig, load_config
 IMAGE_SIZE = 64
 
 
-def tiny_config(
-    dataset: Path, extra_overrides: Sequence[str] = (), **extra
-) -> TrainConfig:
+def tiny_config(dataset: Path, extra_overrides: Sequence[str] = (), **extra) -> TrainConfig:
     """The baseline preset shrunk to a tiny ResNet-18 run on CPU (1 epoch unless ``epochs=`` says otherwise)."""
     overrides = [
         f"data.dataset={dataset}",
@@ -43,15 +41,10 @@ def copy_run(run_dir: Path, destination: Path) -> Path:
 
 def metric_epochs(run_dir: Path) -> list[int]:
     """The epochs of a run's metrics.jsonl, in file order."""
-    return [
-        json.loads(line)["epoch"]
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def same_weights(a: Path, b: Path) -> bool:
     """Whether two ``.safetensors`` files hold bit-identical tensors under the same names."""
     first, second = load_file(str(a)), load_file(str(b))
-    return first.keys() == second.keys() and all(
-        torch.equal(first[k], second[k]) for k in first
-    )
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -10,12 +10,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tests.train.helpers import tiny_config
 from vprdistill.train.amp_compile import StudentForward, autocast, check_amp
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
-
-from tests.train.helpers import tiny_config
-
 
 
 def _net() -> nn.Module:
@@ -29,8 +27,9 @@ def _failing_backend(graph_module, example_inputs):
     raise RuntimeError("this backend cannot compile anything")
 
 
-@pytest.mark.parametrize("override, field", [("amp=fp32", "amp"), ("batchnorm=group", "batchnorm"),
-                                             ("compile=maybe", "compile")])
+@pytest.mark.parametrize(
+    "override, field", [("amp=fp32", "amp"), ("batchnorm=group", "batchnorm"), ("compile=maybe", "compile")]
+)
 def test_bad_amp_compile_batchnorm_values_name_the_field(override, field):
     with pytest.raises(ValueError, match=field):
         load_config("baseline/synth-resnet18-gem", [override])
@@ -77,8 +76,10 @@ def test_an_error_of_the_model_itself_propagates_and_keeps_compilation_on():
 
 
 def test_training_with_bf16_autocast_runs_and_saves_float32_weights(synth_tiny, tmp_path):
-    result = train(tiny_config(synth_tiny, amp="bf16", **{"data.max_train_queries": 16, "data.max_val_queries": 16}),
-                   tmp_path / "bf16")
+    result = train(
+        tiny_config(synth_tiny, amp="bf16", **{"data.max_train_queries": 16, "data.max_val_queries": 16}),
+        tmp_path / "bf16",
+    )
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["steps"] >= 1 and 0 < metrics[0]["loss"]["total"] < 1
     weights = load_file(str(result.run_dir / "last.safetensors"))

@@ -69,9 +69,7 @@ KILL_POINTS = [
 ]
 
 
-def _resume_and_die_at(
-    point: str, run: Path, dataset: Path
-) -> subprocess.CompletedProcess[str]:
+def _resume_and_die_at(point: str, run: Path, dataset: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _KILLER, point, str(run), str(dataset)],
         capture_output=True,
@@ -89,18 +87,14 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_run_that_resumes_exactly(
 ):
     run = copy_run(one_epoch_run, tmp_path / "run")
     killed = _resume_and_die_at(point, run, synth_tiny)
-    assert killed.returncode == KILLED, (
-        f"the save never reached {point}: {killed.stderr[-2000:]}"
-    )
+    assert killed.returncode == KILLED, f"the save never reached {point}: {killed.stderr[-2000:]}"
     load_model(run)  # a reader finds a whole model at once, the swap cut short or not
 
     resumed = train(tiny_config(synth_tiny, epochs=2), run, resume=True)
     assert resumed.epochs_run == 2
     assert same_weights(run / "last.safetensors", two_epoch_run / "last.safetensors")
     assert metric_epochs(run) == [1, 2]
-    assert (
-        load_model(run).config == load_model(two_epoch_run).config
-    )  # best loads, its digest checked
+    assert load_model(run).config == load_model(two_epoch_run).config  # best loads, its digest checked
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".checkpoint")]
     assert not leftovers, f"an interrupted save left {leftovers}"
 
@@ -138,9 +132,7 @@ def test_kill_9_in_the_middle_of_an_epoch_resumes_to_the_same_weights(
     )
     try:
         line = process.stdout.readline() if process.stdout else ""
-        assert line.strip() == "in epoch 2", (
-            process.stderr.read() if process.stderr else ""
-        )
+        assert line.strip() == "in epoch 2", process.stderr.read() if process.stderr else ""
         os.kill(process.pid, signal.SIGKILL)
     finally:
         if process.poll() is None:
@@ -161,9 +153,7 @@ def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(
     real_save = torch.save
 
     def disk_full(obj, f, *args, **kwargs):
-        real_save(
-            obj, f, *args, **kwargs
-        )  # part of the file reaches the disk, then the space runs out
+        real_save(obj, f, *args, **kwargs)  # part of the file reaches the disk, then the space runs out
         raise OSError(errno.ENOSPC, "No space left on device", str(f))
 
     monkeypatch.setattr(torch, "save", disk_full)

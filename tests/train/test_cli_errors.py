@@ -38,9 +38,7 @@ def _raising(error: BaseException):
         (IsADirectoryError(errno.EISDIR, "Is a directory", "/data/x.yaml"), "/data/x.yaml: Is a directory"),
     ],
 )  # fmt: skip
-def test_an_os_error_is_one_line_naming_the_file(
-    error, expected, monkeypatch, capsys, tmp_path
-):
+def test_an_os_error_is_one_line_naming_the_file(error, expected, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(loop, "train", _raising(error))
     assert (
         main(

@@ -18,9 +18,7 @@ def test_packaged_preset_with_overrides(tmp_path):
 
 
 def test_base_preset_is_extended(tmp_path):
-    (tmp_path / "child.yaml").write_text(
-        yaml.safe_dump({"base": "baseline/synth-resnet18-gem", "optim": {"lr": 0.5}})
-    )
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "baseline/synth-resnet18-gem", "optim": {"lr": 0.5}}))
     config = load_config(tmp_path / "child.yaml")
     assert config.optim.lr == 0.5
     assert config.optim.name == "adam"  # inherited from the base preset
@@ -68,10 +66,7 @@ def test_numeric_strings_in_a_yaml_file_are_read_as_numbers(tmp_path):
         1e-3,
         25.0,
     )
-    assert all(
-        type(v) is float
-        for v in (config.optim.lr, config.optim.weight_decay, config.threshold_m)
-    )
+    assert all(type(v) is float for v in (config.optim.lr, config.optim.weight_decay, config.threshold_m))
 
 
 @pytest.mark.parametrize(
@@ -105,17 +100,13 @@ def test_numeric_strings_in_a_yaml_file_are_read_as_numbers(tmp_path):
         ("patience=0", r"patience must be >= 1"),
     ],
 )
-def test_every_value_is_type_checked_naming_the_key_and_the_expected_type(
-    override, message
-):
+def test_every_value_is_type_checked_naming_the_key_and_the_expected_type(override, message):
     with pytest.raises(ValueError, match=message):
         load_config("baseline/synth-resnet18-gem", [override])
 
 
 def test_a_checked_config_survives_its_own_round_trip(tmp_path):
-    config = load_config(
-        "baseline/synth-resnet18-gem", ["optim.lr=1e-4", "threads=2", "data.name=2024"]
-    )
+    config = load_config("baseline/synth-resnet18-gem", ["optim.lr=1e-4", "threads=2", "data.name=2024"])
     assert config.data.name == "2024"  # an integer given for a string is its text
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config

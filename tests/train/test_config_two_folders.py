@@ -19,7 +19,9 @@ def load(**data):
 def test_fields_default_to_none_and_load_from_overrides() -> None:
     config = load()
     assert (config.data.database, config.data.queries, config.data.positions) == (None, None, None)
-    raw = apply_overrides(copy.deepcopy(BASE), ["data.database=val/db", "data.queries=val/q", "data.positions=val/p.csv"])
+    raw = apply_overrides(
+        copy.deepcopy(BASE), ["data.database=val/db", "data.queries=val/q", "data.positions=val/p.csv"]
+    )
     config = config_from_dict(raw, "test.yaml")
     assert (config.data.database, config.data.queries, config.data.positions) == ("val/db", "val/q", "val/p.csv")
     assert config.to_dict()["data"]["positions"] == "val/p.csv"

@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tests.train.helpers import IMAGE_SIZE, tiny_config
 from vprdistill.data.images import load_image
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.data.readers import open_dataset
@@ -33,8 +34,6 @@ from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import MinedTuple, TripletMiner, miner_from_config
 from vprdistill.train.teacher import FrozenTeacher
 from vprdistill.train.tuples import TupleBatch, TupleDataset, collate_tuples, split_tuple_descriptors
-
-from tests.train.helpers import IMAGE_SIZE, tiny_config
 
 CPU = torch.device("cpu")
 # Fewer, smaller tuples than the shared tiny config and no validation split: these runs

@@ -18,10 +18,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from tests.train.helpers import tiny_config as shared_tiny_config
 from vprdistill.train.distributed import DistributedContext, prepare_batchnorm, set_training_mode
 from vprdistill.train.loop import train
-
-from tests.train.helpers import tiny_config as shared_tiny_config
 
 WORLD_SIZE = 2
 TIMEOUT_S = 300
@@ -50,13 +49,20 @@ def _free_port() -> int:
 
 def _worker(rank: int, port: int, dataset: str, overrides: dict, run_dir: str, resume: bool, weights_dir: str) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
     seen = {}
-    train(tiny_config(dataset, **overrides), run_dir, resume=resume,
-          step_callbacks=[lambda info: seen.update(model=info.model)])
+    train(
+        tiny_config(dataset, **overrides),
+        run_dir,
+        resume=resume,
+        step_callbacks=[lambda info: seen.update(model=info.model)],
+    )
     # Every rank's own copy of the student, to check the ranks agree (only rank 0 writes the run folder).
     state = {key: value.detach().contiguous() for key, value in seen["model"].state_dict().items()}
     save_file(state, str(Path(weights_dir) / f"rank{rank}.safetensors"))
@@ -120,8 +126,9 @@ def test_two_processes_agree_match_one_process_and_resume(synth_tiny, tmp_path, 
     # Resume on two processes (every rank loads `last`, optimizer state included) and train
     # epoch 2 with per-process BatchNorm statistics: the ranks still hold the same network,
     # running statistics included, because rank 0's are copied to all before validation.
-    ranks = _train_on_two_processes(synth_tiny, tmp_path / "ddp", tmp_path / "w2", resume=True,
-                                    batchnorm="batch", epochs=2)
+    ranks = _train_on_two_processes(
+        synth_tiny, tmp_path / "ddp", tmp_path / "w2", resume=True, batchnorm="batch", epochs=2
+    )
     _assert_identical(ranks[0], ranks[1], "rank 0 vs rank 1 after resuming for epoch 2")
     _assert_identical(ranks[0], load_file(str(tmp_path / "ddp" / "last.safetensors")), "rank 0 vs last checkpoint")
     assert [m["epoch"] for m in _metrics(tmp_path / "ddp")] == [1, 2]

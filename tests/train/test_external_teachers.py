@@ -335,6 +335,7 @@ def test_projected_soft_and_cross_metric_terms_match_the_formula_and_hard_stays_
     output = CrossMetricDistillationLoss(margin=0.1).__call__(student, teacher, student.map(projection))
 
     with torch.no_grad():
+
         def p(x):
             return F.normalize(x @ projection.linear.weight.T + projection.linear.bias, dim=-1)
 
@@ -400,7 +401,12 @@ def test_projections_are_built_only_where_sizes_differ_and_the_loss_compares_acr
     shapes = {slot.name: slot.projection and tuple(slot.projection.linear.weight.shape) for slot in method.teachers}
     assert shapes == {"rgb0": (TEACHER_DIM, 512), "rgb1": None, "rgb2": None, "rgb3": (512, 512), "rgb4": None}
     assert len(method.parameters()) == 4  # two weights and two biases
-    assert set(method.state_dict()) == {"rgb0.linear.weight", "rgb0.linear.bias", "rgb3.linear.weight", "rgb3.linear.bias"}
+    assert set(method.state_dict()) == {
+        "rgb0.linear.weight",
+        "rgb0.linear.bias",
+        "rgb3.linear.weight",
+        "rgb3.linear.bias",
+    }
 
 
 class _Recorder:
@@ -484,25 +490,53 @@ def test_a_resumed_run_with_a_projection_equals_an_uninterrupted_one(synth_tiny,
 @pytest.mark.parametrize(
     ("spec", "error", "message"),
     [
-        ({"run": "runs/t", "onnx": "t.onnx"}, ValueError, r"method.teachers\[0\]: give one teacher source, got both 'run' and 'onnx'"),
-        ({"onnx": "/nowhere/t.onnx"}, FileNotFoundError, r"method.teachers\[0\]: onnx teacher /nowhere/t.onnx: no such file"),
-        ({"hf_hub": "/nowhere/folder"}, FileNotFoundError, r"method.teachers\[0\]: hf_hub teacher '/nowhere/folder': no such directory"),
+        (
+            {"run": "runs/t", "onnx": "t.onnx"},
+            ValueError,
+            r"method.teachers\[0\]: give one teacher source, got both 'run' and 'onnx'",
+        ),
+        (
+            {"onnx": "/nowhere/t.onnx"},
+            FileNotFoundError,
+            r"method.teachers\[0\]: onnx teacher /nowhere/t.onnx: no such file",
+        ),
+        (
+            {"hf_hub": "/nowhere/folder"},
+            FileNotFoundError,
+            r"method.teachers\[0\]: hf_hub teacher '/nowhere/folder': no such directory",
+        ),
         ({"torch_hub": "/nowhere/hub:tiny"}, FileNotFoundError, r"no such directory /nowhere/hub"),
-        ({"torch_hub": "HUB:nope"}, ValueError, r"method.teachers\[0\]: torch_hub teacher .*: no entry 'nope'; the repository offers any_kwargs, tiny, tiny_pair"),
+        (
+            {"torch_hub": "HUB:nope"},
+            ValueError,
+            r"method.teachers\[0\]: torch_hub teacher .*: no entry 'nope'; the repository offers any_kwargs, tiny, tiny_pair",
+        ),
         ({"torch_hub": "HUB"}, ValueError, r"expected 'owner/repo:entry' or 'DIR:entry'"),
-        ({"torch_hub": "HUB:tiny", "input": "seg"}, ValueError, r"method.teachers\[0\].input: an external teacher \(torch_hub\) reads RGB"),
+        (
+            {"torch_hub": "HUB:tiny", "input": "seg"},
+            ValueError,
+            r"method.teachers\[0\].input: an external teacher \(torch_hub\) reads RGB",
+        ),
         ({"torch_hub": "HUB:tiny", "std": [0.2, 0.0, 0.2]}, ValueError, r"teacher std: every value must be > 0"),
         ({"torch_hub": "HUB:tiny", "mean": [0.5, 0.5]}, ValueError, r"teacher mean: expected three numbers"),
         ({"torch_hub": "HUB:tiny", "kwargs": [1]}, ValueError, r"method.teachers\[0\].kwargs: expected a mapping"),
         ({"run": "runs/t", "mean": [0.5, 0.5, 0.5]}, ValueError, r"mean apply to external teachers"),
-        ({"torch_hub": "HUB:tiny", "loss": {"name": "rkd"}, "projection": True}, ValueError, r"projection: true, but its loss"),
+        (
+            {"torch_hub": "HUB:tiny", "loss": {"name": "rkd"}, "projection": True},
+            ValueError,
+            r"projection: true, but its loss",
+        ),
         ({"torch_hub": "HUB:tiny", "projection": "always"}, ValueError, r"projection: expected auto, true or false"),
         ({"input": "rgb"}, ValueError, r"method.teachers\[0\]: missing 'run' .* 'torch_hub', 'hf_hub' or 'onnx'"),
     ],
     ids=lambda value: value if isinstance(value, str) and len(value) < 20 else None,
 )
-def test_misconfigured_teacher_specs_fail_with_errors_naming_the_field(synth_tiny, hub_dir, tmp_path, spec, error, message):
-    spec = {key: (value.replace("HUB", str(hub_dir)) if isinstance(value, str) else value) for key, value in spec.items()}
+def test_misconfigured_teacher_specs_fail_with_errors_naming_the_field(
+    synth_tiny, hub_dir, tmp_path, spec, error, message
+):
+    spec = {
+        key: (value.replace("HUB", str(hub_dir)) if isinstance(value, str) else value) for key, value in spec.items()
+    }
     config = tiny_config(synth_tiny, [*FAST, _method(spec)])
     with pytest.raises(error, match=message):
         TrainingMethod(config, CPU, student_dim=512)

@@ -24,17 +24,37 @@ PLACES, VIEWS = 8, 3
 @pytest.fixture(scope="module")
 def synth_places(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth_places")
-    return generate(out, preset="tiny", seed=3, image_size=SIZE, workers=1, progress=False,
-                    train_places=PLACES, views_per_place=VIEWS)
+    return generate(
+        out,
+        preset="tiny",
+        seed=3,
+        image_size=SIZE,
+        workers=1,
+        progress=False,
+        train_places=PLACES,
+        views_per_place=VIEWS,
+    )
 
 
 def _config(root: Path, *overrides: str):
-    return load_config("baseline/synth-resnet18-gem", [
-        f"data.dataset={root}", f"data.places={root / 'places'}", f"data.image_size=[{SIZE}, {SIZE}]",
-        "model=resnet18-gem", "epochs=1", "device=cpu", "progress=false", "optim.lr=0.001",
-        "data.places_per_batch=4", "data.views_per_place=3", "mining.num_negatives=3", "data.max_val_queries=8",
-        *overrides,
-    ])
+    return load_config(
+        "baseline/synth-resnet18-gem",
+        [
+            f"data.dataset={root}",
+            f"data.places={root / 'places'}",
+            f"data.image_size=[{SIZE}, {SIZE}]",
+            "model=resnet18-gem",
+            "epochs=1",
+            "device=cpu",
+            "progress=false",
+            "optim.lr=0.001",
+            "data.places_per_batch=4",
+            "data.views_per_place=3",
+            "mining.num_negatives=3",
+            "data.max_val_queries=8",
+            *overrides,
+        ],
+    )
 
 
 def _teacher(folder: Path, preset: str, seed: int) -> Path:
@@ -59,8 +79,11 @@ def test_place_batches_train_with_multi_similarity_and_validate_on_the_dataset(s
     assert 0.0 < records[0]["loss"]["mined_pairs"] <= 1.0
     assert records[0]["val_recall"] is not None  # validation still comes from data.dataset
     trained = load_model(result.run_dir)
-    changed = [name for name, value in trained.state_dict().items()
-               if value.dtype.is_floating_point and not torch.equal(value, before.state_dict()[name])]
+    changed = [
+        name
+        for name, value in trained.state_dict().items()
+        if value.dtype.is_floating_point and not torch.equal(value, before.state_dict()[name])
+    ]
     assert changed, "training changed no weight"
 
 
@@ -75,7 +98,11 @@ def test_teachers_apply_to_in_batch_tuples_and_their_place_caches_are_kept(synth
     seg = _teacher(tmp_path / "seg-teacher", "structvpr-seg-tiny", 2)
     teachers = [
         {"run": str(rgb), "input": "rgb", "loss": {"name": "soft_cross_metric", "w_hard": 0.0}},
-        {"run": str(seg), "input": "seg", "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}}},
+        {
+            "run": str(seg),
+            "input": "seg",
+            "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}},
+        },
     ]
     method = yaml.safe_dump({"name": "distill", "teachers": teachers}, default_flow_style=True, width=10_000).strip()
     result = loop.train(_config(synth_places, f"method={method}"), tmp_path / "run")
@@ -92,9 +119,18 @@ def test_place_batch_settings_are_checked(synth_places, tmp_path):
     with pytest.raises(ValueError, match="places_per_batch is 99"):
         loop.train(_config(synth_places, "data.places_per_batch=99"), tmp_path / "run")
     with pytest.raises(ValueError, match="multi_similarity needs place batches"):
-        loop.train(load_config("baseline/synth-resnet18-gem", [
-            f"data.dataset={synth_places}", "method={name: triplet, loss: {name: multi_similarity}}",
-            "device=cpu", "progress=false"]), tmp_path / "run2")
+        loop.train(
+            load_config(
+                "baseline/synth-resnet18-gem",
+                [
+                    f"data.dataset={synth_places}",
+                    "method={name: triplet, loss: {name: multi_similarity}}",
+                    "device=cpu",
+                    "progress=false",
+                ],
+            ),
+            tmp_path / "run2",
+        )
 
 
 def test_place_batches_validate_on_two_folders(synth_places, tmp_path):

@@ -22,16 +22,12 @@ def _wait_for_lock(run, process, seconds: float = 300.0) -> dict:
             return holder
         if process.poll() is not None:
             _, err = process.communicate()
-            pytest.fail(
-                f"the first training ended without ever holding the run's lock: {err[-2000:]}"
-            )
+            pytest.fail(f"the first training ended without ever holding the run's lock: {err[-2000:]}")
         time.sleep(0.05)
     pytest.fail("the first training did not take the run's lock")
 
 
-def test_a_second_resume_of_a_live_run_is_refused_and_the_epochs_are_written_once(
-    one_epoch_run, tmp_path, capsys
-):
+def test_a_second_resume_of_a_live_run_is_refused_and_the_epochs_are_written_once(one_epoch_run, tmp_path, capsys):
     run = copy_run(one_epoch_run, tmp_path / "run")
     first = start_cli(["train", "--resume", str(run), "epochs=3", "--no-progress"])
     try:
@@ -47,16 +43,12 @@ def test_a_second_resume_of_a_live_run_is_refused_and_the_epochs_are_written_onc
     err = capsys.readouterr().err
     assert f"training run {run} is in use by another process (pid {first.pid}" in err
     assert len(err.strip().splitlines()) == 1, err
-    assert still_running, (
-        "the first training ended before the second was refused; the test proved nothing"
-    )
+    assert still_running, "the first training ended before the second was refused; the test proved nothing"
     assert first.returncode == 0, first_err[-2000:]
     assert metric_epochs(run) == [1, 2, 3]
 
 
-def test_a_new_run_on_the_out_of_a_live_run_is_refused_before_writing(
-    synth_tiny, tmp_path
-):
+def test_a_new_run_on_the_out_of_a_live_run_is_refused_before_writing(synth_tiny, tmp_path):
     run = tmp_path / "runs" / "student"
     with (
         lock_held_elsewhere(run, what="training run") as holder,
@@ -70,9 +62,7 @@ def test_a_new_run_on_the_out_of_a_live_run_is_refused_before_writing(
     assert not run.exists(), "the refused run created the run folder"
 
 
-def test_the_lock_is_held_while_training_and_released_when_it_fails(
-    synth_tiny, one_epoch_run, tmp_path
-):
+def test_the_lock_is_held_while_training_and_released_when_it_fails(synth_tiny, one_epoch_run, tmp_path):
     run = copy_run(one_epoch_run, tmp_path / "run")
     seen = []
 
@@ -81,14 +71,8 @@ def test_the_lock_is_held_while_training_and_released_when_it_fails(
         raise FloatingPointError("stop")
 
     with pytest.raises(FloatingPointError):
-        train(
-            tiny_config(synth_tiny, epochs=2), run, resume=True, step_callbacks=[stop]
-        )
-    assert seen and seen[0] is not None and seen[0]["pid"] == os.getpid(), (
-        "training did not hold the lock"
-    )
+        train(tiny_config(synth_tiny, epochs=2), run, resume=True, step_callbacks=[stop])
+    assert seen and seen[0] is not None and seen[0]["pid"] == os.getpid(), "training did not hold the lock"
     assert not lock_file_for(run).exists()
-    with lock_held_elsewhere(
-        run, what="training run"
-    ):  # another process takes it at once
+    with lock_held_elsewhere(run, what="training run"):  # another process takes it at once
         pass

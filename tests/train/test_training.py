@@ -40,12 +40,8 @@ def test_training_improves_recall_over_the_untrained_model(synth_tiny, tmp_path)
     untrained = build_model(config.model)
     before = _recall_at_1(untrained, synth_tiny, "train")
     result = train(config, tmp_path / "run")
-    after = _recall_at_1(
-        load_model(result.run_dir / "last.safetensors"), synth_tiny, "train"
-    )
-    assert after >= before + 10, (
-        f"training-split R@1 did not improve by 10 points: {before:.1f} -> {after:.1f}"
-    )
+    after = _recall_at_1(load_model(result.run_dir / "last.safetensors"), synth_tiny, "train")
+    assert after >= before + 10, f"training-split R@1 did not improve by 10 points: {before:.1f} -> {after:.1f}"
     # The run folder holds everything a user needs to inspect and reuse the run.
     for name in (
         "config.yaml",
@@ -58,10 +54,7 @@ def test_training_improves_recall_over_the_untrained_model(synth_tiny, tmp_path)
         "last_state.pt",
     ):
         assert (result.run_dir / name).is_file(), name
-    metrics = [
-        json.loads(line)
-        for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     assert all("1" in m["val_recall"] for m in metrics)
 
@@ -101,18 +94,14 @@ def _poison_weights_at(epoch: int):
     return poison
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
-    synth_tiny, tmp_path
-):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(synth_tiny, tmp_path):
     config = tiny_config(synth_tiny, epochs=2)
     run_dir = tmp_path / "nan"
 
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* epoch 2") as error:
         train(config, run_dir, step_callbacks=[_poison_weights_at(2)])
     weights = load_file(str(run_dir / "last.safetensors"))
-    assert all(
-        torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()
-    )
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
     load_model(run_dir)  # the last good checkpoint still loads
 
@@ -130,9 +119,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert second["lr"] == pytest.approx(1e-4 * lowered.optim.lr_decay**2, rel=1e-12)
 
 
-def test_nan_loss_in_the_first_epoch_says_that_no_checkpoint_exists(
-    synth_tiny, tmp_path
-):
+def test_nan_loss_in_the_first_epoch_says_that_no_checkpoint_exists(synth_tiny, tmp_path):
     run_dir = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError) as error:
         train(
@@ -141,16 +128,9 @@ def test_nan_loss_in_the_first_epoch_says_that_no_checkpoint_exists(
             step_callbacks=[_poison_weights_at(1)],
         )
     message = str(error.value)
-    assert (
-        "no checkpoint" in message
-        and "keeps" not in message
-        and "--resume" not in message
-    )
+    assert "no checkpoint" in message and "keeps" not in message and "--resume" not in message
     assert "optim.lr=0.0001" in message
-    assert (
-        not (run_dir / "last.safetensors").exists()
-        and not (run_dir / "best.safetensors").exists()
-    )
+    assert not (run_dir / "last.safetensors").exists() and not (run_dir / "best.safetensors").exists()
 
 
 def test_without_a_validation_split_the_latest_epoch_is_the_best(synth_tiny, tmp_path):
@@ -160,6 +140,4 @@ def test_without_a_validation_split_the_latest_epoch_is_the_best(synth_tiny, tmp
     )
     assert result.epochs_run == 2 and not result.stopped_early
     assert result.best_epoch == 2
-    assert same_weights(
-        result.run_dir / "best.safetensors", result.run_dir / "last.safetensors"
-    )
+    assert same_weights(result.run_dir / "best.safetensors", result.run_dir / "last.safetensors")

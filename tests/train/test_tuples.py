@@ -9,9 +9,14 @@ def test_flat_batch_splits_back_into_padded_tuples():
     # Each "image" is a 1x1x1 tensor holding a unique id, so the split can be checked exactly.
     tuples = [MinedTuple(0, 5, np.array([7, 8, 9])), MinedTuple(1, 6, np.array([3]))]
     samples = []
+
+    def image(value: float) -> torch.Tensor:
+        return torch.full((1, 1, 1), float(value))
+
     for item in tuples:
-        image = lambda value: torch.full((1, 1, 1), float(value))
-        samples.append((item, image(100 + item.query), image(200 + item.positive), [image(300 + n) for n in item.negatives]))
+        samples.append(
+            (item, image(100 + item.query), image(200 + item.positive), [image(300 + n) for n in item.negatives])
+        )
     batch = collate_tuples(samples)
     assert batch.images.shape[0] == 2 + 2 + 4
     descriptors = batch.images.flatten(1)  # (T, 1): the identity "model"

@@ -16,7 +16,6 @@ from pathlib import Path
 from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -28,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N", help="input side or H W")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], metavar="B", help="batch sizes to time")
     parser.add_argument("--db-size", type=int, default=10_000, help="database entries to match against")
-    parser.add_argument("--dim", type=int, default=None, help="descriptor size of the matching test (default: the model's)")
+    parser.add_argument(
+        "--dim", type=int, default=None, help="descriptor size of the matching test (default: the model's)"
+    )
     parser.add_argument("--queries", type=int, default=100, help="queries timed per matching mode")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (the best is kept)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime timing")
@@ -64,7 +65,10 @@ def format_report(report: dict) -> str:
             f"({row['single_query_share_of_bandwidth']:.0%} of bandwidth single)"
         )
     memory = report["memory"]
-    lines.append(f"peak RSS {memory['peak_rss_mb']:.0f} MiB" + (f", CUDA peak {memory['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in memory else ""))
+    lines.append(
+        f"peak RSS {memory['peak_rss_mb']:.0f} MiB"
+        + (f", CUDA peak {memory['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in memory else "")
+    )
     return "\n".join(lines)
 
 

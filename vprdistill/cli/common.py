@@ -17,7 +17,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=f"compute device: {'|'.join(DEVICE_CHOICES)} or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and faiss (default: library default)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch and faiss (default: library default)"
+    )
 
 
 def apply_device_args(args: argparse.Namespace):

@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (runs, data, report)")
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke run of the same pipeline")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every training run")
-    parser.add_argument("--dataset", type=Path, default=None,
-                        help="use this SynthCity-format dataset instead of generating one")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="use this SynthCity-format dataset instead of generating one"
+    )
     add_device_args(parser)
     parser.set_defaults(func=run)
 
@@ -29,6 +30,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vprdistill.experiments.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, threads=args.threads,
-             dataset=args.dataset)
+    run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, threads=args.threads, dataset=args.dataset)
     return 0

@@ -110,9 +110,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-root", type=Path, default=None, metavar="DIR",
                         help="where the relative image paths of a .mat file or gsv-cities lists start")  # fmt: skip
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
-    parser.add_argument("--segmentation-dir", default="segmentation", metavar="NAME",
-                        help="maps folder of the dataset root for seg-input models, e.g. segmentation-predicted "
-                        "(written by `vprdistill segment --maps-dir`)")
+    parser.add_argument(
+        "--segmentation-dir",
+        default="segmentation",
+        metavar="NAME",
+        help="maps folder of the dataset root for seg-input models, e.g. segmentation-predicted "
+        "(written by `vprdistill segment --maps-dir`)",
+    )
     parser.add_argument("--threshold", type=float, default=25.0, help="metres within which a database image is right")
     parser.add_argument("--recalls", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N", help="the N of Recall@N")
     parser.add_argument(

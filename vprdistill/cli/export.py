@@ -22,8 +22,6 @@ from pathlib import Path
 
 from vprdistill.cli.common import HelpFormatter
 
-
-
 # Literal copies of vprdistill.deploy's DEFAULT_ATOL, FRAME_ATOL and CHANNEL_ORDERS (the tests check they agree):
 # importing those modules here would load torch for every command's --help.
 DEFAULT_ATOL, FRAME_ATOL, CHANNEL_ORDERS = 1e-4, 5e-3, ("RGB", "BGR")
@@ -104,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.out} ({record['exporter']} exporter, opset {record['opset']}, "
         f"{what}, {record['descriptor_dim']}-d output) and {sidecar_path(args.out)}"
     )
-    print(f"max |ONNX Runtime - {reference}| on L2-normalised descriptors: {differences} (atol {record['atol']:g}){cosine}")
+    print(
+        f"max |ONNX Runtime - {reference}| on L2-normalised descriptors: {differences} (atol {record['atol']:g}){cosine}"
+    )
     if args.precision != "fp32":
         print_conversion(args, args.out, converted_out)
     return 0

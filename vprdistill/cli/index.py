@@ -47,23 +47,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = HelpFormatter
 
     build = actions.add_parser("build", help="describe the images of an area and index them", formatter_class=fmt)
-    build.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT", help="a trained model (run folder or checkpoint)")
+    build.add_argument(
+        "--model", required=True, metavar="RUN_OR_CHECKPOINT", help="a trained model (run folder or checkpoint)"
+    )
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", type=Path, metavar="PATH", help="index the database of a dataset split")
-    source.add_argument("--images", type=Path, metavar="DIR", help="index a folder of photos (@east@north@...@.jpg names give positions)")
-    source.add_argument("--database", type=Path, metavar="DIR",
-                        help="index a folder of database images, each with a position (names or --positions)")
-    build.add_argument("--positions", type=Path, default=None, metavar="FILE.csv",
-                       help="with --images or --database: positions, header path,lat,lon or path,east,north")
-    build.add_argument("--utm-zone", default=None, metavar="ZONE",
-                       help="with --positions or @ names: the UTM zone of the positions, e.g. 17T")
+    source.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="index a folder of photos (@east@north@...@.jpg names give positions)",
+    )
+    source.add_argument(
+        "--database",
+        type=Path,
+        metavar="DIR",
+        help="index a folder of database images, each with a position (names or --positions)",
+    )
+    build.add_argument(
+        "--positions",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="with --images or --database: positions, header path,lat,lon or path,east,north",
+    )
+    build.add_argument(
+        "--utm-zone",
+        default=None,
+        metavar="ZONE",
+        help="with --positions or @ names: the UTM zone of the positions, e.g. 17T",
+    )
     build.add_argument("--split", default="test", help="split of --dataset")
     build.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR")
-    build.add_argument("--type", default="flat", choices=INDEX_TYPES, help="exact flat search or an approximate faiss index")
+    build.add_argument(
+        "--type", default="flat", choices=INDEX_TYPES, help="exact flat search or an approximate faiss index"
+    )
     build.add_argument("--pca", type=int, default=None, metavar="D", help="reduce descriptors to D dimensions by PCA")
     build.add_argument("--dtype", default="float32", choices=DTYPES, help="how flat indexes store descriptors")
-    build.add_argument("--shards", type=Path, default=None, metavar="DIR",
-                       help="stream descriptors to DIR in shards; a rerun after an interruption keeps finished shards")
+    build.add_argument(
+        "--shards",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="stream descriptors to DIR in shards; a rerun after an interruption keeps finished shards",
+    )
     build.add_argument("--shard-size", type=int, default=10000, help="images per shard (with --shards)")
     _add_wait_arg(build)
     _add_extraction_args(build)
@@ -85,16 +112,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
     calibration_data = calibrate.add_mutually_exclusive_group(required=True)
     calibration_data.add_argument("--dataset", type=Path, metavar="PATH", help="a dataset (its --split)")
-    calibration_data.add_argument("--database", type=Path, metavar="DIR",
-                                  help="instead of --dataset: a folder of database images, with --queries")
+    calibration_data.add_argument(
+        "--database", type=Path, metavar="DIR", help="instead of --dataset: a folder of database images, with --queries"
+    )
     calibrate.add_argument("--queries", type=Path, default=None, metavar="DIR", help="with --database: query images")
-    calibrate.add_argument("--positions", type=Path, default=None, metavar="FILE.csv",
-                           help="with --database: positions (when not given: @east@north@ file names)")
+    calibrate.add_argument(
+        "--positions",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="with --database: positions (when not given: @east@north@ file names)",
+    )
     calibrate.add_argument("--utm-zone", default=None, metavar="ZONE", help="with --database: the UTM zone, e.g. 17T")
     calibrate.add_argument("--split", default="val")
     calibrate.add_argument("--threshold-m", type=float, default=25.0, help="metres within which an answer is right")
-    calibrate.add_argument("--target-precision", type=float, default=0.95, help="share of accepted answers that must be right")
-    calibrate.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
+    calibrate.add_argument(
+        "--target-precision", type=float, default=0.95, help="share of accepted answers that must be right"
+    )
+    calibrate.add_argument(
+        "--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records"
+    )
     calibrate.add_argument("--batch-size", type=int, default=32)
     calibrate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_wait_arg(calibrate)

@@ -16,8 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", nargs="?", metavar="MODEL_OR_PRESET", help="preset name or checkpoint path")
-    parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N",
-                        help="input size: one value for square images, or H W")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[224],
+        metavar="N",
+        help="input size: one value for square images, or H W",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--list", action="store_true", help="list the model presets and exit")
     parser.set_defaults(func=run)

@@ -19,7 +19,6 @@ from pathlib import Path
 from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "localize",
@@ -29,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")
-    parser.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
+    parser.add_argument(
+        "--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records"
+    )
     parser.add_argument("--topk", type=int, default=5, help="matches per photo")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per line with --stream)")
     parser.add_argument("--stream", action="store_true", help="localise frames one by one in name order, one line each")

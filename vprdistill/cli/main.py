@@ -21,9 +21,7 @@ import vprdistill
 import vprdistill.cli as cli_package
 
 DEBUG_ENV = "VPRDISTILL_DEBUG"
-DEBUG_HELP = (
-    f"on an error, show the full traceback instead of one line (or set {DEBUG_ENV}=1)"
-)
+DEBUG_HELP = f"on an error, show the full traceback instead of one line (or set {DEBUG_ENV}=1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Visual place recognition by knowledge distillation (TSCM, StructVPR).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"vprdistill {vprdistill.__version__}"
-    )
+    parser.add_argument("--version", action="version", version=f"vprdistill {vprdistill.__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_info in sorted(
-        pkgutil.iter_modules(cli_package.__path__), key=lambda m: m.name
-    ):
+    for module_info in sorted(pkgutil.iter_modules(cli_package.__path__), key=lambda m: m.name):
         if module_info.name.startswith("_") or module_info.name in {"main", "common"}:
             continue
         module = importlib.import_module(f"vprdistill.cli.{module_info.name}")
@@ -48,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             register(subparsers)
     # `--debug` after the sub-command too; SUPPRESS keeps a sub-command from resetting one given before it.
     for command in _all_subparsers(subparsers):
-        command.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
-        )
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 

@@ -38,7 +38,6 @@ from vprdistill.serve.limits import (
 )
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
@@ -47,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")
-    parser.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
+    parser.add_argument(
+        "--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="larger request bodies get 413")
@@ -90,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     localizer = Localizer.from_index_folder(args.index, args.model, device=device)
     api_key = os.environ.get(API_KEY_ENV) or None
     if api_key is None and not _is_loopback(args.host):
-        print(f"warning: listening on {args.host} without an API key; set {API_KEY_ENV} to require one", file=sys.stderr)
+        print(
+            f"warning: listening on {args.host} without an API key; set {API_KEY_ENV} to require one", file=sys.stderr
+        )
     app = create_app(
         localizer,
         int(args.max_upload_mb * 2**20),

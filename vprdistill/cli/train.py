@@ -33,11 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a model (baseline, TSCM teacher/student, StructVPR) from a YAML preset",
         description="Train with NetVLAD-style cached hard-negative mining; writes a run folder with the "
         "resolved config, log, metrics.jsonl and best/last checkpoints (safetensors + JSON).",
-        epilog=EPILOG.format(
-            safe=textwrap.fill(
-                ", ".join(RESUME_SAFE_KEYS), width=84, subsequent_indent="  "
-            )
-        ),
+        epilog=EPILOG.format(safe=textwrap.fill(", ".join(RESUME_SAFE_KEYS), width=84, subsequent_indent="  ")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML preset (path or packaged name)")
@@ -59,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR",
         help="continue an interrupted run from its last finished epoch",
     )
-    parser.add_argument(
-        "--list", action="store_true", help="list the packaged presets and exit"
-    )
+    parser.add_argument("--list", action="store_true", help="list the packaged presets and exit")
     add_device_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
@@ -83,16 +77,12 @@ def run(args: argparse.Namespace) -> int:
             overrides.insert(0, args.config)
         config_file = args.resume / "config.yaml"
         if not config_file.is_file():
-            raise FileNotFoundError(
-                f"--resume {args.resume}: no config.yaml there (is it a run folder?)"
-            )
+            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")
         config = load_config(config_file, overrides + _device_overrides(args))
         out = args.resume
     else:
         if not args.config:
-            raise ValueError(
-                "give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR"
-            )
+            raise ValueError("give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR")
         config = load_config(args.config, overrides + _device_overrides(args))
         out = args.out or timestamped_run_dir("runs", config.name)
     if args.no_progress:
@@ -106,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if result.best_recall_at_1 >= 0
         else f"no validation split: the best checkpoint is the last epoch's ({result.best_epoch})"
     )
-    print(
-        f"{best}, epochs run: {result.epochs_run}"
-        + (" (stopped early)" if result.stopped_early else "")
-    )
+    print(f"{best}, epochs run: {result.epochs_run}" + (" (stopped early)" if result.stopped_early else ""))
     return 0
 
 

@@ -58,23 +58,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output model folder")
     train.add_argument("--split", default=defaults.split, help="split to train on")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--image-size", type=int, default=defaults.image_size, metavar="PX",
-                       help="square network input during training (and the saved processor's size)")
+    train.add_argument(
+        "--image-size",
+        type=int,
+        default=defaults.image_size,
+        metavar="PX",
+        help="square network input during training (and the saved processor's size)",
+    )
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--conditions", nargs="+", default=list(defaults.conditions or []), metavar="COND",
-                       help="conditions (file-name note) of the training images; 'all' for every image")
-    train.add_argument("--max-images", type=int, default=None, metavar="N",
-                       help="train on a seeded random subset of N images; None: all")
-    train.add_argument("--hidden-sizes", type=int, nargs="+", default=defaults.hidden_sizes, metavar="C",
-                       help="SegFormer channels per stage")
+    train.add_argument(
+        "--conditions",
+        nargs="+",
+        default=list(defaults.conditions or []),
+        metavar="COND",
+        help="conditions (file-name note) of the training images; 'all' for every image",
+    )
+    train.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on a seeded random subset of N images; None: all",
+    )
+    train.add_argument(
+        "--hidden-sizes",
+        type=int,
+        nargs="+",
+        default=defaults.hidden_sizes,
+        metavar="C",
+        help="SegFormer channels per stage",
+    )
     train.add_argument("--decoder-hidden-size", type=int, default=defaults.decoder_hidden_size)
     train.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
-    train.add_argument("--eval-split", default="val",
-                       help="split whose mIoU is measured after training ('none' to skip)")
-    train.add_argument("--eval-max-images", type=int, default=None, metavar="N",
-                       help="at most N images of the database and of each query condition in the evaluation")
+    train.add_argument(
+        "--eval-split", default="val", help="split whose mIoU is measured after training ('none' to skip)"
+    )
+    train.add_argument(
+        "--eval-max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N images of the database and of each query condition in the evaluation",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_device_args(train)
     train.set_defaults(func=run_train)
@@ -92,11 +119,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", required=True, metavar="ID_OR_PATH", help="segmentation model folder or hub id")
     evaluate.add_argument("--dataset", type=Path, required=True, metavar="ROOT", help="dataset root with maps")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
-                          help="network input as for 'vprdistill segment'; None: the processor's size")
+    evaluate.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="network input as for 'vprdistill segment'; None: the processor's size",
+    )
     evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--max-images", type=int, default=None, metavar="N",
-                          help="at most N images of the database and of each query condition")
+    evaluate.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N images of the database and of each query condition",
+    )
     evaluate.add_argument("--json", type=Path, default=None, metavar="F", help="also write the result as JSON")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_device_args(evaluate)
@@ -130,8 +168,10 @@ def run_train(args: argparse.Namespace) -> int:
         hidden_sizes=list(args.hidden_sizes),
         # One block per stage, and as many heads as the default for that width allows.
         depths=[1] * stages,
-        num_attention_heads=[_heads(size, default) for size, default in
-                             zip(args.hidden_sizes, _stretch(defaults.num_attention_heads, stages))],
+        num_attention_heads=[
+            _heads(size, default)
+            for size, default in zip(args.hidden_sizes, _stretch(defaults.num_attention_heads, stages))
+        ],
         decoder_hidden_size=args.decoder_hidden_size,
     )
     result = train_segmenter(
@@ -147,8 +187,17 @@ def run_train(args: argparse.Namespace) -> int:
         evaluation = SegmentationEvaluation(**result.evaluation)
         print(f"mIoU of {result.out} on split {evaluation.split!r} (%):")
         print(evaluation.markdown())
-    print(json.dumps({"out": str(result.out), "images": result.images, "epoch_losses": result.epoch_losses,
-                      "seconds": round(result.seconds, 1)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(result.out),
+                "images": result.images,
+                "epoch_losses": result.epoch_losses,
+                "seconds": round(result.seconds, 1),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -104,9 +104,7 @@ def _load_v73(mat_path: Path) -> dict[str, Any]:
     with handle:
         if "dbStruct" not in handle:
             variables = sorted(k for k in handle if not k.startswith("#"))
-            raise DatasetFormatError(
-                f"{mat_path}: no variable dbStruct (variables: {', '.join(variables) or 'none'})"
-            )
+            raise DatasetFormatError(f"{mat_path}: no variable dbStruct (variables: {', '.join(variables) or 'none'})")
         group = handle["dbStruct"]
         if not isinstance(group, h5py.Group) or _matlab_class(group) != "struct":
             raise DatasetFormatError(

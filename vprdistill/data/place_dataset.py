@@ -91,9 +91,7 @@ class PlaceDataset:
         if not self.query_paths:
             raise DatasetFormatError(f"{self._where}: there are no queries")
         if (self.database_seg_paths is None) != (self.query_seg_paths is None):
-            raise DatasetFormatError(
-                f"{self._where}: segmentation maps are given for only one of database and queries"
-            )
+            raise DatasetFormatError(f"{self._where}: segmentation maps are given for only one of database and queries")
         if self.database_seg_paths is not None:
             self.database_seg_paths = [Path(p) for p in self.database_seg_paths]
             self.query_seg_paths = [Path(p) for p in self.query_seg_paths]  # type: ignore[union-attr]

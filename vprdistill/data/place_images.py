@@ -70,7 +70,7 @@ class PlaceImages:
         """Per place label, the indices of its images (int64, ascending)."""
         order = np.argsort(self.labels, kind="stable")
         bounds = np.searchsorted(self.labels[order], np.arange(self.num_places + 1))
-        return [order[bounds[p]:bounds[p + 1]] for p in range(self.num_places)]
+        return [order[bounds[p] : bounds[p + 1]] for p in range(self.num_places)]
 
     def subset_places(self, labels: Sequence[int] | np.ndarray) -> PlaceImages:
         """The images of the given places only, relabelled ``0..len(set(labels))-1`` in ascending old-label order.
@@ -102,22 +102,27 @@ def is_place_images_root(root: str | Path) -> bool:
 
 def gsv_image_names(row: dict[str, str], csv_path: Path, line: int) -> list[str]:
     """Candidate file names (without folder) of one csv row: the GSV-Cities name, then with lat/lon as written."""
+
     def integer(column: str) -> int:
         try:
             return int(row[column])
         except (TypeError, ValueError):
-            raise ValueError(f"{csv_path}: line {line}, column {column!r}: expected an integer, "
-                             f"got {row[column]!r}") from None
+            raise ValueError(
+                f"{csv_path}: line {line}, column {column!r}: expected an integer, got {row[column]!r}"
+            ) from None
 
     def number(column: str) -> str:
         try:
             return str(float(row[column]))
         except (TypeError, ValueError):
-            raise ValueError(f"{csv_path}: line {line}, column {column!r}: expected a number, "
-                             f"got {row[column]!r}") from None
+            raise ValueError(
+                f"{csv_path}: line {line}, column {column!r}: expected a number, got {row[column]!r}"
+            ) from None
 
-    head = (f"{row['city_id']}_{integer('place_id') % 10**5:07d}_{integer('year'):04d}_{integer('month'):02d}_"
-            f"{integer('northdeg'):03d}")
+    head = (
+        f"{row['city_id']}_{integer('place_id') % 10**5:07d}_{integer('year'):04d}_{integer('month'):02d}_"
+        f"{integer('northdeg'):03d}"
+    )
     names = [f"{head}_{number('lat')}_{number('lon')}_{row['panoid']}.jpg"]
     as_written = f"{head}_{row['lat'].strip()}_{row['lon'].strip()}_{row['panoid']}.jpg"
     if as_written != names[0]:
@@ -133,8 +138,10 @@ def _read_city(root: Path, csv_path: Path) -> tuple[list[int], list[Path], list[
             columns = [c.strip() for c in reader.fieldnames or []]
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
-                raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
-                                 f"a GSV-Cities dataframe has {', '.join(REQUIRED_COLUMNS)} (found {', '.join(columns)})")
+                raise ValueError(
+                    f"{csv_path}: missing column(s) {', '.join(missing)}; "
+                    f"a GSV-Cities dataframe has {', '.join(REQUIRED_COLUMNS)} (found {', '.join(columns)})"
+                )
             reader.fieldnames = columns
             rows = list(reader)
     except OSError as error:
@@ -167,8 +174,9 @@ def open_place_images(root: str | Path, cities: Sequence[str] | None = None, min
     root = Path(root)
     frames = root / "Dataframes"
     if not frames.is_dir():
-        raise FileNotFoundError(f"{frames}: no Dataframes folder; a GSV-Cities root holds "
-                                "Dataframes/<city>.csv and Images/<city>/")
+        raise FileNotFoundError(
+            f"{frames}: no Dataframes folder; a GSV-Cities root holds Dataframes/<city>.csv and Images/<city>/"
+        )
     if not isinstance(min_views, int) or min_views < 1:
         raise ValueError(f"min_views: must be an integer >= 1, got {min_views!r}")
     available = sorted(p.stem for p in frames.glob("*.csv"))
@@ -182,8 +190,10 @@ def open_place_images(root: str | Path, cities: Sequence[str] | None = None, min
         cities = list(dict.fromkeys(cities))
         unknown = [c for c in cities if c not in available]
         if unknown or not cities:
-            raise ValueError(f"cities: unknown city {', '.join(map(repr, unknown)) or '(none given)'}; "
-                             f"{frames} holds {', '.join(available) or 'no csv'}")
+            raise ValueError(
+                f"cities: unknown city {', '.join(map(repr, unknown)) or '(none given)'}; "
+                f"{frames} holds {', '.join(available) or 'no csv'}"
+            )
 
     keys: list[tuple[int, int]] = []
     paths: list[Path] = []
@@ -194,16 +204,19 @@ def open_place_images(root: str | Path, cities: Sequence[str] | None = None, min
         paths.extend(city_paths)
         notes = None if notes is None or city_notes is None else notes + city_notes
 
-    unique, inverse, counts = np.unique(np.array(keys, dtype=np.int64).reshape(-1, 2), axis=0,
-                                        return_inverse=True, return_counts=True)
+    unique, inverse, counts = np.unique(
+        np.array(keys, dtype=np.int64).reshape(-1, 2), axis=0, return_inverse=True, return_counts=True
+    )
     inverse = inverse.reshape(-1)
     kept = counts >= min_views
     dropped = int((~kept).sum())
     if dropped:
         log.info("%s: dropped %d of %d places with fewer than %d images", root, dropped, len(unique), min_views)
     if not kept.any():
-        raise ValueError(f"{root}: no place has at least min_views={min_views} images "
-                         f"({len(unique)} places in {', '.join(f'{c}.csv' for c in cities)})")
+        raise ValueError(
+            f"{root}: no place has at least min_views={min_views} images "
+            f"({len(unique)} places in {', '.join(f'{c}.csv' for c in cities)})"
+        )
     new_label = np.cumsum(kept) - 1
     index = np.flatnonzero(kept[inverse])
     paths = [paths[i] for i in index]

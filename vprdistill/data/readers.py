@@ -76,14 +76,7 @@ def check_segmentation_dir(segmentation_dir: str) -> str:
     not ``.``/``..``, not hidden, not a folder that holds images).
     """
     name = str(segmentation_dir)
-    if (
-        not name
-        or "/" in name
-        or "\\" in name
-        or name in {".", ".."}
-        or name.startswith(".")
-        or name in _RESERVED_DIRS
-    ):
+    if not name or "/" in name or "\\" in name or name in {".", ".."} or name.startswith(".") or name in _RESERVED_DIRS:
         raise ValueError(
             f"segmentation_dir: expected one folder name inside the dataset root, e.g. "
             f"{DEFAULT_SEGMENTATION_DIR!r} or 'segmentation-predicted', got {segmentation_dir!r}"

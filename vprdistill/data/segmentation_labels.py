@@ -9,7 +9,7 @@ another label set (ADE20K, Mapillary Vistas, ...) is mapped through its class
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

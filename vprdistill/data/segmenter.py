@@ -294,9 +294,7 @@ def find_mat_files(root: str | Path, splits: Sequence[str] | None = None, name: 
     return found
 
 
-def mat_segmentation_paths(
-    dataset: Any, maps_dir: str = DEFAULT_SEGMENTATION_DIR
-) -> tuple[list[Path], list[Path]]:
+def mat_segmentation_paths(dataset: Any, maps_dir: str = DEFAULT_SEGMENTATION_DIR) -> tuple[list[Path], list[Path]]:
     """Where the maps of a ``.mat`` split's images go: (database maps, query maps).
 
     ``IMAGE_ROOT/<maps_dir>/<split>/database/<path>.png`` for the database image
@@ -314,13 +312,11 @@ def mat_segmentation_paths(
         except ValueError as error:
             raise ValueError(
                 f"dataset {dataset.root} split {dataset.split!r}: a {label} image lies outside {base}: {error}"
-            )
+            ) from error
     return maps[0], maps[1]
 
 
-def segmentation_path(
-    root: str | Path, image_relpath: str | Path, maps_dir: str = DEFAULT_SEGMENTATION_DIR
-) -> Path:
+def segmentation_path(root: str | Path, image_relpath: str | Path, maps_dir: str = DEFAULT_SEGMENTATION_DIR) -> Path:
     """Where the map of ``ROOT/images/<image_relpath>`` goes: ``ROOT/<maps_dir>/<same path>.png``."""
     return (Path(root) / check_segmentation_dir(maps_dir) / image_relpath).with_suffix(".png")
 

@@ -9,9 +9,10 @@ The classes and mappings live in ``vprdistill/configs/structural_classes.yaml``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml

@@ -99,7 +99,9 @@ def read_two_folders_with_source(
     folders = {"database": Path(database_dir).expanduser(), "queries": Path(queries_dir).expanduser()}
     _check_folders(folders)
     forced = parse_zone(zone, "zone") if isinstance(zone, str) else zone
-    found = _folder_positions(folders, positions, forced, required={"database": True, "queries": require_query_positions})
+    found = _folder_positions(
+        folders, positions, forced, required={"database": True, "queries": require_query_positions}
+    )
     relative = {label: found[label][0] for label in SUBSETS}
     assigned = {label: found[label][1:] for label in SUBSETS}
     zones = [z for label in SUBSETS for z in assigned[label][1]]
@@ -109,7 +111,11 @@ def read_two_folders_with_source(
 
     subsets = {
         label: _Subset(
-            label, [folders[label] / r for r in relative[label]], relative[label], assigned[label][0], assigned[label][2]
+            label,
+            [folders[label] / r for r in relative[label]],
+            relative[label],
+            assigned[label][0],
+            assigned[label][2],
         )
         for label in SUBSETS
     }

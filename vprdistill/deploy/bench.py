@@ -12,8 +12,9 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,9 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def time_pytorch(model: torch.nn.Module, image_size: tuple[int, int], batch: int, device: torch.device, repeats: int) -> float:
+def time_pytorch(
+    model: torch.nn.Module, image_size: tuple[int, int], batch: int, device: torch.device, repeats: int
+) -> float:
     """ms per image of the eager model on a `(batch, 3, H, W)` input (in the model's memory layout)."""
     images = as_model_input(torch.randn(batch, 3, *image_size, device=device), model)
     with torch.inference_mode():
@@ -138,7 +141,10 @@ def bench_descriptors(
     the first (fastest) provider's figure. The record is ``None`` without ONNX.
     """
     runner = inference_copy(model, device) if device.type == "cpu" else model
-    rows = [{"batch": int(b), "pytorch_ms_per_image": time_pytorch(runner, image_size, b, device, repeats)} for b in batch_sizes]
+    rows = [
+        {"batch": int(b), "pytorch_ms_per_image": time_pytorch(runner, image_size, b, device, repeats)}
+        for b in batch_sizes
+    ]
     if not with_onnx:
         return rows, None
     from vprdistill.deploy.export import export_onnx
@@ -160,7 +166,9 @@ def bench_descriptors(
             for row in rows:
                 row[f"onnxruntime_{short}_ms_per_image"] = time_onnxruntime(session, image_size, row["batch"], repeats)
         for row in rows:
-            first = next((row[key] for key in row if key.startswith("onnxruntime_") and key.endswith("_ms_per_image")), None)
+            first = next(
+                (row[key] for key in row if key.startswith("onnxruntime_") and key.endswith("_ms_per_image")), None
+            )
             if first is not None:
                 row["onnxruntime_ms_per_image"] = first
     return rows, record
@@ -196,7 +204,7 @@ def run_benchmark(
     from vprdistill.eval.evaluate import model_summary
 
     model = model.to(device).eval()
-    dim = int(dim or getattr(model, "descriptor_dim"))
+    dim = int(dim or model.descriptor_dim)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("timing descriptors at batch sizes %s", list(batch_sizes))
@@ -211,7 +219,9 @@ def run_benchmark(
     cpu = torch.device("cpu")
     machine = {"cpu_matmul_gflops": matmul_gflops(cpu), "cpu_memory_bandwidth_gbs": memory_bandwidth_gbs(cpu)}
     if device.type == "cuda":
-        machine.update({"device_matmul_gflops": matmul_gflops(device), "device_memory_bandwidth_gbs": memory_bandwidth_gbs(device)})
+        machine.update(
+            {"device_matmul_gflops": matmul_gflops(device), "device_memory_bandwidth_gbs": memory_bandwidth_gbs(device)}
+        )
     peak_gflops = machine.get("device_matmul_gflops", machine["cpu_matmul_gflops"])
     gflops = model_gflops_per_image(model, image_size, device)
     for row in descriptor_rows:
@@ -226,11 +236,21 @@ def run_benchmark(
         row["single_query_gbs"] = achieved
         row["single_query_share_of_bandwidth"] = achieved / read_bandwidth
     return {
-        "model": {**model_summary(model), "descriptor_dim": int(getattr(model, "descriptor_dim", dim)),
-                  "gflops_per_image": gflops},  # fmt: skip
-        "settings": {"image_size": list(image_size), "batch_sizes": [int(b) for b in batch_sizes], "device": str(device),
-                     "threads": torch.get_num_threads(), "db_size": int(db_size), "dim": dim,
-                     "num_queries": int(num_queries), "repeats": int(repeats)},  # fmt: skip
+        "model": {
+            **model_summary(model),
+            "descriptor_dim": int(getattr(model, "descriptor_dim", dim)),
+            "gflops_per_image": gflops,
+        },  # fmt: skip
+        "settings": {
+            "image_size": list(image_size),
+            "batch_sizes": [int(b) for b in batch_sizes],
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "db_size": int(db_size),
+            "dim": dim,
+            "num_queries": int(num_queries),
+            "repeats": int(repeats),
+        },  # fmt: skip
         "descriptors": descriptor_rows,
         "onnx": export_record,
         "matching": matching_rows,

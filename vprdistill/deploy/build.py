@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,11 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             found.extend(
                 sorted(
-                    (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
+                    (
+                        p
+                        for p in path.rglob("*")
+                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                    ),
                     key=lambda p: p.as_posix(),
                 )
             )
@@ -83,8 +87,16 @@ def compute_index_descriptors(
     if shard_dir is not None:
         from vprdistill.eval.sharded import extract_sharded
 
-        shards = extract_sharded(model, list(paths), shard_dir, shard_size=shard_size, image_size=image_size,
-                                 batch_size=batch_size, device=device, progress=progress)
+        shards = extract_sharded(
+            model,
+            list(paths),
+            shard_dir,
+            shard_size=shard_size,
+            image_size=image_size,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
         return shards.to_array()
     return compute_descriptors(
         model, list(paths), image_size, batch_size=batch_size, device=device, progress=progress, desc="index"
@@ -117,8 +129,9 @@ def build_index(
     if not paths:
         raise ValueError("no images to index")
     paths = [Path(p).resolve() for p in paths]
-    descriptors = compute_index_descriptors(model, paths, image_size, batch_size, device, progress,
-                                            shard_dir=shard_dir, shard_size=shard_size)
+    descriptors = compute_index_descriptors(
+        model, paths, image_size, batch_size, device, progress, shard_dir=shard_dir, shard_size=shard_size
+    )
     index = MapIndex.create(
         descriptors,
         positions,

@@ -79,7 +79,9 @@ def choose_threshold(rows: list[dict[str, float]], target_precision: float) -> t
     return max(rows, key=lambda row: (row["precision"], -row["threshold"])), False
 
 
-def summary_table(rows: list[dict[str, float]], chosen: dict[str, float], size: int = TABLE_ROWS) -> list[dict[str, float]]:
+def summary_table(
+    rows: list[dict[str, float]], chosen: dict[str, float], size: int = TABLE_ROWS
+) -> list[dict[str, float]]:
     """About ``size`` rows of the sweep, evenly spread over its thresholds, plus the chosen one."""
     picks = {int(round(i)) for i in np.linspace(0, len(rows) - 1, min(size, len(rows)))}
     table = [rows[i] for i in sorted(picks)]

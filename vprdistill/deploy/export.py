@@ -227,8 +227,12 @@ def _export_image_graph(
         opsets = _opsets(tmp)
     return {
         **_model_record(model, out_path, size),
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, *size], "dtype": "float32",
-                  "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, *size],
+            "dtype": "float32",
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        },
         "output": _output_record(model),
         **_run_record(used, opset, opsets, atol),
         "max_abs_diff": {str(batch): diff for batch, diff in differences.items()},
@@ -290,7 +294,10 @@ def _export_frame_graph(
 def _opsets(path: Path) -> dict[str, int]:
     import onnx
 
-    return {entry.domain or "ai.onnx": entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import}
+    return {
+        entry.domain or "ai.onnx": entry.version
+        for entry in onnx.load(str(path), load_external_data=False).opset_import
+    }
 
 
 def _model_record(model: torch.nn.Module, out_path: Path, size: tuple[int, int]) -> dict[str, Any]:
@@ -311,7 +318,12 @@ def _output_record(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def _run_record(used: str, opset: int, opsets: dict[str, int], atol: float) -> dict[str, Any]:
-    return {"exporter": used, "opset_requested": int(opset), "opset": int(opsets.get("ai.onnx", opset)), "atol": float(atol)}
+    return {
+        "exporter": used,
+        "opset_requested": int(opset),
+        "opset": int(opsets.get("ai.onnx", opset)),
+        "atol": float(atol),
+    }
 
 
 def _versions() -> dict[str, str]:

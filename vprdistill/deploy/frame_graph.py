@@ -63,7 +63,9 @@ class FrameGraph(torch.nn.Module):
         self.model = model
         self.image_size = image_size_hw(image_size)
         self.channel_order = check_channel_order(channel_order)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from vprdistill.utils.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
 from vprdistill.deploy.searcher import CompactSearcher
 from vprdistill.deploy.stores import neighbour_recall
 from vprdistill.utils.atomic import atomic_write_json
+from vprdistill.utils.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.index")

@@ -1,10 +1,10 @@
 """Localise photos against a map index: the Python API behind ``vprdistill localize`` and the service.
 
-    index = MapIndex.load("map_index")
-    localizer = Localizer(load_model(index.manifest["model_path"]), index)
-    result = localizer.localize("photo.jpg", topk=5)[0]
-    result.unknown, result.position, result.matches[0].path
-    localizer.localize(bgr_frame, channel_order="BGR")  # an OpenCV / cv_bridge array
+index = MapIndex.load("map_index")
+localizer = Localizer(load_model(index.manifest["model_path"]), index)
+result = localizer.localize("photo.jpg", topk=5)[0]
+result.unknown, result.position, result.matches[0].path
+localizer.localize(bgr_frame, channel_order="BGR")  # an OpenCV / cv_bridge array
 """
 
 from __future__ import annotations
@@ -228,7 +228,9 @@ class Localizer:
             self._degrees = utm_to_latlon(self.index.positions, self.index.utm_zone)
         return self._degrees
 
-    def match(self, descriptors: np.ndarray, topk: int = 5, sources: list[str | None] | None = None) -> list[Localization]:
+    def match(
+        self, descriptors: np.ndarray, topk: int = 5, sources: list[str | None] | None = None
+    ) -> list[Localization]:
         """Localisations of already computed `(B, D)` descriptors."""
         scores, indices = self.index.search(descriptors, topk)
         calibration = self.index.calibration
@@ -249,7 +251,9 @@ class Localizer:
                     score=float(s),
                     distance=float(math.sqrt(max(0.0, 2.0 - 2.0 * float(s)))),
                     confidence=float(c),
-                    lat_lon=None if degrees is None or np.isnan(degrees[i]).any() else (float(degrees[i, 0]), float(degrees[i, 1])),
+                    lat_lon=None
+                    if degrees is None or np.isnan(degrees[i]).any()
+                    else (float(degrees[i, 0]), float(degrees[i, 1])),
                 )
                 for rank, (i, s, c) in enumerate(zip(row_indices, row_scores, confidences))
             ]

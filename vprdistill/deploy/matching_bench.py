@@ -7,8 +7,8 @@ map index searches with, so these figures are those of ``vprdistill localize``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -50,7 +50,9 @@ class PcaProjection:
         if not 0 < output_dim <= input_dim:
             raise ValueError(f"PCA dimension {output_dim} must lie in 1..{input_dim} (the descriptor size)")
         if count < max(2, output_dim):
-            raise ValueError(f"PCA to {output_dim} dimensions needs at least {max(2, output_dim)} descriptors, got {count}")
+            raise ValueError(
+                f"PCA to {output_dim} dimensions needs at least {max(2, output_dim)} descriptors, got {count}"
+            )
         pca = PCA(output_dim, svd_solver="covariance_eigh").fit(descriptors)
         matrix = pca.components_.astype(np.float32)
         bias = -(matrix @ pca.mean_.astype(np.float32))

@@ -154,9 +154,7 @@ class SegmentationEvaluation:
         for name, group in self.groups.items():
             value, accuracy = group["miou"], group["pixel_accuracy"]
             ratio = f"{value / reference:.2f}" if value is not None and reference else "-"
-            lines.append(
-                f"| {name} | {group['images']} | {_percent(value)} | {_percent(accuracy)} | {ratio} |"
-            )
+            lines.append(f"| {name} | {group['images']} | {_percent(value)} | {_percent(accuracy)} | {ratio} |")
         return "\n".join(lines)
 
 

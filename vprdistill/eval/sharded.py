@@ -376,8 +376,19 @@ def extract_sharded(
     with tqdm(total=len(todo), desc=f"shards (rank {rank}/{world_size})", unit="shard", disable=not progress) as bar:
         for shard in todo:
             _remove_orphan_temporaries(folder, shard)
-            _compute_shard(model, path_strings, folder, manifest, shard, size, batch_size, device, num_workers,
-                           input_kind, progress)
+            _compute_shard(
+                model,
+                path_strings,
+                folder,
+                manifest,
+                shard,
+                size,
+                batch_size,
+                device,
+                num_workers,
+                input_kind,
+                progress,
+            )
             bar.update(1)
             if on_shard_done is not None:
                 on_shard_done(shard)
@@ -406,8 +417,15 @@ def _compute_shard(
 ) -> None:
     start, stop = _shard_range(manifest, shard)
     descriptors = compute_descriptors(
-        model, paths[start:stop], size, batch_size=batch_size, device=device, num_workers=num_workers,
-        input_kind=input_kind, progress=progress, desc=f"shard {shard + 1}/{manifest['num_shards']}",
+        model,
+        paths[start:stop],
+        size,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        input_kind=input_kind,
+        progress=progress,
+        desc=f"shard {shard + 1}/{manifest['num_shards']}",
     )
     if descriptors.shape != (stop - start, manifest["dim"]):
         raise ShardedDescriptorsError(
@@ -419,6 +437,10 @@ def _compute_shard(
     # The marker comes second: a shard without it is recomputed, never trusted half-written.
     atomic_write_json(
         done_file(folder, shard),
-        {"run_key": manifest["run_key"], "shard": shard, "rows": stop - start,
-         "sha256": hashlib.sha256(descriptors.astype(np.float32).tobytes()).hexdigest()},
+        {
+            "run_key": manifest["run_key"],
+            "shard": shard,
+            "rows": stop - start,
+            "sha256": hashlib.sha256(descriptors.astype(np.float32).tobytes()).hexdigest(),
+        },
     )

@@ -261,7 +261,11 @@ def run_demo(
             input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
             baselines.append(
                 untrained_row(
-                    configs[model.key], test_set, model.name, (model.image_size(budget),) * 2, torch_device,
+                    configs[model.key],
+                    test_set,
+                    model.name,
+                    (model.image_size(budget),) * 2,
+                    torch_device,
                     input_kind=input_kind,
                 )
             )
@@ -284,7 +288,10 @@ def run_demo(
         grids = {}
         for condition in ("day", "night"):
             grid = retrieval_grid(
-                runs / best_key, test_set, condition, image_size=(best_model.image_size(budget),) * 2,
+                runs / best_key,
+                test_set,
+                condition,
+                image_size=(best_model.image_size(budget),) * 2,
                 device=torch_device,
             )
             if grid is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -60,8 +60,13 @@ def recall_against_speed(rows: Sequence[ResultRow]) -> bytes:
     figure, axis = plt.subplots(figsize=(6, 4))
     for row in rows:
         axis.scatter([row.ms_per_image], [row.recall.get("1", 0.0)], s=40)
-        axis.annotate(row.name, (row.ms_per_image, row.recall.get("1", 0.0)), fontsize=7,
-                      xytext=(4, 4), textcoords="offset points")
+        axis.annotate(
+            row.name,
+            (row.ms_per_image, row.recall.get("1", 0.0)),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     axis.set_xlabel("ms per image (descriptor)")
     axis.set_ylabel("R@1 (%)")
     axis.grid(True, alpha=0.3)

@@ -75,9 +75,7 @@ class MultiSimilarityLoss:
         return LossOutput.from_tensors(total, {"ms": total, "mined_pairs": kept / max(all_pairs, 1)})
 
 
-def in_batch_tuples(
-    descriptors: Tensor, labels: Tensor, num_negatives: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def in_batch_tuples(descriptors: Tensor, labels: Tensor, num_negatives: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Tuples for the tuple losses (distillation) from a place-labelled batch.
 
     Every image is an anchor; its positive is the least similar other view of its place
@@ -108,7 +106,9 @@ def in_batch_tuples(
         positive_candidates = same & ~eye
         if not bool(positive_candidates.any(dim=1).all()):
             lonely = labels[~positive_candidates.any(dim=1)].unique().tolist()
-            raise ValueError(f"in_batch_tuples: place(s) {lonely} have a single view in the batch; a positive needs two")
+            raise ValueError(
+                f"in_batch_tuples: place(s) {lonely} have a single view in the batch; a positive needs two"
+            )
         positive = similarity.masked_fill(~positive_candidates, float("inf")).argmin(dim=1)
         other = ~same
         count = min(int(num_negatives), int(other.sum(dim=1).max()))

@@ -102,7 +102,9 @@ def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     """
     total_weight = weights.sum()
     weighted_sum = (weights * values).sum()
-    return torch.where(total_weight > 0, weighted_sum / total_weight.clamp_min(torch.finfo(values.dtype).tiny), 0.0 * weighted_sum)
+    return torch.where(
+        total_weight > 0, weighted_sum / total_weight.clamp_min(torch.finfo(values.dtype).tiny), 0.0 * weighted_sum
+    )
 
 
 def _build_weighting(weighting: str | Mapping[str, Any] | SampleWeighting) -> SampleWeighting:

@@ -67,9 +67,7 @@ def file_fingerprint(weights_path: str | Path, config: dict[str, Any]) -> str:
     try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"{weights_path}: not a readable safetensors file ({error})"
-        ) from error
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({error})") from error
     _update_with_tensors(digest, state)
     return digest.hexdigest()[:16]
 
@@ -101,10 +99,7 @@ def save_model(model: PlaceModel, path_stem: str | Path) -> tuple[Path, Path]:
         stem.with_name(stem.name + ".safetensors"),
         stem.with_name(stem.name + ".json"),
     )
-    tensors = {
-        key: value.detach().to("cpu").contiguous()
-        for key, value in model.state_dict().items()
-    }
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     digest = weights_digest(tensors)
     with atomic_path(weights_path) as tmp:
         save_file(
@@ -152,9 +147,7 @@ def load_state_from_safetensors(
         state = load_file(str(path), device="cpu")
         recorded = stored_weights_digest(path)
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({error})"
-        ) from error
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     if verify and recorded is not None and weights_digest(state) != recorded:
         raise CheckpointError(
             f"{path}: the weights are corrupt: their digest does not match the fingerprint recorded in the "
@@ -164,13 +157,9 @@ def load_state_from_safetensors(
     missing = sorted(key for key in expected if key not in state)
     unexpected = sorted(key for key in state if key not in expected)
     if strict and missing:
-        raise CheckpointError(
-            f"{path}: missing key {missing[0]!r} ({len(missing)} missing) for this model"
-        )
+        raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing) for this model")
     if strict and unexpected:
-        raise CheckpointError(
-            f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected) for this model"
-        )
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected) for this model")
     for key in sorted(state):
         if key in expected and tuple(state[key].shape) != tuple(expected[key].shape):
             raise CheckpointError(
@@ -194,15 +183,11 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if path.is_dir():
         folder = _run_checkpoint_folder(path)
         for stem_name in RUN_FOLDER_STEMS:
-            if (folder / f"{stem_name}.safetensors").is_file() or (
-                folder / f"{stem_name}.json"
-            ).is_file():
+            if (folder / f"{stem_name}.safetensors").is_file() or (folder / f"{stem_name}.json").is_file():
                 stem = folder / stem_name
                 break
         else:
-            raise FileNotFoundError(
-                f"run folder {path} holds no model (no best.safetensors or last.safetensors)"
-            )
+            raise FileNotFoundError(f"run folder {path} holds no model (no best.safetensors or last.safetensors)")
     else:
         stem = _strip_suffix(path)
     weights_path, json_path = (
@@ -229,9 +214,7 @@ def _run_checkpoint_folder(path: Path) -> Path:
         from vprdistill.utils.atomic_folder import backup_path, restore_if_interrupted
 
         if backup_path(checkpoint).is_dir():
-            restore_if_interrupted(
-                checkpoint, RUN_CHECKPOINT_MANIFEST, what="checkpoint"
-            )
+            restore_if_interrupted(checkpoint, RUN_CHECKPOINT_MANIFEST, what="checkpoint")
     return checkpoint if (checkpoint / RUN_CHECKPOINT_MANIFEST).is_file() else path
 
 
@@ -243,21 +226,15 @@ def read_checkpoint_meta(json_path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{json_path}: not valid JSON ({error})") from error
     if not isinstance(meta, dict):
-        raise CheckpointError(
-            f"{json_path}: must hold a JSON object, got {type(meta).__name__}"
-        )
+        raise CheckpointError(f"{json_path}: must hold a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{json_path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}"
-        )
+        raise CheckpointError(f"{json_path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
     if meta.get("version") != VERSION:
         raise CheckpointError(
             f"{json_path}: field 'version' is {meta.get('version')!r}; this vprdistill reads version {VERSION}"
         )
     if not isinstance(meta.get("config"), dict):
-        raise CheckpointError(
-            f"{json_path}: field 'config' must be the model's config dict"
-        )
+        raise CheckpointError(f"{json_path}: field 'config' must be the model's config dict")
     return meta
 
 
@@ -286,16 +263,9 @@ def load_model(
     try:
         model = build_model(meta["config"], pretrained=False)
     except ValueError as error:
-        raise CheckpointError(
-            f"{json_path}: field 'config' does not build a model: {error}"
-        ) from error
-    load_state_from_safetensors(
-        model, weights_path, strict=True, verify=verify_fingerprint
-    )
-    if (
-        meta.get("descriptor_dim") is not None
-        and int(meta["descriptor_dim"]) != model.descriptor_dim
-    ):
+        raise CheckpointError(f"{json_path}: field 'config' does not build a model: {error}") from error
+    load_state_from_safetensors(model, weights_path, strict=True, verify=verify_fingerprint)
+    if meta.get("descriptor_dim") is not None and int(meta["descriptor_dim"]) != model.descriptor_dim:
         raise CheckpointError(
             f"{json_path}: field 'descriptor_dim' is {meta['descriptor_dim']} but the config builds {model.descriptor_dim}"
         )
@@ -305,9 +275,7 @@ def load_model(
     return model.to(device).eval()
 
 
-def _check_weights_belong_to_json(
-    model: PlaceModel, meta: dict[str, Any], weights_path: Path, json_path: Path
-) -> None:
+def _check_weights_belong_to_json(model: PlaceModel, meta: dict[str, Any], weights_path: Path, json_path: Path) -> None:
     """The JSON's digest (or, before digests, its model fingerprint) must match the loaded weights."""
     recorded = stored_weights_digest(weights_path)
     if meta.get(DIGEST_KEY) is not None and recorded is not None:
@@ -318,9 +286,7 @@ def _check_weights_belong_to_json(
                 "the two files come from different saves"
             )
         return
-    if meta.get("fingerprint") is not None and meta["fingerprint"] != model_fingerprint(
-        model
-    ):
+    if meta.get("fingerprint") is not None and meta["fingerprint"] != model_fingerprint(model):
         raise CheckpointError(
             f"{weights_path}: the weights do not match the fingerprint recorded in {json_path.name}: "
             "the weights are corrupt, or the two files come from different saves"
@@ -340,9 +306,7 @@ def _store_class_map(model: PlaceModel, meta: dict[str, Any]) -> None:
         meta[CHECKPOINT_FIELD] = class_map_to_dict(class_map)
 
 
-def _restore_class_map(
-    model: PlaceModel, meta: dict[str, Any], json_path: Path
-) -> None:
+def _restore_class_map(model: PlaceModel, meta: dict[str, Any], json_path: Path) -> None:
     from vprdistill.data.structural_store import (
         CHECKPOINT_FIELD,
         MODEL_ATTRIBUTE,
@@ -352,9 +316,7 @@ def _restore_class_map(
     if meta.get(CHECKPOINT_FIELD) is None:
         return
     try:
-        class_map = class_map_from_dict(
-            meta[CHECKPOINT_FIELD], f"{json_path}: field '{CHECKPOINT_FIELD}'"
-        )
+        class_map = class_map_from_dict(meta[CHECKPOINT_FIELD], f"{json_path}: field '{CHECKPOINT_FIELD}'")
     except ValueError as error:
         raise CheckpointError(str(error)) from error
     if class_map.num_classes != model.input_channels:

@@ -70,7 +70,9 @@ class ExternalModel(nn.Module):
         output: which element of a tuple/list/dict output is the descriptor (None: the first).
     """
 
-    def __init__(self, net: nn.Module, kind: str, location: str, fingerprint: str, output: int | str | None = None) -> None:
+    def __init__(
+        self, net: nn.Module, kind: str, location: str, fingerprint: str, output: int | str | None = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.kind = kind
@@ -96,7 +98,11 @@ class ExternalModel(nn.Module):
             raise ValueError(f"teacher {self.description}: expected images (B, 3, H, W), got {tuple(images.shape)}")
         raw = self.net(images)
         descriptors = self._select(raw)
-        if not isinstance(descriptors, torch.Tensor) or descriptors.dim() != 2 or descriptors.shape[0] != images.shape[0]:
+        if (
+            not isinstance(descriptors, torch.Tensor)
+            or descriptors.dim() != 2
+            or descriptors.shape[0] != images.shape[0]
+        ):
             shape = tuple(descriptors.shape) if isinstance(descriptors, torch.Tensor) else type(descriptors).__name__
             raise ValueError(
                 f"teacher {self.description}: returned {shape} for a batch of {tuple(images.shape)}; expected "
@@ -196,7 +202,9 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~")) or "\\" in text
 
 
-def _load_torch_hub(location: str, kwargs: dict[str, Any], output: int | str | None, device: torch.device) -> ExternalModel:
+def _load_torch_hub(
+    location: str, kwargs: dict[str, Any], output: int | str | None, device: torch.device
+) -> ExternalModel:
     repo, separator, entry = location.rpartition(":")
     if not separator or not repo or not entry:
         raise ValueError(f"torch_hub teacher {location!r}: expected 'owner/repo:entry' or 'DIR:entry'")
@@ -217,7 +225,9 @@ def _load_torch_hub(location: str, kwargs: dict[str, Any], output: int | str | N
     except RuntimeError as error:
         if f"Cannot find callable {entry} in hubconf" not in str(error):
             raise
-        offered = _local_entries(Path(repo)) if source == "local" else torch.hub.list(repo, trust_repo=True, verbose=False)
+        offered = (
+            _local_entries(Path(repo)) if source == "local" else torch.hub.list(repo, trust_repo=True, verbose=False)
+        )
         raise ValueError(
             f"torch_hub teacher {location!r}: no entry {entry!r}; the repository offers {', '.join(sorted(offered)) or 'none'}"
         ) from error
@@ -237,7 +247,9 @@ def _local_entries(folder: Path) -> list[str]:
     return [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
 
 
-def _load_hf_hub(location: str, kwargs: dict[str, Any], output: int | str | None, device: torch.device) -> ExternalModel:
+def _load_hf_hub(
+    location: str, kwargs: dict[str, Any], output: int | str | None, device: torch.device
+) -> ExternalModel:
     import timm
 
     folder = Path(location).expanduser()
@@ -266,7 +278,9 @@ def _load_hf_hub(location: str, kwargs: dict[str, Any], output: int | str | None
     try:
         net = timm.create_model(name, pretrained=True, **kwargs)
     except (RuntimeError, ValueError, TypeError, OSError) as error:
-        raise ValueError(f"hf_hub teacher {location!r}: timm could not build it ({type(error).__name__}: {error})") from error
+        raise ValueError(
+            f"hf_hub teacher {location!r}: timm could not build it ({type(error).__name__}: {error})"
+        ) from error
     net = net.to(device)
     identity.update(kind="hf_hub", kwargs=kwargs, output=output)
     return ExternalModel(net, "hf_hub", location, _fingerprint(identity, weights_digest(net.state_dict())), output)
@@ -293,7 +307,9 @@ class OnnxNetwork(nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
-            raise ValueError(f"onnx teacher {path}: not a loadable ONNX model ({type(error).__name__}: {error})") from error
+            raise ValueError(
+                f"onnx teacher {path}: not a loadable ONNX model ({type(error).__name__}: {error})"
+            ) from error
         self.path = path
         self.providers = self.session.get_providers()
         inputs = self.session.get_inputs()
@@ -302,10 +318,14 @@ class OnnxNetwork(nn.Module):
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
         if inputs[0].type != "tensor(float)":
-            raise ValueError(f"onnx teacher {path}: input {self.input_name!r} is {inputs[0].type}, expected tensor(float)")
+            raise ValueError(
+                f"onnx teacher {path}: input {self.input_name!r} is {inputs[0].type}, expected tensor(float)"
+            )
         channels = self.input_shape[1] if len(self.input_shape) == 4 else None
         if len(self.input_shape) != 4 or (isinstance(channels, int) and channels != 3):
-            raise ValueError(f"onnx teacher {path}: input {self.input_name!r} has shape {self.input_shape}, expected (B, 3, H, W)")
+            raise ValueError(
+                f"onnx teacher {path}: input {self.input_name!r} has shape {self.input_shape}, expected (B, 3, H, W)"
+            )
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __deepcopy__(self, memo: dict) -> OnnxNetwork:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,9 @@ from vprdistill.models.place_model import descriptor_projection
 class BackboneAggregatorNet(nn.Module):
     """``(B, C_in, H, W)`` → backbone → aggregator ``(B, A)`` → optional projection → ``(B, D)``."""
 
-    def __init__(self, backbone: Backbone, aggregator: nn.Module, projection: nn.Module | None, descriptor_dim: int) -> None:
+    def __init__(
+        self, backbone: Backbone, aggregator: nn.Module, projection: nn.Module | None, descriptor_dim: int
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.aggregator = aggregator
@@ -31,7 +34,7 @@ class BackboneAggregatorNet(nn.Module):
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.feature_map(x)
 
-    def parts(self) -> "OrderedDict[str, nn.Module]":
+    def parts(self) -> OrderedDict[str, nn.Module]:
         parts = OrderedDict(backbone=self.backbone, aggregator=self.aggregator)
         if self.projection is not None:
             parts["projection"] = self.projection

@@ -46,7 +46,9 @@ def fold_batchnorm(model: nn.Module) -> int:
             names = list(children)
             pairs = list(pairwise(names))
         else:
-            pairs = [(name, "bn" + name[4:]) for name in children if name.startswith("conv") and "bn" + name[4:] in children]
+            pairs = [
+                (name, "bn" + name[4:]) for name in children if name.startswith("conv") and "bn" + name[4:] in children
+            ]
         for conv_name, bn_name in pairs:
             conv, bn = children[conv_name], children[bn_name]
             # Exact types only: subclasses (timm's BatchNormAct2d) carry an activation a fold would drop.

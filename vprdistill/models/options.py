@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def call_with_options(factory: Callable[..., Any], options: Mapping[str, Any], what: str, **fixed: Any) -> Any:
@@ -17,8 +18,13 @@ def call_with_options(factory: Callable[..., Any], options: Mapping[str, Any], w
     """
     parameters = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    valid = sorted(name for name, p in parameters.items() if name not in fixed and name != "self"
-                   and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    valid = sorted(
+        name
+        for name, p in parameters.items()
+        if name not in fixed
+        and name != "self"
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
     clashing = sorted(key for key in options if key in fixed)
     if clashing:
         raise ValueError(f"{what}: option(s) {clashing} are set by the model builder, not the config")

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 INPUT_STANDARDIZATIONS = ("none", "per-image")
 # Floor of the per-image channel deviation: a uniform (black, foggy) image is centred, not amplified without bound.
 STANDARDIZATION_FLOOR = 1e-2
@@ -58,8 +57,10 @@ class PlaceModel(nn.Module):
                 f"got {self.input_standardization!r}"
             )
         if self.input_standardization != "none" and self.input_channels != 3:
-            raise ValueError(f"model {self.name}: input_standardization applies to RGB input (3 channels), "
-                             f"not {self.input_channels}-channel maps")
+            raise ValueError(
+                f"model {self.name}: input_standardization applies to RGB input (3 channels), "
+                f"not {self.input_channels}-channel maps"
+            )
 
     @property
     def name(self) -> str:
@@ -85,7 +86,7 @@ class PlaceModel(nn.Module):
     def _standardize(self, x: torch.Tensor) -> torch.Tensor:
         return standardize_per_image(x) if self.input_standardization == "per-image" else x
 
-    def parts(self) -> "OrderedDict[str, nn.Module]":
+    def parts(self) -> OrderedDict[str, nn.Module]:
         """Named sub-modules in forward order, covering every parameter (for per-part counts)."""
         return OrderedDict(self.net.parts())
 

@@ -244,8 +244,10 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         # A part of another kind (an aggregator {name: mixvpr} over the preset's {name: gem, p: 3})
         # replaces the preset's part: the old part's options mean nothing to the new one.
         other_kind = (
-            isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
-            and "name" in value and value.get("name") != merged[key].get("name")
+            isinstance(value, Mapping)
+            and isinstance(merged.get(key), Mapping)
+            and "name" in value
+            and value.get("name") != merged[key].get("name")
         )
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and not other_kind:
             merged[key] = deep_merge(merged[key], value)
@@ -311,7 +313,9 @@ def build_model(name_or_config: str | Mapping[str, Any], pretrained: bool = Fals
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
     options = {
-        key: value for key, value in config.items() if key not in ("name", "architecture", *METADATA_KEYS, *WRAPPER_KEYS)
+        key: value
+        for key, value in config.items()
+        if key not in ("name", "architecture", *METADATA_KEYS, *WRAPPER_KEYS)
     }
     what = f"model {config.get('name', architecture)!r} (architecture {architecture!r})"
     net = call_with_options(ARCHITECTURES[architecture], options, what, pretrained=pretrained)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -59,11 +60,13 @@ def summarize(model: PlaceModel, image_size: int | Sequence[int] = 224) -> dict[
     parts = []
     for part_name, module in model.parts().items():
         tracker_name = f"{root}.{qualified[id(module)]}"
-        parts.append({
-            "name": part_name,
-            "parameters": count_parameters(module),
-            "flops": int(sum(flop_counts.get(tracker_name, {}).values())),
-        })
+        parts.append(
+            {
+                "name": part_name,
+                "parameters": count_parameters(module),
+                "flops": int(sum(flop_counts.get(tracker_name, {}).values())),
+            }
+        )
     total = count_parameters(model)
     covered = sum(part["parameters"] for part in parts)
     if covered != total:

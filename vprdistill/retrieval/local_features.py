@@ -114,7 +114,9 @@ def ransac_inliers(
     usac = estimator == "usac"
     if geometry == "homography":
         method = cv2.USAC_DEFAULT if usac else cv2.RANSAC
-        _, mask = cv2.findHomography(points_a, points_b, method, threshold, maxIters=max_iterations, confidence=confidence)
+        _, mask = cv2.findHomography(
+            points_a, points_b, method, threshold, maxIters=max_iterations, confidence=confidence
+        )
     elif geometry == "affine":
         method = cv2.USAC_DEFAULT if usac else cv2.RANSAC
         _, mask = cv2.estimateAffine2D(
@@ -195,7 +197,9 @@ def resize_longest_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def sift_features(image: np.ndarray, max_side: int | None = None, max_keypoints: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sift_features(
+    image: np.ndarray, max_side: int | None = None, max_keypoints: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV SIFT on a grayscale version of ``image``.
 
     Args:

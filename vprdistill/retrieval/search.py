@@ -170,7 +170,7 @@ class FlatIndex:
     @classmethod
     def from_descriptors(
         cls, descriptors: np.ndarray, backend: str = "matmul", use_onednn: bool | None = None
-    ) -> "FlatIndex":
+    ) -> FlatIndex:
         """An index holding ``descriptors`` (N, D)."""
         descriptors = _as_descriptors(descriptors, "database")
         index = cls(descriptors.shape[1], backend=backend, use_onednn=use_onednn)
@@ -188,7 +188,9 @@ class FlatIndex:
         """Append database descriptors (N, D); their indices continue from ``ntotal``."""
         descriptors = _as_descriptors(descriptors, "database")
         if descriptors.shape[1] != self.dim:
-            raise ValueError(f"database descriptors have dimension {descriptors.shape[1]}, the index expects {self.dim}")
+            raise ValueError(
+                f"database descriptors have dimension {descriptors.shape[1]}, the index expects {self.dim}"
+            )
         if self._faiss_index is not None:
             # faiss ranks NaN arbitrarily, so this backend checks values when they come in.
             if not np.isfinite(descriptors).all():

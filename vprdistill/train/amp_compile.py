@@ -10,7 +10,8 @@ exponent range and needs no scaling.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -30,7 +31,7 @@ def check_amp(amp: str, device: torch.device) -> None:
         raise ValueError(f"amp: fp16 needs a CUDA device (this run is on {device.type}); use amp: bf16 on the CPU")
 
 
-def autocast(amp: str, device: torch.device) -> ContextManager:
+def autocast(amp: str, device: torch.device) -> AbstractContextManager:
     """The autocast context of ``amp`` on ``device`` (a no-op context for ``off``)."""
     if amp == "off":
         return contextlib.nullcontext()
@@ -74,8 +75,11 @@ class StudentForward:
             return self.compiled(images)
         except Exception as error:  # the compiler's errors have no common base class
             output = self.module(images)
-            logger.warning("torch.compile failed (%s: %s); training continues without compilation",
-                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            logger.warning(
+                "torch.compile failed (%s: %s); training continues without compilation",
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
             self.compiled = None
             torch._dynamo.reset()
             return output

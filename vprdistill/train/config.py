@@ -51,15 +51,11 @@ class DataConfig:
     val_split: str = "val"
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W
     input: str = "rgb"  # rgb | seg: what the trained model consumes
-    structural_source: str = (
-        "cityscapes"  # label set of the segmentation maps (input: seg)
-    )
+    structural_source: str = "cityscapes"  # label set of the segmentation maps (input: seg)
     augment: bool = False
     num_workers: int = 0
     skip_bad_images: bool = False
-    max_train_queries: int | None = (
-        None  # use a fixed random subset of training queries (small budgets)
-    )
+    max_train_queries: int | None = None  # use a fixed random subset of training queries (small budgets)
     max_val_queries: int | None = None
     # Maps folder of the dataset root (input: seg): "segmentation" (SynthCity's ground truth) or e.g.
     # "segmentation-predicted", written by `vprdistill segment --maps-dir segmentation-predicted`.
@@ -94,15 +90,9 @@ class MiningConfig:
     # margin: keep negatives with d_neg < d_pos + margin. sqrt_margin: d_neg < d_pos + sqrt(margin),
     # the test of the official TSCM code (from pytorch-NetVlad).
     violation_rule: str = "margin"
-    carry_negatives: bool = (
-        False  # each query's last kept negatives join its next round's candidates
-    )
-    refresh_every: int | None = (
-        None  # queries between cache refreshes; None = once per epoch
-    )
-    cache_model: str = (
-        "student"  # student | teacher (the first teacher of a distillation method)
-    )
+    carry_negatives: bool = False  # each query's last kept negatives join its next round's candidates
+    refresh_every: int | None = None  # queries between cache refreshes; None = once per epoch
+    cache_model: str = "student"  # student | teacher (the first teacher of a distillation method)
 
 
 @dataclass
@@ -142,9 +132,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     amp: str = "off"  # off | bf16 | fp16: autocast of the student's forward pass (fp16 on CUDA, with loss scaling)
-    compile: bool = (
-        False  # torch.compile the student; falls back to eager mode with a warning
-    )
+    compile: bool = False  # torch.compile the student; falls back to eager mode with a warning
     batchnorm: str = "batch"  # batch | sync | frozen: BatchNorm statistics under data parallelism (docs/DISTRIBUTED.md)
 
     def to_dict(self) -> dict:
@@ -192,9 +180,7 @@ def _type_name(hint: Any) -> str:
         return "a mapping"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
-        return (
-            f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
-        )
+        return f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
     if origin in (Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
@@ -258,20 +244,14 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise refuse()
-        return [
-            _coerce(item, args[0], f"{key}[{i}]", source)
-            for i, item in enumerate(value)
-        ]
+        return [_coerce(item, args[0], f"{key}[{i}]", source) for i, item in enumerate(value)]
     return value
 
 
 def _check_fields(cls: type, raw: dict, prefix: str, source: str) -> dict:
     """``raw``'s values checked against the fields of dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
-    return {
-        key: _coerce(value, hints[key], prefix + key, source)
-        for key, value in raw.items()
-    }
+    return {key: _coerce(value, hints[key], prefix + key, source) for key, value in raw.items()}
 
 
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
@@ -300,9 +280,7 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
                     f"{source}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
                     f"valid keys of '{key}': {', '.join(sorted(section_known))}"
                 )
-            kwargs[key] = section_cls(
-                **_check_fields(section_cls, value, f"{key}.", source)
-            )
+            kwargs[key] = section_cls(**_check_fields(section_cls, value, f"{key}.", source))
         else:
             kwargs[key] = value
     if kwargs.get("amp") is False:  # YAML reads a bare `off` as false
@@ -340,76 +318,62 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
             f"got {config.optim.lr_decay}"
         )
     if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
-        raise ValueError(
-            f"{source}: optim.grad_clip must be > 0 or null, got {config.optim.grad_clip}"
-        )
+        raise ValueError(f"{source}: optim.grad_clip must be > 0 or null, got {config.optim.grad_clip}")
     if 1 not in config.recall_ns or any(n < 1 for n in config.recall_ns):
         raise ValueError(
             f"{source}: recall_ns must contain 1 (validation R@1 chooses the best checkpoint) and "
             f"only values >= 1, got {config.recall_ns}"
         )
     if any(side < 1 for side in config.data.image_size):
-        raise ValueError(
-            f"{source}: data.image_size must be positive [H, W], got {config.data.image_size}"
-        )
+        raise ValueError(f"{source}: data.image_size must be positive [H, W], got {config.data.image_size}")
     if config.optim.name not in ("adam", "sgd"):
-        raise ValueError(
-            f"{source}: optim.name must be adam or sgd, got {config.optim.name!r}"
-        )
+        raise ValueError(f"{source}: optim.name must be adam or sgd, got {config.optim.name!r}")
     if config.queries_without_positive not in QUERIES_WITHOUT_POSITIVE:
         raise ValueError(
             f"{source}: queries_without_positive must be one of {', '.join(QUERIES_WITHOUT_POSITIVE)}, "
             f"got {config.queries_without_positive!r}"
         )
     if config.data.input not in ("rgb", "seg"):
-        raise ValueError(
-            f"{source}: data.input must be rgb or seg, got {config.data.input!r}"
-        )
+        raise ValueError(f"{source}: data.input must be rgb or seg, got {config.data.input!r}")
     _validate_validation_folders(config.data, source)
     if config.mining.cache_model not in ("student", "teacher"):
-        raise ValueError(
-            f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}"
-        )
+        raise ValueError(f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}")
     if config.data.places:
-        for key, value in (("places_per_batch", config.data.places_per_batch),
-                           ("views_per_place", config.data.views_per_place)):
+        for key, value in (
+            ("places_per_batch", config.data.places_per_batch),
+            ("views_per_place", config.data.views_per_place),
+        ):
             if value < 2:
-                raise ValueError(f"{source}: data.{key} must be >= 2 (a place batch needs positives and negatives), got {value}")
+                raise ValueError(
+                    f"{source}: data.{key} must be >= 2 (a place batch needs positives and negatives), got {value}"
+                )
         if config.data.place_batches_per_epoch is not None and config.data.place_batches_per_epoch < 1:
             raise ValueError(
                 f"{source}: data.place_batches_per_epoch must be >= 1 or null, got {config.data.place_batches_per_epoch}"
             )
         if config.mining.cache_model != "student":
-            raise ValueError(f"{source}: mining.cache_model: teacher mines tuples; place batches (data.places) mine in the batch")
+            raise ValueError(
+                f"{source}: mining.cache_model: teacher mines tuples; place batches (data.places) mine in the batch"
+            )
     else:
         # Tuple mining reads the mining settings; place batches mine within the batch instead.
         _validate_mining(config.mining, source)
     if config.mining.negative_radius_m < config.mining.positive_radius_m:
-        raise ValueError(
-            f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m"
-        )
+        raise ValueError(f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m")
     if len(config.data.image_size) != 2:
-        raise ValueError(
-            f"{source}: data.image_size must be [H, W], got {config.data.image_size}"
-        )
+        raise ValueError(f"{source}: data.image_size must be [H, W], got {config.data.image_size}")
     if config.amp not in AMP_MODES:
-        raise ValueError(
-            f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}"
-        )
+        raise ValueError(f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
     if not isinstance(config.compile, bool):
         raise ValueError(  # noqa: TRY004 (a config error, reported like the others)
             f"{source}: compile must be true or false, got {config.compile!r}"
         )
     if config.batchnorm not in BATCHNORM_MODES:
-        raise ValueError(
-            f"{source}: batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}"
-        )
+        raise ValueError(f"{source}: batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
     if not isinstance(config.method, dict) or "name" not in config.method:
         raise ValueError(f"{source}: method must be a mapping with a 'name'")
     if isinstance(config.model, dict) and not config.model:
-        raise ValueError(
-            f"{source}: model must be a preset name or a non-empty model config mapping"
-        )
+        raise ValueError(f"{source}: model must be a preset name or a non-empty model config mapping")
 
 
 def _validate_validation_folders(data: DataConfig, source: str) -> None:
@@ -439,9 +403,7 @@ def _validate_mining(mining: MiningConfig, source: str) -> None:
             "It is not taken from the loss: the loss margin is set in the method's loss spec"
         )
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
-        raise ValueError(
-            f"{source}: mining.margin must be a number >= 0, got {margin!r}"
-        )
+        raise ValueError(f"{source}: mining.margin must be a number >= 0, got {margin!r}")
     if mining.violation_rule not in VIOLATION_RULES:
         raise ValueError(
             f"{source}: mining.violation_rule must be one of {', '.join(VIOLATION_RULES)}, "
@@ -490,9 +452,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(
-    path_or_name: str | Path, overrides: list[str] | None = None
-) -> TrainConfig:
+def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Load a YAML preset (path or packaged name), apply overrides and validate."""
     path = resolve_preset_path(path_or_name)
     raw = _read_yaml_with_base(path, seen=())
@@ -543,17 +503,10 @@ def _show(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, str):
         return value if value else "''"
-    return (
-        yaml.safe_dump(value, default_flow_style=True, width=10_000)
-        .strip()
-        .removesuffix("...")
-        .strip()
-    )
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
-def resume_changes(
-    run_config: str | Path, config: TrainConfig
-) -> list[tuple[str, Any, Any]]:
+def resume_changes(run_config: str | Path, config: TrainConfig) -> list[tuple[str, Any, Any]]:
     """The keys in which ``config`` differs from a run's ``config.yaml``, checked before resuming it.
 
     Only keys of ``RESUME_SAFE_KEYS`` may differ; the others would make the
@@ -571,25 +524,17 @@ def resume_changes(
     """
     run_config = Path(run_config)
     if not run_config.is_file():
-        raise FileNotFoundError(
-            f"cannot resume: {run_config} does not exist (is {run_config.parent} a run folder?)"
-        )
+        raise FileNotFoundError(f"cannot resume: {run_config} does not exist (is {run_config.parent} a run folder?)")
     raw = yaml.safe_load(run_config.read_text()) or {}
     try:
         saved = _flatten(config_from_dict(raw, source=str(run_config)).to_dict())
     except ValueError:
-        saved = _flatten(
-            raw
-        )  # written by another version: compare the keys it has, as written
+        saved = _flatten(raw)  # written by another version: compare the keys it has, as written
     now = _flatten(config.to_dict())
     changed = [key for key in saved.keys() & now.keys() if saved[key] != now[key]]
     # On one side only: a field added or removed since the run started (not compared), or an
     # option of the model or method mapping given on one side only (a change).
-    changed += [
-        key
-        for key in saved.keys() ^ now.keys()
-        if key.split(".", 1)[0] in ("model", "method")
-    ]
+    changed += [key for key in saved.keys() ^ now.keys() if key.split(".", 1)[0] in ("model", "method")]
     changed.sort()
     refused = [key for key in changed if key not in RESUME_SAFE_KEYS]
     if refused:

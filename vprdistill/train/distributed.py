@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch

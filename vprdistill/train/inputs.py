@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 
 from vprdistill.data.images import load_image, load_segmentation

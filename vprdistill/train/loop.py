@@ -112,9 +112,7 @@ class TrainResult:
     stopped_early: bool
 
 
-def _subset_queries(
-    dataset: PlaceDataset, limit: int | None, seed: int
-) -> PlaceDataset:
+def _subset_queries(dataset: PlaceDataset, limit: int | None, seed: int) -> PlaceDataset:
     if limit is None or limit >= dataset.num_queries:
         return dataset
     rng = np.random.default_rng(seed)
@@ -137,9 +135,7 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
     """
     data = config.data
     if not data.dataset and not (data.places and data.database):
-        raise ValueError(
-            "data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity"
-        )
+        raise ValueError("data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity")
     options = {
         "reader": data.reader,
         "skip_bad_images": data.skip_bad_images,
@@ -150,9 +146,7 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
         # Place batches train on data.places; data.dataset gives the validation split only.
         train_set, train_source = None, None
     else:
-        train_set, train_source = open_dataset_with_source(
-            data.dataset, split=data.train_split, **options
-        )
+        train_set, train_source = open_dataset_with_source(data.dataset, split=data.train_split, **options)
         logger.info(
             "training split %r: %s, %d database images, %d queries",
             data.train_split,
@@ -167,14 +161,10 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
             data.database, data.queries, data.positions, skip_bad_images=data.skip_bad_images, split="val"
         )
     elif not data.val_split:
-        logger.info(
-            "no validation split (data.val_split is empty): the last epoch counts as the best"
-        )
+        logger.info("no validation split (data.val_split is empty): the last epoch counts as the best")
         return train_set, None
     else:
-        val_set, val_source = open_dataset_with_source(
-            data.dataset, split=data.val_split, **options
-        )
+        val_set, val_source = open_dataset_with_source(data.dataset, split=data.val_split, **options)
     val_set = _subset_queries(val_set, data.max_val_queries, config.seed + 1)
     without = sum(len(p) == 0 for p in val_set.positives(config.threshold_m))
     logger.info(
@@ -202,9 +192,7 @@ def _build_optimizer(
     # ``extra``: the method's own parameters (teacher projections), trained with the student.
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra)
     if config.optim.name == "adam":
-        return torch.optim.Adam(
-            parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay
-        )
+        return torch.optim.Adam(parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     return torch.optim.SGD(
         parameters,
         lr=config.optim.lr,
@@ -311,12 +299,8 @@ def _train(
     run = RunFolder(context.broadcast_object(str(out_dir)))
     with contextlib.ExitStack() as stack:
         # Rank 0 alone writes the run folder, so it alone holds the run's lock, until training ends.
-        changes = context.run_where(
-            context.is_main, lambda: _open_run(run, config, resume, stack)
-        )
-        return _train_locked(
-            config, run, resume, step_callbacks, context, changes or []
-        )
+        changes = context.run_where(context.is_main, lambda: _open_run(run, config, resume, stack))
+        return _train_locked(config, run, resume, step_callbacks, context, changes or [])
 
 
 def _open_run(
@@ -351,9 +335,7 @@ def _train_locked(
     device = context.device
     check_amp(config.amp, device)
     seed_everything(config.seed)
-    context.run_where(
-        context.is_main, lambda: save_config(saved_config, run.config_path)
-    )
+    context.run_where(context.is_main, lambda: save_config(saved_config, run.config_path))
     logger.info(
         "run %s on %s (%d threads)%s",
         run.path,
@@ -374,9 +356,7 @@ def _train_locked(
     train_set, val_set = open_train_val(config)
     validate = _Validator(config, val_set, context)
 
-    model_config = (
-        config.model if isinstance(config.model, dict) else {"preset": config.model}
-    )
+    model_config = config.model if isinstance(config.model, dict) else {"preset": config.model}
     # The training size travels with the weights, so eval/index/export default to it.
     # Weights loaded from init_from replace ImageNet ones, so none are loaded first.
     pretrained = config.pretrained and not config.init_from
@@ -386,16 +366,16 @@ def _train_locked(
     )
     if config.data.input == "seg":
         # Saved with the weights, so evaluation and a StructVPR teacher read maps as in training.
-        model.structural_class_map = StructuralClassMap.from_yaml(
-            source=config.data.structural_source
-        )
+        model.structural_class_map = StructuralClassMap.from_yaml(source=config.data.structural_source)
     if config.init_from and not resume:
         logger.info("model weights from %s", init_weights_from(model, config.init_from))
     model = prepare_batchnorm(model.to(device), config.batchnorm, context)
     method = TrainingMethod(config, device, student_dim=getattr(model, "descriptor_dim", None))
     places = _open_places(config) if config.data.places else None
-    prepare = functools.partial(method.prepare_places, places) if places is not None else functools.partial(
-        method.prepare, train_set
+    prepare = (
+        functools.partial(method.prepare_places, places)
+        if places is not None
+        else functools.partial(method.prepare, train_set)
     )
     # One process per machine fills the teacher caches; the others then read them.
     context.run_where(context.local_rank == 0, prepare)
@@ -407,13 +387,13 @@ def _train_locked(
         miner = None
         logger.info(
             "place batches: %d places x %d views per batch, %d batches per epoch; in-batch tuples with %d negatives",
-            config.data.places_per_batch, config.data.views_per_place, _place_steps(config, places),
+            config.data.places_per_batch,
+            config.data.views_per_place,
+            _place_steps(config, places),
             config.mining.num_negatives,
         )
     optimizer = _build_optimizer(config, model, method.parameters())
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(
-        optimizer, gamma=config.optim.lr_decay
-    )
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.optim.lr_decay)
     scaler = grad_scaler(config.amp, device)
 
     start_epoch, best_recall, best_epoch, stale_epochs = 1, -1.0, 0, 0
@@ -430,12 +410,8 @@ def _train_locked(
             scaler.load_state_dict(state["scaler"])
         if state.get("miner") and miner is not None:
             miner.load_state_dict(state["miner"])
-        _apply_optimizer_config(
-            config, optimizer, scheduler, finished_epochs=start_epoch - 1
-        )
-        context.run_where(
-            context.is_main, lambda: run.truncate_metrics(start_epoch - 1)
-        )
+        _apply_optimizer_config(config, optimizer, scheduler, finished_epochs=start_epoch - 1)
+        context.run_where(context.is_main, lambda: run.truncate_metrics(start_epoch - 1))
         logger.info(
             "resumed after epoch %d (best R@1 %.2f at epoch %d)",
             start_epoch - 1,
@@ -444,35 +420,30 @@ def _train_locked(
         )
 
     forward = StudentForward(context.wrap(model), compile=config.compile)
-    writer = (
-        _tensorboard_writer(run.path)
-        if config.tensorboard and context.is_main
-        else None
-    )
+    writer = _tensorboard_writer(run.path) if config.tensorboard and context.is_main else None
     load_input = build_input_loader(config.data, train=True)
     if places is None:
         query_paths, database_paths = input_paths(train_set, config.data.input)
     epochs_run, stopped_early = start_epoch - 1, False
-    saved_epoch = (
-        start_epoch - 1
-    )  # the epoch of the checkpoint in the run folder (0: none yet)
+    saved_epoch = start_epoch - 1  # the epoch of the checkpoint in the run folder (0: none yet)
 
     for epoch in range(start_epoch, config.epochs + 1):
         if stale_epochs >= config.patience:
             stopped_early = True
             break
         epoch_start = time.perf_counter()
-        torch.manual_seed(
-            config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank
-        )
+        torch.manual_seed(config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank)
         rng = np.random.default_rng([config.seed, epoch])
         term_sums: dict[str, float] = {}
         steps, tuples_trained, skipped, mining_rounds = 0, 0, 0, []
         set_training_mode(model, config.batchnorm)
         if places is not None:
             batches = place_batches(
-                places.members(), config.data.places_per_batch, config.data.views_per_place,
-                _place_steps(config, places), rng,
+                places.members(),
+                config.data.places_per_batch,
+                config.data.views_per_place,
+                _place_steps(config, places),
+                rng,
             )
             bar_total, bar_unit = sum(len(b) for b in batches), "img"
         else:
@@ -496,10 +467,7 @@ def _train_locked(
                 descriptors = forward(batch.images)
             output = compute_loss(batch, descriptors.float())
             # The mean over ranks: every rank sees the same value, so all stop together on NaN.
-            loss_value = (
-                context.all_reduce_sum([float(output.total.detach())])[0]
-                / context.world_size
-            )
+            loss_value = context.all_reduce_sum([float(output.total.detach())])[0] / context.world_size
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     _non_finite_message(
@@ -517,18 +485,14 @@ def _train_locked(
             _average_method_gradients(method, context)
             if config.optim.grad_clip:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), config.optim.grad_clip
-                )
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             steps += 1
             tuples_trained += batch.batch_size
             for key, value in output.terms.items():
                 term_sums[key] = term_sums.get(key, 0.0) + float(value)
-            rate = batch.images.shape[0] / max(
-                time.perf_counter() - step_start, 1e-9
-            )
+            rate = batch.images.shape[0] / max(time.perf_counter() - step_start, 1e-9)
             bar.update(batch.batch_size * context.world_size)
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
             for callback in step_callbacks:
@@ -551,9 +515,7 @@ def _train_locked(
             for chunk_start in range(0, len(order), chunk):
                 chunk_queries = order[chunk_start : chunk_start + chunk]
                 context.sync_buffers(model)
-                query_desc, database_desc = _mining_cache(
-                    config, model, method, train_set, chunk_queries, context
-                )
+                query_desc, database_desc = _mining_cache(config, model, method, train_set, chunk_queries, context)
                 # Every rank mines the whole chunk with the same generator, then trains on its share.
                 tuples, stats = miner.mine(chunk_queries, query_desc, database_desc, rng)
                 skipped += stats.skipped_no_violation
@@ -562,9 +524,7 @@ def _train_locked(
                 bar.update(stats.skipped_no_violation)
                 set_training_mode(model, config.batchnorm)
                 loader = DataLoader(
-                    TupleDataset(
-                        context.share(tuples), query_paths, database_paths, load_input
-                    ),
+                    TupleDataset(context.share(tuples), query_paths, database_paths, load_input),
                     batch_size=config.batch_size,
                     shuffle=False,  # the order is already a seeded permutation
                     num_workers=config.data.num_workers,
@@ -594,13 +554,10 @@ def _train_locked(
             "steps": steps,
             "tuples": tuples_trained,
             "queries_skipped_no_violation": skipped,
-            "queries_skipped_share": skipped
-            / max(sum(r["queries"] for r in mining_rounds), 1),
+            "queries_skipped_share": skipped / max(sum(r["queries"] for r in mining_rounds), 1),
             "mining_rounds": mining_rounds,
             "lr": optimizer.param_groups[0]["lr"],
-            "loss": {
-                k: v / max(steps * context.world_size, 1) for k, v in term_sums.items()
-            },
+            "loss": {k: v / max(steps * context.world_size, 1) for k, v in term_sums.items()},
             "val_recall": recall,
             "best_epoch": best_epoch,
             "seconds": round(time.perf_counter() - epoch_start, 2),
@@ -619,9 +576,7 @@ def _train_locked(
             "projections": method.state_dict(),
         }
 
-        save_epoch = functools.partial(
-            _save_epoch, run, record, model, state, improved, recall, writer
-        )
+        save_epoch = functools.partial(_save_epoch, run, record, model, state, improved, recall, writer)
         # Also the barrier after saving: no rank starts the next epoch before rank 0 has saved.
         context.run_where(context.is_main, save_epoch)
         epochs_run = saved_epoch = epoch
@@ -676,9 +631,7 @@ def _apply_optimizer_config(
         scheduler.gamma = optim.lr_decay
         for group in optimizer.param_groups:
             group["initial_lr"], group["lr"] = optim.lr, lr
-        scheduler._last_lr = [
-            lr for _ in optimizer.param_groups
-        ]  # what get_last_lr reports until the next step
+        scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr reports until the next step
         logger.info(
             "learning-rate schedule from the config: optim.lr %g, optim.lr_decay %g: epoch %d trains at lr %g",
             optim.lr,
@@ -768,9 +721,7 @@ def _mining_cache(
         return queries.numpy(), database.numpy()
     query_paths, database_paths = input_paths(dataset, config.data.input)
     database = _describe(config, model, database_paths, context)
-    chunk_descriptors = _describe(
-        config, model, [query_paths[q] for q in chunk_queries], context
-    )
+    chunk_descriptors = _describe(config, model, [query_paths[q] for q in chunk_queries], context)
     queries = np.zeros((dataset.num_queries, database.shape[1]), dtype=np.float32)
     queries[chunk_queries] = chunk_descriptors
     return queries, database
@@ -778,20 +729,12 @@ def _mining_cache(
 
 def _loss_margins(method: TrainingMethod) -> str:
     """The margin of each loss, for the log next to the (separate) mining margin."""
-    losses = (
-        [method.student_loss]
-        if method.student_loss is not None
-        else [slot.loss for slot in method.teachers]
-    )
+    losses = [method.student_loss] if method.student_loss is not None else [slot.loss for slot in method.teachers]
     return ", ".join(str(getattr(loss, "margin", "none")) for loss in losses)
 
 
 def _log_epoch(record: dict, recall: dict[str, float] | None, writer) -> None:
-    recall_text = (
-        ", ".join(f"R@{k} {v:.2f}" for k, v in recall.items())
-        if recall
-        else "no validation split"
-    )
+    recall_text = ", ".join(f"R@{k} {v:.2f}" for k, v in recall.items()) if recall else "no validation split"
     logger.info(
         "epoch %d: loss %.4f, %s, %d steps, %.1fs",
         record["epoch"],

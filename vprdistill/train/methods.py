@@ -98,6 +98,7 @@ def build_metric_loss(spec: dict[str, Any] | None, where: str) -> MultiSimilarit
     except TypeError as error:
         raise ValueError(f"{where}: bad parameters {sorted(params)}: {error}") from error
 
+
 METHOD_NAMES = ("triplet", "distill")
 TEACHER_SOURCES = ("run", "torch_hub", "hf_hub", "onnx")
 EXTERNAL_ONLY_KEYS = ("kwargs", "output", "mean", "std")
@@ -156,7 +157,9 @@ def _teacher_source(spec: dict[str, Any], where: str) -> tuple[str, Any]:
     if kind == "run":
         given = [key for key in EXTERNAL_ONLY_KEYS if key in spec]
         if given:
-            raise ValueError(f"{where}: {', '.join(given)} apply to external teachers (torch_hub, hf_hub, onnx), not 'run'")
+            raise ValueError(
+                f"{where}: {', '.join(given)} apply to external teachers (torch_hub, hf_hub, onnx), not 'run'"
+            )
     if "kwargs" in spec and not isinstance(spec["kwargs"], dict):
         raise ValueError(f"{where}.kwargs: expected a mapping, got {spec['kwargs']!r}")
     return kind, value
@@ -246,7 +249,9 @@ class TrainingMethod:
                     )  # fmt: skip
                 else:
                     if input_kind != "rgb":
-                        raise ValueError(f"{where}.input: an external teacher ({kind}) reads RGB images, got {input_kind!r}")
+                        raise ValueError(
+                            f"{where}.input: an external teacher ({kind}) reads RGB images, got {input_kind!r}"
+                        )
                     try:
                         teacher = FrozenTeacher.from_external(
                             kind, location, image_size, device, kwargs=teacher_spec.get("kwargs"),
@@ -298,7 +303,12 @@ class TrainingMethod:
             )
         projection = DescriptorProjection(int(student_dim), int(teacher_dim)).to(teacher.device)
         self.projections[name] = projection
-        logger.info("teacher %s: a learned projection %d -> %d carries the student into its space", name, student_dim, teacher_dim)
+        logger.info(
+            "teacher %s: a learned projection %d -> %d carries the student into its space",
+            name,
+            student_dim,
+            teacher_dim,
+        )
         return projection
 
     def parameters(self) -> list[nn.Parameter]:

@@ -43,7 +43,6 @@ from typing import Any
 
 import torch
 
-from vprdistill.utils.atomic_folder import atomic_folder, locked_folder
 from vprdistill.models.checkpoint import (
     RUN_CHECKPOINT_DIR,
     RUN_CHECKPOINT_MANIFEST,
@@ -55,6 +54,7 @@ from vprdistill.models.checkpoint import (
     save_model,
 )
 from vprdistill.utils.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from vprdistill.utils.atomic_folder import atomic_folder, locked_folder
 from vprdistill.utils.locking import folder_lock
 from vprdistill.utils.logging import get_logger
 
@@ -125,9 +125,7 @@ class RunFolder:
             "One training writes a run folder at a time: wait for that one to finish (or stop it), "
             "or train into another --out."
         )
-        with folder_lock(
-            self.path, what="training run", timeout=0.0, hint=hint
-        ) as path:
+        with folder_lock(self.path, what="training run", timeout=0.0, hint=hint) as path:
             yield path
 
     def create(self, exist_ok: bool = False) -> None:
@@ -142,9 +140,7 @@ class RunFolder:
             probe.write_text("")
             probe.unlink()
         except OSError as error:
-            raise ValueError(
-                f"run folder {self.path} is not writable: {error}"
-            ) from error
+            raise ValueError(f"run folder {self.path} is not writable: {error}") from error
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one epoch's metrics; the file is rewritten atomically so a crash never truncates it."""
@@ -155,11 +151,7 @@ class RunFolder:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        return [
-            json.loads(line)
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip()
-        ]
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop metric lines of epochs after ``last_epoch`` (they belong to an interrupted epoch)."""
@@ -195,9 +187,7 @@ class RunFolder:
         """Finish or undo a checkpoint swap a killed process left half done (call it holding ``lock``)."""
         if not self.path.is_dir():
             return
-        with locked_folder(
-            self.checkpoint_dir, RUN_CHECKPOINT_MANIFEST, what="checkpoint"
-        ):
+        with locked_folder(self.checkpoint_dir, RUN_CHECKPOINT_MANIFEST, what="checkpoint"):
             pass
 
     def require_checkpoint(self) -> None:
@@ -216,16 +206,10 @@ class RunFolder:
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as error:  # a damaged file raises anything from EOFError to an unpickling error
-            raise CheckpointError(
-                f"{self.state_path}: not a readable loop state ({error})"
-            ) from error
+            raise CheckpointError(f"{self.state_path}: not a readable loop state ({error})") from error
         meta = read_checkpoint_meta(json_path) if json_path.is_file() else {}
         recorded = {state.get("model_fingerprint"), meta.get("fingerprint")}
-        if (
-            "config" not in meta
-            or len(recorded) != 1
-            or file_fingerprint(weights, meta["config"]) not in recorded
-        ):
+        if "config" not in meta or len(recorded) != 1 or file_fingerprint(weights, meta["config"]) not in recorded:
             raise self._interrupted_previous_layout()
 
     def _interrupted_previous_layout(self) -> CheckpointError:
@@ -243,11 +227,7 @@ class RunFolder:
             if manifest.is_file():
                 return int(json.loads(manifest.read_text())["epoch"])
             if self._is_previous_layout():
-                return int(
-                    torch.load(self.state_path, map_location="cpu", weights_only=True)[
-                        "epoch"
-                    ]
-                )
+                return int(torch.load(self.state_path, map_location="cpu", weights_only=True)["epoch"])
         except (OSError, ValueError, KeyError, RuntimeError):
             return None
         return None
@@ -303,13 +283,9 @@ class RunFolder:
             error.errno,
         )
 
-    def _write_checkpoint(
-        self, model: torch.nn.Module, state: dict[str, Any], is_best: bool
-    ) -> None:
+    def _write_checkpoint(self, model: torch.nn.Module, state: dict[str, Any], is_best: bool) -> None:
         state = dict(state, model_fingerprint=model_fingerprint(model))
-        with atomic_folder(
-            self.checkpoint_dir, RUN_CHECKPOINT_MANIFEST, what="checkpoint"
-        ) as staging:
+        with atomic_folder(self.checkpoint_dir, RUN_CHECKPOINT_MANIFEST, what="checkpoint") as staging:
             save_model(model, staging / "last")
             with atomic_path(staging / STATE_NAME) as tmp:
                 torch.save(state, tmp)
@@ -334,9 +310,7 @@ class RunFolder:
         """The stem of the best checkpoint in place (``checkpoint/best`` or, previous layout, ``RUN/best``)."""
         for folder in (self.checkpoint_dir, self.path):
             stem = folder / "best"
-            if (folder / "best.safetensors").is_file() and (
-                folder / "best.json"
-            ).is_file():
+            if (folder / "best.safetensors").is_file() and (folder / "best.json").is_file():
                 return stem
         return None
 
@@ -375,9 +349,7 @@ class RunFolder:
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as error:  # a damaged file raises anything from EOFError to an unpickling error
-            raise CheckpointError(
-                f"{state_path}: not a readable loop state ({error})"
-            ) from error
+            raise CheckpointError(f"{state_path}: not a readable loop state ({error})") from error
         if state.get("model_fingerprint") != model_fingerprint(model):
             if previous_layout:
                 raise self._interrupted_previous_layout()
@@ -392,9 +364,7 @@ class RunFolder:
             manifest = json.loads(path.read_text())
             files = dict(manifest["files"])
         except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(
-                f"{path}: not a readable checkpoint manifest ({error})"
-            ) from error
+            raise CheckpointError(f"{path}: not a readable checkpoint manifest ({error})") from error
         if manifest.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
                 f"{path}: field 'format' must be {CHECKPOINT_FORMAT!r}, got {manifest.get('format')!r}"
@@ -402,13 +372,9 @@ class RunFolder:
         for name, size in files.items():
             file = self.checkpoint_dir / name
             if not file.is_file():
-                raise CheckpointError(
-                    f"{path}: the checkpoint lists {name}, but {file} is missing"
-                )
+                raise CheckpointError(f"{path}: the checkpoint lists {name}, but {file} is missing")
             if file.stat().st_size != size:
-                raise CheckpointError(
-                    f"{file}: {file.stat().st_size} bytes, but the checkpoint recorded {size}"
-                )
+                raise CheckpointError(f"{file}: {file.stat().st_size} bytes, but the checkpoint recorded {size}")
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:

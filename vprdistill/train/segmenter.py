@@ -260,8 +260,9 @@ def train_segmenter(
         model.to("cpu").save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
         if eval_split:
-            record["evaluation"] = _evaluate_saved(staging, out, dataset_root, eval_split, device, progress,
-                                                   eval_max_images)
+            record["evaluation"] = _evaluate_saved(
+                staging, out, dataset_root, eval_split, device, progress, eval_max_images
+            )
         atomic_write_json(staging / MARKER, record)
     return SegmenterTrainingResult(
         out=out,

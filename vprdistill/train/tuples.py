@@ -9,9 +9,9 @@ the padded negative slots.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -32,7 +32,7 @@ class TupleBatch:
     def batch_size(self) -> int:
         return int(self.query_index.shape[0])
 
-    def to(self, device: torch.device) -> "TupleBatch":
+    def to(self, device: torch.device) -> TupleBatch:
         return TupleBatch(
             self.images.to(device, non_blocking=True),
             self.query_index,
@@ -112,6 +112,8 @@ def gather_cached_descriptors(
     positive = database_descriptors[batch.positive_index]
     negatives = database_descriptors[batch.negative_index.clamp(min=0)] * mask.unsqueeze(-1)
     return TupleDescriptors(
-        anchor=anchor.to(device), positive=positive.to(device), negatives=negatives.to(device),
+        anchor=anchor.to(device),
+        positive=positive.to(device),
+        negatives=negatives.to(device),
         negative_mask=batch.negative_mask,
     )

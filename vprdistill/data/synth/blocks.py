@@ -11,7 +11,16 @@ import numpy as np
 
 from vprdistill.data.synth import geometry as G
 from vprdistill.data.synth.styles import (
-    CHURCH, CLOCK, MURAL, TEMPLATES, TOWER, P, copy_design, pick_template, sample_design, sample_landmark,
+    CHURCH,
+    CLOCK,
+    MURAL,
+    TEMPLATES,
+    TOWER,
+    P,
+    copy_design,
+    pick_template,
+    sample_design,
+    sample_landmark,
 )
 
 
@@ -26,7 +35,9 @@ class CityBuilder:
         self.props: list[np.ndarray] = []
         self.slots: list[tuple[float, float, float, float]] = []
 
-    def add_box(self, rect: tuple[float, float, float, float], front: str, design: np.ndarray, profile: int | None = None) -> int:
+    def add_box(
+        self, rect: tuple[float, float, float, float], front: str, design: np.ndarray, profile: int | None = None
+    ) -> int:
         """Add a building box; ``profile`` defaults to a gable roof when the design has a roof height."""
         owner = len(self.buildings)
         self.buildings.append(design)
@@ -46,8 +57,16 @@ class CityBuilder:
             profile = G.PROFILE_GABLE if extra > 0 else G.PROFILE_FLAT
         # A church nave shows its gable on the front and back only.
         side_profile = G.PROFILE_FLAT if int(design[P["landmark"]]) == CHURCH and profile == G.PROFILE_GABLE else None
-        return G.box_segments(rect, front, float(design[P["height"]]), owner, G.KIND_BUILDING,
-                              profile=profile, extra=extra, side_profile=side_profile)
+        return G.box_segments(
+            rect,
+            front,
+            float(design[P["height"]]),
+            owner,
+            G.KIND_BUILDING,
+            profile=profile,
+            extra=extra,
+            side_profile=side_profile,
+        )
 
     def add_wall(self, x0: float, y0: float, x1: float, y1: float, face: str, kind: int, height: float) -> None:
         self.segments.append(G.face_segment(x0, y0, x1, y1, face, height, -1, kind, G.ROLE_FRONT)[None])
@@ -59,8 +78,17 @@ def _footprint(axis: int, a0: float, a1: float, c0: float, c1: float) -> tuple[f
     return (a0, lo, a1, hi) if axis == 0 else (lo, a0, hi, a1)
 
 
-def _fill_row(b: CityBuilder, district: str, tall: float, along: tuple[float, float], front_at: float,
-              inward: float, depth: float, face: str, axis: int) -> list[tuple]:
+def _fill_row(
+    b: CityBuilder,
+    district: str,
+    tall: float,
+    along: tuple[float, float],
+    front_at: float,
+    inward: float,
+    depth: float,
+    face: str,
+    axis: int,
+) -> list[tuple]:
     """Fill one side of a block with runs of buildings; returns ``(owner, rect, face, width, depth)`` of each."""
     rng = b.rng
     start, end = along
@@ -126,7 +154,7 @@ def _place_landmark(b: CityBuilder, placed: list[tuple]) -> None:
         tower = sample_landmark(rng, CHURCH)
         tower[P["height"]] = nave[P["height"]] + rng.uniform(8.0, 14.0)
         tower[P["roof_extra"]] = rng.uniform(8.0, 12.0)
-        tower[P["wall"]:P["wall"] + 3] = nave[P["wall"]:P["wall"] + 3]
+        tower[P["wall"] : P["wall"] + 3] = nave[P["wall"] : P["wall"] + 3]
         tower[P["door_u"]] = -1.0  # the door is the nave's
         # The bell tower stands at a front corner, half a metre proud of the facade.
         b.add_box(_tower_rect(rect, face, 6.0, behind=-0.5, centred=False), face, tower, profile=G.PROFILE_SPIRE)
@@ -135,7 +163,9 @@ def _place_landmark(b: CityBuilder, placed: list[tuple]) -> None:
         b.replace_design(owner, design, profile=G.PROFILE_SPIRE if design[P["roof_extra"]] > 0 else G.PROFILE_FLAT)
 
 
-def fill_block(b: CityBuilder, rect: tuple[float, float, float, float], district: str, tall: float, landmark: bool) -> None:
+def fill_block(
+    b: CityBuilder, rect: tuple[float, float, float, float], district: str, tall: float, landmark: bool
+) -> None:
     x0, y0, x1, y1 = rect
     rng = b.rng
     width, height = x1 - x0, y1 - y0

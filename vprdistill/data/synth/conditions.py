@@ -72,5 +72,7 @@ def parse_condition(text: str, field: str = "conditions") -> Condition:
                 chosen[kind] = part
                 break
         else:
-            raise ValueError(f"{field}: unknown condition part {part!r} in {text!r}; valid parts are {valid_condition_help()}")
+            raise ValueError(
+                f"{field}: unknown condition part {part!r} in {text!r}; valid parts are {valid_condition_help()}"
+            )
     return Condition(**chosen)

@@ -24,20 +24,45 @@ PLACE_FIELDS: tuple[str, ...] = ("train_places", "views_per_place", "place_condi
 # and the headings (see docs/SYNTHCITY.md for the resulting sizes).
 PRESETS: dict[str, dict] = {
     "tiny": dict(
-        train_blocks=1, val_blocks=1, test_blocks=1, north_blocks=1, block_size_m=(45.0, 60.0),
-        spacing_m=12.0, queries_train=32, queries_val=32, queries_test=48,
+        train_blocks=1,
+        val_blocks=1,
+        test_blocks=1,
+        north_blocks=1,
+        block_size_m=(45.0, 60.0),
+        spacing_m=12.0,
+        queries_train=32,
+        queries_val=32,
+        queries_test=48,
     ),
     "small": dict(
-        train_blocks=2, val_blocks=1, test_blocks=2, north_blocks=2,
-        spacing_m=5.0, queries_train=320, queries_val=160, queries_test=480,
+        train_blocks=2,
+        val_blocks=1,
+        test_blocks=2,
+        north_blocks=2,
+        spacing_m=5.0,
+        queries_train=320,
+        queries_val=160,
+        queries_test=480,
     ),
     "medium": dict(
-        train_blocks=5, val_blocks=3, test_blocks=4, north_blocks=4,
-        spacing_m=5.0, queries_train=2000, queries_val=1000, queries_test=2000,
+        train_blocks=5,
+        val_blocks=3,
+        test_blocks=4,
+        north_blocks=4,
+        spacing_m=5.0,
+        queries_train=2000,
+        queries_val=1000,
+        queries_test=2000,
     ),
     "large": dict(
-        train_blocks=9, val_blocks=9, test_blocks=9, north_blocks=8,
-        spacing_m=5.0, queries_train=7400, queries_val=7600, queries_test=6800,
+        train_blocks=9,
+        val_blocks=9,
+        test_blocks=9,
+        north_blocks=8,
+        spacing_m=5.0,
+        queries_train=7400,
+        queries_val=7600,
+        queries_test=6800,
     ),
 }
 
@@ -86,19 +111,22 @@ class SynthConfig:
         set_field(self, "block_size_m", tuple(float(v) for v in self.block_size_m))
         set_field(self, "query_conditions", tuple(parse_condition(c, "conditions").note for c in self.query_conditions))
         set_field(self, "database_condition", parse_condition(self.database_condition, "database_condition").note)
-        set_field(self, "place_conditions",
-                  tuple(parse_condition(c, "place_conditions").note for c in self.place_conditions))
+        set_field(
+            self, "place_conditions", tuple(parse_condition(c, "place_conditions").note for c in self.place_conditions)
+        )
         _validate_places(self)
 
     @classmethod
-    def from_preset(cls, preset: str = "small", **overrides) -> "SynthConfig":
+    def from_preset(cls, preset: str = "small", **overrides) -> SynthConfig:
         """The preset's values with ``overrides`` on top; unknown names raise ``ValueError``."""
         if preset not in PRESETS:
             raise ValueError(f"preset: unknown preset {preset!r}; valid presets are {', '.join(PRESETS)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"preset"}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(f"unknown SynthCity parameter(s) {', '.join(unknown)}; valid ones are {', '.join(sorted(names))}")
+            raise ValueError(
+                f"unknown SynthCity parameter(s) {', '.join(unknown)}; valid ones are {', '.join(sorted(names))}"
+            )
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
         for name in ("query_conditions", "place_conditions"):
             if isinstance(values.get(name), str):
@@ -149,7 +177,11 @@ def _validate(config: SynthConfig) -> None:
         ("camera_height_m", 0.5 <= config.camera_height_m <= 10.0, "must be in [0.5, 10] metres"),
         ("query_lateral_m", config.query_lateral_m >= 0, "must be >= 0"),
         ("query_heading_jitter_deg", config.query_heading_jitter_deg >= 0, "must be >= 0"),
-        ("query_height_jitter_m", 0 <= config.query_height_jitter_m < config.camera_height_m - 0.3, "must be >= 0 and keep the camera above 0.3 m"),
+        (
+            "query_height_jitter_m",
+            0 <= config.query_height_jitter_m < config.camera_height_m - 0.3,
+            "must be >= 0 and keep the camera above 0.3 m",
+        ),
         ("query_pitch_jitter_deg", 0 <= config.query_pitch_jitter_deg <= 30, "must be in [0, 30] degrees"),
         ("landmark_rate", 0.0 <= config.landmark_rate <= 1.0, "must be in [0, 1]"),
         ("park_rate", 0.0 <= config.park_rate <= 0.5, "must be in [0, 0.5]"),
@@ -157,13 +189,23 @@ def _validate(config: SynthConfig) -> None:
         ("conditions", len(config.query_conditions) >= 1, "must name at least one condition"),
     ]
     for split in SPLITS:
-        checks.append((f"{split}_blocks", config.blocks(split) >= 1, "must be >= 1 (a split with no blocks has no images)"))
+        checks.append(
+            (f"{split}_blocks", config.blocks(split) >= 1, "must be >= 1 (a split with no blocks has no images)")
+        )
         checks.append((f"queries_{split}", config.queries(split) >= 1, "must be >= 1 (every split needs queries)"))
     low_high = tuple(config.block_size_m)
-    checks.append(("block_size_m", len(low_high) == 2 and 30.0 <= low_high[0] <= low_high[1], "must be (min, max) with 30 <= min <= max metres"))
+    checks.append(
+        (
+            "block_size_m",
+            len(low_high) == 2 and 30.0 <= low_high[0] <= low_high[1],
+            "must be (min, max) with 30 <= min <= max metres",
+        )
+    )
     for name, ok, message in checks:
         if not ok:
-            raise ValueError(f"{name}: {message}, got {getattr(config, name, None) if name != 'conditions' else list(config.query_conditions)!r}")
+            raise ValueError(
+                f"{name}: {message}, got {getattr(config, name, None) if name != 'conditions' else list(config.query_conditions)!r}"
+            )
 
 
 def _validate_places(config: SynthConfig) -> None:
@@ -175,9 +217,13 @@ def _validate_places(config: SynthConfig) -> None:
     if config.train_places < 0:
         raise ValueError(f"train_places: must be >= 0 (0 writes no place set), got {config.train_places!r}")
     if config.views_per_place < 2:
-        raise ValueError(f"views_per_place: must be >= 2 (a place needs a positive pair), got {config.views_per_place!r}")
+        raise ValueError(
+            f"views_per_place: must be >= 2 (a place needs a positive pair), got {config.views_per_place!r}"
+        )
     # Only checked when places are written: a short query mix must not break datasets without places.
     conditions = config.place_condition_list()
     if config.train_places > 0 and config.views_per_place > len(conditions):
-        raise ValueError(f"views_per_place: must be <= the number of distinct place conditions ({len(conditions)}: "
-                         f"{', '.join(conditions)}), got {config.views_per_place!r}")
+        raise ValueError(
+            f"views_per_place: must be <= the number of distinct place conditions ({len(conditions)}: "
+            f"{', '.join(conditions)}), got {config.views_per_place!r}"
+        )

@@ -24,8 +24,16 @@ VEHICLE_COLUMNS = 6
 BODY_CAR, BODY_VAN, BODY_TRUCK, BODY_BUS = range(4)
 
 CAR_COLOURS = (
-    (0.85, 0.85, 0.86), (0.08, 0.08, 0.09), (0.50, 0.52, 0.55), (0.70, 0.71, 0.73), (0.55, 0.08, 0.08),
-    (0.10, 0.18, 0.40), (0.20, 0.30, 0.22), (0.60, 0.50, 0.35), (0.80, 0.70, 0.20), (0.30, 0.10, 0.15),
+    (0.85, 0.85, 0.86),
+    (0.08, 0.08, 0.09),
+    (0.50, 0.52, 0.55),
+    (0.70, 0.71, 0.73),
+    (0.55, 0.08, 0.08),
+    (0.10, 0.18, 0.40),
+    (0.20, 0.30, 0.22),
+    (0.60, 0.50, 0.35),
+    (0.80, 0.70, 0.20),
+    (0.30, 0.10, 0.15),
 )
 BUS_COLOURS = ((0.85, 0.70, 0.10), (0.15, 0.35, 0.65), (0.75, 0.15, 0.12), (0.90, 0.90, 0.88))
 PARKED_SHARE = 0.55
@@ -46,7 +54,9 @@ class DynamicObjects:
     props: np.ndarray  # (N, 8) pedestrians
 
 
-def _vehicle_boxes(x: np.ndarray, y: np.ndarray, along_x: np.ndarray, forward: np.ndarray, body: np.ndarray) -> np.ndarray:
+def _vehicle_boxes(
+    x: np.ndarray, y: np.ndarray, along_x: np.ndarray, forward: np.ndarray, body: np.ndarray
+) -> np.ndarray:
     """Faces of ``V`` vehicles ``(4·V, 15)``; the owner of each face is its vehicle's index."""
     dims = np.array([BODIES[k] for k in range(len(BODIES))])[body]  # (V, 6)
     length, width, body_h, cabin_h, pa, pb = dims.T
@@ -54,8 +64,17 @@ def _vehicle_boxes(x: np.ndarray, y: np.ndarray, along_x: np.ndarray, forward: n
     hy = np.where(along_x, width, length) / 2
     rects = np.stack([x - hx, y - hy, x + hx, y + hy], axis=1)
     fronts = np.where(along_x, np.where(forward > 0, "E", "W"), np.where(forward > 0, "N", "S"))
-    segs = G.box_segments(rects, list(fronts), cabin_h, np.arange(len(x)), G.KIND_VEHICLE,
-                          profile=G.PROFILE_CABIN, pa=pa, pb=pb, extra=body_h)
+    segs = G.box_segments(
+        rects,
+        list(fronts),
+        cabin_h,
+        np.arange(len(x)),
+        G.KIND_VEHICLE,
+        profile=G.PROFILE_CABIN,
+        pa=pa,
+        pb=pb,
+        extra=body_h,
+    )
     # Short faces see the cabin almost all across. On a long face the cabin (given from the
     # rear) runs the other way when the face's u grows towards the rear.
     long_face = segs[:, G.SROLE] == G.ROLE_SIDE
@@ -71,8 +90,9 @@ def _pick_body(r: float) -> int:
     return BODY_CAR if r < 0.72 else BODY_VAN if r < 0.92 else BODY_TRUCK
 
 
-def place_dynamic(world: World, view: View, traversal_seed: int, rng: np.random.Generator,
-                  radius: float = 80.0) -> DynamicObjects:
+def place_dynamic(
+    world: World, view: View, traversal_seed: int, rng: np.random.Generator, radius: float = 80.0
+) -> DynamicObjects:
     """Vehicles and pedestrians around ``view`` for one image."""
     placed, people = [], []  # (x, y, along_x, forward, body, r, g, b, moving)
 
@@ -91,7 +111,7 @@ def place_dynamic(world: World, view: View, traversal_seed: int, rng: np.random.
             add_vehicle(slot[0], slot[1], slot[2] < 0.5, fwd, _pick_body(kr), CAR_COLOURS[ci], False)
 
     # Moving traffic on the nearest north-south and east-west streets, never on the camera.
-    for along_x, centres, halves, avenues, across, along in (
+    for along_x, centres, _halves, avenues, across, along in (
         (False, world.streets_x, world.half_x, world.avenue_x, view.x, view.y),
         (True, world.streets_y, world.half_y, world.avenue_y, view.y, view.x),
     ):
@@ -107,13 +127,19 @@ def place_dynamic(world: World, view: View, traversal_seed: int, rng: np.random.
             forward = (1.0 if lane > 0 else -1.0) * (-1.0 if along_x else 1.0)
             r = rng.random()
             body = BODY_BUS if r < 0.07 else _pick_body(rng.random())
-            colour = BUS_COLOURS[rng.integers(len(BUS_COLOURS))] if body == BODY_BUS else CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
+            colour = (
+                BUS_COLOURS[rng.integers(len(BUS_COLOURS))]
+                if body == BODY_BUS
+                else CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
+            )
             add_vehicle(x, y, along_x, forward, body, colour, True)
 
     # Pedestrians on the sidewalks of the two nearest streets.
     for _ in range(rng.poisson(6.0)):
         ns = rng.random() < 0.5
-        centres, halves, walks = (world.streets_x, world.half_x, world.walk_x) if ns else (world.streets_y, world.half_y, world.walk_y)
+        centres, halves, walks = (
+            (world.streets_x, world.half_x, world.walk_x) if ns else (world.streets_y, world.half_y, world.walk_y)
+        )
         across, along = (view.x, view.y) if ns else (view.y, view.x)
         i = int(np.argmin(np.abs(centres - across)))
         lateral = rng.choice([-1.0, 1.0]) * (halves[i] + rng.uniform(0.4, max(walks[i] - 0.3, 0.5)))
@@ -125,11 +151,15 @@ def place_dynamic(world: World, view: View, traversal_seed: int, rng: np.random.
     table = np.asarray(placed, np.float64).reshape(-1, 9)
     body = table[:, 4].astype(np.int64)
     vehicles = np.zeros((len(table), VEHICLE_COLUMNS))
-    vehicles[:, VRGB:VRGB + 3] = table[:, 5:8]
+    vehicles[:, VRGB : VRGB + 3] = table[:, 5:8]
     vehicles[:, VCLASS] = np.select([body == BODY_TRUCK, body == BODY_BUS], [C.TRUCK, C.BUS], C.CAR)
     vehicles[:, VLIGHTS] = table[:, 8]
     vehicles[:, VBODY] = body
-    segments = (_vehicle_boxes(table[:, 0], table[:, 1], table[:, 2] > 0.5, table[:, 3], body)
-                if len(table) else np.zeros((0, G.SEGMENT_COLUMNS)))
-    return DynamicObjects(segments=segments, vehicles=vehicles,
-                          props=np.stack(people) if people else np.zeros((0, G.PROP_COLUMNS)))
+    segments = (
+        _vehicle_boxes(table[:, 0], table[:, 1], table[:, 2] > 0.5, table[:, 3], body)
+        if len(table)
+        else np.zeros((0, G.SEGMENT_COLUMNS))
+    )
+    return DynamicObjects(
+        segments=segments, vehicles=vehicles, props=np.stack(people) if people else np.zeros((0, G.PROP_COLUMNS))
+    )

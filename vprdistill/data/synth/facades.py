@@ -33,11 +33,19 @@ ROOF_METAL = np.array([0.62, 0.64, 0.66], np.float32)
 
 
 def _colour(p: np.ndarray, name: str) -> np.ndarray:
-    return p[:, P[name]:P[name] + 3]
+    return p[:, P[name] : P[name] + 3]
 
 
-def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndarray, role: np.ndarray,
-                    fp: np.ndarray, lights: float, lit_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def shade_buildings(
+    p: np.ndarray,
+    u: np.ndarray,
+    z: np.ndarray,
+    length: np.ndarray,
+    role: np.ndarray,
+    fp: np.ndarray,
+    lights: float,
+    lit_seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Albedo and emitted light ``(n, 3)`` of building pixels.
 
     ``p`` holds each pixel's building parameters ``(n, NUM_PARAMS)``;
@@ -45,8 +53,22 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
     """
     n = len(u)
     u, z, length, fp = (np.asarray(a, np.float32) for a in (u, z, length, fp))
-    s = {name: p[:, P[name]] for name in ("height", "storey", "ground", "bay", "win_w", "win_h", "sill",
-                                           "sign_period", "parapet", "door_u", "lit_p")}
+    s = {
+        name: p[:, P[name]]
+        for name in (
+            "height",
+            "storey",
+            "ground",
+            "bay",
+            "win_w",
+            "win_h",
+            "sill",
+            "sign_period",
+            "parapet",
+            "door_u",
+            "lit_p",
+        )
+    }
     material = p[:, P["material"]].astype(np.int64)
     landmark = p[:, P["landmark"]].astype(np.int64)
     tex_seed = p[:, P["tex_seed"]].astype(np.int64)
@@ -87,8 +109,17 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
     win_u = np.where(curtain, 1.0 - pulse(u + 0.04, 1.5, 0.08, fp), win_u)
     win_z = np.where(curtain, (1.0 - pulse(zz, storey, 0.7, fp)) * above_ground * below_top, win_z)
     window = win_u * win_z * windows_here
-    frame = np.clip(pulse(wu_pos + 0.12, bay, win_w + 0.24, fp) * pulse(zz - sill + 0.12, storey, win_h + 0.24, fp)
-                    * in_face * above_ground * below_top * windows_here - window, 0.0, 1.0) * (~curtain)
+    frame = np.clip(
+        pulse(wu_pos + 0.12, bay, win_w + 0.24, fp)
+        * pulse(zz - sill + 0.12, storey, win_h + 0.24, fp)
+        * in_face
+        * above_ground
+        * below_top
+        * windows_here
+        - window,
+        0.0,
+        1.0,
+    ) * (~curtain)
     bay_index = np.floor(wu_pos / bay)
     storey_index = np.floor((zz - sill) / storey)
     in_window = np.clip(np.mod(zz - sill, storey) / np.maximum(win_h, 0.1), 0.0, 1.0)
@@ -109,8 +140,20 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
     # The ground floor is a small share of the pixels: evaluate it on those only.
     g = np.nonzero(~upper)[0]
     if len(g):
-        albedo[g], ground_light = _ground_floor(p[g], u[g], z[g], length[g], fp[g], front[g], win_u[g], windows_here[g],
-                                                glass[g], albedo[g], window_light[g], lights)
+        albedo[g], ground_light = _ground_floor(
+            p[g],
+            u[g],
+            z[g],
+            length[g],
+            fp[g],
+            front[g],
+            win_u[g],
+            windows_here[g],
+            glass[g],
+            albedo[g],
+            window_light[g],
+            lights,
+        )
         emissive[g] += ground_light
 
     # Landmarks: unique facades that make a place recognisable from afar.
@@ -145,8 +188,10 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
         angle = np.arctan2(du, dz)
         hour = (tex_seed % 12) * (np.pi / 6)
         minute = (tex_seed % 60) * (np.pi / 30)
-        hands = face & (((np.abs(np.angle(np.exp(1j * (angle - hour)))) < 0.12) & (r < 0.55 * radius))
-                        | ((np.abs(np.angle(np.exp(1j * (angle - minute)))) < 0.08) & (r < 0.85 * radius)))
+        hands = face & (
+            ((np.abs(np.angle(np.exp(1j * (angle - hour)))) < 0.12) & (r < 0.55 * radius))
+            | ((np.abs(np.angle(np.exp(1j * (angle - minute)))) < 0.08) & (r < 0.85 * radius))
+        )
         clock = np.where((rim | hands)[:, None], np.float32(0.1), CLOCK_FACE)
         albedo = np.where(face[:, None], clock, albedo)
         emissive += CLOCK_FACE * (0.8 * lights * (face & ~rim & ~hands))[:, None]
@@ -167,23 +212,42 @@ def shade_buildings(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndar
     return albedo.astype(np.float32), emissive.astype(np.float32)
 
 
-def _ground_floor(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndarray, fp: np.ndarray, front: np.ndarray,
-                  win_u: np.ndarray, windows_here: np.ndarray, glass: np.ndarray, albedo: np.ndarray,
-                  window_light: np.ndarray, lights: float) -> tuple[np.ndarray, np.ndarray]:
+def _ground_floor(
+    p: np.ndarray,
+    u: np.ndarray,
+    z: np.ndarray,
+    length: np.ndarray,
+    fp: np.ndarray,
+    front: np.ndarray,
+    win_u: np.ndarray,
+    windows_here: np.ndarray,
+    glass: np.ndarray,
+    albedo: np.ndarray,
+    window_light: np.ndarray,
+    lights: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Ground-floor pixels: a shop front (display windows, sign band with its colours), or a door and windows."""
     ground = p[:, P["ground"]]
     shop = (p[:, P["shop"]] > 0.5) & front
     sign_lo, sign_hi = ground - 1.15, ground - 0.3
-    display = np.where(shop, pulse(u - 0.6, 3.2, 2.6, fp) * band(u, 0.5, length - 0.5, fp) * band(z, 0.45, sign_lo - 0.25, fp), 0.0)
+    display = np.where(
+        shop, pulse(u - 0.6, 3.2, 2.6, fp) * band(u, 0.5, length - 0.5, fp) * band(z, 0.45, sign_lo - 0.25, fp), 0.0
+    )
     sign_area = np.where(shop, band(u, 0.3, length - 0.3, fp) * band(z, sign_lo, sign_hi, fp), 0.0)
     period = p[:, P["sign_period"]]
-    letters = pulse(u - 1.7, period, period * 0.55, fp) * band(z, sign_lo + 0.22, sign_hi - 0.22, fp) * band(u, 1.7, length - 1.2, fp)
+    letters = (
+        pulse(u - 1.7, period, period * 0.55, fp)
+        * band(z, sign_lo + 0.22, sign_hi - 0.22, fp)
+        * band(u, 1.7, length - 1.2, fp)
+    )
     logo = band(u, 0.55, 1.45, fp) * band(z, sign_lo + 0.08, sign_hi - 0.08, fp)
     sign_colour = mix(mix(_colour(p, "acc0"), _colour(p, "acc1"), letters), _colour(p, "acc2"), logo)
     door_centre = p[:, P["door_u"]] * length
     door = band(u, door_centre - 0.55, door_centre + 0.55, fp) * band(z, -1.0, 2.3, fp) * (front & (door_centre >= 0))
     win_h = p[:, P["win_h"]]
-    ground_windows = win_u * band(z, 0.95, np.minimum(ground - 0.35, 0.95 + win_h), fp) * windows_here * (ground > 2.0) * ~shop
+    ground_windows = (
+        win_u * band(z, 0.95, np.minimum(ground - 0.35, 0.95 + win_h), fp) * windows_here * (ground > 2.0) * ~shop
+    )
     shop_glass = _colour(p, "glass") * 0.8
     albedo = mix(albedo, glass, ground_windows)
     albedo = mix(albedo, shop_glass, display)
@@ -192,5 +256,9 @@ def _ground_floor(p: np.ndarray, u: np.ndarray, z: np.ndarray, length: np.ndarra
     albedo = mix(albedo, shop_glass * 0.7, door * shop)
     emissive = window_light * ground_windows[:, None]
     if lights > 0:
-        emissive = emissive + SHOP_LIGHT * (0.75 * lights * display)[:, None] + sign_colour * (0.65 * lights * sign_area)[:, None]
+        emissive = (
+            emissive
+            + SHOP_LIGHT * (0.75 * lights * display)[:, None]
+            + sign_colour * (0.65 * lights * sign_area)[:, None]
+        )
     return albedo, emissive.astype(np.float32)

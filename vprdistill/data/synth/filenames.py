@@ -8,8 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 
 FIELDS: tuple[str, ...] = (
-    "east", "north", "zone_number", "zone_letter", "lat", "lon", "pano_id", "tile_num",
-    "heading", "pitch", "roll", "height", "timestamp", "note",
+    "east",
+    "north",
+    "zone_number",
+    "zone_letter",
+    "lat",
+    "lon",
+    "pano_id",
+    "tile_num",
+    "heading",
+    "pitch",
+    "roll",
+    "height",
+    "timestamp",
+    "note",
 )
 
 

@@ -24,7 +24,9 @@ def pulse(x, period, width, fp) -> np.ndarray:
 
 def step(x, edge, fp) -> np.ndarray:
     """Coverage of ``[edge, ∞)`` over the pixel footprint: 0 below ``edge``, 1 above."""
-    return np.clip((x - edge) / np.maximum(fp, np.float32(1e-3)) + np.float32(0.5), 0.0, 1.0).astype(np.float32, copy=False)
+    return np.clip((x - edge) / np.maximum(fp, np.float32(1e-3)) + np.float32(0.5), 0.0, 1.0).astype(
+        np.float32, copy=False
+    )
 
 
 def band(x, low, high, fp) -> np.ndarray:

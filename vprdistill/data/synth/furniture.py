@@ -7,7 +7,6 @@ import numpy as np
 from vprdistill.data.synth import geometry as G
 from vprdistill.data.synth.blocks import CityBuilder, make_tree
 
-
 # Right-hand traffic. For a street side (+1: east of a north-south street, north
 # of an east-west one): the compass heading its signs face (towards the drivers
 # using that side), and whether those drivers approach the block's high end.
@@ -15,8 +14,17 @@ _SIGN_FACING = {("ns", 1.0): 180.0, ("ns", -1.0): 0.0, ("ew", 1.0): 90.0, ("ew",
 _APPROACH_HIGH_END = {("ns", 1.0): True, ("ns", -1.0): False, ("ew", 1.0): False, ("ew", -1.0): True}
 
 
-def _street_side(b: CityBuilder, orient: str, centre: float, half: float, avenue: bool, lo: float, hi: float,
-                 side: float, lamp_side: bool) -> None:
+def _street_side(
+    b: CityBuilder,
+    orient: str,
+    centre: float,
+    half: float,
+    avenue: bool,
+    lo: float,
+    hi: float,
+    side: float,
+    lamp_side: bool,
+) -> None:
     """Trees, lamps, signs and parking slots along one side of one block of street."""
     rng = b.rng
 
@@ -32,8 +40,16 @@ def _street_side(b: CityBuilder, orient: str, centre: float, half: float, avenue
             b.props.append(G.prop_row(*at(along, half + 0.35), G.PROP_LAMP, 2.4, 7.5, int(rng.integers(1 << 20))))
     facing = _SIGN_FACING[(orient, side)]
     if rng.random() < 0.5:
-        b.props.append(G.prop_row(*at(rng.uniform(lo + 4.0, hi - 4.0), half + 0.5), G.PROP_SIGN, 0.8, 2.9,
-                                  int(rng.integers(1 << 20)), facing))
+        b.props.append(
+            G.prop_row(
+                *at(rng.uniform(lo + 4.0, hi - 4.0), half + 0.5),
+                G.PROP_SIGN,
+                0.8,
+                2.9,
+                int(rng.integers(1 << 20)),
+                facing,
+            )
+        )
     if not avenue and rng.random() < 0.5:
         end = hi - 1.0 if _APPROACH_HIGH_END[(orient, side)] else lo + 1.0
         b.props.append(G.prop_row(*at(end, half + 0.5), G.PROP_SIGN, 0.8, 2.7, 0, facing, extra=1.0))  # a stop sign
@@ -61,5 +77,14 @@ def street_furniture(b: CityBuilder, streets: dict) -> None:
             if xa[i] or ya[j]:
                 # One light per approach, on the near-right corner, facing the approaching drivers.
                 for dx, dy, facing in ((1, -1, 180.0), (-1, 1, 0.0), (-1, -1, 270.0), (1, 1, 90.0)):
-                    b.props.append(G.prop_row(sx + dx * (xh[i] + 0.6), sy + dy * (yh[j] + 0.6), G.PROP_TRAFFIC_LIGHT,
-                                              0.7, 5.2, int(b.rng.integers(1 << 20)), facing))
+                    b.props.append(
+                        G.prop_row(
+                            sx + dx * (xh[i] + 0.6),
+                            sy + dy * (yh[j] + 0.6),
+                            G.PROP_TRAFFIC_LIGHT,
+                            0.7,
+                            5.2,
+                            int(b.rng.integers(1 << 20)),
+                            facing,
+                        )
+                    )

@@ -31,8 +31,21 @@ PROP_TREE, PROP_LAMP, PROP_SIGN, PROP_TRAFFIC_LIGHT, PROP_PERSON = range(5)
 FACE_NORMALS = {"S": (0.0, -1.0), "N": (0.0, 1.0), "W": (-1.0, 0.0), "E": (1.0, 0.0)}
 
 
-def face_segment(x0: float, y0: float, x1: float, y1: float, face: str, height: float, owner: int, kind: int,
-                 role: int, profile: int = PROFILE_FLAT, pa: float = 0.0, pb: float = 1.0, extra: float = 0.0) -> np.ndarray:
+def face_segment(
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    face: str,
+    height: float,
+    owner: int,
+    kind: int,
+    role: int,
+    profile: int = PROFILE_FLAT,
+    pa: float = 0.0,
+    pb: float = 1.0,
+    extra: float = 0.0,
+) -> np.ndarray:
     """One face of the axis-aligned box ``[x0, x1] × [y0, y1]`` as a segment row ``(15,)``.
 
     The segment runs left to right as seen from outside, so the texture
@@ -40,8 +53,10 @@ def face_segment(x0: float, y0: float, x1: float, y1: float, face: str, height: 
     """
     nx, ny = FACE_NORMALS[face]
     ends = {
-        "S": (x0, y0, x1, y0), "N": (x1, y1, x0, y1),
-        "E": (x1, y0, x1, y1), "W": (x0, y1, x0, y0),
+        "S": (x0, y0, x1, y0),
+        "N": (x1, y1, x0, y1),
+        "E": (x1, y0, x1, y1),
+        "W": (x0, y1, x0, y0),
     }[face]
     length = abs(ends[2] - ends[0]) + abs(ends[3] - ends[1])
     return np.array([*ends, nx, ny, length, height, owner, kind, role, profile, pa, pb, extra], dtype=np.float64)
@@ -50,8 +65,18 @@ def face_segment(x0: float, y0: float, x1: float, y1: float, face: str, height: 
 _FACE_ORDER = ("S", "N", "W", "E")  # the opposite of face i is face i ^ 1
 
 
-def box_segments(rects, fronts, heights, owners, kind: int, profile=PROFILE_FLAT, pa=0.0, pb=1.0, extra=0.0,
-                 side_profile: int | None = None) -> np.ndarray:
+def box_segments(
+    rects,
+    fronts,
+    heights,
+    owners,
+    kind: int,
+    profile=PROFILE_FLAT,
+    pa=0.0,
+    pb=1.0,
+    extra=0.0,
+    side_profile: int | None = None,
+) -> np.ndarray:
     """The four faces of each axis-aligned box: ``(4·V, 15)``, faces S, N, W, E per box.
 
     ``rects`` is ``(V, 4)`` (x0, y0, x1, y1) or one rectangle; ``fronts`` names
@@ -62,16 +87,21 @@ def box_segments(rects, fronts, heights, owners, kind: int, profile=PROFILE_FLAT
     count = len(rects)
     x0, y0, x1, y1 = rects.T
     front = np.array([_FACE_ORDER.index(f) for f in ([fronts] if isinstance(fronts, str) else fronts)])
-    ends = np.stack([
-        np.stack([x0, y0, x1, y0], 1), np.stack([x1, y1, x0, y1], 1),
-        np.stack([x0, y1, x0, y0], 1), np.stack([x1, y0, x1, y1], 1),
-    ], 1)  # (V, 4 faces, 4)
+    ends = np.stack(
+        [
+            np.stack([x0, y0, x1, y0], 1),
+            np.stack([x1, y1, x0, y1], 1),
+            np.stack([x0, y1, x0, y0], 1),
+            np.stack([x1, y0, x1, y1], 1),
+        ],
+        1,
+    )  # (V, 4 faces, 4)
     normals = np.array([FACE_NORMALS[f] for f in _FACE_ORDER])
     face = np.arange(4)[None, :]
     role = np.where(face == front[:, None], ROLE_FRONT, np.where(face == (front[:, None] ^ 1), ROLE_BACK, ROLE_SIDE))
     out = np.empty((count, 4, SEGMENT_COLUMNS), np.float64)
-    out[..., SX0:SY1 + 1] = ends
-    out[..., SNX:SNY + 1] = normals[None]
+    out[..., SX0 : SY1 + 1] = ends
+    out[..., SNX : SNY + 1] = normals[None]
     out[..., SLEN] = np.abs(ends[..., 2] - ends[..., 0]) + np.abs(ends[..., 3] - ends[..., 1])
     out[..., SHEIGHT] = np.broadcast_to(np.asarray(heights, np.float64), (count,))[:, None]
     out[..., SOWNER] = np.broadcast_to(np.asarray(owners, np.float64), (count,))[:, None]
@@ -85,7 +115,15 @@ def box_segments(rects, fronts, heights, owners, kind: int, profile=PROFILE_FLAT
     return out.reshape(count * 4, SEGMENT_COLUMNS)
 
 
-def prop_row(x: float, y: float, kind: int, width: float, height: float, variant: int,
-             facing_deg: float = 0.0, extra: float = 0.0) -> np.ndarray:
+def prop_row(
+    x: float,
+    y: float,
+    kind: int,
+    width: float,
+    height: float,
+    variant: int,
+    facing_deg: float = 0.0,
+    extra: float = 0.0,
+) -> np.ndarray:
     """A billboard prop row ``(8,)``; ``facing_deg`` is the compass heading its front looks to."""
     return np.array([x, y, kind, width, height, variant, facing_deg, extra], dtype=np.float64)

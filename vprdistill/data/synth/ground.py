@@ -37,7 +37,9 @@ def _nearest_street(value: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.where(value - centres[i - 1] < centres[i] - value, i - 1, i)
 
 
-def _markings(offset: np.ndarray, along: np.ndarray, half: np.ndarray, avenue: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _markings(
+    offset: np.ndarray, along: np.ndarray, half: np.ndarray, avenue: np.ndarray, fp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Coverage of white and yellow paint across a street at signed ``offset`` from its centre line."""
     a = np.abs(offset)
     dashes = pulse(along, 9.0, 3.0, fp)
@@ -62,7 +64,9 @@ def _road_colour(x, y, fp, off_x, off_y, half_x, half_y, walk_x, walk_y, avenue_
     zebra_ew = pulse(off_y, 1.0, 0.5, fp) * band(ax, half_x + walk_x * 0.2, half_x + walk_x * 0.2 + 3.0, fp)
     ns_far = ay > half_y + walk_y * 0.2 + 3.2
     ew_far = ax > half_x + walk_x * 0.2 + 3.2
-    white = np.where(ns_only, np.where(ns_far, w_ns, zebra_ns), 0.0) + np.where(ew_only, np.where(ew_far, w_ew, zebra_ew), 0.0)
+    white = np.where(ns_only, np.where(ns_far, w_ns, zebra_ns), 0.0) + np.where(
+        ew_only, np.where(ew_far, w_ew, zebra_ew), 0.0
+    )
     yellow = np.where(ns_only & ns_far, y_ns, 0.0) + np.where(ew_only & ew_far, y_ew, 0.0)
     white, yellow = np.clip(white, 0, 1)[:, None], np.clip(yellow, 0, 1)[:, None]
     return asphalt * (1 - white - yellow) + WHITE_PAINT * white + YELLOW_PAINT * yellow
@@ -113,9 +117,22 @@ def sample_ground(world: World, x: np.ndarray, y: np.ndarray, fp: np.ndarray, se
         rest = np.nonzero(~road)[0]
         albedo[rest] = SNOW * (0.93 + 0.07 * value_noise(x[rest] / 3.0, y[rest] / 3.0, 15))[:, None]
         return GroundSample(cls, albedo, wet)
-    albedo[r] = _road_colour(x[r], y[r], fp[r], off_x[r], off_y[r], half_x[r], half_y[r], walk_x[r], walk_y[r],
-                             world.avenue_x[ix[r]], world.avenue_y[iy[r]])
-    from_kerb = np.minimum(np.where(ax[p] >= half_x[p], ax[p] - half_x[p], np.inf), np.where(ay[p] >= half_y[p], ay[p] - half_y[p], np.inf))
+    albedo[r] = _road_colour(
+        x[r],
+        y[r],
+        fp[r],
+        off_x[r],
+        off_y[r],
+        half_x[r],
+        half_y[r],
+        walk_x[r],
+        walk_y[r],
+        world.avenue_x[ix[r]],
+        world.avenue_y[iy[r]],
+    )
+    from_kerb = np.minimum(
+        np.where(ax[p] >= half_x[p], ax[p] - half_x[p], np.inf), np.where(ay[p] >= half_y[p], ay[p] - half_y[p], np.inf)
+    )
     albedo[p] = _slab_colour(x[p], y[p], fp[p], from_kerb)
     albedo[g] = np.asarray(GRASS[season], np.float32) * (0.8 + 0.35 * value_noise(x[g] / 2.0, y[g] / 2.0, 14))[:, None]
     return GroundSample(cls, albedo, wet)

@@ -62,7 +62,10 @@ def lighting_for(condition: Condition) -> Lighting:
         elevation *= 0.8
         sun = sun * _rgb(1.05, 0.98, 0.9)
 
-    cloud_cover, cloud_colour = 0.3, _rgb(0.95, 0.95, 0.96) * (1.0 if time == "day" else 0.7 if time == "dusk" else 0.08)
+    cloud_cover, cloud_colour = (
+        0.3,
+        _rgb(0.95, 0.95, 0.96) * (1.0 if time == "day" else 0.7 if time == "dusk" else 0.08),
+    )
     haze, visibility = horizon.copy(), 1500.0
     grey = {"day": 1.0, "dusk": 0.5, "night": 0.09}[time]
     scattered = {"clear": 0.0, "overcast": 0.9, "fog": 0.95, "rain": 0.95, "snow": 0.9}[weather]
@@ -84,8 +87,22 @@ def lighting_for(condition: Condition) -> Lighting:
     if weather != "clear":
         haze = horizon.copy()
         cloud_colour = horizon * 0.92
-    return Lighting(ambient, sun, azimuth, elevation, lights, lamp, horizon, zenith, cloud_cover, cloud_colour,
-                    haze, visibility, noise, exposure)
+    return Lighting(
+        ambient,
+        sun,
+        azimuth,
+        elevation,
+        lights,
+        lamp,
+        horizon,
+        zenith,
+        cloud_cover,
+        cloud_colour,
+        haze,
+        visibility,
+        noise,
+        exposure,
+    )
 
 
 def sun_vector(lighting: Lighting) -> np.ndarray:

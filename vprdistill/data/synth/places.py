@@ -31,8 +31,19 @@ CITY = "synthcity"
 PLACES_ROOT = "places"
 YEAR = 2024
 # The GSV-Cities columns, then SynthCity's own: the condition and the UTM position.
-CSV_COLUMNS: tuple[str, ...] = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid",
-                                "note", "east", "north")
+CSV_COLUMNS: tuple[str, ...] = (
+    "place_id",
+    "year",
+    "month",
+    "northdeg",
+    "city_id",
+    "lat",
+    "lon",
+    "panoid",
+    "note",
+    "east",
+    "north",
+)
 ALONG_JITTER_M = 2.0
 # Places stand on distinct slots this far apart along a street (per heading): two places closer than
 # that with the same heading would show nearly the same picture, and place-batched losses treat
@@ -72,12 +83,18 @@ class PlaceViewSpec:
         lat, lon = utm.to_latlon(float(east), float(north), UTM_ZONE_NUMBER, UTM_ZONE_LETTER)
         season = self.condition.split("-")[2]
         return {
-            "place_id": str(self.place), "year": str(YEAR), "month": str(int(MONTHS[season])),
-            "northdeg": str(round(self.heading_deg) % 360), "city_id": CITY,
+            "place_id": str(self.place),
+            "year": str(YEAR),
+            "month": str(int(MONTHS[season])),
+            "northdeg": str(round(self.heading_deg) % 360),
+            "city_id": CITY,
             # repr of a rounded float reads back (float -> str) to the same text, as the file name needs.
-            "lat": repr(round(float(lat), 7)), "lon": repr(round(float(lon), 7)),
-            "panoid": f"synthcity-p{self.place:06d}v{self.view_index}", "note": self.condition,
-            "east": f"{float(east):.2f}", "north": f"{float(north):.2f}",
+            "lat": repr(round(float(lat), 7)),
+            "lon": repr(round(float(lon), 7)),
+            "panoid": f"synthcity-p{self.place:06d}v{self.view_index}",
+            "note": self.condition,
+            "east": f"{float(east):.2f}",
+            "north": f"{float(north):.2f}",
         }
 
     def stem(self, world: World) -> str:
@@ -95,10 +112,18 @@ class PlaceViewSpec:
 def gsv_stem(row: dict[str, str]) -> str:
     """The GSV-Cities image name without ``.jpg`` of a csv row whose values are the csv's text."""
     place_id = int(row["place_id"]) % 10**5
-    return "_".join([
-        row["city_id"], f"{place_id:07d}", f"{int(row['year']):04d}", f"{int(row['month']):02d}",
-        f"{int(row['northdeg']):03d}", str(float(row["lat"])), str(float(row["lon"])), row["panoid"],
-    ])
+    return "_".join(
+        [
+            row["city_id"],
+            f"{place_id:07d}",
+            f"{int(row['year']):04d}",
+            f"{int(row['month']):02d}",
+            f"{int(row['northdeg']):03d}",
+            str(float(row["lat"])),
+            str(float(row["lon"])),
+            row["panoid"],
+        ]
+    )
 
 
 def place_seed(seed: int, place: int, view: int) -> int:
@@ -141,18 +166,34 @@ def plan_places(world: World, config: SynthConfig) -> list[PlaceViewSpec]:
             # Clipped to the stretch so that no view steps out of the train region.
             view_along = float(np.clip(along + rng.uniform(-1, 1) * ALONG_JITTER_M, start, end))
             # Anywhere across the carriageway, but never inside the parking lane (as the queries).
-            lateral = float(np.clip(LANE_OFFSET_M + rng.uniform(-1, 1) * config.query_lateral_m, -(half - 2.6), half - 2.6))
+            lateral = float(
+                np.clip(LANE_OFFSET_M + rng.uniform(-1, 1) * config.query_lateral_m, -(half - 2.6), half - 2.6)
+            )
             x, y = _place(north, centre, view_along, lateral)
             jitter = rng.uniform(-1, 1) * config.query_heading_jitter_deg
             heading = (street_heading + 360.0 * tile / config.headings + jitter) % 360.0
             pitch = rng.uniform(-1, 1) * config.query_pitch_jitter_deg
             height = config.camera_height_m + rng.uniform(-1, 1) * config.query_height_jitter_m
-            specs.append(PlaceViewSpec(place, view, float(x), float(y), float(heading), float(pitch), float(height),
-                                       tile, view_conditions[view], place_seed(config.seed, place, view)))
+            specs.append(
+                PlaceViewSpec(
+                    place,
+                    view,
+                    float(x),
+                    float(y),
+                    float(heading),
+                    float(pitch),
+                    float(height),
+                    tile,
+                    view_conditions[view],
+                    place_seed(config.seed, place, view),
+                )
+            )
     return specs
 
 
-def place_slots(stretches: list[tuple[bool, float, float, float, float]], headings: int) -> list[tuple[int, float, int]]:
+def place_slots(
+    stretches: list[tuple[bool, float, float, float, float]], headings: int
+) -> list[tuple[int, float, int]]:
     """Every (stretch index, position along it, heading tile) a place may take, ``PLACE_SPACING_M`` apart."""
     slots = []
     for index, (_, _, start, end, _) in enumerate(stretches):

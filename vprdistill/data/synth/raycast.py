@@ -66,7 +66,8 @@ def top_heights(segments: np.ndarray, u: np.ndarray) -> np.ndarray:
     cabin = extra + (height - extra) * ramp
     return np.select(
         [profile == G.PROFILE_GABLE, profile == G.PROFILE_SPIRE, profile == G.PROFILE_CABIN],
-        [gable, spire, cabin], default=height,
+        [gable, spire, cabin],
+        default=height,
     )
 
 
@@ -76,7 +77,9 @@ def cast_walls(segments: np.ndarray, camera: Camera, max_layers: int = 12, max_d
     view = camera.view
     if len(segments) == 0:
         empty = np.zeros(0)
-        return WallPixels(np.zeros(0, np.int64), np.zeros((0, G.SEGMENT_COLUMNS)), empty, empty, empty, np.zeros(0, bool))
+        return WallPixels(
+            np.zeros(0, np.int64), np.zeros((0, G.SEGMENT_COLUMNS)), empty, empty, empty, np.zeros(0, bool)
+        )
     ex = segments[:, G.SX1] - segments[:, G.SX0]
     ey = segments[:, G.SY1] - segments[:, G.SY0]
     ax = segments[:, G.SX0] - view.x
@@ -116,7 +119,7 @@ def cast_walls(segments: np.ndarray, camera: Camera, max_layers: int = 12, max_d
     rows = camera.row_centres[:, None]  # (H, 1)
     layer = np.full((size, size), -1, dtype=np.int64)
     for k in range(layers):
-        show = (top[:, k] < visible_bottom[:, k])
+        show = top[:, k] < visible_bottom[:, k]
         if not show.any():
             continue
         mask = (rows >= top[None, :, k]) & (rows < visible_bottom[None, :, k])
@@ -131,5 +134,6 @@ def cast_walls(segments: np.ndarray, camera: Camera, max_layers: int = 12, max_d
 
 def _faces_camera(segments: np.ndarray, view) -> np.ndarray:
     """Whether the camera stands on the outward side of each segment."""
-    return (segments[..., G.SNX] * (view.x - segments[..., G.SX0])
-            + segments[..., G.SNY] * (view.y - segments[..., G.SY0])) > 0
+    return (
+        segments[..., G.SNX] * (view.x - segments[..., G.SX0]) + segments[..., G.SNY] * (view.y - segments[..., G.SY0])
+    ) > 0

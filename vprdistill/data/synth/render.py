@@ -33,8 +33,16 @@ PROP_RANGE_M = 140.0
 LAMP_RANGE_M = 70.0
 
 
-def _shade_walls(frame: Frame, walls: WallPixels, camera: Camera, world: World, dynamic: DynamicObjects,
-                 condition: Condition, lighting: Lighting, lit_seed: int) -> None:
+def _shade_walls(
+    frame: Frame,
+    walls: WallPixels,
+    camera: Camera,
+    world: World,
+    dynamic: DynamicObjects,
+    condition: Condition,
+    lighting: Lighting,
+    lit_seed: int,
+) -> None:
     seg = walls.segment
     kind = seg[:, G.SKIND].astype(np.int64)
     owner = seg[:, G.SOWNER].astype(np.int64)
@@ -49,16 +57,34 @@ def _shade_walls(frame: Frame, walls: WallPixels, camera: Camera, world: World, 
     building = kind == G.KIND_BUILDING
     if building.any():
         albedo[building], emissive[building] = shade_buildings(
-            world.buildings[owner[building]], walls.u[building], walls.z[building], length[building], role[building],
-            fp[building], lighting.lights, lit_seed)
+            world.buildings[owner[building]],
+            walls.u[building],
+            walls.z[building],
+            length[building],
+            role[building],
+            fp[building],
+            lighting.lights,
+            lit_seed,
+        )
     vehicle = kind == G.KIND_VEHICLE
     if vehicle.any():
         cls[vehicle], albedo[vehicle], emissive[vehicle] = shade_vehicles(
-            dynamic.vehicles, owner[vehicle], role[vehicle], walls.front[vehicle], walls.u[vehicle], walls.z[vehicle],
-            length[vehicle], fp[vehicle], lighting.lights, condition.snowy_ground)
+            dynamic.vehicles,
+            owner[vehicle],
+            role[vehicle],
+            walls.front[vehicle],
+            walls.u[vehicle],
+            walls.z[vehicle],
+            length[vehicle],
+            fp[vehicle],
+            lighting.lights,
+            condition.snowy_ground,
+        )
     other = ~building & ~vehicle
     if other.any():
-        cls[other], albedo[other] = shade_static_walls(kind[other], walls.u[other], walls.z[other], fp[other], condition.season)
+        cls[other], albedo[other] = shade_static_walls(
+            kind[other], walls.u[other], walls.z[other], fp[other], condition.season
+        )
 
     t = walls.u / np.maximum(length, 1e-6)
     hit_x = seg[:, G.SX0] + t * (seg[:, G.SX1] - seg[:, G.SX0])
@@ -107,7 +133,9 @@ def _cast_shadows(frame: Frame, world: World, lighting: Lighting) -> None:
         return
     shadows = shadow_map(world, lighting.sun_azimuth_deg, lighting.sun_elevation_deg)
     # Walls sample just outside themselves, so that a building does not shade its own face.
-    point = frame.world[lit] + np.concatenate([frame.normal[lit] * 0.4, np.zeros((int(lit.sum()), 1), np.float32)], axis=1)
+    point = frame.world[lit] + np.concatenate(
+        [frame.normal[lit] * 0.4, np.zeros((int(lit.sum()), 1), np.float32)], axis=1
+    )
     frame.sun[lit] *= shadows.lit(point[:, 0], point[:, 1], point[:, 2])
 
 
@@ -123,8 +151,9 @@ def _light(frame: Frame, camera: Camera, world: World, lighting: Lighting) -> np
     return colour
 
 
-def render_view(world: World, view: View, size: int, fov_deg: float, condition: Condition,
-                image_seed: int, traversal_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def render_view(
+    world: World, view: View, size: int, fov_deg: float, condition: Condition, image_seed: int, traversal_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Render ``view`` under ``condition``: RGB ``(H, W, 3) uint8`` and class ids ``(H, W) uint8``.
 
     ``image_seed`` drives everything that changes from picture to picture

@@ -37,8 +37,8 @@ class ShadowMap:
             dx, dy = int(round(k * step_x)), int(round(k * step_y))
             if abs(dx) >= width or abs(dy) >= height:
                 break
-            source = heights[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
-            target = obstruction[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+            source = heights[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)]
+            target = obstruction[max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)]
             np.maximum(target, source - np.float32(k * drop), out=target)
         self.obstruction = obstruction
 

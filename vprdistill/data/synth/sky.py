@@ -32,8 +32,10 @@ def _cloud_layer(camera: Camera, lighting: Lighting, cloud_seed: int, step: int 
     cover = np.clip((fbm(px / 900.0, py / 900.0, cloud_seed, octaves=3) - (1.0 - lighting.cloud_cover)) * 4.0, 0.0, 1.0)
     shade = 0.8 + 0.25 * value_noise(px / 300.0, py / 300.0, cloud_seed + 1)
     full = (size, size)
-    return (cv2.resize(cover.astype(np.float32), full, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(shade.astype(np.float32), full, interpolation=cv2.INTER_LINEAR))
+    return (
+        cv2.resize(cover.astype(np.float32), full, interpolation=cv2.INTER_LINEAR),
+        cv2.resize(shade.astype(np.float32), full, interpolation=cv2.INTER_LINEAR),
+    )
 
 
 def sky_colour(camera: Camera, rows: np.ndarray, cols: np.ndarray, lighting: Lighting, cloud_seed: int) -> np.ndarray:

@@ -19,8 +19,16 @@ from vprdistill.data.synth.trees import draw_tree
 POLE_GREY = np.array([0.24, 0.25, 0.25], np.float32)
 LAMP_LIGHT = np.array([1.0, 0.85, 0.55], np.float32)
 SKIN = ((0.80, 0.60, 0.47), (0.55, 0.38, 0.26), (0.35, 0.23, 0.16))
-SHIRTS = ((0.70, 0.10, 0.10), (0.10, 0.20, 0.50), (0.85, 0.85, 0.80), (0.15, 0.15, 0.15), (0.30, 0.45, 0.25),
-          (0.85, 0.65, 0.15), (0.45, 0.30, 0.55), (0.55, 0.35, 0.25))
+SHIRTS = (
+    (0.70, 0.10, 0.10),
+    (0.10, 0.20, 0.50),
+    (0.85, 0.85, 0.80),
+    (0.15, 0.15, 0.15),
+    (0.30, 0.45, 0.25),
+    (0.85, 0.65, 0.15),
+    (0.45, 0.30, 0.55),
+    (0.55, 0.35, 0.25),
+)
 PANTS = ((0.12, 0.14, 0.22), (0.10, 0.10, 0.10), (0.35, 0.30, 0.25), (0.25, 0.28, 0.35))
 SIGN_RED, SIGN_WHITE = np.array([0.75, 0.08, 0.08], np.float32), np.array([0.92, 0.92, 0.90], np.float32)
 SIGN_YELLOW, SIGN_BLUE = np.array([0.95, 0.78, 0.10], np.float32), np.array([0.10, 0.25, 0.65], np.float32)
@@ -127,7 +135,13 @@ def _person(sm, zm, prop, fp, ctx):
     return head | torso | arms | legs, C.PERSON, albedo, None
 
 
-DRAWERS = {G.PROP_TREE: draw_tree, G.PROP_LAMP: _lamp, G.PROP_SIGN: _sign, G.PROP_TRAFFIC_LIGHT: _traffic_light, G.PROP_PERSON: _person}
+DRAWERS = {
+    G.PROP_TREE: draw_tree,
+    G.PROP_LAMP: _lamp,
+    G.PROP_SIGN: _sign,
+    G.PROP_TRAFFIC_LIGHT: _traffic_light,
+    G.PROP_PERSON: _person,
+}
 
 
 def draw_props(frame: Frame, props: np.ndarray, ctx: PropContext, max_depth: float = 150.0) -> None:
@@ -164,7 +178,9 @@ def draw_props(frame: Frame, props: np.ndarray, ctx: PropContext, max_depth: flo
         frame.albedo[region][mask] = albedo[mask]
         frame.cls[region][mask] = cls[mask] if np.ndim(cls) else cls
         frame.emissive[region][mask] = emissive[mask] if emissive is not None else 0.0
-        frame.world[region][mask] = np.stack([np.full(mask.sum(), prop[G.PX]), np.full(mask.sum(), prop[G.PY]), zm[mask]], axis=1)
+        frame.world[region][mask] = np.stack(
+            [np.full(mask.sum(), prop[G.PX]), np.full(mask.sum(), prop[G.PY]), zm[mask]], axis=1
+        )
         frame.sun[region][mask] = 0.55
         frame.wet[region][mask] = 0.0
         frame.kind[region][mask] = SURFACE_SPRITE

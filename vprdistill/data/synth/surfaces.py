@@ -20,7 +20,9 @@ TAILLIGHT = np.array([0.65, 0.04, 0.04], np.float32)
 SNOW_COVER = np.array([0.92, 0.93, 0.96], np.float32)
 
 
-def shade_static_walls(kind: np.ndarray, u: np.ndarray, z: np.ndarray, fp: np.ndarray, season: str) -> tuple[np.ndarray, np.ndarray]:
+def shade_static_walls(
+    kind: np.ndarray, u: np.ndarray, z: np.ndarray, fp: np.ndarray, season: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Class ids and albedo of low walls, fences and hedges."""
     n = len(u)
     cls = np.select([kind == G.KIND_WALL, kind == G.KIND_FENCE], [C.WALL, C.FENCE], C.VEGETATION).astype(np.uint8)
@@ -33,9 +35,18 @@ def shade_static_walls(kind: np.ndarray, u: np.ndarray, z: np.ndarray, fp: np.nd
     return cls, albedo.astype(np.float32)
 
 
-def shade_vehicles(vehicles: np.ndarray, owner: np.ndarray, role: np.ndarray, front_facing: np.ndarray, u: np.ndarray,
-                   z: np.ndarray, length: np.ndarray, fp: np.ndarray, lights: float, snowy: bool
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def shade_vehicles(
+    vehicles: np.ndarray,
+    owner: np.ndarray,
+    role: np.ndarray,
+    front_facing: np.ndarray,
+    u: np.ndarray,
+    z: np.ndarray,
+    length: np.ndarray,
+    fp: np.ndarray,
+    lights: float,
+    snowy: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class ids, albedo and emitted light of vehicle pixels.
 
     A pixel of a face turned away from the camera is the roof, seen past the
@@ -45,7 +56,7 @@ def shade_vehicles(vehicles: np.ndarray, owner: np.ndarray, role: np.ndarray, fr
     n = len(u)
     cls = v[:, VCLASS].astype(np.uint8)
     body_kind = v[:, VBODY].astype(np.int64)
-    paint = v[:, VRGB:VRGB + 3].astype(np.float32)
+    paint = v[:, VRGB : VRGB + 3].astype(np.float32)
     moving = v[:, VLIGHTS] > 0.5
     body_h = np.array([BODIES[k][2] for k in range(len(BODIES))], np.float32)[body_kind]
     x = u / np.maximum(length, 1e-3)
@@ -56,13 +67,21 @@ def shade_vehicles(vehicles: np.ndarray, owner: np.ndarray, role: np.ndarray, fr
     albedo = paint * shine[:, None]
     # Cabin glass with pillars; for buses a band of windows, for trucks a cab at the front.
     cabin = (z > body_h) & ~big
-    pillars = (band(x, 0.0, 0.04, fp / np.maximum(length, 1e-3)) + band(x, 0.96, 1.0, fp / np.maximum(length, 1e-3))
-               + side * band(x, 0.48, 0.52, fp / np.maximum(length, 1e-3)))
+    pillars = (
+        band(x, 0.0, 0.04, fp / np.maximum(length, 1e-3))
+        + band(x, 0.96, 1.0, fp / np.maximum(length, 1e-3))
+        + side * band(x, 0.48, 0.52, fp / np.maximum(length, 1e-3))
+    )
     albedo = np.where(cabin[:, None], mix(CAR_GLASS, paint * 0.9, np.clip(pillars, 0, 1)), albedo)
     bus = body_kind == BODY_BUS
     bus_windows = bus & (z > 1.2) & (z < 2.5) & (pulse(u, 1.5, 1.3, fp) > 0.5)
     albedo = np.where(bus_windows[:, None], CAR_GLASS, albedo)
-    truck_cab = (body_kind == BODY_TRUCK) & (z > 1.6) & (z < 2.4) & ((role == G.ROLE_FRONT) | (side & (np.minimum(x, 1 - x) < 0.12)))
+    truck_cab = (
+        (body_kind == BODY_TRUCK)
+        & (z > 1.6)
+        & (z < 2.4)
+        & ((role == G.ROLE_FRONT) | (side & (np.minimum(x, 1 - x) < 0.12)))
+    )
     albedo = np.where(truck_cab[:, None], CAR_GLASS, albedo)
     # Wheels: dark discs at both ends of the long faces.
     wheel_r = np.where(big, 0.5, 0.34)
@@ -72,7 +91,11 @@ def shade_vehicles(vehicles: np.ndarray, owner: np.ndarray, role: np.ndarray, fr
     albedo = np.where(wheel[:, None], TYRE, albedo)
     albedo = np.where(((z < 0.22) & ~wheel)[:, None], TYRE * 2, albedo)
     # Lamps: headlights on the front face, tail lights on the back.
-    lamp = band(np.minimum(x, 1 - x), 0.06, 0.22, fp / np.maximum(length, 1e-3)) * band(z, body_h - 0.4, body_h - 0.2, fp) * ~side
+    lamp = (
+        band(np.minimum(x, 1 - x), 0.06, 0.22, fp / np.maximum(length, 1e-3))
+        * band(z, body_h - 0.4, body_h - 0.2, fp)
+        * ~side
+    )
     front_lamp = lamp * (role == G.ROLE_FRONT)
     back_lamp = lamp * (role == G.ROLE_BACK)
     albedo = mix(albedo, HEADLIGHT, front_lamp)

@@ -48,14 +48,23 @@ class ImageSpec:
         east, north = world.to_utm(self.x, self.y)
         time, _, season = self.condition.split("-")
         day = 1 + self.traversal_seed % 28
-        return format_file_name({
-            "east": f"{float(east):.2f}", "north": f"{float(north):.2f}",
-            "zone_number": UTM_ZONE_NUMBER, "zone_letter": UTM_ZONE_LETTER,
-            "pano_id": f"synthcity-{self.split}-{'db' if self.kind == 'database' else 'q'}{self.index:06d}",
-            "tile_num": self.tile, "heading": f"{self.heading_deg:.1f}", "pitch": f"{self.pitch_deg:.1f}", "roll": "0.0",
-            "height": f"{self.height:.2f}", "timestamp": f"2024{MONTHS[season]}{day:02d}T{HOURS[time]}",
-            "note": self.condition,
-        }, suffix)
+        return format_file_name(
+            {
+                "east": f"{float(east):.2f}",
+                "north": f"{float(north):.2f}",
+                "zone_number": UTM_ZONE_NUMBER,
+                "zone_letter": UTM_ZONE_LETTER,
+                "pano_id": f"synthcity-{self.split}-{'db' if self.kind == 'database' else 'q'}{self.index:06d}",
+                "tile_num": self.tile,
+                "heading": f"{self.heading_deg:.1f}",
+                "pitch": f"{self.pitch_deg:.1f}",
+                "roll": "0.0",
+                "height": f"{self.height:.2f}",
+                "timestamp": f"2024{MONTHS[season]}{day:02d}T{HOURS[time]}",
+                "note": self.condition,
+            },
+            suffix,
+        )
 
 
 def image_seed(seed: int, split: str, kind: str, index: int) -> int:
@@ -90,8 +99,22 @@ def plan_database(world: World, config: SynthConfig, split: str) -> list[ImageSp
             for k in range(config.headings):
                 index = len(specs)
                 heading = (street_heading + 360.0 * k / config.headings) % 360.0
-                specs.append(ImageSpec(split, "database", index, x, y, heading, 0.0, config.camera_height_m, k, condition,
-                                       image_seed(config.seed, split, "database", index), traversal))
+                specs.append(
+                    ImageSpec(
+                        split,
+                        "database",
+                        index,
+                        x,
+                        y,
+                        heading,
+                        0.0,
+                        config.camera_height_m,
+                        k,
+                        condition,
+                        image_seed(config.seed, split, "database", index),
+                        traversal,
+                    )
+                )
     return specs
 
 
@@ -113,11 +136,17 @@ def plan_queries(world: World, config: SynthConfig, split: str) -> list[ImageSpe
         pitch = rng.uniform(-1, 1) * config.query_pitch_jitter_deg
         condition = config.query_conditions[index % len(config.query_conditions)]
         seed = image_seed(config.seed, split, "queries", index)
-        specs.append(ImageSpec(split, "queries", index, x, y, float(heading), float(pitch), float(height), tile, condition, seed, seed))
+        specs.append(
+            ImageSpec(
+                split, "queries", index, x, y, float(heading), float(pitch), float(height), tile, condition, seed, seed
+            )
+        )
     return specs
 
 
 def plan_dataset(world: World, config: SynthConfig) -> dict[str, dict[str, list[ImageSpec]]]:
     """Every image of the dataset: ``plan[split][kind]`` is a list of specs."""
-    return {split: {"database": plan_database(world, config, split), "queries": plan_queries(world, config, split)}
-            for split in SPLITS}
+    return {
+        split: {"database": plan_database(world, config, split), "queries": plan_queries(world, config, split)}
+        for split in SPLITS
+    }

@@ -114,7 +114,15 @@ def _centres(first: float, half: np.ndarray, walk: np.ndarray, interior: np.ndar
 def build_world(config: SynthConfig) -> World:
     """Generate the whole city for ``config`` (deterministic in ``config.seed`` and the layout fields)."""
     rng = np.random.default_rng([config.seed, 0x5C17])
-    counts = [BORDER_BLOCKS, config.train_blocks, config.gap_blocks, config.val_blocks, config.gap_blocks, config.test_blocks, BORDER_BLOCKS]
+    counts = [
+        BORDER_BLOCKS,
+        config.train_blocks,
+        config.gap_blocks,
+        config.val_blocks,
+        config.gap_blocks,
+        config.test_blocks,
+        BORDER_BLOCKS,
+    ]
     ncols, nrows = sum(counts), config.north_blocks + 2 * BORDER_BLOCKS
     lo, hi = config.block_size_m
     half_x, walk_x, avenue_x = _street_widths(rng, ncols + 1)
@@ -128,10 +136,14 @@ def build_world(config: SynthConfig) -> World:
     block_ground = np.zeros((nrows, ncols), dtype=np.int8)
     for r in range(nrows):
         for c in range(ncols):
-            rect = (streets_x[c] + half_x[c] + walk_x[c], streets_y[r] + half_y[r] + walk_y[r],
-                    streets_x[c + 1] - half_x[c + 1] - walk_x[c + 1], streets_y[r + 1] - half_y[r + 1] - walk_y[r + 1])
+            rect = (
+                streets_x[c] + half_x[c] + walk_x[c],
+                streets_y[r] + half_y[r] + walk_y[r],
+                streets_x[c + 1] - half_x[c + 1] - walk_x[c + 1],
+                streets_y[r + 1] - half_y[r + 1] - walk_y[r + 1],
+            )
             mid = np.array([(rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2])
-            tall = float(np.exp(-(np.linalg.norm(mid - centre) / (0.45 * radius)) ** 2))
+            tall = float(np.exp(-((np.linalg.norm(mid - centre) / (0.45 * radius)) ** 2)))
             if rng.random() < config.park_rate:
                 block_ground[r, c] = GROUND_GRASS
                 fill_park(b, rect)
@@ -153,16 +165,37 @@ def build_world(config: SynthConfig) -> World:
     row0, row1 = BORDER_BLOCKS, BORDER_BLOCKS + config.north_blocks
     for split in SPLITS:
         c0, c1 = col, col + config.blocks(split)
-        regions[split] = Region(float(streets_x[c0]), float(streets_x[c1]), float(streets_y[row0]), float(streets_y[row1]),
-                                tuple(range(c0, c1 + 1)), tuple(range(row0, row1 + 1)))
+        regions[split] = Region(
+            float(streets_x[c0]),
+            float(streets_x[c1]),
+            float(streets_y[row0]),
+            float(streets_y[row1]),
+            tuple(range(c0, c1 + 1)),
+            tuple(range(row0, row1 + 1)),
+        )
         col = c1 + config.gap_blocks
 
     return World(
-        seed=config.seed, streets_x=streets_x, streets_y=streets_y, half_x=half_x, half_y=half_y,
-        walk_x=walk_x, walk_y=walk_y, avenue_x=avenue_x, avenue_y=avenue_y, block_ground=block_ground,
+        seed=config.seed,
+        streets_x=streets_x,
+        streets_y=streets_y,
+        half_x=half_x,
+        half_y=half_y,
+        walk_x=walk_x,
+        walk_y=walk_y,
+        avenue_x=avenue_x,
+        avenue_y=avenue_y,
+        block_ground=block_ground,
         segments=np.concatenate(b.segments, axis=0),
         buildings=np.stack(b.buildings).astype(np.float32) if b.buildings else np.zeros((0, NUM_PARAMS), np.float32),
-        props=np.stack(b.props), slots=np.asarray(b.slots, dtype=np.float64), regions=regions,
-        footprints=np.array([(*rect, b.buildings[i][P["height"]] + 0.5 * b.buildings[i][P["roof_extra"]])
-                             for i, (rect, _, _) in enumerate(b.footprints)], dtype=np.float32).reshape(-1, 5),
+        props=np.stack(b.props),
+        slots=np.asarray(b.slots, dtype=np.float64),
+        regions=regions,
+        footprints=np.array(
+            [
+                (*rect, b.buildings[i][P["height"]] + 0.5 * b.buildings[i][P["roof_extra"]])
+                for i, (rect, _, _) in enumerate(b.footprints)
+            ],
+            dtype=np.float32,
+        ).reshape(-1, 5),
     )

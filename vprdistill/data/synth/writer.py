@@ -42,9 +42,16 @@ log = get_logger("data.synth")
 _worker: dict = {}
 
 
-def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, image_size: int = 128,
-             conditions: list[str] | None = None, workers: int | None = None, progress: bool = True,
-             **overrides) -> Path:
+def generate(
+    out_dir: str | os.PathLike,
+    preset: str = "small",
+    seed: int = 0,
+    image_size: int = 128,
+    conditions: list[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    **overrides,
+) -> Path:
     """Generate (or reuse) a SynthCity dataset in ``out_dir`` and return its path.
 
     ``conditions`` is the query mix (``'night-rain-winter'``, ``'fog'``, ...;
@@ -78,7 +85,11 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
             (out / "images" / split / kind).mkdir(parents=True, exist_ok=True)
             (out / "segmentation" / split / kind).mkdir(parents=True, exist_ok=True)
     if places:
-        for folder in (out / PLACES_ROOT / "Images" / CITY, out / PLACES_ROOT / "Segmentation" / CITY, (out / PLACES_CSV).parent):
+        for folder in (
+            out / PLACES_ROOT / "Images" / CITY,
+            out / PLACES_ROOT / "Segmentation" / CITY,
+            (out / PLACES_CSV).parent,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
     _render_all(world, config, [*specs, *places], out, workers or os.cpu_count() or 1, progress)
     if places:
@@ -86,7 +97,10 @@ def generate(out_dir: str | os.PathLike, preset: str = "small", seed: int = 0, i
 
     test = plan["test"]
     samples = pick_samples(test["database"], test["queries"])
-    items = [(out / _image_path(s, world), out / _seg_path(s, world), ("db: " if s.kind == "database" else "") + s.condition) for s in samples]
+    items = [
+        (out / _image_path(s, world), out / _seg_path(s, world), ("db: " if s.kind == "database" else "") + s.condition)
+        for s in samples
+    ]
     make_contact_sheet(items, out / CONTACT_SHEET, cell=max(config.image_size, 128))
     atomic_write_json(out / MANIFEST, manifest)
     (out / IN_PROGRESS).unlink()
@@ -102,8 +116,12 @@ def build_manifest(config: SynthConfig, plan: dict[str, dict[str, list[ImageSpec
         "seed": config.seed,
         "params": config.to_json(),
         "image_size": [config.image_size, config.image_size],
-        "utm": {"zone_number": UTM_ZONE_NUMBER, "zone_letter": UTM_ZONE_LETTER,
-                "origin_east": UTM_ORIGIN[0], "origin_north": UTM_ORIGIN[1]},
+        "utm": {
+            "zone_number": UTM_ZONE_NUMBER,
+            "zone_letter": UTM_ZONE_LETTER,
+            "origin_east": UTM_ORIGIN[0],
+            "origin_north": UTM_ORIGIN[1],
+        },
         "splits": {split: {kind: len(plan[split][kind]) for kind in KINDS} for split in SPLITS},
         "conditions": {
             "database": config.database_condition,
@@ -113,8 +131,11 @@ def build_manifest(config: SynthConfig, plan: dict[str, dict[str, list[ImageSpec
         "classes": classes,
         "palette": {str(c["id"]): c["color"] for c in classes},
         "rendered_class_ids": list(RENDERED_CLASS_IDS),
-        "segmentation": {"root": "segmentation", "format": "single-channel PNG, uint8 Cityscapes trainId, 255 = void",
-                         "layout": "segmentation/<split>/<database|queries>/<image stem>.png"},
+        "segmentation": {
+            "root": "segmentation",
+            "format": "single-channel PNG, uint8 Cityscapes trainId, 255 = void",
+            "layout": "segmentation/<split>/<database|queries>/<image stem>.png",
+        },
         "file_name_fields": list(FIELDS),
         "note_format": "<time>-<weather>-<season>",
     }
@@ -132,7 +153,7 @@ def build_manifest(config: SynthConfig, plan: dict[str, dict[str, list[ImageSpec
                 "dataframe": PLACES_CSV.as_posix(),
                 "columns": list(CSV_COLUMNS),
                 "images": f"{PLACES_ROOT}/Images/{CITY}/{CITY}_<place_id % 10**5, 7 digits>_<year>_<month, 2 digits>_"
-                          "<northdeg, 3 digits>_<lat>_<lon>_<panoid>.jpg",
+                "<northdeg, 3 digits>_<lat>_<lon>_<panoid>.jpg",
                 "segmentation": f"{PLACES_ROOT}/Segmentation/{CITY}/<image stem>.png",
             },
         }
@@ -163,8 +184,10 @@ def _claim_folder(out: Path) -> None:
         raise ValueError(f"out_dir: output folder {out} is not writable")
     ours = (out / IN_PROGRESS).exists() or _read_manifest(out).get("generator") == GENERATOR
     if not ours and any((out / name).exists() for name in ("images", "segmentation", PLACES_ROOT)):
-        raise ValueError(f"out_dir: {out} already holds images/, segmentation/ or {PLACES_ROOT}/ not written by SynthCity; "
-                         "choose an empty folder")
+        raise ValueError(
+            f"out_dir: {out} already holds images/, segmentation/ or {PLACES_ROOT}/ not written by SynthCity; "
+            "choose an empty folder"
+        )
 
 
 def _read_manifest(out: Path) -> dict:
@@ -208,15 +231,24 @@ def _init_worker(world: World, config: SynthConfig, out: str) -> None:
 def _render_chunk(specs: list[ImageSpec | PlaceViewSpec]) -> int:
     world, config, out = _worker["world"], _worker["config"], _worker["out"]
     for spec in specs:
-        rgb, seg = render_view(world, spec.view, config.image_size, config.fov_deg, parse_condition(spec.condition),
-                               spec.seed, spec.traversal_seed)
+        rgb, seg = render_view(
+            world,
+            spec.view,
+            config.image_size,
+            config.fov_deg,
+            parse_condition(spec.condition),
+            spec.seed,
+            spec.traversal_seed,
+        )
         Image.fromarray(rgb).save(out / _image_path(spec, world), format="JPEG", quality=config.jpeg_quality)
         Image.fromarray(seg).save(out / _seg_path(spec, world), format="PNG")
     return len(specs)
 
 
-def _render_all(world: World, config: SynthConfig, specs: list[ImageSpec | PlaceViewSpec], out: Path, workers: int, progress: bool) -> None:
-    chunks = [specs[i:i + CHUNK] for i in range(0, len(specs), CHUNK)]
+def _render_all(
+    world: World, config: SynthConfig, specs: list[ImageSpec | PlaceViewSpec], out: Path, workers: int, progress: bool
+) -> None:
+    chunks = [specs[i : i + CHUNK] for i in range(0, len(specs), CHUNK)]
     with tqdm(total=len(specs), desc="SynthCity", unit="img", disable=not progress) as bar:
         if workers == 1:
             _init_worker(world, config, str(out))

@@ -6,7 +6,8 @@ Each is named in :data:`AGGREGATORS` and built from a config dict by
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn as nn
 

@@ -52,9 +52,7 @@ class NetVLAD(nn.Module):
         return F.normalize(vlad.flatten(1), dim=1)
 
     @torch.no_grad()
-    def init_from_features(
-        self, features: np.ndarray, seed: int = 0, iterations: int = 100, restarts: int = 1
-    ) -> None:
+    def init_from_features(self, features: np.ndarray, seed: int = 0, iterations: int = 100, restarts: int = 1) -> None:
         """Set centroids by k-means (faiss) on local features and the assignment as in NetVLAD.
 
         The assignment weights are ``α · c_k / ||c_k||`` with α chosen so that, on
