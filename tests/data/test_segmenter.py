@@ -301,3 +301,24 @@ def test_a_folder_with_neither_images_nor_mat_files_is_named(tmp_path: Path, cit
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither images/"):
         segment_dataset(tmp_path / "empty", cityscapes_model, progress=False)
+
+
+def test_a_place_set_gets_maps_where_place_training_reads_them(tmp_path: Path, cityscapes_model: Path) -> None:
+    from vprdistill.data.place_images import open_place_images
+    from vprdistill.data.synth import generate
+
+    root = generate(tmp_path / "synth", preset="tiny", seed=2, image_size=32, workers=1, progress=False,
+                    train_places=4, views_per_place=2) / "places"  # fmt: skip
+    ground_truth = open_place_images(root)
+    assert ground_truth.seg_paths is not None  # SynthCity writes its ground-truth maps
+    report = segment_dataset(root, model_id_or_path=cityscapes_model, maps_dir="Segmentation-predicted", progress=False)
+    assert report.written == ground_truth.num_images and report.failed == 0
+    predicted = open_place_images(root, maps_dir="Segmentation-predicted")
+    assert [p.name for p in predicted.seg_paths] == [p.name for p in ground_truth.seg_paths]
+    assert all(p.parent.parent.name == "Segmentation-predicted" and p.is_file() for p in predicted.seg_paths)
+    # The ground truth is left as it was, and the image folders cannot be chosen as maps folders.
+    assert all(p.is_file() for p in ground_truth.seg_paths)
+    with pytest.raises(ValueError, match="one folder name of the place set"):
+        segment_dataset(root, model_id_or_path=cityscapes_model, maps_dir="Images", progress=False)
+    with pytest.raises(FileNotFoundError, match="no such maps folder"):
+        open_place_images(root, maps_dir="Segmentation-other")

@@ -146,3 +146,12 @@ def test_place_batches_validate_on_two_folders(synth_places, tmp_path):
     # The same validation as the split opened as a dataset: the same weights give the same recall.
     reference = loop.train(_config(synth_places), tmp_path / "reference")
     assert _records(reference.run_dir)[0]["val_recall"] == record["val_recall"]
+
+
+def test_a_seg_input_place_run_without_maps_is_refused_before_training(synth_places, tmp_path):
+    empty = synth_places / "places" / "Segmentation-empty"
+    empty.mkdir(exist_ok=True)
+    config = _config(synth_places, "data.input=seg", "data.places_segmentation_dir=Segmentation-empty")
+    with pytest.raises(ValueError, match="needs a class map of every place image"):
+        loop.train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -162,8 +162,36 @@ def _read_city(root: Path, csv_path: Path) -> tuple[list[int], list[Path], list[
     return place_ids, paths, notes if has_note else None
 
 
-def open_place_images(root: str | Path, cities: Sequence[str] | None = None, min_views: int = 2) -> PlaceImages:
+PLACE_MAPS_DIR = "Segmentation"
+# Folders of a place set that hold something else: maps written there would mix with it.
+_RESERVED_PLACE_DIRS = {"Dataframes", "Images"}
+
+
+def check_place_maps_dir(maps_dir: str) -> str:
+    """``maps_dir`` if it names one folder of a place set other than ``Dataframes`` and ``Images``."""
+    if (
+        not maps_dir
+        or "/" in maps_dir
+        or "\\" in maps_dir
+        or maps_dir in (".", "..")
+        or maps_dir in _RESERVED_PLACE_DIRS
+    ):
+        raise ValueError(
+            f"maps folder {maps_dir!r}: give one folder name of the place set, not "
+            f"{', '.join(sorted(_RESERVED_PLACE_DIRS))} (e.g. Segmentation-predicted)"
+        )
+    return maps_dir
+
+
+def open_place_images(
+    root: str | Path, cities: Sequence[str] | None = None, min_views: int = 2, maps_dir: str = PLACE_MAPS_DIR
+) -> PlaceImages:
     """Read a GSV-Cities folder: every city (``Dataframes/*.csv``, sorted) or the named ones.
+
+    ``maps_dir``: the folder of the root holding the class maps,
+    ``<maps_dir>/<city>/<image stem>.png`` (``Segmentation``, or e.g.
+    ``Segmentation-predicted`` written by ``vprdistill segment``); a folder asked
+    for by another name must exist. ``seg_paths`` is ``None`` unless every image has its map.
 
     Places with fewer than ``min_views`` images are dropped. Places are
     labelled in order of city (as listed), then place id; images keep the csv
@@ -224,7 +252,12 @@ def open_place_images(root: str | Path, cities: Sequence[str] | None = None, min
     if missing:
         shown = ", ".join(str(p) for p in missing[:_SHOW_MISSING])
         raise FileNotFoundError(f"{root}: {len(missing)} listed image(s) missing, e.g. {shown}")
-    seg = [root / "Segmentation" / p.parent.name / (p.stem + ".png") for p in paths]
+    maps_dir = check_place_maps_dir(maps_dir)
+    if maps_dir != PLACE_MAPS_DIR and not (root / maps_dir).is_dir():
+        raise FileNotFoundError(
+            f"{root / maps_dir}: no such maps folder (write it with `vprdistill segment {root} --maps-dir {maps_dir}`)"
+        )
+    seg = [root / maps_dir / p.parent.name / (p.stem + ".png") for p in paths]
     return PlaceImages(
         root=root,
         paths=paths,

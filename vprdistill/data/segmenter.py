@@ -390,6 +390,14 @@ def _folder_jobs(root: Path, splits: Sequence[str] | None, maps_dir: str) -> lis
     ]
 
 
+def _place_jobs(root: Path, maps_dir: str) -> list[_Job]:
+    """Jobs of every image of a GSV-Cities place set: ``<maps_dir>/<city>/<image stem>.png``."""
+    from vprdistill.data.place_images import open_place_images
+
+    places = open_place_images(root, min_views=1)
+    return [_Job(path, root / maps_dir / path.parent.name / (path.stem + ".png")) for path in places.paths]
+
+
 def _mat_jobs(
     path: Path, splits: Sequence[str] | None, name: str | None, skip_bad_images: bool, maps_dir: str
 ) -> tuple[list[_Job], list[Path]]:
@@ -431,8 +439,10 @@ def segment_dataset(
     """Write a Cityscapes-trainId segmentation map for every image of a dataset.
 
     ``root`` is a folder-format root (``ROOT/images/<split>/...``), a NetVLAD
-    ``.mat`` file, or a folder holding ``<name>_<split>.mat`` files (in it or in
-    ``datasets/``; ``name`` picks one set, e.g. ``pitts30k``). ``splits`` limits
+    ``.mat`` file, a folder holding ``<name>_<split>.mat`` files (in it or in
+    ``datasets/``; ``name`` picks one set, e.g. ``pitts30k``), or a GSV-Cities
+    place set (``Dataframes/`` + ``Images/<city>/``; maps go to
+    ``Segmentation/<city>/<image stem>.png``, or ``<maps_dir>/<city>/``). ``splits`` limits
     the splits (``None``: all). ``image_size`` is the network input (see
     :class:`Segmenter`: one value is the shorter side, aspect ratio kept).
 
@@ -445,15 +455,23 @@ def segment_dataset(
     the root, default ``segmentation``) is where the map tree goes, e.g.
     ``segmentation-predicted`` to keep ground-truth maps untouched.
     """
+    from vprdistill.data.place_images import PLACE_MAPS_DIR, check_place_maps_dir, is_place_images_root
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    maps_dir = check_segmentation_dir(maps_dir)
     root = Path(root)
     start = time.perf_counter()
     report = SegmentationReport(root=root, model=str(model_id_or_path))
     if not root.exists():
         raise FileNotFoundError(f"dataset path {root} does not exist")
-    if root.is_file() or not (root / "images").is_dir():
+    if is_place_images_root(root):
+        # A place set's maps sit in Segmentation/<city>/ unless another folder is named.
+        if splits or name is not None:
+            raise ValueError("splits and name apply to datasets with splits; a place set (GSV-Cities layout) has none")
+        maps_dir = check_place_maps_dir(PLACE_MAPS_DIR if maps_dir == DEFAULT_SEGMENTATION_DIR else maps_dir)
+        jobs, image_roots = _place_jobs(root, maps_dir), [root]
+    elif root.is_file() or not (root / "images").is_dir():
+        maps_dir = check_segmentation_dir(maps_dir)
         if root.is_file() and root.suffix.lower() != ".mat":
             raise FileNotFoundError(f"{root} is a file but not a NetVLAD .mat structure file")
         if root.is_dir() and not any(
@@ -466,6 +484,7 @@ def segment_dataset(
     else:
         if name is not None:
             raise ValueError("name picks a set of .mat files; a folder-format dataset has one set")
+        maps_dir = check_segmentation_dir(maps_dir)
         jobs, image_roots = _folder_jobs(root, splits, maps_dir), [root]
     todo = [job for job in jobs if overwrite or not job.map_path.is_file()]
     report.skipped = len(jobs) - len(todo)

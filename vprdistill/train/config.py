@@ -68,6 +68,9 @@ class DataConfig:
     places_per_batch: int = 16
     views_per_place: int = 4
     place_batches_per_epoch: int | None = None  # None: one pass over the places per epoch
+    # Maps folder of the place set (input: seg, seg teachers): "Segmentation" (Segmentation/<city>/) or e.g.
+    # "Segmentation-predicted", written by `vprdistill segment PLACES --model SEGMENTER --maps-dir ...`.
+    places_segmentation_dir: str = "Segmentation"
     # Validation on any two folders of images instead of data.dataset's data.val_split: database and
     # queries folders, positions from @east@north@ names or from the CSV data.positions (path,lat,lon
     # or path,east,north; docs/DATASETS.md). With data.places, data.dataset may then be left empty.

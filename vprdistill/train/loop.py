@@ -690,7 +690,18 @@ def _sum_over_ranks(
 
 def _open_places(config: TrainConfig) -> PlaceImages:
     """The place set of place-batched training (``data.places``), logged."""
-    places = open_place_images(config.data.places, cities=config.data.cities, min_views=2)
+    places = open_place_images(
+        config.data.places, cities=config.data.cities, min_views=2, maps_dir=config.data.places_segmentation_dir
+    )
+    # Checked here, before any teacher is loaded or epoch run, rather than at the first batch.
+    seg_teachers = [t for t in (config.method.get("teachers") or []) if isinstance(t, dict) and t.get("input") == "seg"]
+    if places.seg_paths is None and (config.data.input == "seg" or seg_teachers):
+        who = "data.input 'seg'" if config.data.input == "seg" else "a teacher with input: seg"
+        raise ValueError(
+            f"{who} needs a class map of every place image in {places.root / config.data.places_segmentation_dir}"
+            "/<city>/<image stem>.png (data.places_segmentation_dir); write them with `vprdistill segment "
+            f"{places.root} --model SEGMENTER --maps-dir NAME`"
+        )
     if places.num_places < config.data.places_per_batch:
         raise ValueError(
             f"data.places_per_batch is {config.data.places_per_batch}, but {config.data.places} holds only "
