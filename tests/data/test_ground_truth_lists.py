@@ -163,8 +163,6 @@ def test_vprbench_positives_and_order_read_back(vprbench_root: Path) -> None:
         found = dataset.positives(radius)
         assert [f.tolist() for f in found] == [expected[q] for q in range(4)]
     assert np.isnan(dataset.distances_to_database(0)).all()
-    with pytest.raises(DatasetFormatError, match="no positions"):
-        dataset.database_neighbours(10.0)
     with pytest.raises(DatasetFormatError, match="training mining"):
         dataset.require_positions("training mining")
 

@@ -21,13 +21,11 @@ def make_dataset(database_utm: np.ndarray, query_utm: np.ndarray, **extra) -> Pl
     )
 
 
-def brute_force(points: np.ndarray, centres: np.ndarray, radius: float, exclude_self: bool = False) -> list[np.ndarray]:
+def brute_force(points: np.ndarray, centres: np.ndarray, radius: float) -> list[np.ndarray]:
     distances = np.linalg.norm(centres[:, None, :] - points[None, :, :], axis=2)
     result = []
-    for row, d in enumerate(distances):
+    for d in distances:
         inside = np.flatnonzero(d <= radius)
-        if exclude_self:
-            inside = inside[inside != row]
         result.append(inside[np.argsort(d[inside], kind="stable")])
     return result
 
@@ -58,14 +56,6 @@ def test_positive_radius_is_inclusive() -> None:
     dataset = make_dataset(np.array([[3.0, 4.0], [0.0, 6.0], [30.0, 0.0]]), np.array([[0.0, 0.0]]))
     np.testing.assert_array_equal(dataset.positives(5.0)[0], [0])
     np.testing.assert_array_equal(dataset.positives(6.0)[0], [0, 1])
-
-
-def test_database_neighbours_exclude_self(random_dataset: PlaceDataset) -> None:
-    found = random_dataset.database_neighbours(15.0)
-    expected = brute_force(random_dataset.database_utm, random_dataset.database_utm, 15.0, exclude_self=True)
-    assert len(found) == random_dataset.num_database
-    for got, want in zip(found, expected):
-        np.testing.assert_array_equal(got, want)
 
 
 def test_positives_are_cached_and_read_only(random_dataset: PlaceDataset) -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +7,6 @@ import pytest
 import torch
 
 from vprdistill.data.structural import IGNORE_ID, StructuralClassMap
-
-CITYSCAPES_NAMES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]  # fmt: skip
 
 
 def test_default_classes() -> None:
@@ -53,25 +47,6 @@ def test_one_hot() -> None:
         class_map.one_hot(np.zeros((2, 2, 3), dtype=np.uint8))
 
 
-def test_label_names_agree_with_the_id_mapping() -> None:
-    by_names = StructuralClassMap.from_label_names({str(i): n for i, n in enumerate(CITYSCAPES_NAMES)})
-    np.testing.assert_array_equal(by_names.lookup, StructuralClassMap.from_yaml().lookup)
-
-
-def test_label_names_synonyms_and_unknowns(caplog: pytest.LogCaptureFixture) -> None:
-    id2label = {
-        0: "Building;edifice", 1: "tree", 2: "Traffic Sign (Front)", 3: "bed", 4: "Lane_Marking-General", 5: "van",
-    }  # fmt: skip
-    with caplog.at_level(logging.INFO):
-        class_map = StructuralClassMap.from_label_names(id2label)
-    names = class_map.names
-    mapped = class_map.map_ids(np.arange(6))
-    assert [names[i] if i != IGNORE_ID else None for i in mapped] == [
-        "building", "vegetation", "pole_sign", None, "road", "vehicle",
-    ]  # fmt: skip
-    assert "3:bed" in caplog.text
-
-
 def test_bad_yaml_names_file_and_entry(tmp_path: Path) -> None:
     path = tmp_path / "classes.yaml"
     path.write_text("classes: [road, sky]\nsources:\n  mine:\n    0: road\n    1: river\n")
@@ -79,6 +54,3 @@ def test_bad_yaml_names_file_and_entry(tmp_path: Path) -> None:
         StructuralClassMap.from_yaml(path, source="mine")
     with pytest.raises(ValueError, match="no mapping for source 'cityscapes'"):
         StructuralClassMap.from_yaml(path)
-    path.write_text("classes: [road, sky]\nname_synonyms:\n  road: [street]\n  sky: [street]\n")
-    with pytest.raises(ValueError, match="street"):
-        StructuralClassMap.from_label_names({0: "street"}, path)

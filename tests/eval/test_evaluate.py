@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.data.readers import open_dataset
 from vprdistill.eval.evaluate import evaluate_descriptors, evaluate_model, recall_by_condition
 from vprdistill.models.checkpoint import model_fingerprint
@@ -141,6 +143,34 @@ def test_reranker_function_and_object_are_applied_after_the_global_search(datase
 
     with pytest.raises(ValueError, match="not distinct candidates"):
         evaluate_descriptors(database, queries, dataset, reranker=lambda q, c: np.array([99]), rerank_topk=3)
+
+
+def test_reranking_reorders_only_the_top_k_and_keeps_the_rest_and_the_padding():
+    """Only each query's first ``rerank_topk`` valid candidates reach the re-ranker; the rest keep
+    their global order, and the -1 padding of a group smaller than the list stays in place."""
+    database = [Path(f"db{i}.jpg") for i in range(6)]
+    dataset = PlaceDataset(
+        name="grouped", root=Path("."), split="test", database_paths=database,
+        query_paths=[Path("q0.jpg"), Path("q1.jpg")],
+        database_utm=np.array([[100.0 * i, 0.0] for i in range(6)]), query_utm=np.array([[0.0, 0.0], [400.0, 0.0]]),
+        database_groups=["a", "a", "a", "a", "b", "b"], query_groups=["a", "b"],
+    )  # fmt: skip
+    database_descriptors = np.eye(6, dtype=np.float32)
+    # Global order: query 0 ranks 0, 1, 2, 3 (its group); query 1 ranks 4, 5 (a group of two).
+    query_descriptors = np.array([[4, 3, 2, 1, 0, 0], [0, 0, 0, 0, 2, 1]], dtype=np.float32)
+    query_descriptors /= np.linalg.norm(query_descriptors, axis=1, keepdims=True)
+    seen = {}
+
+    def reverse(query_index, candidates):
+        seen[query_index] = candidates.tolist()
+        return candidates[::-1]
+
+    result = evaluate_descriptors(
+        database_descriptors, query_descriptors, dataset, recall_ns=(1, 5), reranker=reverse, rerank_topk=3
+    )
+    assert seen == {0: [0, 1, 2], 1: [4, 5]}
+    np.testing.assert_array_equal(result.predictions, [[2, 1, 0, 3, -1], [5, 4, -1, -1, -1]])
+    assert result.rerank["topk"] == 3
 
 
 def test_evaluate_model_returns_the_report_fields(dataset):

@@ -90,7 +90,9 @@ def test_ablation_variants_are_configurations_of_one_loss() -> None:
     assert (kinds["soft"].w_soft, kinds["soft"].w_cm) == (1.0, 0.0)
     assert (kinds["cross_metric"].w_soft, kinds["cross_metric"].w_cm) == (0.0, 1.0)
     assert kinds["official"].form == "official"
-    assert not kinds["none"].requires_teacher and kinds["soft"].requires_teacher
+    assert kinds["none"](STUDENT, None).total.item() == pytest.approx(HARD, abs=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        kinds["soft"](STUDENT, None)
 
     out = {name: loss(STUDENT, TEACHER) for name, loss in kinds.items()}
     assert out["none"].total.item() == pytest.approx(HARD, abs=1e-5)

@@ -18,7 +18,6 @@ from vprdistill.retrieval.rerank import (
     mutual_nearest_neighbours,
     patch_inliers,
     rerank_candidates,
-    rerank_predictions,
     sift_inliers,
 )
 
@@ -166,22 +165,6 @@ def test_sift_reranker_puts_the_true_match_first() -> None:
     order = reranker.rerank("q.jpg", ["a.jpg", "b.jpg", "match.jpg"], np.array([0, 1, 2]))
     assert order[0] == 2 and sorted(order.tolist()) == [0, 1, 2]
     assert reranker.timing.as_dict()["queries"] == 1
-
-
-def test_rerank_predictions_reorders_only_the_top_k() -> None:
-    rng = np.random.default_rng(5)
-    database = [Path(f"db{i}.jpg") for i in range(6)]
-    maps = {p: rng.normal(size=(16, 6, 6)).astype(np.float32) for p in database}
-    queries = [Path("q0.jpg"), Path("q1.jpg")]
-    maps[queries[0]] = maps[database[4]]
-    maps[queries[1]] = maps[database[1]]
-    reranker = PatchReranker(lambda paths: [maps[p] for p in paths])
-    predictions = np.array([[0, 2, 4, 5, 1], [3, 1, 0, -1, -1]])
-    reranked = rerank_predictions(reranker, queries, database, predictions, topk=3, progress=False)
-    assert reranked[0, 0] == 4 and sorted(reranked[0, :3]) == [0, 2, 4]
-    np.testing.assert_array_equal(reranked[0, 3:], [5, 1])
-    assert reranked[1, 0] == 1 and sorted(reranked[1, :3]) == [0, 1, 3]
-    np.testing.assert_array_equal(reranked[1, 3:], [-1, -1])
 
 
 def test_build_reranker_names_and_errors() -> None:

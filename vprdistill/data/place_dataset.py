@@ -50,7 +50,7 @@ class PlaceDataset:
     gsv-cities ``.npy`` files): per query, the database indices that are right;
     :meth:`positives` then returns them whatever the radius. Without positions
     (``has_positions=False``, positions all zeros) such lists are the only
-    ground truth, and what needs metres (mining, neighbours) raises.
+    ground truth, and what needs metres (mining, a radius search) raises.
     """
 
     name: str
@@ -70,7 +70,7 @@ class PlaceDataset:
     query_groups: list[str] | None = field(default=None, repr=False)
     query_positives: list[np.ndarray] | None = field(default=None, repr=False)
     has_positions: bool = field(default=True, repr=False)
-    _cache: dict[tuple[str, float], list[np.ndarray]] = field(default_factory=dict, init=False, repr=False)
+    _cache: dict[float, list[np.ndarray]] = field(default_factory=dict, init=False, repr=False)
     _tree: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -214,28 +214,25 @@ class PlaceDataset:
             self._tree = NearestNeighbors(algorithm="kd_tree").fit(self.database_utm)
         return self._tree
 
-    def _radius_search(self, kind: str, radius_m: float) -> list[np.ndarray]:
+    def _radius_search(self, radius_m: float) -> list[np.ndarray]:
+        """Per query, the database indices within ``radius_m`` metres, nearest first (cached per radius)."""
         radius_m = float(radius_m)
         if not np.isfinite(radius_m) or radius_m < 0:
             raise ValueError(f"radius_m must be a finite non-negative number of metres, got {radius_m}")
-        key = (kind, radius_m)
-        if key not in self._cache:
-            self.require_positions("a radius search (positives or neighbours in metres)")
-            # With X=None scikit-learn queries the fitted points and leaves each point out of its own list.
-            queries = self.query_utm if kind == "queries" else None
-            _, indices = self._database_tree().radius_neighbors(queries, radius=radius_m, sort_results=True)
+        if radius_m not in self._cache:
+            self.require_positions("a radius search (positives in metres)")
+            _, indices = self._database_tree().radius_neighbors(self.query_utm, radius=radius_m, sort_results=True)
             database_groups = None if self.database_groups is None else np.asarray(self.database_groups, dtype=object)
-            own_groups = self.query_groups if kind == "queries" else self.database_groups
             result = []
             for row, found in enumerate(indices):
                 found = found.astype(np.int64, copy=False)
                 if database_groups is not None:
                     # Groups are separate places (cities, maybe in other UTM zones): metres across them mean nothing.
-                    found = found[database_groups[found] == own_groups[row]]  # type: ignore[index]
+                    found = found[database_groups[found] == self.query_groups[row]]  # type: ignore[index]
                 found.flags.writeable = False  # cached: callers share these arrays
                 result.append(found)
-            self._cache[key] = result
-        return list(self._cache[key])
+            self._cache[radius_m] = result
+        return list(self._cache[radius_m])
 
     def positives(self, radius_m: float) -> list[np.ndarray]:
         """Per query, the database indices within ``radius_m`` metres (inclusive), nearest first.
@@ -248,16 +245,7 @@ class PlaceDataset:
         if self.query_positives is not None:
             return list(self.query_positives)
         self.check_query_positions("ground truth (positives within a radius)")
-        return self._radius_search("queries", radius_m)
-
-    def database_neighbours(self, radius_m: float) -> list[np.ndarray]:
-        """Per database image, the other database indices within ``radius_m`` metres, nearest first.
-
-        An image is not its own neighbour (other images at the same position are).
-        With groups, only images of the same group. Used for mining when database
-        images serve as training queries. Returns N arrays. Needs positions.
-        """
-        return self._radius_search("database", radius_m)
+        return self._radius_search(radius_m)
 
     def distances_to_database(self, query_index: int) -> np.ndarray:
         """Metres from query ``query_index`` to every database image: ``(N,)`` float64 (NaN without positions)."""
@@ -269,7 +257,7 @@ class PlaceDataset:
         """Raise ``DatasetFormatError`` when the dataset has no positions (``has_positions=False``).
 
         Ground truth given as lists serves evaluation only: what needs metres
-        (training mining with its two radii, database neighbours) calls this first.
+        (training mining with its two radii, a radius search) calls this first.
         """
         if not self.has_positions:
             raise DatasetFormatError(

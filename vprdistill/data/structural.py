@@ -8,8 +8,6 @@ The classes and mappings live in ``vprdistill/configs/structural_classes.yaml``.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from vprdistill.utils.logging import get_logger
-
 if TYPE_CHECKING:
     import torch
-
-log = get_logger("data.structural")
 
 DEFAULT_STRUCTURAL_CLASSES = Path(__file__).resolve().parent.parent / "configs" / "structural_classes.yaml"
 IGNORE_ID = 255
@@ -83,31 +77,6 @@ class StructuralClassMap:
         lookup[:num_classes] = np.arange(num_classes, dtype=np.uint8)
         return cls(tuple(f"class_{i}" for i in range(num_classes)), lookup, "identity")
 
-    @classmethod
-    def from_label_names(cls, id2label: Mapping[int | str, str], path: str | Path | None = None) -> StructuralClassMap:
-        """Map a model's class names (e.g. a segmentation config's ``id2label``) through the YAML's synonyms.
-
-        Names no synonym covers are ignored (logged).
-        """
-        path, config = _read_config(path)
-        names = _class_names(config, path)
-        synonyms = _synonym_table(config, names, path)
-        lookup = np.full(256, IGNORE_ID, dtype=np.uint8)
-        unknown = []
-        for raw_id, label in id2label.items():
-            source_id = int(raw_id)
-            if not 0 <= source_id < IGNORE_ID:
-                raise ValueError(f"id2label: class id {raw_id} is outside 0..254")
-            aliases = [_normalise(a) for a in re.split(r"[;,]", str(label))]
-            match = next((synonyms[a] for a in aliases if a in synonyms), None)
-            if match is None:
-                unknown.append(f"{source_id}:{label}")
-            else:
-                lookup[source_id] = names.index(match)
-        if unknown:
-            log.info("ignoring %d classes with no structural synonym: %s", len(unknown), ", ".join(unknown))
-        return cls(names, lookup, "label_names")
-
     def map_ids(self, ids: np.ndarray) -> np.ndarray:
         """Source class ids (any shape, values 0..255) → structural class indices, 255 where ignored (uint8)."""
         ids = np.asarray(ids)
@@ -138,7 +107,7 @@ def _read_config(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
     with path.open(encoding="utf-8") as file:
         config = yaml.safe_load(file)
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping with 'classes', 'sources' and 'name_synonyms'")
+        raise ValueError(f"{path}: expected a mapping with 'classes' and 'sources'")
     return path, config
 
 
@@ -149,22 +118,3 @@ def _class_names(config: dict[str, Any], path: Path) -> tuple[str, ...]:
     if len(set(names)) != len(names) or len(names) >= IGNORE_ID:
         raise ValueError(f"{path}: 'classes' must be distinct and fewer than {IGNORE_ID}")
     return tuple(names)
-
-
-def _synonym_table(config: dict[str, Any], names: tuple[str, ...], path: Path) -> dict[str, str]:
-    table: dict[str, str] = {}
-    for class_name, synonyms in (config.get("name_synonyms") or {}).items():
-        if class_name not in names:
-            raise ValueError(
-                f"{path}: name_synonyms.{class_name} is not a structural class (classes: {', '.join(names)})"
-            )
-        for synonym in synonyms or []:
-            key = _normalise(synonym)
-            if table.get(key, class_name) != class_name:
-                raise ValueError(f"{path}: synonym {synonym!r} is listed for both {table[key]} and {class_name}")
-            table[key] = class_name
-    return table
-
-
-def _normalise(name: str) -> str:
-    return " ".join(re.sub(r"[_\-()]", " ", name.lower()).split())

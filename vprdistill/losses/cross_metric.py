@@ -94,13 +94,9 @@ class CrossMetricDistillationLoss:
                 raise ValueError(f"CrossMetricDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
 
     @property
-    def requires_teacher(self) -> bool:
-        return self.w_soft > 0 or self.w_cm > 0
-
-    @property
     def compares_across_spaces(self) -> bool:
         """Soft and cross-metric terms compare student and teacher descriptors directly."""
-        return self.requires_teacher
+        return self.w_soft > 0 or self.w_cm > 0
 
     def __call__(
         self,
@@ -118,7 +114,7 @@ class CrossMetricDistillationLoss:
         )
         total = self.w_hard * hard
         terms: Terms = {"hard": hard}
-        if self.requires_teacher:
+        if self.w_soft > 0 or self.w_cm > 0:
             teacher = paired_teacher(student, teacher, "CrossMetricDistillationLoss")
             compared = in_teacher_space(student, projected_student, "CrossMetricDistillationLoss")
             if teacher.dim != compared.dim:

@@ -83,10 +83,6 @@ class RelationalDistillationLoss:
                 raise ValueError(f"RelationalDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
 
     @property
-    def requires_teacher(self) -> bool:
-        return self.w_rkd > 0
-
-    @property
     def compares_across_spaces(self) -> bool:
         """RKD compares distances measured within each model's own space: no projection is needed."""
         return False
@@ -106,7 +102,7 @@ class RelationalDistillationLoss:
         )
         total = self.w_hard * hard
         terms: Terms = {"hard": hard}
-        if self.requires_teacher:
+        if self.w_rkd > 0:
             teacher = paired_teacher(student, teacher, "RelationalDistillationLoss")
             rkd = rkd_distance_loss(flatten_tuples(student), flatten_tuples(teacher))
             terms["rkd"] = rkd

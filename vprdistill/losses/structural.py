@@ -160,10 +160,6 @@ class StructuralDistillationLoss:
         self._weighting = _build_weighting(self.weighting)
 
     @property
-    def requires_teacher(self) -> bool:
-        return self.w_kd > 0 or self.w_regression > 0
-
-    @property
     def compares_across_spaces(self) -> bool:
         """Only the optional regression compares descriptors directly; the KL compares similarities."""
         return self.w_regression > 0
@@ -183,7 +179,7 @@ class StructuralDistillationLoss:
         )
         total = self.w_hard * hard
         terms: Terms = {"hard": hard}
-        if self.requires_teacher:
+        if self.w_kd > 0 or self.w_regression > 0:
             teacher = paired_teacher(student, teacher, "StructuralDistillationLoss")
             compared = in_teacher_space(student, projected_student, "StructuralDistillationLoss")
             if self.w_regression > 0 and teacher.dim != compared.dim:

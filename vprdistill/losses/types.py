@@ -121,16 +121,16 @@ class LossOutput:
 class DistillationLoss(Protocol):
     """What the training loop calls on a batch of tuples.
 
-    ``requires_teacher`` tells the loop whether it must run the teacher at all;
-    ``compares_across_spaces`` whether a term compares a student descriptor with a
-    teacher descriptor directly (``||S(x) − T(y)||²``), which needs both in one space.
-    Such terms read ``projected_student`` when given: the student's tuples carried into
-    the teacher's space (a learned projection, for a teacher of another dimension);
-    the student's own terms (triplet) and relational terms (similarities or distances
-    within each model's space) always read ``student``.
+    ``teacher`` may be ``None`` when the loss has no teacher term (its teacher
+    weights are all 0). ``compares_across_spaces`` tells whether a term compares
+    a student descriptor with a teacher descriptor directly (``||S(x) − T(y)||²``),
+    which needs both in one space. Such terms read ``projected_student`` when
+    given: the student's tuples carried into the teacher's space (a learned
+    projection, for a teacher of another dimension); the student's own terms
+    (triplet) and relational terms (similarities or distances within each model's
+    space) always read ``student``.
     """
 
-    requires_teacher: bool
     compares_across_spaces: bool
 
     def __call__(

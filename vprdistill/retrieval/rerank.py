@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vprdistill.retrieval.local_features import (
     Estimator,
@@ -47,7 +46,6 @@ __all__ = [
     "mutual_nearest_neighbours",
     "patch_inliers",
     "rerank_candidates",
-    "rerank_predictions",
     "sift_inliers",
 ]
 
@@ -312,38 +310,3 @@ def build_reranker(
             raise ValueError("the sift re-ranker needs image_loader (path -> image array)")
         return SiftReranker(image_loader, **options)
     raise ValueError(f"unknown re-ranker {kind!r}; choose one of {', '.join(RERANK_KINDS)}")
-
-
-def rerank_predictions(
-    reranker: Reranker,
-    query_paths: Sequence[PathLike],
-    database_paths: Sequence[PathLike],
-    predictions: np.ndarray,
-    topk: int,
-    progress: bool = True,
-) -> np.ndarray:
-    """Re-rank the first ``topk`` columns of every row of a global search result.
-
-    Args:
-        predictions: ``(M, N)`` int database indices per query, best first
-            (negative entries, as returned by faiss for missing results, are kept in place).
-        topk: how many leading candidates of each row are re-ranked; the rest keep their order.
-
-    Returns:
-        ``(M, N)`` int64 predictions with each row's valid top-``topk`` re-ordered.
-    """
-    predictions = np.asarray(predictions)
-    if predictions.ndim != 2 or len(predictions) != len(query_paths):
-        raise ValueError(f"predictions must be (num_queries={len(query_paths)}, N), got {predictions.shape}")
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
-    reranked = predictions.astype(np.int64, copy=True)
-    rows = tqdm(range(len(predictions)), desc=f"re-ranking ({reranker.kind})", unit="query", disable=not progress)
-    for row in rows:
-        head = reranked[row, :topk]
-        valid = head[head >= 0]
-        if len(valid) < 2:
-            continue
-        candidates = [database_paths[i] for i in valid]
-        reranked[row, : len(valid)] = reranker.rerank(query_paths[row], candidates, valid)
-    return reranked

@@ -209,11 +209,6 @@ class FrozenTeacher:
         model = load_external_model(kind, location, kwargs=kwargs, output=output, device=device)
         return cls(model.description, "rgb", image_size, device, external=model, mean=mean, std=std, **options)
 
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        """A frozen teacher ignores requests to leave eval mode (no dropout, no BatchNorm updates)."""
-        self.model.eval()
-        return self
-
     def _paths(self, dataset: PlaceDataset) -> tuple[list[Path], list[Path]]:
         return input_paths(dataset, self.input_kind, needed_by=f"teacher {self.source} (input: seg)")
 

@@ -17,8 +17,9 @@ class NetVLAD(nn.Module):
     """Classic NetVLAD: ``(B, C, H, W)`` or ``(B, N, C)`` → ``(B, K·C)``, intra-normalised then L2-normalised.
 
     The soft assignment is the paper's 1×1 convolution (no bias), applied to each
-    token as a linear map C → K. Call :meth:`init_from_features` with local
-    features of training images to start from k-means centroids, as the paper does.
+    token as a linear map C → K. The centroids start random: to start from
+    k-means centroids, as the paper does, call :meth:`init_from_features` yourself
+    with local features of training images; training does not call it.
 
     Args:
         in_channels: C.
