@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="which NetVLAD set of a root holding several, e.g. pitts30k or pitts250k",
     )
     parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat", "msls", "vprbench", "gsv-lists"),
-                        help="dataset format (docs/DATASETS.md, docs/DATASETS_LISTS.md)")  # fmt: skip
+                        help="dataset format (docs/DATASETS.md)")  # fmt: skip
     parser.add_argument("--image-root", type=Path, default=None, metavar="DIR",
                         help="where the relative image paths of a .mat file or gsv-cities lists start")  # fmt: skip
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
