@@ -93,7 +93,7 @@ def main() -> None:
             f"[{low:+.1f}, {high:+.1f}] (seed to seed). The claim teacher ≥ student + {MARGIN:.0f} holds when the "
             f"interval's lower end is at least {MARGIN:.0f}: **{'holds' if low >= MARGIN else 'not shown'}**.",
             f"- Two independent figures near 30 % differ detectably at {test_set.num_queries} queries from about "
-            f"{smallest:.1f} points (normal approximation); paired differences resolve less.",
+            f"{smallest:.1f} points (normal approximation); paired differences on the same queries resolve smaller gaps.",
         ]
     )
     print(body)

@@ -11,6 +11,7 @@ from vprdistill.models.inference import (
     channels_last_during,
     fold_batchnorm,
     inference_copy,
+    run_in_chunks,
     uses_channels_last,
 )
 from vprdistill.models.registry import build_model
@@ -80,3 +81,16 @@ def test_channels_last_during_runs_the_model_itself_and_restores_its_layout() ->
     assert not uses_channels_last(model)
     assert all(p.is_contiguous() for p in model.parameters()), "safetensors stores contiguous tensors only"
     assert (found - expected).abs().max().item() < 1e-5
+
+
+def test_run_in_chunks_gives_the_whole_batch_result() -> None:
+    model = _trained_statistics(build_model("resnet18-gem"))
+    fast = inference_copy(model)
+    images = torch.randn(11, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    calls = []
+    fast.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    with torch.inference_mode():
+        whole = fast(as_model_input(images, fast))
+        chunked = run_in_chunks(fast, images, chunk=4)
+    assert calls == [11, 4, 4, 3]
+    assert chunked.shape == whole.shape and (chunked - whole).abs().max().item() < 1e-5

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vprdistill.deploy.matching_bench import EXACT_MODE, applicable_modes, measure_mode, random_unit_rows
-from vprdistill.models.inference import as_model_input, inference_copy
+from vprdistill.models.inference import CPU_CHUNK, inference_copy, run_in_chunks
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.bench")
@@ -84,10 +84,11 @@ def peak_rss_mb() -> float:
 def time_pytorch(
     model: torch.nn.Module, image_size: tuple[int, int], batch: int, device: torch.device, repeats: int
 ) -> float:
-    """ms per image of the eager model on a `(batch, 3, H, W)` input (in the model's memory layout)."""
-    images = as_model_input(torch.randn(batch, 3, *image_size, device=device), model)
+    """ms per image of the eager model on a `(batch, 3, H, W)` input, run as ``eval`` runs it (CPU: chunks of 8)."""
+    images = torch.randn(batch, 3, *image_size, device=device)
+    chunk = CPU_CHUNK if device.type == "cpu" else None
     with torch.inference_mode():
-        seconds = best_seconds(lambda: model(images), repeats, device)
+        seconds = best_seconds(lambda: run_in_chunks(model, images, chunk), repeats, device)
     return 1e3 * seconds / batch
 
 

@@ -28,7 +28,7 @@ from vprdistill.deploy.inputs import (
     source_name,
     to_rgb_image,
 )
-from vprdistill.models.inference import as_model_input, inference_copy
+from vprdistill.models.inference import CPU_CHUNK, inference_copy, run_in_chunks
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,8 @@ class Localizer:
     @torch.inference_mode()
     def describe_batch(self, batch: torch.Tensor) -> np.ndarray:
         """Descriptors `(B, D)` float32 of prepared inputs `(B, 3, H, W)`."""
-        return self.model(as_model_input(batch.to(self.device), self.model)).float().cpu().numpy()
+        chunk = CPU_CHUNK if self.device.type == "cpu" else None
+        return run_in_chunks(self.model, batch.to(self.device), chunk).float().cpu().numpy()
 
     def describe(self, images: list[ImageInput], channel_order: str = "RGB") -> np.ndarray:
         """Descriptors `(B, D)` float32 of B images (paths, PIL images, arrays or encoded bytes).

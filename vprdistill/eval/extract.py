@@ -17,7 +17,7 @@ from vprdistill.data.structural import StructuralClassMap
 from vprdistill.data.structural_store import class_map_for_model
 from vprdistill.data.torch_datasets import ImagePathDataset, SegmentationPathDataset
 from vprdistill.data.transforms import build_segmentation_transform, build_transform, image_size_hw
-from vprdistill.models.inference import as_model_input, channels_last_during
+from vprdistill.models.inference import CPU_CHUNK, channels_last_during, run_in_chunks
 
 INPUT_KINDS = ("rgb", "seg")
 
@@ -130,7 +130,8 @@ def extract_descriptors(
             for images, indices in loader:
                 _synchronize(device)
                 batch_start = time.perf_counter()
-                output = runner(as_model_input(images.to(device, non_blocking=True), runner)).float().cpu().numpy()
+                chunk = CPU_CHUNK if device.type == "cpu" else None
+                output = run_in_chunks(runner, images.to(device, non_blocking=True), chunk).float().cpu().numpy()
                 batch_seconds.append((time.perf_counter() - batch_start, len(indices)))
                 if descriptors is None:
                     descriptors = np.empty((len(dataset), output.shape[1]), dtype=np.float32)

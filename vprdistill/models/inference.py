@@ -103,6 +103,22 @@ def channels_last_during(model: nn.Module) -> Iterator[nn.Module]:
             model.to(memory_format=torch.contiguous_format)
 
 
+# Images per forward pass on the CPU. At 224 px a ResNet-50's first-stage activations take
+# about 3 MB an image: 8 images stay within this class of machine's 32 MB L3 cache, 32 do not,
+# and a batch of 32 run at once was 17 % slower per image than 8 (BENCHMARKS.md, cpu-batch-latency).
+CPU_CHUNK = 8
+
+
+def run_in_chunks(model: nn.Module, images: torch.Tensor, chunk: int | None = CPU_CHUNK) -> torch.Tensor:
+    """``model(images)`` `(B, ...)` → `(B, D)`, run ``chunk`` images at a time (all at once for ``None``).
+
+    For inference only (BatchNorm in eval mode), where the rows do not depend on each other.
+    """
+    if chunk is None or images.shape[0] <= chunk:
+        return model(as_model_input(images, model))
+    return torch.cat([model(as_model_input(part, model)) for part in images.split(chunk)])
+
+
 def as_model_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """``images`` `(B, C, H, W)` in the memory layout of ``model``'s convolutions (a no-op when they match)."""
     if images.dim() == 4 and uses_channels_last(model):
