@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -576,3 +577,24 @@ def test_a_hub_folder_without_hubconf_and_a_timm_folder_without_safetensors_are_
     (folder / "config.json").write_text(json.dumps({"num_classes": 0}))
     with pytest.raises(ValueError, match="has no 'architecture'"):
         load_external_model("hf_hub", folder)
+
+
+def test_training_with_an_onnx_teacher(synth_tiny, hub_dir, tmp_path, monkeypatch):
+    """An ONNX teacher through the real loop: its cache in the teacher's space, the projection trained, RKD too."""
+    path = _export_onnx(_reference_net(hub_dir), tmp_path / "teacher.onnx", size=(IMAGE_SIZE, IMAGE_SIZE))
+    recorder = _Recorder(monkeypatch)
+    specs = [
+        {"onnx": str(path), "image_size": [IMAGE_SIZE, IMAGE_SIZE], "loss": {"name": "soft_cross_metric"}},
+        {"onnx": str(path), "image_size": [IMAGE_SIZE, IMAGE_SIZE], "loss": {"name": "rkd"}},
+    ]
+    monkeypatch.setenv("VPRDISTILL_CACHE", str(tmp_path / "cache"))
+    config = tiny_config(synth_tiny, [*FAST, _method(*specs)])
+    result = loop.train(config, tmp_path / "run")
+    (record,) = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert record["tuples"] > 0 and all(math.isfinite(v) for v in record["loss"].values())
+    (method,) = recorder.methods
+    soft, relational = method.teachers
+    assert soft.teacher.descriptor_dim == relational.teacher.descriptor_dim == TEACHER_DIM
+    assert soft.projection is not None and relational.projection is None  # relational terms need none
+    assert not torch.equal(method.state_dict()["rgb0.linear.weight"], recorder.initial[0]["rgb0.linear.weight"])
+    assert list((tmp_path / "cache" / "teacher_descriptors").glob("*.safetensors")), "the ONNX teacher's cache"
