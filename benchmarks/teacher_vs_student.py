@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--pair", nargs=3, action="append", required=True, metavar=("SEED", "TEACHER", "STUDENT"))
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--section", default="teacher-vs-student")
+    parser.add_argument("--how", default="", help="how the runs were trained (a sentence for the table's notes)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     load_before = load_average()
@@ -81,10 +82,11 @@ def main() -> None:
             "## Teacher against the student alone, per seed (TSCM, the demo's place recipe)",
             "",
             f"Command: `uv run --no-sync python benchmarks/teacher_vs_student.py --dataset {args.dataset} "
-            f"--split {args.split} --image-size {args.image_size} {pairs}`",
+            f"--split {args.split} --image-size {args.image_size} {pairs} --how '…'`",
             f"Machine: {machine_description()}; date {today()}; load average {load_before} before, {load_after} after. "
             f"Test: {test_set.num_queries} queries, {test_set.num_database} database images, 25 m. Intervals: 95 % "
-            "bootstrap over queries; paired differences on the same queries with exact McNemar p.",
+            "bootstrap over queries; paired differences on the same queries with exact McNemar p."
+            + (f" Runs: {args.how}" if args.how else ""),
             "",
             *lines,
             "",
