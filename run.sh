@@ -15,7 +15,9 @@ if ! command -v uv >/dev/null 2>&1; then
     fi
 fi
 
-uv sync --locked --quiet
+# Every extra but `gpu` (onnxruntime-gpu replaces onnxruntime's module files): the demo writes
+# its report with `report`, and the tests cover every feature.
+uv sync --locked --extra segment --extra export --extra serve --extra report --quiet
 
 command="${1:-demo}"
 shift || true

@@ -4,7 +4,8 @@ Every module in ``vprdistill.cli`` that defines ``register(subparsers)`` adds
 its own sub-command, so a new command is one new file.
 
 An error a user can fix (``ValueError``, ``RuntimeError``, ``OSError`` and the
-package's errors built on them) ends in one line on stderr and exit status 1;
+package's errors built on them, and ``MissingExtraError``: a feature's optional
+extra is not installed) ends in one line on stderr and exit status 1;
 ``--debug`` (before or after the sub-command) or ``VPRDISTILL_DEBUG=1`` shows
 the traceback instead. Other exceptions are bugs and keep their traceback.
 """
@@ -19,6 +20,7 @@ import sys
 
 import vprdistill
 import vprdistill.cli as cli_package
+from vprdistill.utils.extras import MissingExtraError
 
 DEBUG_ENV = "VPRDISTILL_DEBUG"
 DEBUG_HELP = f"on an error, show the full traceback instead of one line (or set {DEBUG_ENV}=1)"
@@ -61,9 +63,10 @@ def _all_subparsers(
 
 # Errors a user can cause and fix (bad paths, configs, data, a busy run folder, a full disk):
 # one line each. Package errors derive from ValueError or RuntimeError (CheckpointError,
-# DatasetFormatError, FolderLockedError, NonFiniteLossError, ...). Anything else is a bug
-# and keeps its traceback.
-USER_ERRORS = (ValueError, RuntimeError, OSError)
+# DatasetFormatError, FolderLockedError, NonFiniteLossError, ...), and a feature's optional
+# extra not installed (MissingExtraError, not every ImportError: a ModuleNotFoundError can be
+# a bug). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, RuntimeError, OSError, MissingExtraError)
 
 
 def describe_error(error: BaseException) -> str:

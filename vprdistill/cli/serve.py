@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# The `serve` extra's packages: the web framework, the server, the multipart parser of uploads.
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -75,6 +79,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vprdistill.utils.extras import require
+
+    for module in SERVE_MODULES:
+        require(module, "serve", "vprdistill serve")
     import uvicorn
 
     from vprdistill.deploy.localizer import Localizer

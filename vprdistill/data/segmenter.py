@@ -50,6 +50,7 @@ from vprdistill.data.segmentation_labels import (
 )
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
 from vprdistill.utils.device import resolve_device
+from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("data.segmenter")
@@ -133,10 +134,10 @@ def load_segmentation_model(model_id_or_path: str | Path) -> tuple[Any, torch.nn
 
 
 def _from_pretrained(source: str | Path, local_files_only: bool) -> tuple[Any, torch.nn.Module]:
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+    transformers = require("transformers", "segment", "a segmentation model")
 
-    processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
-    model = AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_files_only)
+    processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+    model = transformers.AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_files_only)
     return processor, model
 
 

@@ -21,6 +21,7 @@ import torch
 
 from vprdistill.deploy.matching_bench import EXACT_MODE, applicable_modes, measure_mode, random_unit_rows
 from vprdistill.models.inference import CPU_CHUNK, inference_copy, run_in_chunks
+from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.bench")
@@ -107,7 +108,7 @@ def available_providers() -> list[str]:
     The CPU wheel of ``onnxruntime`` has only the CPU provider; the ``gpu`` extra
     (``onnxruntime-gpu``) adds CUDA and TensorRT.
     """
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "the ONNX Runtime benchmark")
 
     order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     available = set(ort.get_available_providers())
@@ -116,7 +117,7 @@ def available_providers() -> list[str]:
 
 def provider_session(path: str | Path, provider: str, threads: int | None = None) -> Any:
     """An ONNX Runtime session on ``provider`` alone (the CPU provider as the fallback for unsupported nodes)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "the ONNX Runtime benchmark")
 
     options = ort.SessionOptions()
     if threads:

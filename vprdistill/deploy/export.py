@@ -37,6 +37,7 @@ import torch
 
 from vprdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_size_hw
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
+from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
 
 EXPORTERS = ("auto", "dynamo", "legacy")
@@ -121,7 +122,7 @@ def _export(
 
 def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None):
     """An ONNX Runtime session on CUDA when asked for and available, else the CPU."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "ONNX Runtime")
 
     options = ort.SessionOptions()
     if threads:
@@ -182,6 +183,9 @@ def export_onnx(
     """
     from vprdistill.deploy import frame_graph
 
+    # onnx writes and reads the graph, onnxscript is the dynamo exporter's, onnxruntime runs the check.
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module, "export", "ONNX export")
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     channel_order = frame_graph.check_channel_order(channel_order)

@@ -62,6 +62,7 @@ from vprdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_size_h
 from vprdistill.deploy.export import INPUT_NAME, OUTPUT_NAME, sidecar_path
 from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
+from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ class GraphInput:
 
 def _session(path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session; warnings about constant folding of fp16 nodes are not shown."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "ONNX Runtime")
 
     options = ort.SessionOptions()
     if threads:
@@ -714,8 +715,8 @@ def convert_precision(
             descriptors that are no longer unit length, or ones below ``min_cosine``
             (nothing is written then).
     """
-    import onnx
-    import onnxruntime
+    onnx = require("onnx", "export", "the fp16 / int8 conversion")
+    onnxruntime = require("onnxruntime", "export", "the fp16 / int8 conversion")
 
     from vprdistill.data.readers import open_dataset
 

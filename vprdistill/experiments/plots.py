@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import matplotlib
+from vprdistill.utils.extras import require
 
-matplotlib.use("Agg")
+matplotlib = require("matplotlib", "report", "drawing the report's figures")
+matplotlib.use("Agg")  # PNG bytes, no display: chosen before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
 from vprdistill.experiments.rows import ResultRow  # noqa: E402

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vprdistill.models.checkpoint import weights_digest
+from vprdistill.utils.extras import require
 
 EXTERNAL_KINDS = ("torch_hub", "hf_hub", "onnx")
 
@@ -295,7 +296,7 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: Path, device: torch.device) -> None:
         super().__init__()
-        import onnxruntime as ort
+        ort = require("onnxruntime", "export", "an ONNX teacher")
 
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]

@@ -43,16 +43,25 @@ from contextlib import aclosing
 from typing import Any, BinaryIO
 
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
-from vprdistill.deploy.inputs import ImageLoadError, ImageTooLargeError, check_image_header, decode_image_file
-from vprdistill.deploy.localizer import Localizer
-from vprdistill.serve.auth import api_key_dependency
-from vprdistill.serve.limits import (
+from vprdistill.utils.extras import require
+
+# The service's packages come with the `serve` extra: a missing one is named before the imports below fail.
+# python_multipart parses the uploads (without it starlette still imports, and fails only when a form arrives).
+for _module in ("fastapi", "python_multipart"):
+    require(_module, "serve", "the HTTP service (vprdistill.serve)")
+del _module
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.datastructures import FormData, UploadFile  # noqa: E402
+from starlette.formparsers import MultiPartException, MultiPartParser  # noqa: E402
+
+from vprdistill.deploy.inputs import ImageLoadError, ImageTooLargeError, check_image_header, decode_image_file  # noqa: E402
+from vprdistill.deploy.localizer import Localizer  # noqa: E402
+from vprdistill.serve.auth import api_key_dependency  # noqa: E402
+from vprdistill.serve.limits import (  # noqa: E402
     DEFAULT_DECODE_SLOTS,
     DEFAULT_MAX_BATCH_IMAGES,
     DEFAULT_MAX_PIXELS,

@@ -38,6 +38,7 @@ from vprdistill.data.segmentation_labels import CITYSCAPES_TRAIN_ID_NAMES, VOID_
 from vprdistill.train.segmenter_config import SegmenterTrainingConfig
 from vprdistill.utils.atomic import atomic_write_json
 from vprdistill.utils.atomic_folder import atomic_folder
+from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
 from vprdistill.utils.seed import seed_everything
 
@@ -60,10 +61,10 @@ class SegmenterTrainingResult:
 
 def build_segformer(config: SegmenterTrainingConfig) -> torch.nn.Module:
     """A randomly initialised ``SegformerForSemanticSegmentation`` with the 19 Cityscapes trainId classes."""
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    transformers = require("transformers", "segment", "SegFormer training")
 
     stages = len(config.hidden_sizes)
-    model_config = SegformerConfig(
+    model_config = transformers.SegformerConfig(
         num_encoder_blocks=stages,
         depths=list(config.depths),
         hidden_sizes=list(config.hidden_sizes),
@@ -79,14 +80,16 @@ def build_segformer(config: SegmenterTrainingConfig) -> torch.nn.Module:
         label2id={name: i for i, name in enumerate(CITYSCAPES_TRAIN_ID_NAMES)},
         semantic_loss_ignore_index=VOID_ID,
     )
-    return SegformerForSemanticSegmentation(model_config)
+    return transformers.SegformerForSemanticSegmentation(model_config)
 
 
 def build_processor(image_size: int) -> Any:
     """The ``SegformerImageProcessor`` saved with the model: resize to ``image_size`` square, ImageNet normalisation."""
-    from transformers import SegformerImageProcessor
+    transformers = require("transformers", "segment", "SegFormer training")
 
-    return SegformerImageProcessor(size={"height": image_size, "width": image_size}, do_reduce_labels=False)
+    return transformers.SegformerImageProcessor(
+        size={"height": image_size, "width": image_size}, do_reduce_labels=False
+    )
 
 
 def training_pairs(
