@@ -1,8 +1,9 @@
 """Milliseconds per query of exact search against a 10,000 × 2048 database.
 
 Compares, in one run and on the same data, ``vprdistill.retrieval.exact_search``
-(through a prebuilt ``FlatIndex``, as the one-call function, and with the
-oneDNN product turned off), faiss ``IndexFlatIP`` and a plain NumPy full sort,
+(NumPy's BLAS), the oneDNN product of ``benchmarks/_search_helpers.py`` (a
+private torch operator the package does not use), faiss ``IndexFlatIP`` and a
+plain NumPy full sort,
 for a batch of queries and for single queries, checks that they return the
 same neighbours and writes the ``eval-speed`` section of BENCHMARKS.md.
 
@@ -23,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._search_helpers import ONEDNN_MIN_QUERIES, onednn_available, onednn_search  # noqa: E402
 from benchmarks.report_sections import machine_description, today, update_section  # noqa: E402
-from vprdistill.retrieval.search import ONEDNN_MIN_QUERIES, FlatIndex, exact_search, onednn_available  # noqa: E402
+from vprdistill.retrieval.search import exact_search  # noqa: E402
 from vprdistill.utils.device import set_threads  # noqa: E402
 
 
@@ -94,13 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
     faiss_index = faiss.IndexFlatIP(args.dim)
     faiss_index.add(database)
-    our_index = FlatIndex.from_descriptors(database)
-    numpy_only_index = FlatIndex.from_descriptors(database, use_onednn=False)
+    onednn = onednn_search(database)
 
     methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "vprdistill FlatIndex.search (matmul)": lambda q: our_index.search(q, k)[1],
-        "vprdistill exact_search() (matmul)": lambda q: exact_search(database, q, k)[1],
-        "vprdistill FlatIndex, NumPy BLAS only": lambda q: numpy_only_index.search(q, k)[1],
+        "vprdistill exact_search() (matmul, NumPy BLAS)": lambda q: exact_search(database, q, k)[1],
+        "oneDNN product (benchmarks/_search_helpers.py)": lambda q: onednn(q, k)[1],
         "faiss IndexFlatIP": lambda q: faiss_index.search(q, k)[1],
         "numpy argsort (full sort)": lambda q: numpy_full_sort(database, q, k),
     }
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {load_before:.1f} before, {load_after:.1f} after (2-core machine shared with other work).",
             "- 'vs faiss' = faiss time / method time (above 1 is faster than faiss). Agreement below 100% comes from "
             "float32 rounding of near-tied scores.",
-            f"- The matmul backend computes blocks of at least {ONEDNN_MIN_QUERIES} queries with oneDNN "
+            f"- The oneDNN row computes blocks of at least {ONEDNN_MIN_QUERIES} queries with oneDNN "
             f"(available here: {'yes' if onednn_available() else 'no'}) and smaller ones, single queries included, "
-            "with NumPy's BLAS; faiss and NumPy bring their own OpenBLAS builds.",
+            "with NumPy's BLAS, as `exact_search` does throughout; faiss and NumPy bring their own OpenBLAS builds.",
             f"- Command: `{command.strip()}`",
             "",
             *table,

@@ -29,11 +29,6 @@ from vprdistill.models.checkpoint import load_model
 from vprdistill.utils.device import set_threads
 
 
-def condition_hits(row, conditions: list[str], condition: str) -> list[int]:
-    """The R@1 hits of ``row`` restricted to the queries of ``condition``."""
-    return [hit for hit, c in zip(row.hits["1"], conditions) if c == condition]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, required=True, help="folder of run folders (the demo's OUT/runs)")
@@ -81,19 +76,19 @@ def main() -> int:
     lines.append(
         f"| thumbnail-16 | {thumbnail.recall['1']:.1f} [{thumbnail.recall_ci['1'][0]:.1f}, "
         f"{thumbnail.recall_ci['1'][1]:.1f}] | – | "
-        + " | ".join(f"{thumbnail.recall_per_condition[c]['1']:.1f}" for c in names)
+        + " | ".join(f"{thumbnail.condition_recall(c):.1f}" for c in names)
         + " | – |"
     )
     failures = []
     for run_dir in runs:
         row = evaluate_run_row(run_dir, test_set, run_dir.name, "", image_size=size, device="cpu")
         paired = paired_comparison(row.hits["1"], thumbnail.hits["1"])
-        above = {c: row.recall_per_condition[c]["1"] > thumbnail.recall_per_condition[c]["1"] for c in names}
+        above = {c: row.condition_recall(c) > thumbnail.condition_recall(c) for c in names}
         overall = row.recall["1"] > thumbnail.recall["1"]
         ok = overall and all(above.values())
         if not ok:
             failures.append(run_dir.name)
-        cells = [f"{row.recall_per_condition[c]['1']:.1f}{'' if above[c] else ' ✗'}" for c in names]
+        cells = [f"{row.condition_recall(c):.1f}{'' if above[c] else ' ✗'}" for c in names]
         lines.append(
             f"| {run_dir.name} | {row.recall['1']:.1f} [{row.recall_ci['1'][0]:.1f}, {row.recall_ci['1'][1]:.1f}]"
             f"{'' if overall else ' ✗'} | {paired} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |"

@@ -33,15 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._search_helpers import index_memory_bytes, set_search_params  # noqa: E402
 from benchmarks.report_sections import machine_description, today, update_section  # noqa: E402
 from vprdistill.retrieval.approximate import (  # noqa: E402
     build_index,
     default_m_pq,
     default_nlist,
-    index_memory_bytes,
     recall_against_exact,
     search_reranked,
-    set_search_params,
 )
 from vprdistill.retrieval.search import exact_search  # noqa: E402
 from vprdistill.utils.device import set_threads  # noqa: E402
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         batched, single = ms_per_query(
             lambda q, index=index: index.search(q, k), queries, args.single_queries, args.repeats
         )
-        recall = recall_against_exact(index, queries, exact)
+        recall = recall_against_exact(index.search(queries, 10)[1], exact)
         name = "flat (exact, faiss IndexFlatIP)"
         if kind == "ivfpq":
             name = f"IVF-PQ (nlist {index.nlist}, PQ{index.pq.M}x{index.pq.nbits}, nprobe {index.nprobe})"
@@ -217,12 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             for nprobe in args.sweep_nprobe:
                 set_search_params(index, nprobe=nprobe)
                 speed = batched_ms(lambda q, index=index: index.search(q, k), queries, args.repeats)
-                sweep.append((f"IVF-PQ nprobe {nprobe}", speed, recall_against_exact(index, queries, exact)))
+                sweep.append(
+                    (f"IVF-PQ nprobe {nprobe}", speed, recall_against_exact(index.search(queries, 10)[1], exact))
+                )
         if kind == "hnsw":
             for ef in args.sweep_ef_search:
                 set_search_params(index, ef_search=ef)
                 speed = batched_ms(lambda q, index=index: index.search(q, k), queries, args.repeats)
-                sweep.append((f"HNSW efSearch {ef}", speed, recall_against_exact(index, queries, exact)))
+                sweep.append((f"HNSW efSearch {ef}", speed, recall_against_exact(index.search(queries, 10)[1], exact)))
         del index
         gc.collect()
 

@@ -4,7 +4,7 @@ Times, in one run and on the same data: our exact path
 (``vprdistill.retrieval.search.exact_search``) and faiss ``IndexFlatIP``, each
 batched and one query at a time, then the compact modes a map index offers
 (PCA 256/128 float32, float16, int8, and combinations) through the very
-``CompactSearcher`` the localizer uses. Methods take turns within each
+faiss index (``MatchingMode.build``) a map index searches with. Methods take turns within each
 repetition so that load changes on a shared machine hit all alike; the best
 repetition is kept.
 
@@ -36,16 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._search_helpers import structured_descriptors  # noqa: E402
 from benchmarks.report_sections import machine_description, today, update_section  # noqa: E402
-from vprdistill.deploy.matching_bench import (  # noqa: E402
-    COMPACT_MODES,
-    EXACT_MODE,
-    applicable_modes,
-    random_unit_rows,
-    recall_against_exact,
-    structured_descriptors,
-)
-from vprdistill.deploy.searcher import CompactSearcher  # noqa: E402
+from vprdistill.deploy.matching_bench import COMPACT_MODES, EXACT_MODE, applicable_modes, random_unit_rows  # noqa: E402
+from vprdistill.retrieval.approximate import recall_against_exact  # noqa: E402
+from vprdistill.retrieval.approximate import search as search_index  # noqa: E402
 from vprdistill.retrieval.search import exact_search  # noqa: E402
 from vprdistill.utils.device import set_threads  # noqa: E402
 
@@ -86,7 +81,7 @@ def time_methods(
 
 def real_descriptors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Database and query descriptors of a dataset split with a model, and each query's GPS positives."""
-    from vprdistill.cli.eval import load_model_or_preset, run_settings
+    from vprdistill.cli.common import load_model_or_preset, run_settings
     from vprdistill.data.readers import open_dataset
     from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.eval.extract import compute_descriptors
@@ -121,9 +116,8 @@ def recall_rows(args: argparse.Namespace, modes: list) -> tuple[str, list[dict]]
     _, exact = exact_search(database, queries, 10)
     rows = []
     for mode in [EXACT_MODE, *[m for m in modes if m.pca_dim is None or m.pca_dim <= len(database)]]:
-        searcher = CompactSearcher.build(database, mode.index_type, mode.dtype, mode.pca_dim)
-        _, found = searcher.search(queries, 10)
-        row = {"mode": mode.name, **recall_against_exact(found, exact[:, 0])}
+        _, found = search_index(mode.build(database), queries, 10)
+        row = {"mode": mode.name, **{f"recall@{n}_vs_exact": r for n, r in recall_against_exact(found, exact).items()}}
         if positives is not None:
             row.update(gps_recall(found, positives))
         rows.append(row)
@@ -194,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     faiss_index = faiss.IndexFlatIP(args.dim)
     faiss_index.add(database)
     modes = applicable_modes(args.dim, COMPACT_MODES)
-    searchers = {m.name: CompactSearcher.build(database, m.index_type, m.dtype, m.pca_dim) for m in modes}
+    searchers = {m.name: m.build(database) for m in modes}
     methods: dict[str, Callable[[np.ndarray], object]] = {
         "exact_search (ours)": lambda q: exact_search(database, q, k),
         "faiss IndexFlatIP": lambda q: faiss_index.search(q, k),
-        **{f"compact {name}": (lambda s: lambda q: s.search(q, k))(searcher) for name, searcher in searchers.items()},
+        **{
+            f"compact {name}": (lambda s: lambda q: search_index(s, q, k))(searcher)
+            for name, searcher in searchers.items()
+        },
     }
     timings_by_threads, loads = {}, {}
     for threads in args.threads:
@@ -227,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Timing data: database {args.database:,} × {args.dim} random L2-normalised float32 (seed {args.seed}), "
         f"top-{k}; batched = {args.batch_queries} queries in one call, single = a loop of {args.single_queries} "
         f"one-query calls; best of {args.repeats}, methods taking turns. Compact modes include projecting the "
-        "query (PCA) and are the `CompactSearcher` a map index searches with. Threads: NumPy's BLAS, torch and "
+        "query (PCA) and are the faiss index (`MatchingMode.build`) a map index searches with. Threads: NumPy's BLAS, torch and "
         "faiss all set to the count of each table.",
         f"- Recall columns: {setting}; recall@N = share of queries whose exact nearest neighbour is in the mode's top N.",
         f"- Command: `{command.strip()}`",

@@ -36,7 +36,7 @@ def model_and_size(args: argparse.Namespace):
     """The model to export (a checkpoint when ``--model`` is given, else the random-weight preset) and its input size."""
     import torch
 
-    from vprdistill.cli.eval import load_model_or_preset, run_settings
+    from vprdistill.cli.common import load_model_or_preset, run_settings
     from vprdistill.deploy.model_io import pick_image_size
 
     spec = args.model or args.preset

@@ -27,11 +27,6 @@ from vprdistill.experiments.baselines import evaluate_run_row, thumbnail_row  # 
 MARGIN = 3.0  # R@1 points the teacher must lead by
 
 
-def condition_recall(hits: list[int], conditions: list[str], condition: str) -> float:
-    chosen = [h for h, c in zip(hits, conditions) if c == condition]
-    return 100.0 * sum(chosen) / len(chosen)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
@@ -54,7 +49,7 @@ def main() -> None:
 
     def line(label: str, row) -> str:
         low, high = row.recall_ci["1"]
-        cells = [f"{condition_recall(row.hits['1'], conditions, c):.1f}" for c in names]
+        cells = [f"{row.condition_recall(c):.1f}" for c in names]
         return f"| {label} | {row.recall['1']:.1f} [{low:.1f}, {high:.1f}] | " + " | ".join(cells) + " |"
 
     lines.append(line("thumbnail-16 (untrained)", thumbnail))

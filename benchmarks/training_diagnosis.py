@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vprdistill.cli.eval import load_model_or_preset
+from vprdistill.cli.common import load_model_or_preset
 from vprdistill.data.readers import open_dataset_with_source
 from vprdistill.eval.evaluate import default_image_size, evaluate_descriptors
 from vprdistill.eval.extract import compute_descriptors

@@ -14,11 +14,11 @@ from PIL import Image
 from tests.deploy.helpers import SPACING_M, pattern_image, place_name
 from vprdistill.cli.main import main
 from vprdistill.data.readers import open_dataset
-from vprdistill.deploy.index import IndexModelMismatchError, MapIndex
-from vprdistill.deploy.searcher import CompactSearcher
+from vprdistill.deploy.index import IndexModelMismatchError, MapIndex, load_store, save_store, storage_kind
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.checkpoint import load_model, model_fingerprint
 from vprdistill.models.registry import build_model
+from vprdistill.retrieval.approximate import build_index, empty_like
 
 
 def test_build_and_load_round_trip(tiny_index: Path, tiny_dataset: Path, tiny_model_stem: Path) -> None:
@@ -127,7 +127,7 @@ def test_failure_while_writing_leaves_the_previous_index_intact(
 
 def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    index = MapIndex(CompactSearcher.build(np.eye(3, 8, dtype=np.float32)), np.zeros((3, 2)), ["a", "b", "c"],
+    index = MapIndex(build_index(np.eye(3, 8, dtype=np.float32)), np.zeros((3, 2)), ["a", "b", "c"],
                      {"descriptor_dim": 8})  # fmt: skip
     with pytest.raises(FileExistsError, match="index.json"):
         index.save(tmp_path)
@@ -193,16 +193,16 @@ def test_build_with_images_folder_reads_positions_and_allows_unknown(tiny_model_
 def test_trained_stores_survive_save_load_and_empty_like(
     tmp_path: Path, index_type: str, dtype: str, pca: int | None
 ) -> None:
-    from vprdistill.deploy.matching_bench import structured_descriptors
+    from benchmarks._search_helpers import structured_descriptors
 
     database, queries = structured_descriptors(np.random.default_rng(0), 3000, 20, 64, latent_dim=32)
-    searcher = CompactSearcher.build(database, index_type, dtype, pca)
-    searcher.save(tmp_path)
-    loaded = CompactSearcher.load(tmp_path, index_type, dtype, searcher.stored_dim, pca is not None)
-    np.testing.assert_array_equal(loaded.search(queries, 5)[1], searcher.search(queries, 5)[1])
+    store = build_index(database, storage_kind(index_type, dtype), pca_dim=pca, normalise=True)
+    save_store(store, tmp_path, index_type, dtype)
+    loaded = load_store(tmp_path, index_type, dtype, 64, pca or 64, pca is not None)
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], store.search(queries, 5)[1])
     # empty_like keeps the trained quantiser: entries added later are found as themselves.
-    empty = searcher.empty_like()
-    assert len(empty) == 0
+    empty = empty_like(store)
+    assert empty.ntotal == 0
     empty.add(database[:50])
     assert empty.search(database[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]
 
@@ -241,3 +241,26 @@ def test_sharded_build_matches_a_plain_build_and_reuses_finished_shards(
     # A second build reads the finished shards back instead of recomputing them.
     assert main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in sorted(shards.glob("shard_*.npy"))} == stamps
+
+
+def test_folder_in_the_first_format_loads_and_searches_as_numpy(tmp_path: Path) -> None:
+    """A PCA-reduced flat float32 folder laid out by hand as the first version wrote it (no checksums)."""
+    rng = np.random.default_rng(5)
+    unit = lambda rows: (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    matrix, bias = rng.standard_normal((4, 10)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    database = unit(rng.standard_normal((30, 10)))
+    np.save(tmp_path / "descriptors.npy", unit(database @ matrix.T + bias))
+    np.save(tmp_path / "pca_matrix.npy", matrix)
+    np.save(tmp_path / "pca_bias.npy", bias)
+    np.save(tmp_path / "positions.npy", np.arange(60, dtype=np.float64).reshape(30, 2))
+    (tmp_path / "paths.json").write_text(json.dumps([f"{i}.jpg" for i in range(30)]))
+    manifest = {"format_version": 1, "model_fingerprint": "f", "model_config": {}, "descriptor_dim": 10,
+                "stored_dim": 4, "type": "flat", "pca": 4, "dtype": "float32", "count": 30, "image_size": [8, 8]}  # fmt: skip
+    (tmp_path / "index.json").write_text(json.dumps(manifest))
+    index = MapIndex.load(tmp_path)
+    queries = unit(rng.standard_normal((6, 10)))
+    scores, indices = index.search(queries, 3)
+    expected = unit(queries @ matrix.T + bias) @ unit(database @ matrix.T + bias).T
+    np.testing.assert_array_equal(indices, np.argsort(-expected, axis=1, kind="stable")[:, :3])
+    np.testing.assert_allclose(scores, np.sort(expected, axis=1)[:, ::-1][:, :3], atol=1e-5)
+    assert index.positions[29].tolist() == [58.0, 59.0] and index.paths[0] == "0.jpg"

@@ -67,6 +67,11 @@ def test_row_holds_per_query_hits_and_bootstrap_intervals() -> None:
     assert high == pytest.approx(row.recall["1"] + half, abs=1.0)
     assert row.recall_ci["5"] == [100.0, 100.0]
     assert set(row.recall_per_condition) == {"day", "night"}
+    # Queries alternate day / night: each condition's Recall@1 is the mean of its own half of the hits.
+    assert row.condition_recall("day") == pytest.approx(100 * found[0::2].mean())
+    assert row.condition_recall("night", n="1") == pytest.approx(100 * found[1::2].mean())
+    with pytest.raises(ValueError, match="no Recall@1 under condition 'dusk'"):
+        row.condition_recall("dusk")
     with pytest.raises(ValueError, match="kind must be one of"):
         ResultRow("x", "", 0, {}, kind="finetuned")
 
@@ -129,10 +134,7 @@ def test_untrained_model_is_seeded_like_training() -> None:
     assert seg.input_channels == 10 and seg.structural_class_map is not None
 
 
-def test_mean_and_interval_over_seeds() -> None:
-    from vprdistill.experiments.ablation import mean_and_interval, mean_and_spread
+def test_mean_and_spread_over_seeds() -> None:
+    from benchmarks._experiments_helpers import mean_and_spread
 
-    half = 4.302652729749464 * 2.0 / math.sqrt(3)  # t(0.975, 2 dof) · s / sqrt(3), s = 2
-    assert mean_and_interval([10.0, 12.0, 14.0]) == f"12.0 [{12 - half:.1f}, {12 + half:.1f}]"
-    assert mean_and_interval([7.25]) == "7.2"
     assert mean_and_spread([10.0, 12.0, 14.0]) == "12.0 ± 1.6"  # population std, unchanged

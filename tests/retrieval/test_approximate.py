@@ -9,10 +9,11 @@ import faiss
 import numpy as np
 import pytest
 
+from benchmarks._search_helpers import index_memory_bytes
 from vprdistill.retrieval.approximate import (
     IndexFileError,
     build_index,
-    index_memory_bytes,
+    empty_like,
     load_index,
     recall_against_exact,
     save_index,
@@ -62,7 +63,7 @@ def test_flat_is_exact(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     database, queries, exact = data
     index = build_index(database, "flat")
     assert index.ntotal == NUM
-    assert recall_against_exact(index, queries, exact) == {1: 1.0, 10: 1.0}
+    assert recall_against_exact(index.search(queries, 10)[1], exact) == {1: 1.0, 10: 1.0}
 
 
 def test_approximate_indexes_find_the_exact_neighbour(
@@ -72,12 +73,12 @@ def test_approximate_indexes_find_the_exact_neighbour(
     # HNSW keeps float32 vectors; with 32 links and ef_search 64 on 4,000 points a
     # search visits a large share of the graph, so missing the true neighbour in
     # the top 10 should be rare (faiss reports > 0.95 recall@1 at this setting on SIFT1M).
-    assert recall_against_exact(hnsw, queries, exact)[10] >= 0.95
+    assert recall_against_exact(hnsw.search(queries, 10)[1], exact)[10] >= 0.95
     # IVF-PQ: 8 bytes per 64-d vector (32× smaller than float32), 16 of 64 cells
     # scanned. Quantisation reorders near-ties (recall@1 ≈ 0.9 on these data) but
     # its error is well under the gap between a query's source row and the rest
     # of its cluster, so the neighbour stays in the top 10 (≥ 0.985 over 4 seeds).
-    recall = recall_against_exact(ivfpq, queries, exact)
+    recall = recall_against_exact(ivfpq.search(queries, 10)[1], exact)
     assert recall[10] >= 0.9
     # Near-ties reorder under quantisation, so the exact first neighbour is not always first.
     assert recall[1] < recall[10]
@@ -147,3 +148,46 @@ def test_bad_arguments_and_files_are_named(data: tuple[np.ndarray, np.ndarray, n
         load_index(not_an_index)
     with pytest.raises(FileNotFoundError, match="missing.faiss"):
         load_index(tmp_path / "missing.faiss")
+
+
+def numpy_pca_space(database: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
+    """``rows`` normalised, projected on the top ``dim`` principal axes of the normalised database, normalised."""
+    centred = unit(database) - unit(database).mean(axis=0)
+    axes = np.linalg.svd(centred.astype(np.float64), full_matrices=False)[2][:dim]
+    return unit((unit(rows) - unit(database).mean(axis=0)) @ axes.T)
+
+
+def test_pca_prefix_searches_as_numpy_pca_then_normalisation(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    database, queries, _ = data
+    index = build_index(database * 3.0, "flat", pca_dim=16)  # un-normalised input: the chain normalises it
+    assert index.d == DIM and index.ntotal == NUM
+    scores, indices = index.search(queries, 5)
+    reduced_db, reduced_queries = numpy_pca_space(database, database, 16), numpy_pca_space(database, queries, 16)
+    expected = reduced_queries @ reduced_db.T
+    # Principal axes are defined up to sign, which inner products of projections do not see.
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, indices, axis=1), atol=1e-4)
+    np.testing.assert_allclose(scores[:, 0], expected.max(axis=1), atol=1e-4)
+
+
+@pytest.mark.parametrize(("kind", "pca_dim"), [("fp16", None), ("sq8", None), ("sq8", 32), ("hnsw", 32)])
+def test_compressed_kinds_keep_the_exact_neighbour_and_survive_empty_like(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], kind: str, pca_dim: int | None
+) -> None:
+    database, queries, exact = data
+    index = build_index(database, kind, pca_dim=pca_dim)
+    found = index.search(queries, 10)[1]
+    # fp16 and SQ8 err far below the gap between a query's source row and its
+    # cluster; PCA to 32 of 64 dimensions keeps these 40 clusters apart.
+    assert recall_against_exact(found, exact)[10] >= 0.9
+    if kind == "fp16":
+        scores = index.search(queries, 1)[0][:, 0]
+        np.testing.assert_allclose(scores, np.einsum("md,md->m", queries, database[exact[:, 0]]), atol=2e-3)
+    empty = empty_like(index)
+    assert empty.ntotal == 0 and empty.d == DIM
+    empty.add(database[:60])
+    assert empty.search(database[:6], 1)[1][:, 0].tolist() == list(range(6))
+
+
+def test_recall_against_exact_counts_hits_within_each_cut_off() -> None:
+    found = np.array([[3, 1, 2], [0, 5, 6], [7, 8, 9]])
+    assert recall_against_exact(found, np.array([1, 0, 4]), ks=(1, 2)) == {1: 1 / 3, 2: 2 / 3}

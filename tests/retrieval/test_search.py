@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vprdistill.retrieval.search import ONEDNN_MIN_QUERIES, SEARCH_BACKENDS, FlatIndex, exact_search
+from benchmarks._search_helpers import ONEDNN_MIN_QUERIES, onednn_search
+from vprdistill.retrieval.search import SEARCH_BACKENDS, exact_search
 
 
 def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -50,28 +51,17 @@ def test_single_query_and_k_clipped_to_database_size(backend):
     np.testing.assert_array_equal(indices, brute_force(database, query, 6)[1])
 
 
-@pytest.mark.parametrize("use_onednn", [None, True, False])
-def test_product_paths_agree(use_onednn):
+@pytest.mark.parametrize("min_queries", [1, ONEDNN_MIN_QUERIES, 10**9])
+def test_benchmarked_onednn_path_matches_brute_force(min_queries):
+    # 1: every block through oneDNN (where available); 10**9: NumPy's BLAS only.
     rng = np.random.default_rng(4)
     database, queries = unit_rows(rng, 500, 64), unit_rows(rng, 90, 64)
-    index = FlatIndex.from_descriptors(database, use_onednn=use_onednn)
-    for batch_size in (None, 1, 30):
-        scores, indices = index.search(queries, 15, batch_size=batch_size)
-        expected_scores, expected_indices = brute_force(database, queries, 15)
+    search = onednn_search(database, min_queries)
+    for rows in (90, 1, 30):
+        scores, indices = search(queries[:rows], 15)
+        expected_scores, expected_indices = brute_force(database, queries[:rows], 15)
         np.testing.assert_array_equal(indices, expected_indices)
         np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
-
-
-def test_flat_index_add_in_chunks_equals_one_add():
-    rng = np.random.default_rng(2)
-    database, queries = unit_rows(rng, 120, 24), unit_rows(rng, 9, 24)
-    index = FlatIndex(dim=24)
-    for chunk in np.array_split(database, 4):
-        index.add(chunk)
-    assert index.ntotal == 120 and index.dim == 24
-    np.testing.assert_array_equal(index.search(queries, 5)[1], exact_search(database, queries, 5)[1])
-    index.reset()
-    assert index.ntotal == 0
 
 
 @pytest.mark.parametrize("backend", SEARCH_BACKENDS)

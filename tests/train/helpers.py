@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vprdistill.train.config import TrainConfig, load_config
+from vprdistill.train.config import Override, TrainConfig, load_config
 
 IMAGE_SIZE = 64
 
 
-def tiny_config(dataset: Path, extra_overrides: Sequence[str] = (), **extra) -> TrainConfig:
+def tiny_config(dataset: Path, extra_overrides: Sequence[Override] = (), **extra) -> TrainConfig:
     """The baseline preset shrunk to a tiny ResNet-18 run on CPU (1 epoch unless ``epochs=`` says otherwise)."""
     overrides = [
         f"data.dataset={dataset}",

@@ -25,6 +25,23 @@ def test_base_preset_is_extended(tmp_path):
     assert config.model == "resnet18-gem"
 
 
+def test_mapping_overrides_equal_the_command_line_form():
+    teachers = [{"run": "runs/teacher", "input": "rgb", "loss": {"name": "soft_cross_metric", "w_soft": 0.5}}]
+    method = {"name": "distill", "w_hard": 1.0, "teachers": teachers}
+    from_text = load_config(
+        "baseline/synth-resnet18-gem",
+        ["optim.lr=0.01", "method=" + yaml.safe_dump(method, default_flow_style=True, width=10_000).strip()],
+    )
+    from_mappings = load_config("baseline/synth-resnet18-gem", [{"optim.lr": 0.01}, {"method": method}])
+    assert from_mappings == from_text
+    assert from_mappings.method["teachers"][0]["loss"]["w_soft"] == 0.5
+    # The config holds its own copy: changing the caller's mapping afterwards changes nothing.
+    teachers[0]["loss"]["w_soft"] = 2.0
+    assert from_mappings.method["teachers"][0]["loss"]["w_soft"] == 0.5
+    with pytest.raises(ValueError, match=r"override 'optim\.lr\.x': 'lr' is not a section"):
+        load_config("baseline/synth-resnet18-gem", [{"optim.lr.x": 1}])
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.train.helpers import IMAGE_SIZE, tiny_config
@@ -33,7 +32,13 @@ from vprdistill.train.inputs import build_input_loader, input_paths
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import MinedTuple, TripletMiner, miner_from_config
 from vprdistill.train.teacher import FrozenTeacher
-from vprdistill.train.tuples import TupleBatch, TupleDataset, collate_tuples, split_tuple_descriptors
+from vprdistill.train.tuples import (
+    TupleBatch,
+    TupleDataset,
+    collate_tuples,
+    gather_cached_descriptors,
+    split_tuple_descriptors,
+)
 
 CPU = torch.device("cpu")
 # Fewer, smaller tuples than the shared tiny config and no validation split: these runs
@@ -66,9 +71,8 @@ def seg_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_teacher(tmp_path_factory.mktemp("seg_teacher"), "structvpr-seg-tiny", seed=303)
 
 
-def _method_override(*teachers: dict) -> str:
-    method = {"name": "distill", "teachers": list(teachers)}
-    return "method=" + yaml.safe_dump(method, default_flow_style=True, width=10_000).strip()
+def _method_override(*teachers: dict) -> dict:
+    return {"method": {"name": "distill", "teachers": list(teachers)}}
 
 
 def _rgb(run: Path, **extra) -> dict:
@@ -394,6 +398,73 @@ def test_two_teachers_of_one_kind_get_their_own_terms(synth_tiny, rgb_teacher, r
     assert output.terms["rgb0/soft"] != pytest.approx(output.terms["rgb1/soft"], rel=1e-3)
     assert output.terms["total"] == pytest.approx(output.terms["rgb0/total"] + output.terms["rgb1/total"], rel=1e-6)
     assert not any(name in output.terms for name in ("soft", "cross_metric", "hard")), "un-prefixed teacher terms"
+
+
+def _method_loss(synth_tiny, method: dict, batch=None):
+    """The method's loss of one hand-made batch, and the method, for a ``method`` mapping."""
+    config = tiny_config(synth_tiny, [{"method": method}])
+    dataset = open_dataset(synth_tiny, split="train")
+    built = TrainingMethod(config, CPU)
+    built.prepare(dataset)
+    torch.manual_seed(0)
+    batch = _hand_batch(dataset, config) if batch is None else batch
+    with torch.no_grad():
+        student = split_tuple_descriptors(_student()(batch.images), batch)
+        return built.loss(batch, student), built, batch, student
+
+
+def test_per_teacher_w_hard_gives_the_same_total_as_the_method_level_triplet_term(
+    synth_tiny, rgb_teacher, rgb_teacher_b
+):
+    old_b = dict(RGB_LOSS, w_hard=0.5, w_soft=0.3)
+    old = {"name": "distill", "teachers": [_rgb(rgb_teacher), _rgb(rgb_teacher_b, loss=old_b)]}
+    old_output, method, batch, student = _method_loss(synth_tiny, old)
+    assert (method.w_hard, method.margin) == (1.5, 0.1)
+    # The earlier semantics, independently: the sum of each teacher's full loss (its own triplet term included).
+    teachers = [gather_cached_descriptors(slot.queries, slot.database, batch) for slot in method.teachers]
+    expected = sum(float(slot.loss(student, t).total) for slot, t in zip(method.teachers, teachers))
+    assert old_output.terms["total"] == pytest.approx(expected, rel=1e-6)
+
+    new_losses = [{k: v for k, v in loss.items() if k != "w_hard"} for loss in (RGB_LOSS, old_b)]
+    new = {
+        "name": "distill",
+        "w_hard": 1.5,
+        "margin": 0.1,
+        "teachers": [_rgb(rgb_teacher, loss=new_losses[0]), _rgb(rgb_teacher_b, loss=new_losses[1])],
+    }
+    new_output, _, _, _ = _method_loss(synth_tiny, new, batch)
+    assert new_output.terms["total"] == pytest.approx(old_output.terms["total"], rel=1e-6)
+    assert float(new_output.total) == pytest.approx(float(old_output.total), rel=1e-6)
+    # The triplet term is counted once, at w_hard: total = 1.5·hard + Σ teacher terms.
+    hard = old_output.terms["rgb0/hard"]
+    kd = [old_output.terms[f"{p}/soft"] * w_soft + old_output.terms[f"{p}/cross_metric"] for p, w_soft in
+          (("rgb0", 1.0), ("rgb1", 0.3))]  # fmt: skip
+    assert old_output.terms["total"] == pytest.approx(1.5 * hard + sum(kd), rel=1e-5)
+
+    # A teacher's weight scales its teacher term alone.
+    weighted = dict(new, teachers=[dict(new["teachers"][0], weight=2.0), new["teachers"][1]])
+    weighted_output, _, _, _ = _method_loss(synth_tiny, weighted, batch)
+    assert weighted_output.terms["total"] == pytest.approx(1.5 * hard + 2 * kd[0] + kd[1], rel=1e-5)
+
+
+def test_method_triplet_term_refuses_two_forms_and_disagreeing_margins(synth_tiny, rgb_teacher, rgb_teacher_b):
+    both = {"name": "distill", "w_hard": 1.0, "teachers": [_rgb(rgb_teacher)]}
+    with pytest.raises(ValueError, match=r"method\.teachers\[0\]\.loss\.w_hard: .*method\.w_hard"):
+        _method_loss(synth_tiny, both)
+    margins = [dict(RGB_LOSS, margin=0.1), dict(RGB_LOSS, margin=0.2)]
+    mixed = {"name": "distill", "teachers": [_rgb(rgb_teacher, loss=margins[0]), _rgb(rgb_teacher_b, loss=margins[1])]}
+    with pytest.raises(ValueError, match=r"different margins \[0\.1, 0\.2\].*method\.w_hard and method\.margin"):
+        _method_loss(synth_tiny, mixed)
+    # Margins of teachers without a triplet term (w_hard: 0) do not matter.
+    margins[1] = dict(margins[1], w_hard=0.0)
+    _, method, _, _ = _method_loss(synth_tiny, dict(mixed, teachers=[_rgb(rgb_teacher, loss=margins[0]),
+                                                                    _rgb(rgb_teacher_b, loss=margins[1])]))  # fmt: skip
+    assert (method.w_hard, method.margin) == (1.0, 0.1)
+    # w_hard: 0 in a teacher's loss agrees with the method-level form.
+    zero = {"name": "distill", "w_hard": 2.0, "teachers": [_rgb(rgb_teacher, loss=dict(RGB_LOSS, w_hard=0.0))]}
+    assert _method_loss(synth_tiny, zero)[1].w_hard == 2.0
+    with pytest.raises(ValueError, match=r"method\.teachers\[0\]\.weight: expected a number >= 0"):
+        _method_loss(synth_tiny, {"name": "distill", "teachers": [_rgb(rgb_teacher, weight=-1)]})
 
 
 # 4. Mining with the teacher's descriptors.

@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_device_args, apply_device_args, load_model_or_preset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="latency benchmark: descriptors, matching, memory",
-        description=__doc__,
-        formatter_class=HelpFormatter,
+    parser = add_command(
+        subparsers, "bench", run, help="latency benchmark: descriptors, matching, memory", description=__doc__
     )
     parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
     parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N", help="input side or H W")
@@ -35,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime timing")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the report as JSON")
     add_device_args(parser)
-    parser.set_defaults(func=run)
 
 
 def format_report(report: dict) -> str:
@@ -73,7 +69,6 @@ def format_report(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vprdistill.cli.eval import load_model_or_preset
     from vprdistill.deploy.bench import run_benchmark
     from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.utils.atomic import atomic_write_json

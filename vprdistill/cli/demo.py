@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args
+from vprdistill.cli.common import add_command, add_device_args
+
+DESCRIPTION = """The main job: on built-in synthetic data, train the TSCM teacher, the TSCM
+student with and without cross-metric KD, the StructVPR seg-branch and
+weighted RGB student, and one student from both teachers; evaluate them
+overall and per query condition; write report.md and report.html."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="generate SynthCity, train TSCM / StructVPR / combined models, evaluate, write a report",
-        description="The main job: on built-in synthetic data, train the TSCM teacher, the TSCM student with "
-        "and without cross-metric KD, the StructVPR seg-branch and weighted RGB student, and one student "
-        "from both teachers; evaluate them overall and per query condition; write report.md and report.html.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    summary = "generate SynthCity, train TSCM / StructVPR / combined models, evaluate, write a report"
+    parser = add_command(subparsers, "demo", run, summary, DESCRIPTION)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (runs, data, report)")
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke run of the same pipeline")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every training run")
@@ -24,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dataset", type=Path, default=None, help="use this SynthCity-format dataset instead of generating one"
     )
     add_device_args(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_dataset_args, add_device_args, apply_device_args
 from vprdistill.eval.recall import QUERIES_WITHOUT_POSITIVE
 
 EPILOG = """examples:
@@ -31,13 +30,9 @@ or path,east,north (optional zone and note columns; paths relative to the folder
 the two folders' common parent, e.g. db/0001.jpg). See docs/DATASETS.md."""
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, examples kept on their own lines."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
+    parser = add_command(
+        subparsers, "eval", run,
         help="Recall@N of a model on a dataset split (exact search, UTM ground truth)",
         description="Compute descriptors of a split's database and queries, search exactly by inner product\n"
         "and report Recall@N: the share of queries with a database image within --threshold metres among\n"
@@ -45,200 +40,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "database image within the threshold count as misses, or are left out with\n"
         "--queries-without-positive exclude; their number is always reported.",
         epilog=EPILOG,
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument(
-        "--model",
-        required=True,
-        metavar="RUN_OR_CHECKPOINT_OR_PRESET",
-        help="a run folder, a checkpoint (.safetensors/.json/stem) or a preset name "
-        "(an untrained model, for baselines)",
-    )
-    parser.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="for a preset: load its ImageNet backbone weights (from the local cache)",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--dataset",
-        type=Path,
-        metavar="PATH",
-        help="folder-format root, a root holding <name>_<split>.mat, or a .mat file "
-        "(for another --split, the <name>_<split>.mat beside it)",
-    )
-    source.add_argument(
-        "--database",
-        type=Path,
-        metavar="DIR",
-        help="instead of --dataset: a folder of database images, with --queries",
-    )
-    parser.add_argument("--queries", type=Path, default=None, metavar="DIR", help="with --database: the query images")
-    parser.add_argument(
-        "--positions",
-        type=Path,
-        default=None,
-        metavar="FILE.csv",
-        help="with --database: image positions, header path,lat,lon or path,east,north "
-        "(when not given: @east@north@ file names)",
-    )
-    parser.add_argument(
-        "--utm-zone",
-        default=None,
-        metavar="ZONE",
-        help="with --database: the UTM zone of the positions, e.g. 17T (lat/lon are converted into it)",
-    )
-    parser.add_argument(
-        "--queries-root",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="for a .mat dataset: the folder its query paths are relative to "
-        "(when not given: the image root, then its queries_real/)",
-    )
-    parser.add_argument(
-        "--split", default=None, help="dataset split (when not given: a .mat file's own split, else test)"
-    )
-    parser.add_argument(
-        "--dataset-name",
-        default=None,
-        metavar="NAME",
-        help="which NetVLAD set of a root holding several, e.g. pitts30k or pitts250k",
-    )
-    parser.add_argument("--reader", default="auto", choices=("auto", "folder", "mat", "msls", "vprbench", "gsv-lists"),
-                        help="dataset format (docs/DATASETS.md)")  # fmt: skip
-    parser.add_argument("--image-root", type=Path, default=None, metavar="DIR",
-                        help="where the relative image paths of a .mat file or gsv-cities lists start")  # fmt: skip
+    )  # fmt: skip
+    parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET",
+                        help="a run folder, a checkpoint (.safetensors/.json/stem) or a preset name "
+                             "(an untrained model, for baselines)")  # fmt: skip
+    parser.add_argument("--pretrained", action="store_true",
+                        help="for a preset: load its ImageNet backbone weights (from the local cache)")  # fmt: skip
+    add_dataset_args(parser, None, "dataset split (when not given: a .mat file's own split, else test)", formats=True)
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or corrupt images")
-    parser.add_argument(
-        "--segmentation-dir",
-        default="segmentation",
-        metavar="NAME",
-        help="maps folder of the dataset root for seg-input models, e.g. segmentation-predicted "
-        "(written by `vprdistill segment --maps-dir`)",
-    )
+    parser.add_argument("--segmentation-dir", default="segmentation", metavar="NAME",
+                        help="maps folder of the dataset root for seg-input models, e.g. segmentation-predicted "
+                             "(written by `vprdistill segment --maps-dir`)")  # fmt: skip
     parser.add_argument("--threshold", type=float, default=25.0, help="metres within which a database image is right")
     parser.add_argument("--recalls", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N", help="the N of Recall@N")
-    parser.add_argument(
-        "--queries-without-positive",
-        default="count-as-miss",
-        choices=QUERIES_WITHOUT_POSITIVE,
-        help="queries with no database image within --threshold: count-as-miss divides Recall@N by "
-        "all queries, exclude by those with a positive",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="input size, one value or H W; when not given, the run's training size, else 224",
-    )
-    parser.add_argument(
-        "--input",
-        default="auto",
-        choices=("auto", "rgb", "seg"),
-        help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)",
-    )
-    parser.add_argument(
-        "--structural-source",
-        default=None,
-        help="label set of the segmentation maps, for --input seg; when not given, the run's, else cityscapes",
-    )
+    parser.add_argument("--queries-without-positive", default="count-as-miss", choices=QUERIES_WITHOUT_POSITIVE,
+                        help="queries with no database image within --threshold: count-as-miss divides Recall@N by "
+                             "all queries, exclude by those with a positive")  # fmt: skip
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
+                        help="input size, one value or H W; when not given, the run's training size, else 224")  # fmt: skip
+    parser.add_argument("--input", default="auto", choices=("auto", "rgb", "seg"),
+                        help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)")  # fmt: skip
+    parser.add_argument("--structural-source", default=None,
+                        help="label set of the segmentation maps, for --input seg; when not given, the run's, else cityscapes")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    parser.add_argument(
-        "--search-backend",
-        default="matmul",
-        choices=("matmul", "faiss"),
-        help="exact search implementation (same results)",
-    )
-    parser.add_argument(
-        "--rerank",
-        default="none",
-        choices=("none", "patch", "sift"),
-        help="re-rank the top-K: patch = the model's own CNN feature map (mutual nearest neighbours "
-        "+ RANSAC), sift = OpenCV SIFT + ratio test + RANSAC",
-    )
+    parser.add_argument("--search-backend", default="matmul", choices=("matmul", "faiss"),
+                        help="exact search implementation (same results)")  # fmt: skip
+    parser.add_argument("--rerank", default="none", choices=("none", "patch", "sift"),
+                        help="re-rank the top-K: patch = the model's own CNN feature map (mutual nearest neighbours "
+                             "+ RANSAC), sift = OpenCV SIFT + ratio test + RANSAC")  # fmt: skip
     parser.add_argument("--rerank-topk", type=int, default=20, metavar="K", help="candidates re-ranked per query")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the report as JSON")
-    parser.add_argument(
-        "--save-predictions",
-        type=Path,
-        default=None,
-        metavar="OUT.csv",
-        help="CSV: each query path followed by its top-K database paths (K = max N)",
-    )
-    parser.add_argument(
-        "--save-descriptors",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="write database.npy, queries.npy (float32) and paths.json",
-    )
-    parser.add_argument(
-        "--save-pictures",
-        type=int,
-        default=0,
-        metavar="N",
-        help="write pictures of N queries with their top-5 (green right, red wrong)",
-    )
-    parser.add_argument(
-        "--pictures-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where --save-pictures goes; when not given, <json stem>_pictures, else eval_pictures",
-    )
+    parser.add_argument("--save-predictions", type=Path, default=None, metavar="OUT.csv",
+                        help="CSV: each query path followed by its top-K database paths (K = max N)")  # fmt: skip
+    parser.add_argument("--save-descriptors", type=Path, default=None, metavar="DIR",
+                        help="write database.npy, queries.npy (float32) and paths.json")  # fmt: skip
+    parser.add_argument("--save-pictures", type=int, default=0, metavar="N",
+                        help="write pictures of N queries with their top-5 (green right, red wrong)")  # fmt: skip
+    parser.add_argument("--pictures-dir", type=Path, default=None, metavar="DIR",
+                        help="where --save-pictures goes; when not given, <json stem>_pictures, else eval_pictures")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_device_args(parser)
-    parser.set_defaults(func=run)
-
-
-def run_settings(model_spec: str) -> dict[str, Any]:
-    """The ``data`` section of the training config next to a checkpoint (empty when there is none).
-
-    A run folder records the image size and input a model was trained with, so
-    evaluation uses the same unless told otherwise.
-    """
-    path = Path(model_spec)
-    folder = path if path.is_dir() else path.parent
-    config_file = folder / "config.yaml"
-    if not config_file.is_file():
-        return {}
-    try:
-        config = yaml.safe_load(config_file.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{config_file}: not valid YAML ({error})") from error
-    data = config.get("data") if isinstance(config, dict) else None
-    return data if isinstance(data, dict) else {}
-
-
-def load_model_or_preset(spec: str, device, pretrained: bool = False):
-    """A checkpoint (run folder, file or stem) if ``spec`` names one, else an untrained preset."""
-    from vprdistill.models.checkpoint import load_model
-    from vprdistill.models.registry import build_model, list_presets
-
-    path = Path(spec)
-    if path.exists() or path.with_name(path.name + ".json").exists():
-        return load_model(path, device=device)
-    if spec in list_presets():
-        return build_model(spec, pretrained=pretrained).to(device).eval()
-    raise FileNotFoundError(
-        f"--model {spec!r} is neither an existing run folder or checkpoint nor a preset ({', '.join(list_presets())})"
-    )
 
 
 def _image_size(args: argparse.Namespace, settings: dict[str, Any], model) -> tuple[int, int]:
-    from vprdistill.eval.evaluate import default_image_size
+    from vprdistill.deploy.model_io import pick_image_size
 
-    size = args.image_size if args.image_size is not None else settings.get("image_size")
-    if size is None:
-        return default_image_size(model)
-    size = [size] if isinstance(size, int) else list(size)
-    if len(size) not in (1, 2) or min(size) <= 0:
-        raise ValueError(f"--image-size takes one positive value or H W, got {size}")
-    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+    if args.image_size is not None and (len(args.image_size) not in (1, 2) or min(args.image_size) <= 0):
+        raise ValueError(f"--image-size takes one positive value or H W, got {args.image_size}")
+    return pick_image_size(args.image_size, settings, model)
 
 
 def _build_reranker(args: argparse.Namespace, model, image_size, device, input_kind):
@@ -345,59 +195,10 @@ def write_descriptors(folder: Path, dataset, result) -> None:
     )
 
 
-def open_eval_dataset(args: argparse.Namespace):
-    """The dataset of ``--dataset`` or of ``--database``/``--queries``, and its `DatasetSource`.
-
-    Options of one way that the other does not take are refused, naming them,
-    rather than ignored.
-    """
-    from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, open_dataset_with_source
-    from vprdistill.data.two_folders import read_two_folders_with_source
-
-    if args.database is not None:
-        if args.queries is None:
-            raise ValueError("--database needs --queries (the folder of query images)")
-        given = [
-            flag
-            for flag, value, default in (
-                ("--split", args.split, None),
-                ("--dataset-name", args.dataset_name, None),
-                ("--reader", args.reader, "auto"),
-                ("--queries-root", args.queries_root, None),
-                ("--image-root", args.image_root, None),
-                ("--segmentation-dir", args.segmentation_dir, DEFAULT_SEGMENTATION_DIR),
-            )
-            if value != default
-        ]
-        if given:
-            raise ValueError(f"{', '.join(given)}: for --dataset only, not with --database/--queries")
-        # Recall@N needs every query's position: a query without one is an error naming it.
-        return read_two_folders_with_source(
-            args.database, args.queries, args.positions, require_query_positions=True,
-            skip_bad_images=args.skip_bad_images, zone=args.utm_zone,
-        )  # fmt: skip
-    given = [
-        flag
-        for flag, value in (("--queries", args.queries), ("--positions", args.positions), ("--utm-zone", args.utm_zone))
-        if value is not None
-    ]
-    if given:
-        raise ValueError(f"{', '.join(given)}: with --database only, not with --dataset")
-    return open_dataset_with_source(
-        args.dataset,
-        split=args.split,
-        reader=args.reader,
-        skip_bad_images=args.skip_bad_images,
-        name=args.dataset_name,
-        segmentation_dir=args.segmentation_dir,
-        queries_root=args.queries_root,
-        image_root=args.image_root,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from vprdistill.cli.common import load_model_or_preset, open_dataset_args, run_settings
     from vprdistill.eval.evaluate import evaluate_model
     from vprdistill.eval.pictures import save_prediction_pictures
     from vprdistill.utils.atomic import atomic_write_text
@@ -406,28 +207,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--save-pictures takes a number of queries, got {args.save_pictures}")
     device = apply_device_args(args)
     settings = run_settings(args.model)
-    dataset, source = open_eval_dataset(args)
+    dataset, source = open_dataset_args(args)
     model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
     image_size = _image_size(args, settings, model)
     input_kind = None if args.input == "auto" else args.input
     reranker = _build_reranker(args, model, image_size, device, input_kind)
     result = evaluate_model(
-        model,
-        dataset,
-        threshold_m=args.threshold,
-        recall_ns=args.recalls,
-        image_size=image_size,
-        batch_size=args.batch_size,
-        device=device,
-        num_workers=args.num_workers,
-        input_kind=input_kind,
+        model, dataset, threshold_m=args.threshold, recall_ns=args.recalls, image_size=image_size,
+        batch_size=args.batch_size, device=device, num_workers=args.num_workers, input_kind=input_kind,
         structural_source=args.structural_source or settings.get("structural_source", "cityscapes"),
-        search_backend=args.search_backend,
-        reranker=reranker,
-        rerank_topk=args.rerank_topk,
-        progress=not args.no_progress,
-        queries_without_positive=args.queries_without_positive,
-    )
+        search_backend=args.search_backend, reranker=reranker, rerank_topk=args.rerank_topk,
+        progress=not args.no_progress, queries_without_positive=args.queries_without_positive,
+    )  # fmt: skip
     report = result.to_json()
     report["source"] = source.to_json()
     report["utm_zone"] = dataset.utm_zone

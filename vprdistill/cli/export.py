@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vprdistill.cli.common import HelpFormatter
+from vprdistill.cli.common import add_command, load_model_or_preset, run_settings
 
 # Literal copies of vprdistill.deploy's DEFAULT_ATOL, FRAME_ATOL and CHANNEL_ORDERS (the tests check they agree):
 # importing those modules here would load torch for every command's --help.
@@ -28,11 +28,8 @@ DEFAULT_ATOL, FRAME_ATOL, CHANNEL_ORDERS = 1e-4, 5e-3, ("RGB", "BGR")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX and check it against PyTorch",
-        description=__doc__,
-        formatter_class=HelpFormatter,
+    parser = add_command(
+        subparsers, "export", run, help="export a model to ONNX and check it against PyTorch", description=__doc__
     )
     parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
     parser.add_argument("--format", default="onnx", choices=("onnx",))
@@ -67,11 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-split", default="test", metavar="SPLIT", help="split of --eval-dataset")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime threads for calibration, evaluation and timing (default: its own)")  # fmt: skip
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vprdistill.cli.eval import load_model_or_preset, run_settings
     from vprdistill.deploy.export import export_onnx, sidecar_path
     from vprdistill.deploy.model_io import pick_image_size
 

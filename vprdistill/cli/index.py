@@ -28,55 +28,28 @@ from pathlib import Path
 
 import numpy as np
 
-from vprdistill.cli.common import add_device_args, apply_device_args
-from vprdistill.deploy.stores import DTYPES, INDEX_TYPES
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, and the examples of the description kept as written."""
+from vprdistill.cli.common import add_command, add_dataset_args, add_device_args, add_index_model_arg, apply_device_args
+from vprdistill.deploy.index import DTYPES, INDEX_TYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "index",
-        help="build, extend and calibrate a map index",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
+    parser = add_command(subparsers, "index", None, help="build, extend and calibrate a map index", description=__doc__)
     actions = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-    fmt = HelpFormatter
 
-    build = actions.add_parser("build", help="describe the images of an area and index them", formatter_class=fmt)
+    build = add_command(actions, "build", run_build, help="describe the images of an area and index them")
     build.add_argument(
         "--model", required=True, metavar="RUN_OR_CHECKPOINT", help="a trained model (run folder or checkpoint)"
     )
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", type=Path, metavar="PATH", help="index the database of a dataset split")
-    source.add_argument(
-        "--images",
-        type=Path,
-        metavar="DIR",
-        help="index a folder of photos (@east@north@...@.jpg names give positions)",
-    )
-    source.add_argument(
-        "--database",
-        type=Path,
-        metavar="DIR",
-        help="index a folder of database images, each with a position (names or --positions)",
-    )
-    build.add_argument(
-        "--positions",
-        type=Path,
-        default=None,
-        metavar="FILE.csv",
-        help="with --images or --database: positions, header path,lat,lon or path,east,north",
-    )
-    build.add_argument(
-        "--utm-zone",
-        default=None,
-        metavar="ZONE",
-        help="with --positions or @ names: the UTM zone of the positions, e.g. 17T",
-    )
+    source.add_argument("--images", type=Path, metavar="DIR",
+                        help="index a folder of photos (@east@north@...@.jpg names give positions)")  # fmt: skip
+    source.add_argument("--database", type=Path, metavar="DIR",
+                        help="index a folder of database images, each with a position (names or --positions)")  # fmt: skip
+    build.add_argument("--positions", type=Path, default=None, metavar="FILE.csv",
+                       help="with --images or --database: positions, header path,lat,lon or path,east,north")  # fmt: skip
+    build.add_argument("--utm-zone", default=None, metavar="ZONE",
+                       help="with --positions or @ names: the UTM zone of the positions, e.g. 17T")  # fmt: skip
     build.add_argument("--split", default="test", help="split of --dataset")
     build.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR")
     build.add_argument(
@@ -84,65 +57,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--pca", type=int, default=None, metavar="D", help="reduce descriptors to D dimensions by PCA")
     build.add_argument("--dtype", default="float32", choices=DTYPES, help="how flat indexes store descriptors")
-    build.add_argument(
-        "--shards",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="stream descriptors to DIR in shards; a rerun after an interruption keeps finished shards",
-    )
+    build.add_argument("--shards", type=Path, default=None, metavar="DIR",
+                       help="stream descriptors to DIR in shards; a rerun after an interruption keeps finished shards")  # fmt: skip
     build.add_argument("--shard-size", type=int, default=10000, help="images per shard (with --shards)")
-    _add_wait_arg(build)
-    _add_extraction_args(build)
-    build.set_defaults(func=run_build)
+    build.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
+                       help="input side or H W (default: the training run's, else the model's)")  # fmt: skip
+    _add_run_args(build)
 
-    add = actions.add_parser("add", help="append images (new places) to an index", formatter_class=fmt)
+    add = add_command(actions, "add", run_add, help="append images (new places) to an index")
     add.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
     add.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
-    add.add_argument("--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records")
-    add.add_argument("--batch-size", type=int, default=32)
-    add.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _add_wait_arg(add)
-    add_device_args(add)
-    add.set_defaults(func=run_add)
+    add_index_model_arg(add)
+    _add_run_args(add)
 
-    calibrate = actions.add_parser(
-        "calibrate", help="calibrate the out-of-map score threshold on a validation split", formatter_class=fmt
+    calibrate = add_command(
+        actions, "calibrate", run_calibrate, help="calibrate the out-of-map score threshold on a validation split"
     )
     calibrate.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
-    calibration_data = calibrate.add_mutually_exclusive_group(required=True)
-    calibration_data.add_argument("--dataset", type=Path, metavar="PATH", help="a dataset (its --split)")
-    calibration_data.add_argument(
-        "--database", type=Path, metavar="DIR", help="instead of --dataset: a folder of database images, with --queries"
-    )
-    calibrate.add_argument("--queries", type=Path, default=None, metavar="DIR", help="with --database: query images")
-    calibrate.add_argument(
-        "--positions",
-        type=Path,
-        default=None,
-        metavar="FILE.csv",
-        help="with --database: positions (when not given: @east@north@ file names)",
-    )
-    calibrate.add_argument("--utm-zone", default=None, metavar="ZONE", help="with --database: the UTM zone, e.g. 17T")
-    calibrate.add_argument("--split", default="val")
+    add_dataset_args(calibrate, "val")
     calibrate.add_argument("--threshold-m", type=float, default=25.0, help="metres within which an answer is right")
     calibrate.add_argument(
         "--target-precision", type=float, default=0.95, help="share of accepted answers that must be right"
     )
-    calibrate.add_argument(
-        "--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records"
-    )
-    calibrate.add_argument("--batch-size", type=int, default=32)
-    calibrate.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _add_wait_arg(calibrate)
-    add_device_args(calibrate)
-    calibrate.set_defaults(func=run_calibrate)
+    add_index_model_arg(calibrate)
+    _add_run_args(calibrate)
 
 
-def _add_wait_arg(parser: argparse.ArgumentParser) -> None:
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="if another command is writing this index, wait up to SECONDS for it "
                              "(0: refuse at once; inf: wait as long as it takes)")  # fmt: skip
+    add_device_args(parser)
 
 
 WAIT_HINT = "Wait for it to finish, or pass --wait SECONDS to queue behind it."
@@ -173,14 +120,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _add_extraction_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input side or H W (default: the training run's, else the model's)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_device_args(parser)
-
-
 def _index_model(index_dir: Path, model_spec: str | None, device):
     """The model an index command uses: ``--model`` or the path the index records."""
     from vprdistill.deploy.index import read_manifest
@@ -207,10 +146,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from vprdistill.cli.eval import run_settings
+    from vprdistill.cli.common import run_settings
     from vprdistill.data.readers import open_dataset
     from vprdistill.data.two_folders import read_image_folder
-    from vprdistill.deploy.build import build_index, list_images, positions_from_names, zone_from_names
+    from vprdistill.deploy.build import build_map_index, list_images, positions_from_names, zone_from_names
     from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.models.checkpoint import load_model
 
@@ -237,7 +176,7 @@ def _build(args: argparse.Namespace) -> int:
             raise ValueError(f"no images (.jpg, .jpeg, .png) in {args.images}")
         positions, utm_zone = positions_from_names(paths), zone_from_names(paths)
     start = time.perf_counter()
-    index = build_index(
+    index = build_map_index(
         model, paths, positions, image_size,
         index_type=args.type, dtype=args.dtype, pca_dim=args.pca, batch_size=args.batch_size,
         device=device, model_path=args.model, progress=not args.no_progress,
@@ -279,29 +218,14 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_dataset(args: argparse.Namespace):
-    """The split of ``--dataset``, or the two folders ``--database``/``--queries`` (every position known)."""
-    from vprdistill.data.readers import open_dataset
-    from vprdistill.data.two_folders import read_two_folders
-
-    if args.dataset is not None:
-        given = [f for f, v in (("--queries", args.queries), ("--positions", args.positions),
-                                ("--utm-zone", args.utm_zone)) if v is not None]  # fmt: skip
-        if given:
-            raise ValueError(f"{', '.join(given)}: with --database only, not with --dataset")
-        return open_dataset(args.dataset, split=args.split)
-    if args.queries is None:
-        raise ValueError("--database needs --queries (the folder of query images)")
-    return read_two_folders(args.database, args.queries, args.positions, zone=args.utm_zone)
-
-
 def run_calibrate(args: argparse.Namespace) -> int:
+    from vprdistill.cli.common import open_dataset_args
     from vprdistill.deploy.build import compute_index_descriptors
     from vprdistill.deploy.calibration import calibrate_index, format_table
     from vprdistill.deploy.index import MapIndex
 
     device = apply_device_args(args)
-    dataset = _calibration_dataset(args)
+    dataset, _ = open_dataset_args(args)
     progress = not args.no_progress
     # The calibration depends on the index's PCA and store, so no other writer may replace it meanwhile.
     with _writing_index(args.index_dir, args.wait):

@@ -6,27 +6,22 @@ import argparse
 import json
 from pathlib import Path
 
+from vprdistill.cli.common import add_command
+
+DESCRIPTION = """Print a model's parameters per part, its descriptor size and its FLOPs at an
+image size. MODEL is a preset name (see --list) or a checkpoint: a run folder,
+a .safetensors/.json file or a stem."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "info",
-        help="parameters, descriptor size and FLOPs of a model preset or checkpoint",
-        description="Print a model's parameters per part, its descriptor size and its FLOPs at an image size. "
-        "MODEL is a preset name (see --list) or a checkpoint: a run folder, a .safetensors/.json file or a stem.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = add_command(
+        subparsers, "info", run, "parameters, descriptor size and FLOPs of a model preset or checkpoint", DESCRIPTION
     )
     parser.add_argument("model", nargs="?", metavar="MODEL_OR_PRESET", help="preset name or checkpoint path")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        default=[224],
-        metavar="N",
-        help="input size: one value for square images, or H W",
-    )
+    parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N",
+                        help="input size: one value for square images, or H W")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--list", action="store_true", help="list the model presets and exit")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,21 +16,14 @@ import math
 import sys
 from pathlib import Path
 
-from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_device_args, add_index_model_arg, apply_device_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "localize",
-        help="localise photos against a map index",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
+    parser = add_command(subparsers, "localize", run, help="localise photos against a map index", description=__doc__)
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")
-    parser.add_argument(
-        "--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records"
-    )
+    add_index_model_arg(parser)
     parser.add_argument("--topk", type=int, default=5, help="matches per photo")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per line with --stream)")
     parser.add_argument("--stream", action="store_true", help="localise frames one by one in name order, one line each")
@@ -39,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (without --stream)")
     parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N", help="default: the index's")
     add_device_args(parser)
-    parser.set_defaults(func=run)
 
 
 def _format_position(position) -> str:

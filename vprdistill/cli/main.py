@@ -20,6 +20,7 @@ import sys
 
 import vprdistill
 import vprdistill.cli as cli_package
+from vprdistill.cli.common import HelpFormatter
 from vprdistill.utils.extras import MissingExtraError
 
 DEBUG_ENV = "VPRDISTILL_DEBUG"
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vprdistill",
         description="Visual place recognition by knowledge distillation (TSCM, StructVPR).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vprdistill {vprdistill.__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)

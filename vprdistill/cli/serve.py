@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from vprdistill.cli.common import HelpFormatter, add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_device_args, add_index_model_arg, apply_device_args
 from vprdistill.serve.limits import (
     DEFAULT_DECODE_SLOTS,
     DEFAULT_MAX_BATCH_IMAGES,
@@ -39,16 +39,9 @@ from vprdistill.serve.limits import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve localisation over HTTP",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
+    parser = add_command(subparsers, "serve", run, help="serve localisation over HTTP", description=__doc__)
     parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR")
-    parser.add_argument(
-        "--model", default=None, metavar="RUN_OR_CHECKPOINT", help="default: the model the index records"
-    )
+    add_index_model_arg(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="larger request bodies get 413")
@@ -62,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, help="more connections get 503")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     add_device_args(parser)
-    parser.set_defaults(func=run)
 
 
 # The `serve` extra's packages: the web framework, the server, the multipart parser of uploads.

@@ -7,7 +7,7 @@ import os
 import textwrap
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args
+from vprdistill.cli.common import add_command, add_device_args
 
 EPILOG = """examples:
   vprdistill train tscm/synth-teacher-tiny data.dataset=data/synthcity-small --out runs/teacher
@@ -28,37 +28,22 @@ writes a run folder at a time; a second one is refused (docs/RELIABILITY.md)."""
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vprdistill.train.config import RESUME_SAFE_KEYS
 
-    parser = subparsers.add_parser(
-        "train",
-        help="train a model (baseline, TSCM teacher/student, StructVPR) from a YAML preset",
-        description="Train with NetVLAD-style cached hard-negative mining; writes a run folder with the "
+    # Defaults not shown: the help of --out says what its None means.
+    parser = add_command(
+        subparsers, "train", run, "train a model (baseline, TSCM teacher/student, StructVPR) from a YAML preset",
+        "Train with NetVLAD-style cached hard-negative mining; writes a run folder with the "
         "resolved config, log, metrics.jsonl and best/last checkpoints (safetensors + JSON).",
-        epilog=EPILOG.format(safe=textwrap.fill(", ".join(RESUME_SAFE_KEYS), width=84, subsequent_indent="  ")),
+        EPILOG.format(safe=textwrap.fill(", ".join(RESUME_SAFE_KEYS), width=84, subsequent_indent="  ")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    )  # fmt: skip
     parser.add_argument("config", nargs="?", help="YAML preset (path or packaged name)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value overrides, e.g. optim.lr=1e-4 data.image_size=[64,64]",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="run folder (default: runs/<name>_<timestamp>)",
-    )
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue an interrupted run from its last finished epoch",
-    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 data.image_size=[64,64]")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>_<timestamp>)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue an interrupted run from its last finished epoch")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list the packaged presets and exit")
     add_device_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

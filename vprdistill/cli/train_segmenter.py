@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vprdistill.cli.common import add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_device_args, apply_device_args
 
 TRAIN_EPILOG = """examples:
   vprdistill train-segmenter --dataset data/synthcity --out runs/segmenter --epochs 30 --threads 1
@@ -37,108 +37,62 @@ group (confusion matrix); void (255) truth pixels are ignored; classes absent fr
 prediction are left out of the mean (null)."""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option, and the examples kept as written."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vprdistill.train.segmenter_config import SegmenterTrainingConfig
 
     defaults = SegmenterTrainingConfig()
-    train = subparsers.add_parser(
-        "train-segmenter",
-        help="train a small SegFormer on a dataset's day images (realistic maps for StructVPR)",
-        description="Train a small, randomly initialised SegFormer (19 Cityscapes trainIds) on the images of "
+    train = add_command(
+        subparsers, "train-segmenter", run_train,
+        "train a small SegFormer on a dataset's day images (realistic maps for StructVPR)",
+        "Train a small, randomly initialised SegFormer (19 Cityscapes trainIds) on the images of "
         "chosen conditions of a folder-format dataset with ground-truth maps (SynthCity), save it with "
         "save_pretrained and report its mIoU per condition on --eval-split.",
-        epilog=TRAIN_EPILOG,
-        formatter_class=_HelpFormatter,
-    )
+        TRAIN_EPILOG,
+    )  # fmt: skip
     train.add_argument("--dataset", type=Path, required=True, metavar="ROOT", help="dataset root (holds images/)")
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output model folder")
     train.add_argument("--split", default=defaults.split, help="split to train on")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument(
-        "--image-size",
-        type=int,
-        default=defaults.image_size,
-        metavar="PX",
-        help="square network input during training (and the saved processor's size)",
-    )
+    train.add_argument("--image-size", type=int, default=defaults.image_size, metavar="PX",
+                       help="square network input during training (and the saved processor's size)")  # fmt: skip
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument(
-        "--conditions",
-        nargs="+",
-        default=list(defaults.conditions or []),
-        metavar="COND",
-        help="conditions (file-name note) of the training images; 'all' for every image",
-    )
-    train.add_argument(
-        "--max-images",
-        type=int,
-        default=None,
-        metavar="N",
-        help="train on a seeded random subset of N images; None: all",
-    )
-    train.add_argument(
-        "--hidden-sizes",
-        type=int,
-        nargs="+",
-        default=defaults.hidden_sizes,
-        metavar="C",
-        help="SegFormer channels per stage",
-    )
+    train.add_argument("--conditions", nargs="+", default=list(defaults.conditions or []), metavar="COND",
+                       help="conditions (file-name note) of the training images; 'all' for every image")  # fmt: skip
+    train.add_argument("--max-images", type=int, default=None, metavar="N",
+                       help="train on a seeded random subset of N images; None: all")  # fmt: skip
+    train.add_argument("--hidden-sizes", type=int, nargs="+", default=defaults.hidden_sizes, metavar="C",
+                       help="SegFormer channels per stage")  # fmt: skip
     train.add_argument("--decoder-hidden-size", type=int, default=defaults.decoder_hidden_size)
     train.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
-    train.add_argument(
-        "--eval-split", default="val", help="split whose mIoU is measured after training ('none' to skip)"
-    )
-    train.add_argument(
-        "--eval-max-images",
-        type=int,
-        default=None,
-        metavar="N",
-        help="at most N images of the database and of each query condition in the evaluation",
-    )
+    train.add_argument("--eval-split", default="val",
+                       help="split whose mIoU is measured after training ('none' to skip)")  # fmt: skip
+    train.add_argument("--eval-max-images", type=int, default=None, metavar="N",
+                       help="at most N images of the database and of each query condition in the evaluation")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_device_args(train)
-    train.set_defaults(func=run_train)
 
-    evaluate = subparsers.add_parser(
-        "eval-segmenter",
-        help="mIoU of a segmentation model per query condition against ground-truth maps",
-        description="Segment a split's database and query images with a model (a save_pretrained folder or hub "
+    evaluate = add_command(
+        subparsers, "eval-segmenter", run_eval,
+        "mIoU of a segmentation model per query condition against ground-truth maps",
+        "Segment a split's database and query images with a model (a save_pretrained folder or hub "
         "id, as for 'vprdistill segment') and compare with the dataset's ground-truth maps "
         "(ROOT/segmentation/<split>/): confusion-matrix mIoU for the database, the queries, and each query "
         "condition.",
-        epilog=EVAL_EPILOG,
-        formatter_class=_HelpFormatter,
-    )
+        EVAL_EPILOG,
+    )  # fmt: skip
     evaluate.add_argument("--model", required=True, metavar="ID_OR_PATH", help="segmentation model folder or hub id")
     evaluate.add_argument("--dataset", type=Path, required=True, metavar="ROOT", help="dataset root with maps")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="network input as for 'vprdistill segment'; None: the processor's size",
-    )
+    evaluate.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
+                          help="network input as for 'vprdistill segment'; None: the processor's size")  # fmt: skip
     evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument(
-        "--max-images",
-        type=int,
-        default=None,
-        metavar="N",
-        help="at most N images of the database and of each query condition",
-    )
+    evaluate.add_argument("--max-images", type=int, default=None, metavar="N",
+                          help="at most N images of the database and of each query condition")  # fmt: skip
     evaluate.add_argument("--json", type=Path, default=None, metavar="F", help="also write the result as JSON")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_device_args(evaluate)
-    evaluate.set_defaults(func=run_eval)
 
 
 def _none_or(value: str | None) -> str | None:
@@ -155,15 +109,11 @@ def run_train(args: argparse.Namespace) -> int:
     conditions = None if [c.lower() for c in args.conditions] == ["all"] else list(args.conditions)
     defaults = SegmenterTrainingConfig()
     stages = len(args.hidden_sizes)
+    # The options named as the config's fields, and the others.
+    same = ("epochs", "image_size", "batch_size", "lr", "seed", "split", "max_images", "decoder_hidden_size")
     config = SegmenterTrainingConfig(
-        epochs=args.epochs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        split=args.split,
+        **{field: getattr(args, field) for field in same},
         conditions=conditions,
-        max_images=args.max_images,
         flip=not args.no_flip,
         hidden_sizes=list(args.hidden_sizes),
         # One block per stage, and as many heads as the default for that width allows.
@@ -172,32 +122,18 @@ def run_train(args: argparse.Namespace) -> int:
             _heads(size, default)
             for size, default in zip(args.hidden_sizes, _stretch(defaults.num_attention_heads, stages))
         ],
-        decoder_hidden_size=args.decoder_hidden_size,
     )
     result = train_segmenter(
-        args.dataset,
-        args.out,
-        config,
-        device=device,
-        progress=not args.no_progress,
-        eval_split=_none_or(args.eval_split),
-        eval_max_images=args.eval_max_images,
-    )
+        args.dataset, args.out, config, device=device, progress=not args.no_progress,
+        eval_split=_none_or(args.eval_split), eval_max_images=args.eval_max_images,
+    )  # fmt: skip
     if result.evaluation is not None:
         evaluation = SegmentationEvaluation(**result.evaluation)
         print(f"mIoU of {result.out} on split {evaluation.split!r} (%):")
         print(evaluation.markdown())
-    print(
-        json.dumps(
-            {
-                "out": str(result.out),
-                "images": result.images,
-                "epoch_losses": result.epoch_losses,
-                "seconds": round(result.seconds, 1),
-            },
-            indent=2,
-        )
-    )
+    summary = {"out": str(result.out), "images": result.images, "epoch_losses": result.epoch_losses,
+               "seconds": round(result.seconds, 1)}  # fmt: skip
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from vprdistill.data.images import verify_image
+from vprdistill.data.images import readable_indices
 from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.utils.logging import get_logger
 
@@ -386,19 +385,10 @@ def keep_readable_images(dataset: PlaceDataset, skip_bad_images: bool, where: st
                     "(use skip_bad_images to leave them out)"
                 )
         return dataset
-    keep = {}
-    for label, paths in (("database", dataset.database_paths), ("query", dataset.query_paths)):
-        good = []
-        for index, path in enumerate(tqdm(paths, desc=f"checking {where} {label}", unit="img", leave=False,
-                                          disable=None)):  # fmt: skip
-            reason = verify_image(path)
-            if reason is None:
-                good.append(index)
-            else:
-                log.warning("skipping unreadable %s image %s: %s", label, path, reason)
-        if len(good) < len(paths):
-            log.warning("skipped %d of %d %s images of %s", len(paths) - len(good), len(paths), label, where)
-        keep[label] = np.asarray(good, dtype=np.int64)
+    keep = {
+        label: np.asarray(readable_indices(paths, label, where), dtype=np.int64)
+        for label, paths in (("database", dataset.database_paths), ("query", dataset.query_paths))
+    }
     if len(keep["database"]) == dataset.num_database and len(keep["query"]) == dataset.num_queries:
         return dataset
     if not len(keep["database"]) or not len(keep["query"]):

@@ -8,11 +8,17 @@ the decoder the service and the localizer use too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from vprdistill.utils.logging import get_logger
+
+log = get_logger("data.images")
 
 # Modes with an alpha channel; transparent pixels are composited on white
 # (the usual background of cut-out photos) rather than on whatever colour the
@@ -213,3 +219,21 @@ def verify_image(path: str | Path) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def readable_indices(paths: Sequence[Path], label: str, where: str) -> list[int]:
+    """Indices of the ``paths`` that :func:`verify_image` accepts, in order.
+
+    Each other one is logged as a warning naming it and why, then their count;
+    ``label`` (e.g. ``database``) and ``where`` (the dataset) word the messages.
+    """
+    keep = []
+    for index, path in enumerate(tqdm(paths, desc=f"checking {where} {label}", unit="img", leave=False, disable=None)):
+        reason = verify_image(path)
+        if reason is None:
+            keep.append(index)
+        else:
+            log.warning("skipping unreadable %s image %s: %s", label, path, reason)
+    if len(keep) < len(paths):
+        log.warning("skipped %d of %d %s images of %s", len(paths) - len(keep), len(paths), label, where)
+    return keep

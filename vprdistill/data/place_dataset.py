@@ -90,38 +90,33 @@ class PlaceDataset:
             raise DatasetFormatError(f"{self._where}: the database is empty")
         if not self.query_paths:
             raise DatasetFormatError(f"{self._where}: there are no queries")
-        if (self.database_seg_paths is None) != (self.query_seg_paths is None):
-            raise DatasetFormatError(f"{self._where}: segmentation maps are given for only one of database and queries")
-        if self.database_seg_paths is not None:
-            self.database_seg_paths = [Path(p) for p in self.database_seg_paths]
-            self.query_seg_paths = [Path(p) for p in self.query_seg_paths]  # type: ignore[union-attr]
-        for field_name, values, expected in (
-            ("database_seg_paths", self.database_seg_paths, len(self.database_paths)),
-            ("query_seg_paths", self.query_seg_paths, len(self.query_paths)),
-            ("database_notes", self.database_notes, len(self.database_paths)),
-            ("query_notes", self.query_notes, len(self.query_paths)),
-        ):
+        self._check_pair("seg_paths", Path, "segmentation maps")
+        self._check_lengths("database_notes", "query_notes")
+        self._check_pair("groups", str, "groups")
+        self._check_positives()
+
+    def _check_pair(self, suffix: str, convert: Any, what: str) -> None:
+        """``database_<suffix>`` and ``query_<suffix>``: both or neither, items converted, one per image."""
+        names = (f"database_{suffix}", f"query_{suffix}")
+        values = [getattr(self, name) for name in names]
+        if (values[0] is None) != (values[1] is None):
+            raise DatasetFormatError(f"{self._where}: {what} are given for only one of database and queries")
+        if values[0] is not None:
+            for name, items in zip(names, values):
+                setattr(self, name, [convert(item) for item in items])
+        self._check_lengths(*names)
+
+    def _check_lengths(self, *field_names: str) -> None:
+        for field_name in field_names:
+            values = getattr(self, field_name)
+            expected = len(self.database_paths if field_name.startswith("database") else self.query_paths)
             if values is not None and len(values) != expected:
                 raise DatasetFormatError(
                     f"{self._where}: {field_name} has {len(values)} entries, expected {expected} (one per image)"
                 )
-        self._check_groups_and_lists()
 
-    def _check_groups_and_lists(self) -> None:
-        """Validate the optional groups and explicit positives (lengths, index ranges); store them normalised."""
-        if (self.database_groups is None) != (self.query_groups is None):
-            raise DatasetFormatError(f"{self._where}: groups are given for only one of database and queries")
-        if self.database_groups is not None:
-            self.database_groups = [str(g) for g in self.database_groups]
-            self.query_groups = [str(g) for g in self.query_groups]  # type: ignore[union-attr]
-            for field_name, values, expected in (
-                ("database_groups", self.database_groups, self.num_database),
-                ("query_groups", self.query_groups, self.num_queries),
-            ):
-                if len(values) != expected:
-                    raise DatasetFormatError(
-                        f"{self._where}: {field_name} has {len(values)} entries, expected {expected} (one per image)"
-                    )
+    def _check_positives(self) -> None:
+        """Validate the explicit positives (length, index ranges); store them normalised."""
         if self.query_positives is None:
             if not self.has_positions:
                 raise DatasetFormatError(

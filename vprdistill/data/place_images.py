@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vprdistill.data.filenames import gsv_stem
 from vprdistill.utils.logging import get_logger
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
@@ -60,17 +61,19 @@ class PlaceImages:
 
     @property
     def num_places(self) -> int:
+        """P, the number of places (``labels`` lie in ``0..P-1``)."""
         return len(self.place_names)
-
-    @property
-    def num_images(self) -> int:
-        return len(self.paths)
 
     def members(self) -> list[np.ndarray]:
         """Per place label, the indices of its images (int64, ascending)."""
         order = np.argsort(self.labels, kind="stable")
         bounds = np.searchsorted(self.labels[order], np.arange(self.num_places + 1))
         return [order[bounds[p] : bounds[p + 1]] for p in range(self.num_places)]
+
+    @property
+    def num_images(self) -> int:
+        """N, the number of images."""
+        return len(self.paths)
 
     def subset_places(self, labels: Sequence[int] | np.ndarray) -> PlaceImages:
         """The images of the given places only, relabelled ``0..len(set(labels))-1`` in ascending old-label order.
@@ -102,29 +105,18 @@ def is_place_images_root(root: str | Path) -> bool:
 
 def gsv_image_names(row: dict[str, str], csv_path: Path, line: int) -> list[str]:
     """Candidate file names (without folder) of one csv row: the GSV-Cities name, then with lat/lon as written."""
-
-    def integer(column: str) -> int:
+    # Checked first, so that a bad value is an error naming the file, line and column.
+    for column in ("place_id", "year", "month", "northdeg", "lat", "lon"):
+        parse = float if column in ("lat", "lon") else int
         try:
-            return int(row[column])
+            parse(row[column])
         except (TypeError, ValueError):
+            expected = "an integer" if parse is int else "a number"
             raise ValueError(
-                f"{csv_path}: line {line}, column {column!r}: expected an integer, got {row[column]!r}"
+                f"{csv_path}: line {line}, column {column!r}: expected {expected}, got {row[column]!r}"
             ) from None
-
-    def number(column: str) -> str:
-        try:
-            return str(float(row[column]))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{csv_path}: line {line}, column {column!r}: expected a number, got {row[column]!r}"
-            ) from None
-
-    head = (
-        f"{row['city_id']}_{integer('place_id') % 10**5:07d}_{integer('year'):04d}_{integer('month'):02d}_"
-        f"{integer('northdeg'):03d}"
-    )
-    names = [f"{head}_{number('lat')}_{number('lon')}_{row['panoid']}.jpg"]
-    as_written = f"{head}_{row['lat'].strip()}_{row['lon'].strip()}_{row['panoid']}.jpg"
+    names = [gsv_stem(row) + ".jpg"]
+    as_written = gsv_stem(row, row["lat"].strip(), row["lon"].strip()) + ".jpg"
     if as_written != names[0]:
         names.append(as_written)
     return names

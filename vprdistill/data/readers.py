@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
-from vprdistill.data.images import verify_image
+from vprdistill.data.filenames import PlaceFilename, parse_place_filename
+from vprdistill.data.images import readable_indices
 from vprdistill.data.netvlad_mat import MAT_FIELDS, load_db_struct
 from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.utils.logging import get_logger
@@ -59,11 +59,6 @@ log = get_logger("data.readers")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBSETS = ("database", "queries")
-FILENAME_FIELDS = (
-    "east", "north", "zone_number", "zone_letter", "latitude", "longitude", "pano_id",
-    "tile_num", "heading", "pitch", "roll", "height", "timestamp", "note",
-)  # fmt: skip
-_FLOAT_FIELDS = {"latitude", "longitude", "heading", "pitch", "roll", "height"}
 DEFAULT_SEGMENTATION_DIR = "segmentation"
 # Folders of the dataset root that hold something else: maps written there would mix with it.
 _RESERVED_DIRS = {"images", "queries_real", "datasets"}
@@ -82,75 +77,6 @@ def check_segmentation_dir(segmentation_dir: str) -> str:
             f"{DEFAULT_SEGMENTATION_DIR!r} or 'segmentation-predicted', got {segmentation_dir!r}"
         )
     return name
-
-
-@dataclass(frozen=True)
-class PlaceFilename:
-    """The fields of a folder-format file name; only ``east`` and ``north`` are always present."""
-
-    east: float
-    north: float
-    zone_number: int | None = None
-    zone_letter: str = ""
-    latitude: float | None = None
-    longitude: float | None = None
-    pano_id: str = ""
-    tile_num: str = ""
-    heading: float | None = None
-    pitch: float | None = None
-    roll: float | None = None
-    height: float | None = None
-    timestamp: str = ""
-    note: str = ""
-
-    @property
-    def zone(self) -> str:
-        """The UTM zone as written on maps, e.g. ``17T`` (empty when unknown)."""
-        return f"{'' if self.zone_number is None else self.zone_number}{self.zone_letter}"
-
-
-def parse_place_filename(name: str | Path) -> PlaceFilename:
-    """Parse ``@east@north@...@note@.jpg`` (trailing fields may be left out or empty).
-
-    Raises ``DatasetFormatError`` naming the file and the field on a malformed name.
-    """
-    file_name = Path(name).name
-    parts = file_name.split("@")
-    if len(parts) < 4 or parts[0] != "" or (parts[-1] and not parts[-1].startswith(".")):
-        raise DatasetFormatError(
-            f"{name}: not a folder-format image name; expected '@east@north@...@note@.jpg' "
-            "(UTM metres first, fields separated by '@', the extension after the last '@')"
-        )
-    texts = parts[1:-1]
-    if len(texts) > len(FILENAME_FIELDS):
-        raise DatasetFormatError(f"{name}: {len(texts)} '@'-separated fields, at most {len(FILENAME_FIELDS)} expected")
-    values: dict[str, Any] = {}
-    for field_name, text in zip(FILENAME_FIELDS, texts):
-        text = text.strip()
-        if field_name in ("east", "north"):
-            number = _parse_number(text, field_name, name)
-            if number is None or not np.isfinite(number):
-                raise DatasetFormatError(f"{name}: field {field_name} must be a finite number of metres, got {text!r}")
-            values[field_name] = number
-        elif field_name in _FLOAT_FIELDS:
-            values[field_name] = _parse_number(text, field_name, name)
-        elif field_name == "zone_number":
-            number = _parse_number(text, field_name, name)
-            if number is not None and not float(number).is_integer():
-                raise DatasetFormatError(f"{name}: field zone_number must be an integer, got {text!r}")
-            values[field_name] = None if number is None else int(number)
-        else:
-            values[field_name] = text
-    return PlaceFilename(**values)
-
-
-def _parse_number(text: str, field_name: str, name: str | Path) -> float | None:
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise DatasetFormatError(f"{name}: field {field_name} is not a number: {text!r}") from None
 
 
 @dataclass
@@ -200,7 +126,7 @@ def read_folder_dataset(
         folder = split_dir / label
         if not folder.is_dir():
             raise DatasetFormatError(f"no folder {folder} (each split needs database/ and queries/)")
-        relative = _list_images(folder)
+        relative = list_images(folder)
         if not relative:
             raise DatasetFormatError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
         paths = [folder / r for r in relative]
@@ -232,7 +158,7 @@ def _names_zone(zones: list[str], paths: list[Path], where: Path) -> str | None:
     return None if zone is None else str(zone)
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` as sorted relative paths; hidden files (``._x.jpg`` of macOS) are skipped."""
     found = [
         p.relative_to(folder)
@@ -366,7 +292,7 @@ def mat_file_for_split(mat_path: str | Path, split: str | None) -> Path:
     mat_path = Path(mat_path)
     if split is None:
         return mat_path
-    return _file_for_split(mat_path, _mat_own_split(mat_path, _load_db_struct(mat_path)), split)
+    return _file_for_split(mat_path, _mat_own_split(mat_path, load_db_struct(mat_path)), split)
 
 
 def _file_for_split(mat_path: Path, own: str, split: str) -> Path:
@@ -384,10 +310,6 @@ def _file_for_split(mat_path: Path, own: str, split: str) -> Path:
             f"split {split!r} asked for with {mat_path} (split {own!r}), but its sibling {sibling} does not exist"
         )
     return sibling
-
-
-def _load_db_struct(mat_path: Path) -> dict[str, Any]:
-    return load_db_struct(mat_path)
 
 
 def _mat_own_split(mat_path: Path, struct: dict[str, Any]) -> str:
@@ -433,7 +355,7 @@ def _read_mat(
 ) -> tuple[PlaceDataset, DatasetSource]:
     segmentation_dir = check_segmentation_dir(segmentation_dir)
     if struct is None:
-        struct = _load_db_struct(mat_path)
+        struct = load_db_struct(mat_path)
     if image_root is None:
         image_root = mat_path.parent.parent if mat_path.parent.name == "datasets" else mat_path.parent
     image_root = Path(image_root)
@@ -558,18 +480,7 @@ def _notes_or_none(notes: list[str] | None) -> list[str] | None:
 
 
 def _drop_bad_images(subset: _Subset, where: str) -> _Subset:
-    keep = []
-    progress = tqdm(subset.paths, desc=f"checking {where} {subset.label}", unit="img", leave=False, disable=None)
-    for index, path in enumerate(progress):
-        reason = verify_image(path)
-        if reason is None:
-            keep.append(index)
-        else:
-            log.warning("skipping unreadable %s image %s: %s", subset.label, path, reason)
-    skipped = len(subset.paths) - len(keep)
-    if skipped:
-        log.warning("skipped %d of %d %s images of %s", skipped, len(subset.paths), subset.label, where)
-    return subset.keep(keep)
+    return subset.keep(readable_indices(subset.paths, subset.label, where))
 
 
 def _segmentation_paths(split_dir: Path, subsets: dict[str, _Subset]) -> dict[str, list[Path]] | None:
@@ -592,7 +503,12 @@ def _segmentation_paths(split_dir: Path, subsets: dict[str, _Subset]) -> dict[st
 Reader = Literal["auto", "folder", "mat", "msls", "vprbench", "gsv-lists"]
 
 
-def open_dataset(
+def open_dataset(*args: Any, **kwargs: Any) -> PlaceDataset:
+    """The `PlaceDataset` of :func:`open_dataset_with_source` (same arguments), without its source."""
+    return open_dataset_with_source(*args, **kwargs)[0]
+
+
+def open_dataset_with_source(
     path: str | Path,
     split: str | None = "test",
     reader: Reader = "auto",
@@ -601,8 +517,8 @@ def open_dataset(
     name: str | None = None,
     segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
     queries_root: str | Path | None = None,
-) -> PlaceDataset:
-    """Open one split of a dataset in either format of METHODS.md §2.
+) -> tuple[PlaceDataset, DatasetSource]:
+    """Open one split of a dataset in either format of METHODS.md §2, and tell which file or folder was read.
 
     ``path`` is a folder-format root, a root holding ``<name>_<split>.mat`` (in
     it or in ``datasets/``), or a ``.mat`` file. ``reader="auto"`` picks the
@@ -621,22 +537,6 @@ def open_dataset(
     ``segmentation_dir`` is the maps folder of the root (default ``segmentation``,
     optional; another name, e.g. ``segmentation-predicted``, must exist).
     """
-    return open_dataset_with_source(
-        path, split, reader, skip_bad_images, image_root, name, segmentation_dir, queries_root
-    )[0]
-
-
-def open_dataset_with_source(
-    path: str | Path,
-    split: str | None = "test",
-    reader: Reader = "auto",
-    skip_bad_images: bool = False,
-    image_root: str | Path | None = None,
-    name: str | None = None,
-    segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
-    queries_root: str | Path | None = None,
-) -> tuple[PlaceDataset, DatasetSource]:
-    """:func:`open_dataset`, also telling which file (and ``whichSet``) or split folder was read."""
     segmentation_dir = check_segmentation_dir(segmentation_dir)
     path = Path(path).expanduser()
     name = name or None
@@ -659,26 +559,21 @@ def open_dataset_with_source(
             )
         return dataset, DatasetSource("folder", path / "images" / dataset.split)
     if reader == "mat":
+        struct = None
         if path.is_dir():
             split = split or "test"
-            mat_file = find_mat_file(path, split, name)
-            return _read_mat(
-                mat_file, image_root or path, skip_bad_images, split,
-                segmentation_dir=segmentation_dir, queries_root=queries_root,
-            )  # fmt: skip
-        struct = _load_db_struct(path)
-        own = _mat_own_split(path, struct)
-        file_set = path.stem.removesuffix(f"_{own}")
-        if name is not None and file_set != name:
-            raise DatasetFormatError(
-                f"{path} is a file of dataset {file_set!r}, not of {name!r} (expected {name}_<split>.mat)"
-            )
-        if split is None or own == split:
-            return _read_mat(path, image_root, skip_bad_images, split, struct, segmentation_dir, queries_root)
-        sibling = _file_for_split(path, own, split)
-        return _read_mat(
-            sibling, image_root, skip_bad_images, split, segmentation_dir=segmentation_dir, queries_root=queries_root
-        )
+            path, image_root = find_mat_file(path, split, name), image_root or path
+        else:
+            struct = load_db_struct(path)
+            own = _mat_own_split(path, struct)
+            file_set = path.stem.removesuffix(f"_{own}")
+            if name is not None and file_set != name:
+                raise DatasetFormatError(
+                    f"{path} is a file of dataset {file_set!r}, not of {name!r} (expected {name}_<split>.mat)"
+                )
+            if split is not None and own != split:
+                path, struct = _file_for_split(path, own, split), None
+        return _read_mat(path, image_root, skip_bad_images, split, struct, segmentation_dir, queries_root)
     if reader in LIST_READERS:
         return _open_list_reader(path, split, reader, skip_bad_images, image_root, name, segmentation_dir, queries_root)
     raise ValueError(f"unknown reader {reader!r}; expected auto, folder, mat, {', '.join(LIST_READERS)}")

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vprdistill.data.images import ImageLoadError, load_image
-from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, check_segmentation_dir
+from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, check_segmentation_dir, list_images
 from vprdistill.data.segmentation_labels import (
     CITYSCAPES_TRAIN_ID_NAMES,
     DEFAULT_SEGMENTATION_MODEL,
@@ -55,19 +55,9 @@ from vprdistill.utils.logging import get_logger
 
 log = get_logger("data.segmenter")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
 
 class SegmentationModelError(RuntimeError):
     """The segmentation model cannot be loaded or does not fit (e.g. no named classes)."""
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One image to segment and where its map goes."""
-
-    image: Path
-    map_path: Path
 
 
 @dataclass
@@ -265,11 +255,7 @@ def find_images(root: str | Path, splits: Sequence[str] | None = None) -> list[P
         split_dir = images_dir / split
         if not split_dir.is_dir():
             raise FileNotFoundError(f"split folder {split_dir} does not exist")
-        found.extend(
-            p.relative_to(images_dir)
-            for p in split_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
+        found.extend(Path(split) / image for image in list_images(split_dir))
     return sorted(found)
 
 
@@ -365,6 +351,14 @@ def _warn_if_model_changed(classes_path: Path, model: str, kept: int) -> None:
             previous,
             model,
         )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image to segment and where its map goes."""
+
+    image: Path
+    map_path: Path
 
 
 class _ImageFiles(Dataset):

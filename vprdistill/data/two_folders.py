@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +39,9 @@ from vprdistill.data.readers import (
     IMAGE_SUFFIXES,
     DatasetSource,
     _drop_bad_images,
-    _list_images,
     _notes_or_none,
     _Subset,
+    list_images,
     parse_place_filename,
 )
 from vprdistill.utils.logging import get_logger
@@ -51,37 +52,9 @@ log = get_logger("data.two_folders")
 SUBSETS = ("database", "queries")
 
 
-def read_two_folders(
-    database_dir: str | Path,
-    queries_dir: str | Path,
-    positions: str | Path | None = None,
-    *,
-    require_query_positions: bool = True,
-    skip_bad_images: bool = False,
-    zone: str | UtmZone | None = None,
-    name: str | None = None,
-    split: str = "test",
-) -> PlaceDataset:
-    """Read a database folder and a queries folder (see the module docstring).
-
-    ``positions`` is a CSV file (``path,lat,lon`` or ``path,east,north``,
-    optional ``zone`` and ``note`` columns); without it positions come from
-    ``@east@north@...`` file names. ``zone`` (e.g. ``17T``) is the UTM zone of
-    the positions: lat/lon are converted into it (a set across a zone border),
-    and positions that state another zone are an error. ``name`` defaults to
-    the folder holding both folders, ``split`` names the split in reports.
-    ``skip_bad_images`` leaves out (with a warning) images that cannot be read.
-
-    Returns a `PlaceDataset` whose ``database_utm`` ``(N, 2)`` and ``query_utm``
-    ``(M, 2)`` are UTM metres (east, north) in the zone ``utm_zone``. Raises
-    ``DatasetFormatError`` naming the files: an image without a position,
-    positions in several zones, a positions row naming images of both folders.
-    """
-    return read_two_folders_with_source(
-        database_dir, queries_dir, positions,
-        require_query_positions=require_query_positions, skip_bad_images=skip_bad_images,
-        zone=zone, name=name, split=split,
-    )[0]  # fmt: skip
+def read_two_folders(*args: Any, **kwargs: Any) -> PlaceDataset:
+    """The `PlaceDataset` of :func:`read_two_folders_with_source` (same arguments), without its source."""
+    return read_two_folders_with_source(*args, **kwargs)[0]
 
 
 def read_two_folders_with_source(
@@ -95,7 +68,22 @@ def read_two_folders_with_source(
     name: str | None = None,
     split: str = "test",
 ) -> tuple[PlaceDataset, DatasetSource]:
-    """:func:`read_two_folders`, also giving the `DatasetSource` (``format="folders"``) for logs and reports."""
+    """Read a database folder and a queries folder (see the module docstring), and say where from.
+
+    ``positions`` is a CSV file (``path,lat,lon`` or ``path,east,north``,
+    optional ``zone`` and ``note`` columns); without it positions come from
+    ``@east@north@...`` file names. ``zone`` (e.g. ``17T``) is the UTM zone of
+    the positions: lat/lon are converted into it (a set across a zone border),
+    and positions that state another zone are an error. ``name`` defaults to
+    the folder holding both folders, ``split`` names the split in reports.
+    ``skip_bad_images`` leaves out (with a warning) images that cannot be read.
+
+    Returns a `PlaceDataset` whose ``database_utm`` ``(N, 2)`` and ``query_utm``
+    ``(M, 2)`` are UTM metres (east, north) in the zone ``utm_zone``, and the
+    `DatasetSource` (``format="folders"``) for logs and reports. Raises
+    ``DatasetFormatError`` naming the files: an image without a position,
+    positions in several zones, a positions row naming images of both folders.
+    """
     folders = {"database": Path(database_dir).expanduser(), "queries": Path(queries_dir).expanduser()}
     _check_folders(folders)
     forced = parse_zone(zone, "zone") if isinstance(zone, str) else zone
@@ -187,7 +175,7 @@ def _folder_positions(
     """
     relative = {}
     for label, folder in folders.items():
-        relative[label] = _list_images(folder)
+        relative[label] = list_images(folder)
         if not relative[label]:
             raise DatasetFormatError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the {label} folder {folder}")
     unmatched_hint = ""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vprdistill.deploy.matching_bench import EXACT_MODE, applicable_modes, measure_mode, random_unit_rows
-from vprdistill.models.inference import CPU_CHUNK, inference_copy, run_in_chunks
+from vprdistill.models.inference import chunk_for, inference_copy, run_in_chunks
 from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
 
@@ -87,9 +87,8 @@ def time_pytorch(
 ) -> float:
     """ms per image of the eager model on a `(batch, 3, H, W)` input, run as ``eval`` runs it (CPU: chunks of 8)."""
     images = torch.randn(batch, 3, *image_size, device=device)
-    chunk = CPU_CHUNK if device.type == "cpu" else None
     with torch.inference_mode():
-        seconds = best_seconds(lambda: run_in_chunks(model, images, chunk), repeats, device)
+        seconds = best_seconds(lambda: run_in_chunks(model, images, chunk_for(device)), repeats, device)
     return 1e3 * seconds / batch
 
 

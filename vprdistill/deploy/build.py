@@ -81,8 +81,10 @@ def compute_index_descriptors(
 ) -> np.ndarray:
     """Descriptors `(N, D)` of the images to index (the same extraction as evaluation).
 
-    With ``shard_dir``, extraction streams shards to disk and resumes after an
-    interruption without recomputing finished shards (large maps).
+    With ``shard_dir``, extraction writes shards to disk and resumes after an
+    interruption without recomputing finished shards (large maps); the finished
+    shards are then read back into one in-memory array (refused above 4 GiB by
+    ``ShardedDescriptors.to_array``), since the map index is built from memory.
     """
     if shard_dir is not None:
         from vprdistill.eval.sharded import extract_sharded
@@ -103,7 +105,7 @@ def compute_index_descriptors(
     )
 
 
-def build_index(
+def build_map_index(
     model: torch.nn.Module,
     paths: Sequence[str | Path],
     positions: np.ndarray,

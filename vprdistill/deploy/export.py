@@ -86,18 +86,11 @@ def _export_legacy(
     # whether the traced graph is right is decided by the comparison with PyTorch that follows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        _legacy_export_call(model, example, path, opset, input_name, axes)
-
-
-def _legacy_export_call(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
-    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES,
-) -> None:  # fmt: skip
-    torch.onnx.export(
-        model, (example,), str(path), dynamo=False, opset_version=opset,
-        input_names=[input_name], output_names=[OUTPUT_NAME],
-        dynamic_axes={input_name: dict(axes), OUTPUT_NAME: {0: "batch"}},
-    )  # fmt: skip
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=[input_name], output_names=[OUTPUT_NAME],
+            dynamic_axes={input_name: dict(axes), OUTPUT_NAME: {0: "batch"}},
+        )  # fmt: skip
 
 
 def _export(

@@ -5,9 +5,14 @@ An index folder holds
 - ``index.json``: the manifest (model fingerprint and config, descriptor size,
   type, PCA, dtype, count, image size, calibration), written last;
 - ``descriptors.npy`` (flat float32/float16) or ``descriptors.faiss`` (the rest);
-- ``pca_matrix.npy`` and ``pca_bias.npy`` when descriptors are PCA-reduced;
+- ``pca_matrix.npy`` `(D_stored, D)` and ``pca_bias.npy`` `(D_stored,)` when
+  descriptors are PCA-reduced (``normalise(matrix @ x + bias)``);
 - ``positions.npy``: `(N, 2)` float64 UTM east, north (NaN where unknown);
 - ``paths.json``: the image of each entry.
+
+The searchable part is one faiss index of ``vprdistill.retrieval.approximate``
+(L2 normalisation, the PCA if any, then the store of the manifest's type and
+dtype); this module only adds the files, the metadata and the model checks.
 
 ``index.json`` records the sha256 and size of every other file (``files``);
 ``MapIndex.load`` checks them and names a damaged or missing file.
@@ -33,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
-from vprdistill.deploy.searcher import CompactSearcher
-from vprdistill.deploy.stores import neighbour_recall
+from vprdistill.retrieval import approximate
 from vprdistill.utils.atomic import atomic_write_json
 from vprdistill.utils.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
 from vprdistill.utils.logging import get_logger
@@ -49,6 +54,17 @@ POSITIONS_FILE = "positions.npy"
 PATHS_FILE = "paths.json"
 LOCK_WHAT = "map index"
 _LOAD_ATTEMPTS = 3
+INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+DTYPES = ("float32", "float16", "int8")
+ARRAY_FILE = "descriptors.npy"
+FAISS_FILE = "descriptors.faiss"
+PCA_MATRIX_FILE = "pca_matrix.npy"
+PCA_BIAS_FILE = "pca_bias.npy"
+# (type, dtype) of the manifest → kind of approximate.build_index. Flat float32 and
+# float16 are kept as plain arrays (readable without faiss), the rest as faiss files.
+_KINDS = {("flat", "float32"): "flat", ("flat", "float16"): "fp16", ("flat", "int8"): "sq8",
+          ("hnsw", "float32"): "hnsw", ("ivfpq", "float32"): "ivfpq"}  # fmt: skip
+_ARRAY_DTYPES = {"flat": np.float32, "fp16": np.float16}
 
 
 class IndexFormatError(ValueError):
@@ -129,6 +145,57 @@ def verify_files(folder: Path, files: dict[str, Any]) -> None:
             )
 
 
+def storage_kind(index_type: str, dtype: str) -> str:
+    """The ``approximate`` index kind of a (type, dtype) pair; ``ValueError`` for an unknown or unsupported one."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if (index_type, dtype) not in _KINDS:
+        raise ValueError(f"dtype {dtype} applies to flat indexes; {index_type} keeps its own float32 or PQ codes")
+    return _KINDS[index_type, dtype]
+
+
+def save_store(store: faiss.Index, folder: Path, index_type: str, dtype: str) -> None:
+    """Write ``store`` (``approximate.build_index(..., normalise=True)``) as ``descriptors.npy``/``.faiss`` and PCA arrays."""
+    kind = storage_kind(index_type, dtype)
+    base, pca, _ = approximate.index_parts(store)
+    if kind in _ARRAY_DTYPES:
+        decoded = base.reconstruct_n(0, base.ntotal) if base.ntotal else np.zeros((0, base.d), np.float32)
+        np.save(folder / ARRAY_FILE, decoded.astype(_ARRAY_DTYPES[kind]), allow_pickle=False)
+    else:
+        approximate.save_index(base, folder / FAISS_FILE)
+    if pca is not None:
+        np.save(folder / PCA_MATRIX_FILE, pca[0], allow_pickle=False)
+        np.save(folder / PCA_BIAS_FILE, pca[1], allow_pickle=False)
+
+
+def load_store(
+    folder: Path, index_type: str, dtype: str, descriptor_dim: int, stored_dim: int, has_pca: bool
+) -> faiss.Index:
+    """Read what :func:`save_store` wrote; the manifest gives type, dtype and sizes."""
+    kind = storage_kind(index_type, dtype)
+    if kind in _ARRAY_DTYPES:
+        array = np.load(folder / ARRAY_FILE, allow_pickle=False)
+        if array.ndim != 2 or array.shape[1] != stored_dim:
+            raise ValueError(f"{folder / ARRAY_FILE}: expected (N, {stored_dim}) descriptors, found {array.shape}")
+        base = faiss.index_factory(stored_dim, "Flat" if kind == "flat" else "SQfp16", faiss.METRIC_INNER_PRODUCT)
+        base.add(np.ascontiguousarray(array, dtype=np.float32))  # float16 → fp16 codes is lossless
+    else:
+        base = approximate.load_index(folder / FAISS_FILE)
+        if base.d != stored_dim:
+            raise ValueError(
+                f"{folder / FAISS_FILE}: descriptor size {base.d} differs from the manifest's {stored_dim}"
+            )
+    pca = None
+    if has_pca:
+        pca = (
+            np.load(folder / PCA_MATRIX_FILE, allow_pickle=False),
+            np.load(folder / PCA_BIAS_FILE, allow_pickle=False),
+        )
+    return approximate.with_transforms(base, descriptor_dim, pca)
+
+
 def _identity(folder: Path) -> tuple[int, int] | None:
     """Which folder ``folder`` names right now (replacing an index gives the path a new inode)."""
     try:
@@ -142,7 +209,7 @@ def _identity(folder: Path) -> tuple[int, int] | None:
 class MapIndex:
     """Searchable descriptors of `N` database images, with their positions `(N, 2)` and paths."""
 
-    searcher: CompactSearcher
+    store: faiss.Index  # takes (M, D) model descriptors; L2-normalises them, then any PCA
     positions: np.ndarray
     paths: list[str]
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -153,9 +220,9 @@ class MapIndex:
     def __post_init__(self) -> None:
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 2)
         self.paths = [str(p) for p in self.paths]
-        if not len(self.searcher) == len(self.positions) == len(self.paths):
+        if not self.store.ntotal == len(self.positions) == len(self.paths):
             raise IndexFormatError(
-                f"index entries disagree: {len(self.searcher)} descriptors, "
+                f"index entries disagree: {self.store.ntotal} descriptors, "
                 f"{len(self.positions)} positions, {len(self.paths)} paths"
             )
         self.manifest["count"] = len(self.paths)
@@ -182,14 +249,15 @@ class MapIndex:
         also be given in latitude and longitude; ``None`` when not known.
         """
         descriptors = np.asarray(descriptors, dtype=np.float32)
-        searcher = CompactSearcher.build(descriptors, index_type, dtype, pca_dim)
+        kind = storage_kind(index_type, dtype)
+        store = approximate.build_index(descriptors, kind, pca_dim=pca_dim, normalise=True)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model_fingerprint": model_fingerprint,
             "model_config": model_config,
             "model_path": model_path,
             "descriptor_dim": int(descriptors.shape[1]),
-            "stored_dim": searcher.stored_dim,
+            "stored_dim": int(approximate.index_parts(store)[0].d),
             "type": index_type,
             "pca": int(pca_dim) if pca_dim else None,
             "dtype": dtype,
@@ -197,11 +265,10 @@ class MapIndex:
             "utm_zone": utm_zone or None,
             "calibration": None,
         }
-        exact = descriptors if searcher.pca is None else searcher.reduce(descriptors)
         if not (index_type == "flat" and dtype == "float32"):
             # What compression or approximation costs against exact search in the stored space.
-            manifest["neighbour_recall_at_10"] = neighbour_recall(searcher.store, exact)
-        return cls(searcher, positions, list(paths), manifest)
+            manifest["neighbour_recall_at_10"] = approximate.neighbour_recall(store, descriptors)
+        return cls(store, positions, list(paths), manifest)
 
     # --- what the manifest says -------------------------------------------------
     def __len__(self) -> int:
@@ -237,7 +304,7 @@ class MapIndex:
             raise ValueError(
                 f"query descriptors have shape {tuple(descriptors.shape)}; this index holds {self.descriptor_dim}-d ones"
             )
-        return self.searcher.search(descriptors, k)
+        return approximate.search(self.store, descriptors, k)
 
     def add(self, descriptors: np.ndarray, positions: np.ndarray, paths: Sequence[str | Path]) -> None:
         """Append `(N, D)` descriptors with their `(N, 2)` positions and N paths (PCA/quantiser stay as trained)."""
@@ -247,7 +314,7 @@ class MapIndex:
             raise ValueError(f"{len(descriptors)} descriptors, {len(positions)} positions and {len(paths)} paths")
         if descriptors.ndim != 2 or descriptors.shape[1] != self.descriptor_dim:
             raise ValueError(f"new descriptors have shape {descriptors.shape}; the index holds {self.descriptor_dim}-d")
-        self.searcher.add(descriptors)
+        self.store.add(np.ascontiguousarray(descriptors))
         self.positions = np.concatenate([self.positions, positions])
         self.paths = self.paths + [str(p) for p in paths]
         self.manifest["count"] = len(self.paths)
@@ -255,7 +322,7 @@ class MapIndex:
     def empty_like(self) -> MapIndex:
         """An index with this one's model, PCA and trained store, but no entries (used by calibration)."""
         manifest = {**self.manifest, "calibration": None}
-        return MapIndex(self.searcher.empty_like(), np.zeros((0, 2)), [], manifest)
+        return MapIndex(approximate.empty_like(self.store), np.zeros((0, 2)), [], manifest)
 
     def check_model(self, model: Any) -> None:
         """Raise ``IndexModelMismatchError`` unless ``model`` is the model this index was built with."""
@@ -299,7 +366,7 @@ class MapIndex:
         folder = Path(folder)
         with atomic_folder(folder, MANIFEST_FILE, LOCK_WHAT, wait, hint) as staging:
             self._check_not_replaced(folder)
-            self.searcher.save(staging)
+            save_store(self.store, staging, self.manifest["type"], self.manifest["dtype"])
             np.save(staging / POSITIONS_FILE, self.positions, allow_pickle=False)
             atomic_write_json(staging / PATHS_FILE, self.paths)
             files = file_checksums(staging)
@@ -367,15 +434,14 @@ class MapIndex:
         try:
             positions = np.load(folder / POSITIONS_FILE, allow_pickle=False)
             paths = json.loads((folder / PATHS_FILE).read_text())
-            searcher = CompactSearcher.load(
-                folder, manifest["type"], manifest["dtype"], int(manifest["stored_dim"]), bool(manifest["pca"])
-            )
+            store = load_store(folder, manifest["type"], manifest["dtype"], int(manifest["descriptor_dim"]),
+                               int(manifest["stored_dim"]), bool(manifest["pca"]))  # fmt: skip
         except (OSError, ValueError) as error:
             raise IndexFormatError(f"cannot read index {folder}: {error}") from error
         if len(paths) != manifest["count"]:
             raise IndexFormatError(f"{folder}: index.json counts {manifest['count']} entries, paths.json {len(paths)}")
         try:
-            return cls(searcher, positions, paths, manifest)
+            return cls(store, positions, paths, manifest)
         except IndexFormatError as error:
             raise IndexFormatError(f"{folder}: {error}") from error
 
@@ -386,12 +452,11 @@ _REQUIRED_FIELDS = ("format_version", "model_fingerprint", "descriptor_dim", "st
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The parsed ``index.json`` of ``folder``, with its required fields checked."""
     path = Path(folder) / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {folder} is not a map index (build one with `vprdistill index build`)"
-        )
     try:
         manifest = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        message = f"{path} not found: {folder} is not a map index (build one with `vprdistill index build`)"
+        raise FileNotFoundError(message) from error
     except json.JSONDecodeError as error:
         raise IndexFormatError(f"{path} is not valid JSON: {error}") from error
     missing = [name for name in _REQUIRED_FIELDS if name not in manifest]

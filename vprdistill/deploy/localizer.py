@@ -28,7 +28,7 @@ from vprdistill.deploy.inputs import (
     source_name,
     to_rgb_image,
 )
-from vprdistill.models.inference import CPU_CHUNK, inference_copy, run_in_chunks
+from vprdistill.models.inference import batch_descriptors, inference_copy
 
 
 @dataclass(frozen=True)
@@ -167,11 +167,9 @@ class Localizer:
         """
         return self.transform(to_rgb_image(image, channel_order))
 
-    @torch.inference_mode()
     def describe_batch(self, batch: torch.Tensor) -> np.ndarray:
         """Descriptors `(B, D)` float32 of prepared inputs `(B, 3, H, W)`."""
-        chunk = CPU_CHUNK if self.device.type == "cpu" else None
-        return run_in_chunks(self.model, batch.to(self.device), chunk).float().cpu().numpy()
+        return batch_descriptors(self.model, batch, self.device)
 
     def describe(self, images: list[ImageInput], channel_order: str = "RGB") -> np.ndarray:
         """Descriptors `(B, D)` float32 of B images (paths, PIL images, arrays or encoded bytes).

@@ -46,12 +46,12 @@ source's own export check (``atol``, ``max_abs_diff``, ...) moves under
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +61,7 @@ import numpy as np
 from vprdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_size_hw
 from vprdistill.deploy.export import INPUT_NAME, OUTPUT_NAME, sidecar_path
 from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
+from vprdistill.models.checkpoint import file_sha256
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
 from vprdistill.utils.extras import require
 from vprdistill.utils.logging import get_logger
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FP16_HEAD_OPS",
     "PRECISIONS",
+    "CostOptions",
     "GraphInput",
     "ImageCalibrationReader",
     "PrecisionCheckError",
@@ -280,11 +282,6 @@ def _difference(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     cosine = np.sum(reference.astype(np.float64) * other, axis=1) / np.maximum(norms, 1e-12)
     return {"max_abs": float(absolute.max()), "mean_abs": float(absolute.mean()),
             "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}  # fmt: skip
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _evenly_spaced(paths: Sequence[Path], count: int) -> list[Path]:
@@ -529,24 +526,40 @@ def _quantize_int8_file(
 # --------------------------------------------------------------------------- recall cost
 
 
+@dataclass(frozen=True)
+class CostOptions:
+    """How :func:`precision_cost` measures (and :func:`convert_precision` passes on as keywords).
+
+    ``threshold_m``, ``recall_ns``, ``queries_without_positive``: Recall@N as
+    ``vprdistill eval`` computes it; ``batch_size``: images per ONNX Runtime run;
+    ``threads``: its intra-op threads (None: its default); ``timing_batches``,
+    ``timing_repeats``: the batch sizes timed, best of how many runs.
+    """
+
+    threshold_m: float = 25.0
+    recall_ns: Sequence[int] = DEFAULT_RECALL_NS
+    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE
+    batch_size: int = 32
+    threads: int | None = None
+    timing_batches: Sequence[int] = TIMING_BATCHES
+    timing_repeats: int = 5
+
+
 def precision_cost(
     fp32_onnx: str | Path,
     other_onnx: str | Path,
     dataset: PlaceDataset,
-    threshold_m: float = 25.0,
-    recall_ns: Sequence[int] = DEFAULT_RECALL_NS,
-    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
-    batch_size: int = 32,
-    threads: int | None = None,
-    timing_batches: Sequence[int] = TIMING_BATCHES,
-    timing_repeats: int = 5,
+    options: CostOptions | None = None,
+    *,
     names: tuple[str, str] = ("fp32", "other"),
     graph_input: GraphInput | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """What ``other_onnx`` costs against ``fp32_onnx`` on ``dataset`` (ONNX Runtime, CPU).
 
-    Both graphs take the input the float32 graph's sidecar describes (unless
-    ``graph_input`` is given). Returns a JSON-able dict keyed by ``names``:
+    ``options`` (or its ``fields`` as keywords, over the defaults) say how, see
+    :class:`CostOptions`. Both graphs take the input the float32 graph's sidecar
+    describes (unless ``graph_input`` is given). Returns a JSON-able dict keyed by ``names``:
 
     - ``recall``: ``{name: {"N": percent}}``, Recall@N as ``vprdistill eval``
       computes it (exact search, positives within ``threshold_m`` metres);
@@ -564,13 +577,15 @@ def precision_cost(
     """
     from vprdistill.eval.evaluate import evaluate_descriptors
 
+    options = replace(options or CostOptions(), **fields)
+    threshold_m, batch_size, threads = options.threshold_m, options.batch_size, options.threads
     fp32_onnx, other_onnx = Path(fp32_onnx), Path(other_onnx)
     record = read_sidecar(fp32_onnx)
     graph_input = graph_input or GraphInput.from_sidecar(record, sidecar_path(fp32_onnx))
     output_name = str((record.get("output") or {}).get("name", OUTPUT_NAME))
     paths = {"database": list(dataset.database_paths), "queries": list(dataset.query_paths)}
     results, descriptors, timings = {}, {}, {}
-    timing_inputs = {b: _timing_batch(graph_input, paths["queries"], int(b)) for b in timing_batches}
+    timing_inputs = {b: _timing_batch(graph_input, paths["queries"], int(b)) for b in options.timing_batches}
     for name, path in zip(names, (fp32_onnx, other_onnx)):
         session = _session(path, threads)
         _check_session_input(session, graph_input, path)
@@ -582,10 +597,10 @@ def precision_cost(
             raise PrecisionCheckError(f"{path}: non-finite descriptors on {dataset!r}")
         descriptors[name] = (database, queries)
         results[name] = evaluate_descriptors(
-            database, queries, dataset, threshold_m=threshold_m, recall_ns=recall_ns,
-            queries_without_positive=queries_without_positive,
+            database, queries, dataset, threshold_m=threshold_m, recall_ns=options.recall_ns,
+            queries_without_positive=options.queries_without_positive,
         )  # fmt: skip
-        timings[name] = {str(b): _ms_per_image(session, graph_input, batch, output_name, timing_repeats)
+        timings[name] = {str(b): _ms_per_image(session, graph_input, batch, output_name, options.timing_repeats)
                          for b, batch in timing_inputs.items()}  # fmt: skip
     reference, other = names
     first = {name: results[name].predictions[:, 0] for name in names}
@@ -676,15 +691,9 @@ def convert_precision(
     per_channel: bool = True,
     fp16_head_ops: Sequence[str] = FP16_HEAD_OPS,
     min_cosine: float = DEFAULT_MIN_COSINE,
-    threshold_m: float = 25.0,
-    recall_ns: Sequence[int] = DEFAULT_RECALL_NS,
-    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
-    batch_size: int = 32,
-    threads: int | None = None,
-    timing_batches: Sequence[int] = TIMING_BATCHES,
-    timing_repeats: int = 5,
     reader: str = "auto",
     dataset_name: str | None = None,
+    **cost_options: Any,
 ) -> dict[str, Any]:
     """Write ``dst_onnx`` (``precision`` ``fp16`` or ``int8``) from the float32 graph ``src_onnx``; return its sidecar.
 
@@ -699,7 +708,9 @@ def convert_precision(
             :func:`precision_cost` measures the recall cost; None skips it.
         calibration_images: int8: image paths to calibrate on instead of ``calibrate``.
         activations: int8: ``uint8`` (U8S8, the x86 choice) or ``int8`` (S8S8, the ARM choice).
-        threads: ONNX Runtime intra-op threads (None: its default).
+        cost_options: the fields of :class:`CostOptions` (``threshold_m``, ``recall_ns``,
+            ``queries_without_positive``, ``batch_size``, ``threads``, ``timing_batches``,
+            ``timing_repeats``); ``threads`` (ONNX Runtime intra-op threads) also runs the check.
         fp16_head_ops: fp16: the ops from which on the graph stays float32 (``()``: all float16).
         min_cosine: the check on a few images (evaluation queries, else calibration images,
             else random input) refuses a conversion whose cosine similarity to the float32
@@ -721,6 +732,7 @@ def convert_precision(
     from vprdistill.data.readers import open_dataset
 
     check_precision_arguments(precision, calibrate, calibration_images)
+    cost = CostOptions(**cost_options)
     src, dst = Path(src_onnx), Path(dst_onnx)
     source_record = read_sidecar(src)
     where = sidecar_path(src)
@@ -764,15 +776,12 @@ def convert_precision(
                 src, converted, calibration_reader, work, per_channel, calibration_method, activations
             )
         conversion["seconds"] = time.perf_counter() - start
-        check = _check_converted(src, converted, graph_input, eval_set, images, threads, source_record, min_cosine)
+        check = _check_converted(src, converted, graph_input, eval_set, images, cost.threads, source_record, min_cosine)
         recall_cost = None
         if eval_set is not None:
             recall_cost = precision_cost(
-                src, converted, eval_set, threshold_m=threshold_m, recall_ns=recall_ns,
-                queries_without_positive=queries_without_positive, batch_size=batch_size, threads=threads,
-                timing_batches=timing_batches, timing_repeats=timing_repeats, names=("fp32", precision),
-                graph_input=graph_input,
-            )  # fmt: skip
+                src, converted, eval_set, cost, names=("fp32", precision), graph_input=graph_input
+            )
         record = {key: value for key, value in source_record.items() if key not in _EXPORT_CHECK_FIELDS}
         export_check = {key: source_record[key] for key in _EXPORT_CHECK_FIELDS if key in source_record}
         versions = dict(record.get("versions") or {})
@@ -780,9 +789,9 @@ def convert_precision(
         record.update({
             "onnx_file": dst.name,
             "precision": precision,
-            "sha256": _sha256(converted),
+            "sha256": file_sha256(converted),
             "file_bytes": converted.stat().st_size,
-            "source": {"onnx_file": src.name, "precision": "fp32", "sha256": _sha256(src),
+            "source": {"onnx_file": src.name, "precision": "fp32", "sha256": file_sha256(src),
                        "file_bytes": src.stat().st_size, "export_check": export_check},
             "conversion": conversion,
             "calibration": calibration,

@@ -333,27 +333,14 @@ def evaluate_descriptors(
         )
 
     return EvaluationResult(
-        recall=recall,
-        num_queries=dataset.num_queries,
-        num_queries_without_positive=num_without,
-        num_database=num_database,
-        threshold_m=float(threshold_m),
-        descriptor_dim=int(np.shape(database_descriptors)[1]),
-        ms_per_query=ms_per_query,
-        search_backend=search_backend,
-        queries_without_positive=convention,
-        dataset=dataset.name,
-        split=dataset.split,
-        recall_per_condition=per_condition,
-        recall_before_rerank=recall_before_rerank,
-        rerank=rerank_info,
-        ground_truth=ground_truth,
-        search_groups=search_groups,
-        predictions=predictions,
-        positives=positives,
-        database_descriptors=database_descriptors,
-        query_descriptors=query_descriptors,
-    )
+        recall=recall, num_queries=dataset.num_queries, num_queries_without_positive=num_without,
+        num_database=num_database, threshold_m=float(threshold_m), ms_per_query=ms_per_query,
+        descriptor_dim=int(np.shape(database_descriptors)[1]), search_backend=search_backend,
+        queries_without_positive=convention, dataset=dataset.name, split=dataset.split,
+        recall_per_condition=per_condition, recall_before_rerank=recall_before_rerank, rerank=rerank_info,
+        ground_truth=ground_truth, search_groups=search_groups, predictions=predictions, positives=positives,
+        database_descriptors=database_descriptors, query_descriptors=query_descriptors,
+    )  # fmt: skip
 
 
 def default_image_size(model: torch.nn.Module) -> tuple[int, int]:
@@ -413,29 +400,14 @@ def evaluate_model(
     else:
         database_paths, query_paths = dataset.database_paths, dataset.query_paths
     size = default_image_size(model) if image_size is None else image_size
-    options = {
-        "image_size": size,
-        "batch_size": batch_size,
-        "device": device,
-        "num_workers": num_workers,
-        "input_kind": input_kind,
-        "structural_source": structural_source,
-        "progress": progress,
-    }
+    options = {"image_size": size, "batch_size": batch_size, "device": device, "num_workers": num_workers,
+               "input_kind": input_kind, "structural_source": structural_source, "progress": progress}  # fmt: skip
     database, database_timing = extract_descriptors(model, database_paths, desc="database", **options)
     queries, query_timing = extract_descriptors(model, query_paths, desc="queries", **options)
     result = evaluate_descriptors(
-        database,
-        queries,
-        dataset,
-        threshold_m,
-        recall_ns,
-        reranker=reranker,
-        rerank_topk=rerank_topk,
-        search_backend=search_backend,
-        progress=progress,
-        queries_without_positive=queries_without_positive,
-    )
+        database, queries, dataset, threshold_m, recall_ns, reranker=reranker, rerank_topk=rerank_topk,
+        search_backend=search_backend, progress=progress, queries_without_positive=queries_without_positive,
+    )  # fmt: skip
     result.ms_per_image = _combined_ms_per_image(database_timing, query_timing)
     result.extraction = {
         "database": database_timing.to_json(),

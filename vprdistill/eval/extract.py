@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from vprdistill.data.structural import StructuralClassMap
 from vprdistill.data.structural_store import class_map_for_model
 from vprdistill.data.torch_datasets import ImagePathDataset, SegmentationPathDataset
 from vprdistill.data.transforms import build_segmentation_transform, build_transform, image_size_hw
-from vprdistill.models.inference import CPU_CHUNK, channels_last_during, run_in_chunks
+from vprdistill.models.inference import batch_descriptors, channels_last_during
 
 INPUT_KINDS = ("rgb", "seg")
 
@@ -100,7 +101,27 @@ def extract_descriptors(
     desc: str = "descriptors",
     structural_source: str = "cityscapes",
 ) -> tuple[np.ndarray, DescriptorTiming]:
-    """Descriptors of ``paths`` and the time they took; see :func:`compute_descriptors`."""
+    """Run ``model`` over image files: their descriptors ``(N, D)`` float32 and the time they took.
+
+    The one way this package turns image files into descriptors (evaluation, indexing, training).
+
+    Args:
+        model: a place model, ``(B, C, H, W) -> (B, D)``; moved to ``device`` and run
+            in eval mode, its training flag restored afterwards.
+        paths: N image files (``input_kind="rgb"``) or segmentation maps (``"seg"``).
+        image_size: ``(H, W)`` or a side length the inputs are resized to.
+        batch_size, num_workers: of the data loader.
+        device: where the network runs.
+        input_kind: ``rgb`` photos (ImageNet-normalised) or ``seg`` class-id maps
+            turned into one-hot structural classes (StructVPR seg-branch).
+        seg_class_map: the source-id → structural-class mapping for ``seg``; by
+            default the one stored with the model, else the package's mapping
+            for ``structural_source`` (``data/structural_store.py``).
+        progress: show a progress bar labelled ``desc``.
+
+    Returns:
+        ``(N, D)`` float32, row i for ``paths[i]``, and the :class:`DescriptorTiming`.
+    """
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
     if batch_size < 1:
@@ -130,8 +151,7 @@ def extract_descriptors(
             for images, indices in loader:
                 _synchronize(device)
                 batch_start = time.perf_counter()
-                chunk = CPU_CHUNK if device.type == "cpu" else None
-                output = run_in_chunks(runner, images.to(device, non_blocking=True), chunk).float().cpu().numpy()
+                output = batch_descriptors(runner, images, device)
                 batch_seconds.append((time.perf_counter() - batch_start, len(indices)))
                 if descriptors is None:
                     descriptors = np.empty((len(dataset), output.shape[1]), dtype=np.float32)
@@ -157,49 +177,7 @@ def extract_descriptors(
 
 
 def compute_descriptors(
-    model: torch.nn.Module,
-    paths: Sequence[str | Path],
-    image_size: tuple[int, int] | int,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    num_workers: int = 0,
-    input_kind: str = "rgb",
-    seg_class_map: StructuralClassMap | None = None,
-    progress: bool = True,
-    desc: str = "descriptors",
-    structural_source: str = "cityscapes",
+    model: torch.nn.Module, paths: Sequence[str | Path], image_size: tuple[int, int] | int, **options: Any
 ) -> np.ndarray:
-    """Run ``model`` over image files and return their descriptors ``(N, D)`` float32.
-
-    Args:
-        model: a place model, ``(B, C, H, W) -> (B, D)``; moved to ``device`` and run
-            in eval mode, its training flag restored afterwards.
-        paths: N image files (``input_kind="rgb"``) or segmentation maps (``"seg"``).
-        image_size: ``(H, W)`` or a side length the inputs are resized to.
-        batch_size, num_workers: of the data loader.
-        device: where the network runs.
-        input_kind: ``rgb`` photos (ImageNet-normalised) or ``seg`` class-id maps
-            turned into one-hot structural classes (StructVPR seg-branch).
-        seg_class_map: the source-id → structural-class mapping for ``seg``; by
-            default the one stored with the model, else the package's mapping
-            for ``structural_source`` (``data/structural_store.py``).
-        progress: show a progress bar labelled ``desc``.
-
-    Returns:
-        ``(N, D)`` float32, row i for ``paths[i]``. :func:`extract_descriptors`
-        also returns the :class:`DescriptorTiming`.
-    """
-    descriptors, _ = extract_descriptors(
-        model,
-        paths,
-        image_size,
-        batch_size=batch_size,
-        device=device,
-        num_workers=num_workers,
-        input_kind=input_kind,
-        seg_class_map=seg_class_map,
-        structural_source=structural_source,
-        progress=progress,
-        desc=desc,
-    )
-    return descriptors
+    """The descriptors ``(N, D)`` float32 of :func:`extract_descriptors` (same options), without the timing."""
+    return extract_descriptors(model, paths, image_size, **options)[0]

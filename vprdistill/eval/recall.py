@@ -70,6 +70,28 @@ def first_positive_rank(predictions: np.ndarray, positives: Sequence[np.ndarray]
     return np.where(hits.any(axis=1), hits.argmax(axis=1), num_predicted)
 
 
+def query_ranks(
+    predictions: np.ndarray,
+    positives: Sequence[np.ndarray],
+    ns: Sequence[int],
+    convention: str,
+    what: str = "recall",
+) -> tuple[QueriesWithoutPositive, tuple[int, ...], np.ndarray, np.ndarray]:
+    """Checked ``convention`` and ``ns``, then per query its :func:`first_positive_rank` and whether it has a positive.
+
+    ``predictions`` ``(M, K)`` must hold at least max(ns) columns; ``what`` names the figure in that error.
+    Returns ``(convention, ns, ranks (M,) int64, has_positive (M,) bool)``.
+    """
+    convention = check_convention(convention, "convention")
+    ns = check_recall_ns(ns)
+    predictions = np.asarray(predictions)
+    if predictions.ndim == 2 and ns[-1] > predictions.shape[1]:
+        raise ValueError(f"{what}@{ns[-1]} needs at least {ns[-1]} predictions per query, got {predictions.shape[1]}")
+    ranks = first_positive_rank(predictions, positives)
+    has_positive = np.fromiter((len(p) > 0 for p in positives), dtype=bool, count=len(positives))
+    return convention, ns, ranks, has_positive
+
+
 def recall_at_n(
     predictions: np.ndarray,
     positives: Sequence[np.ndarray],
@@ -93,15 +115,9 @@ def recall_at_n(
         ValueError: on malformed input, and with ``exclude`` when no query has a
             positive (the percentage is then 0 / 0).
     """
-    convention = check_convention(convention, "convention")
-    ns = check_recall_ns(ns)
-    predictions = np.asarray(predictions)
-    if predictions.ndim == 2 and ns[-1] > predictions.shape[1]:
-        raise ValueError(f"recall@{ns[-1]} needs at least {ns[-1]} predictions per query, got {predictions.shape[1]}")
-    ranks = first_positive_rank(predictions, positives)
+    convention, ns, ranks, has_positive = query_ranks(predictions, positives, ns, convention, "recall")
     if len(ranks) == 0:
         raise ValueError("recall: there are no queries")
-    has_positive = np.fromiter((len(p) > 0 for p in positives), dtype=bool, count=len(positives))
     num_without = int((~has_positive).sum())
     if convention == "exclude":
         if not has_positive.any():

@@ -14,6 +14,13 @@ killed at any moment resumes where it stopped. Several processes (``rank`` of
 ``world_size``, e.g. ``torchrun``) take shards ``i % world_size == rank``; no
 file is written by two of them except ``manifest.json`` and ``paths.json``, whose
 contents they agree on.
+
+What stays out of memory is the extraction: a shard's images are described and
+written before the next shard starts. Using the result is up to the reader:
+``chunks()`` feeds ``retrieval.approximate.build_index`` a shard at a time and
+``take`` reads only the shards holding the wanted rows, while ``to_array()`` (what
+``vprdistill index build --shards`` does before building the map index) puts all
+``N × D`` float32 in memory and refuses above ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,17 +147,9 @@ class ShardedDescriptors:
     def __len__(self) -> int:
         return int(self.manifest["count"])
 
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def num_shards(self) -> int:
-        return int(self.manifest["num_shards"])
-
-    @property
-    def model_fingerprint(self) -> str:
-        return str(self.manifest["model_fingerprint"])
+    dim = property(lambda self: int(self.manifest["dim"]), doc="Descriptor size D.")
+    num_shards = property(lambda self: int(self.manifest["num_shards"]))
+    model_fingerprint = property(lambda self: str(self.manifest["model_fingerprint"]))
 
     @property
     def paths(self) -> list[str]:
@@ -194,9 +193,9 @@ class ShardedDescriptors:
         for shard in range(self.num_shards):
             yield self.shard_range(shard)[0], self.load_shard(shard)
 
-    def chunks(self) -> Iterable[np.ndarray]:
-        """The shards as a re-iterable of ``(rows, D)`` memmaps, e.g. for ``retrieval.approximate.build_index``."""
-        return _ShardChunks(self)
+    def chunks(self) -> list[np.ndarray]:
+        """The shards as ``(rows, D)`` memmaps (read when used), e.g. for ``retrieval.approximate.build_index``."""
+        return [shard for _, shard in self.iter_shards()]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (any order) as ``(len(rows), D)`` float32, reading only the shards they fall in."""
@@ -222,9 +221,7 @@ class ShardedDescriptors:
                 corrupt.append(shard)
         return corrupt
 
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        """``self[rows]`` for an int array of rows, so the shards can serve as a re-ranking database."""
-        return self.take(rows)
+    __getitem__ = take  # self[rows], so the shards can serve as a re-ranking database
 
     def to_array(self, max_bytes: int = 4 * 2**30) -> np.ndarray:
         """All descriptors as one in-memory ``(N, D)`` float32 array; refuses above ``max_bytes``."""
@@ -246,14 +243,6 @@ class ShardedDescriptors:
                 f"{self.folder}: {len(missing)} of {self.num_shards} shards are unfinished "
                 f"(first: {missing[:5]}); run the extraction again (every rank) to complete them"
             )
-
-
-class _ShardChunks:
-    def __init__(self, descriptors: ShardedDescriptors) -> None:
-        self.descriptors = descriptors
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return (shard for _, shard in self.descriptors.iter_shards())
 
 
 def _new_manifest(

@@ -36,13 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 from scipy import stats
 
-from vprdistill.eval.recall import (
-    DEFAULT_QUERIES_WITHOUT_POSITIVE,
-    QueriesWithoutPositive,
-    check_convention,
-    check_recall_ns,
-    first_positive_rank,
-)
+from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive, query_ranks
 
 DEFAULT_LEVEL = 0.95
 DEFAULT_RESAMPLES = 10_000
@@ -72,14 +66,9 @@ def per_query_hits(
     Returns:
         ``{N: hits}``; ``100 * hits.mean()`` is Recall@N.
     """
-    convention = check_convention(convention, "convention")
-    ns = check_recall_ns(ns)
-    predictions = np.asarray(predictions)
-    if predictions.ndim == 2 and ns[-1] > predictions.shape[1]:
-        raise ValueError(f"hits@{ns[-1]} needs at least {ns[-1]} predictions per query, got {predictions.shape[1]}")
-    ranks = first_positive_rank(predictions, positives)
+    convention, ns, ranks, has_positive = query_ranks(predictions, positives, ns, convention, "hits")
     if convention == "exclude":
-        ranks = ranks[np.fromiter((len(p) > 0 for p in positives), dtype=bool, count=len(positives))]
+        ranks = ranks[has_positive]
     return {n: ranks < n for n in ns}
 
 
@@ -142,8 +131,23 @@ def percentile_interval(samples: np.ndarray, level: float = DEFAULT_LEVEL) -> tu
     return low, high
 
 
+class _Interval:
+    """What the interval records share: ``low`` and ``high`` in percent (points), and their JSON form."""
+
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width, in percentage points (of a difference: the smallest these two could show)."""
+        return (self.high - self.low) / 2.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class RecallInterval:
+class RecallInterval(_Interval):
     """Recall@N in percent with its bootstrap interval over queries."""
 
     estimate: float
@@ -152,14 +156,6 @@ class RecallInterval:
     level: float
     resamples: int
     num_queries: int
-
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width, in percentage points."""
-        return (self.high - self.low) / 2.0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     def __str__(self) -> str:
         return f"{self.estimate:.1f} [{self.low:.1f}, {self.high:.1f}]"
@@ -232,7 +228,7 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
 
 
 @dataclass(frozen=True)
-class PairedComparison:
+class PairedComparison(_Interval):
     """Method A against method B on the same queries (recall A − recall B, percentage points)."""
 
     difference: float
@@ -246,14 +242,6 @@ class PairedComparison:
     both: int
     neither: int
     p_value: float  # exact McNemar test on the a_only / b_only split
-
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width: the smallest difference these two could show on these queries."""
-        return (self.high - self.low) / 2.0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     def __str__(self) -> str:
         return f"{self.difference:+.1f} [{self.low:+.1f}, {self.high:+.1f}], p = {self.p_value:.3g}"

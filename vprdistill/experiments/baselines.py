@@ -9,6 +9,7 @@ ImageNet weights or none, but no training step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,29 +93,20 @@ def untrained_model(config: TrainConfig) -> PlaceModel:
 
 
 def untrained_row(
-    config: TrainConfig,
-    test_set: PlaceDataset,
-    trained_name: str,
-    image_size: tuple[int, int],
-    device: torch.device | str,
-    input_kind: str = "rgb",
-    command: str = "",
-) -> ResultRow:
-    """The row of ``trained_name``'s network before training (``<name>, untrained``)."""
+    config: TrainConfig, test_set: PlaceDataset, trained_name: str, image_size: tuple[int, int],
+    device: torch.device | str, **options: Any,
+) -> ResultRow:  # fmt: skip
+    """The row of ``trained_name``'s network before training (``<name>, untrained``).
+
+    ``options`` as :func:`evaluate_model_row` (``input_kind``, ``command``, ...).
+    """
     model = untrained_model(config).to(device)
     start = "ImageNet weights" if config.pretrained and not config.init_from else "random initialisation"
+    description = f"The network of '{trained_name}' at its {start} (seed {config.seed}), before any training step."
     return evaluate_model_row(
-        model,
-        test_set,
-        f"{trained_name}, untrained",
-        f"The network of '{trained_name}' at its {start} (seed {config.seed}), before any training step.",
-        image_size=image_size,
-        device=device,
-        input_kind=input_kind,
-        command=command,
-        kind="untrained",
-        baseline_for=trained_name,
-    )
+        model, test_set, f"{trained_name}, untrained", description, image_size, device,
+        kind="untrained", baseline_for=trained_name, **options,
+    )  # fmt: skip
 
 
 def thumbnail_row(

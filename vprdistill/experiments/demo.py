@@ -79,8 +79,19 @@ class DemoModel:
     def epochs(self, budget: DemoBudget) -> int:
         return max(1, round(budget.epochs * self.epoch_scale))
 
+    @property
+    def input_kind(self) -> str:
+        return "seg" if self.key == SEG_BRANCH_KEY else "rgb"
+
 
 SEG_BRANCH_KEY = "structvpr-seg"  # the one demo model that reads segmentation maps, not photos
+# The two teachers' distillation, as the students' configs name them ("run": the teacher's model key).
+_TSCM_KD = {"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric", "w_hard": 0.0}}
+_STRUCTURAL_KD = {
+    "run": SEG_BRANCH_KEY,
+    "input": "seg",
+    "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}},
+}
 
 DEMO_MODELS = [
     DemoModel(
@@ -102,7 +113,7 @@ DEMO_MODELS = [
         "tscm/synth-student-places",
         "TSCM student, cross-metric KD",
         "The same student distilled from the frozen teacher with soft + cross-metric KD (TSCM).",
-        teachers=[{"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric", "w_hard": 0.0}}],
+        teachers=[_TSCM_KD],
     ),
     DemoModel(
         "structvpr-seg",
@@ -116,13 +127,7 @@ DEMO_MODELS = [
         "structvpr/synth-rgb-places",
         "StructVPR RGB, weighted KD",
         "An RGB CNN with multi-similarity + partition-weighted structural distillation from the seg-branch.",
-        teachers=[
-            {
-                "run": "structvpr-seg",
-                "input": "seg",
-                "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}},
-            }
-        ],
+        teachers=[_STRUCTURAL_KD],
     ),
     DemoModel(
         "combined-student",
@@ -130,14 +135,7 @@ DEMO_MODELS = [
         "Student from both teachers",
         "The TSCM student with cross-metric KD from the TSCM teacher and weighted structural KD from "
         "the seg-branch at once (neither paper does this).",
-        teachers=[
-            {"run": "tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric", "w_hard": 0.0}},
-            {
-                "run": "structvpr-seg",
-                "input": "seg",
-                "loss": {"name": "structural", "w_hard": 0.0, "weighting": {"name": "partition"}},
-            },
-        ],
+        teachers=[_TSCM_KD, _STRUCTURAL_KD],
     ),
 ]
 
@@ -223,23 +221,17 @@ def run_demo(
     def evaluate_all() -> list[ResultRow]:
         rows = []
         for model in DEMO_MODELS:
-            input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
             eval_command = (
                 f"vprdistill eval --model {runs / model.key} --dataset {dataset_dir} --split test "
-                f"--image-size {model.image_size(budget)}" + (" --input seg" if input_kind == "seg" else "")
+                f"--image-size {model.image_size(budget)}" + (" --input seg" if model.input_kind == "seg" else "")
             )
+            size = (model.image_size(budget),) * 2
             rows.append(
                 evaluate_run_row(
-                    runs / model.key,
-                    test_set,
-                    model.name,
-                    model.description,
-                    image_size=(model.image_size(budget),) * 2,
-                    device=torch_device,
-                    input_kind=input_kind,
-                    command=commands[model.key] + "\n  " + eval_command,
+                    runs / model.key, test_set, model.name, model.description, image_size=size, device=torch_device,
+                    input_kind=model.input_kind, command=commands[model.key] + "\n  " + eval_command,
                 )
-            )
+            )  # fmt: skip
         return rows
 
     rows = progress.run("eval", evaluate_all)
@@ -258,16 +250,9 @@ def run_demo(
             )
         ]
         for model in DEMO_MODELS:
-            input_kind = "seg" if model.key == SEG_BRANCH_KEY else "rgb"
+            size = (model.image_size(budget),) * 2
             baselines.append(
-                untrained_row(
-                    configs[model.key],
-                    test_set,
-                    model.name,
-                    (model.image_size(budget),) * 2,
-                    torch_device,
-                    input_kind=input_kind,
-                )
+                untrained_row(configs[model.key], test_set, model.name, size, torch_device, input_kind=model.input_kind)
             )
         return baselines
 

@@ -47,6 +47,21 @@ class ResultRow:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def condition_recall(self, condition: str, n: int | str = 1) -> float:
+        """Recall@``n`` (percent) of the queries under ``condition`` (e.g. ``night``), as evaluation computed it.
+
+        Raises:
+            ValueError: the row has no figure for that condition and N (its split has no condition notes,
+                or under ``exclude`` none of the condition's queries has a positive).
+        """
+        recall = self.recall_per_condition.get(condition, {}).get(str(n))
+        if recall is None:
+            raise ValueError(
+                f"row {self.name!r} has no Recall@{n} under condition {condition!r} "
+                f"(conditions: {', '.join(sorted(self.recall_per_condition)) or 'none'})"
+            )
+        return float(recall)
+
 
 def row_from_result(
     result: EvaluationResult,

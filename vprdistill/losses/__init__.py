@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from vprdistill.losses.base import TeacherTermLoss, build_named
 from vprdistill.losses.cross_metric import CrossMetricDistillationLoss, cross_metric_distance
 from vprdistill.losses.kd_variants import KD_NAMES, KD_VARIANTS, build_kd_loss
 from vprdistill.losses.regression import descriptor_regression
@@ -52,12 +53,7 @@ def build_loss(config: Mapping[str, Any]) -> DistillationLoss:
     name = params.pop("name", None)
     if name is None:
         raise ValueError(f"loss config: missing 'name'; known: {sorted(LOSS_REGISTRY)}")
-    if name not in LOSS_REGISTRY:
-        raise ValueError(f"loss config: unknown name {name!r}; known: {sorted(LOSS_REGISTRY)}")
-    try:
-        return LOSS_REGISTRY[name](**params)
-    except TypeError as error:
-        raise ValueError(f"loss config {name!r}: bad parameters {sorted(params)}: {error}") from error
+    return build_named(LOSS_REGISTRY, name, params, "loss config")
 
 
 __all__ = [
@@ -73,11 +69,13 @@ __all__ = [
     "RelationalDistillationLoss",
     "SampleWeighting",
     "StructuralDistillationLoss",
+    "TeacherTermLoss",
     "TupleDescriptors",
     "UniformWeighting",
     "assign_groups",
     "build_kd_loss",
     "build_loss",
+    "build_named",
     "build_sample_weighting",
     "compute_ranks",
     "cross_metric_distance",

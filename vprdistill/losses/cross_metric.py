@@ -28,14 +28,15 @@ projection into the teacher's space); ``L_hard`` stays on the student's own desc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from vprdistill.losses.base import TeacherTermLoss
 from vprdistill.losses.masking import mean_over_valid
 from vprdistill.losses.regression import descriptor_regression, squared_distance
-from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, in_teacher_space, paired_teacher
+from vprdistill.losses.types import Terms, TupleDescriptors
 
 FORMS = ("paper", "official")
 
@@ -63,12 +64,13 @@ def official_pair_distances(student: TupleDescriptors, teacher: TupleDescriptors
 
 
 @dataclass
-class CrossMetricDistillationLoss:
+class CrossMetricDistillationLoss(TeacherTermLoss):
     """TSCM's student loss: hard triplet term plus soft and cross-metric distillation.
 
     Call with ``(student, teacher)`` tuples; returns a :class:`LossOutput` whose terms
     are ``hard``, ``soft``, ``cross_metric`` (unweighted, only the active ones),
     ``kd`` (official form: the mean of ``0.5·(margin + D)²``) and ``total``.
+    :meth:`teacher_term` gives the distillation part alone.
 
     Attributes:
         form: ``"paper"`` or ``"official"`` (see the module docstring).
@@ -83,73 +85,50 @@ class CrossMetricDistillationLoss:
     w_hard: float = 1.0
     w_soft: float = 1.0
     w_cm: float = 1.0
+    teacher_weights: ClassVar[tuple[str, ...]] = ("w_soft", "w_cm")
 
     def __post_init__(self) -> None:
-        if self.margin <= 0:
-            raise ValueError(f"CrossMetricDistillationLoss.margin: must be > 0, got {self.margin}")
         if self.form not in FORMS:
             raise ValueError(f"CrossMetricDistillationLoss.form: expected one of {FORMS}, got {self.form!r}")
-        for name in ("w_hard", "w_soft", "w_cm"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"CrossMetricDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
+        self._check_weights()
 
     @property
     def compares_across_spaces(self) -> bool:
         """Soft and cross-metric terms compare student and teacher descriptors directly."""
-        return self.w_soft > 0 or self.w_cm > 0
+        return self.has_teacher_term
 
-    def __call__(
-        self,
-        student: TupleDescriptors,
-        teacher: TupleDescriptors | None = None,
-        projected_student: TupleDescriptors | None = None,
-    ) -> LossOutput:
-        """Loss of a batch: ``student`` and ``teacher`` hold ``(B, D)``, ``(B, D)``, ``(B, Nn, D)`` descriptors.
+    def _teacher_term(
+        self, student: TupleDescriptors, teacher: TupleDescriptors, compared: TupleDescriptors
+    ) -> tuple[Tensor, Terms]:
+        if teacher.dim != compared.dim:
+            raise ValueError(
+                f"CrossMetricDistillationLoss: student dimension {compared.dim} differs from teacher "
+                f"dimension {teacher.dim}; TSCM compares descriptors directly, so they must agree "
+                "(a teacher of another dimension needs a projection of the student: projection: auto)"
+            )
+        if self.form == "paper":
+            return self._paper_terms(compared, teacher)
+        return self._official_term(compared, teacher)
 
-        ``projected_student`` (``(B, Dt)``, ``(B, Dt)``, ``(B, Nn, Dt)``), when given, replaces
-        ``student`` in the soft and cross-metric terms; the hard term reads ``student``.
-        """
-        hard = triplet_margin_loss(
-            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
-        )
-        total = self.w_hard * hard
-        terms: Terms = {"hard": hard}
-        if self.w_soft > 0 or self.w_cm > 0:
-            teacher = paired_teacher(student, teacher, "CrossMetricDistillationLoss")
-            compared = in_teacher_space(student, projected_student, "CrossMetricDistillationLoss")
-            if teacher.dim != compared.dim:
-                raise ValueError(
-                    f"CrossMetricDistillationLoss: student dimension {compared.dim} differs from teacher "
-                    f"dimension {teacher.dim}; TSCM compares descriptors directly, so they must agree "
-                    "(a teacher of another dimension needs a projection of the student: projection: auto)"
-                )
-            if self.form == "paper":
-                total = total + self._paper_terms(compared, teacher, terms)
-            else:
-                total = total + self._official_term(compared, teacher, terms)
-        return LossOutput.from_tensors(total, terms)
-
-    def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:
+    def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors) -> tuple[Tensor, Terms]:
+        terms: Terms = {}
         weighted = torch.zeros((), dtype=student.anchor.dtype, device=student.anchor.device)
         if self.w_soft > 0:
-            soft = descriptor_regression(student, teacher).mean()
-            terms["soft"] = soft
-            weighted = weighted + self.w_soft * soft
+            terms["soft"] = descriptor_regression(student, teacher).mean()
+            weighted = weighted + self.w_soft * terms["soft"]
         if self.w_cm > 0:
-            cross_metric = cross_metric_distance(student, teacher).mean()
-            terms["cross_metric"] = cross_metric
-            weighted = weighted + self.w_cm * cross_metric
-        return weighted
+            terms["cross_metric"] = cross_metric_distance(student, teacher).mean()
+            weighted = weighted + self.w_cm * terms["cross_metric"]
+        return weighted, terms
 
-    def _official_term(self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms) -> Tensor:
+    def _official_term(self, student: TupleDescriptors, teacher: TupleDescriptors) -> tuple[Tensor, Terms]:
         soft, cross_metric = official_pair_distances(student, teacher)
-        distance = self.w_soft * soft + self.w_cm * cross_metric
-        per_pair = 0.5 * torch.clamp(self.margin + distance, min=0).pow(2)
+        per_pair = 0.5 * torch.clamp(self.margin + self.w_soft * soft + self.w_cm * cross_metric, min=0).pow(2)
         mask = student.negative_mask
+        terms: Terms = {}
         if self.w_soft > 0:
             terms["soft"] = mean_over_valid(soft, mask)
         if self.w_cm > 0:
             terms["cross_metric"] = mean_over_valid(cross_metric, mask)
-        kd = mean_over_valid(per_pair, mask)
-        terms["kd"] = kd
-        return kd
+        terms["kd"] = mean_over_valid(per_pair, mask)
+        return terms["kd"], terms

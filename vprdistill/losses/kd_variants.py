@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vprdistill.losses.base import build_named
 from vprdistill.losses.cross_metric import CrossMetricDistillationLoss
 from vprdistill.losses.rkd import RelationalDistillationLoss
 from vprdistill.losses.types import DistillationLoss
@@ -53,7 +54,4 @@ def build_kd_loss(name: str, **params: Any) -> DistillationLoss:
 
 
 def _construct(cls: type, name: str, params: dict[str, Any]) -> DistillationLoss:
-    try:
-        return cls(**params)
-    except TypeError as error:
-        raise ValueError(f"KD loss {name!r}: bad parameters {sorted(params)}: {error}") from error
+    return build_named({name: cls}, name, params, "KD loss")

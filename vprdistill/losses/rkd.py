@@ -10,13 +10,14 @@ distances of both models, each divided by its own mean, are matched with a Huber
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, paired_teacher
+from vprdistill.losses.base import TeacherTermLoss
+from vprdistill.losses.types import Terms, TupleDescriptors
 
 
 def _mean_normalised(distances: Tensor) -> Tensor:
@@ -60,10 +61,12 @@ def flatten_tuples(descriptors: TupleDescriptors) -> Tensor:
 
 
 @dataclass
-class RelationalDistillationLoss:
+class RelationalDistillationLoss(TeacherTermLoss):
     """``w_hard·triplet(student) + w_rkd·RKD-D(student, teacher)`` over all descriptors of the batch.
 
-    Terms: ``hard``, ``rkd`` (unweighted) and ``total``.
+    Terms: ``hard``, ``rkd`` (unweighted) and ``total``. The teacher's descriptor dimension
+    may differ from the student's; ``projected_student`` is not used: the student's own
+    distances are matched, never a projection's.
 
     Attributes:
         margin: triplet margin.
@@ -74,37 +77,15 @@ class RelationalDistillationLoss:
     margin: float = 0.1
     w_hard: float = 1.0
     w_rkd: float = 1.0
+    teacher_weights: ClassVar[tuple[str, ...]] = ("w_rkd",)
+    # RKD compares distances measured within each model's own space: no projection is needed.
+    compares_across_spaces: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.margin <= 0:
-            raise ValueError(f"RelationalDistillationLoss.margin: must be > 0, got {self.margin}")
-        for name in ("w_hard", "w_rkd"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RelationalDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
+        self._check_weights()
 
-    @property
-    def compares_across_spaces(self) -> bool:
-        """RKD compares distances measured within each model's own space: no projection is needed."""
-        return False
-
-    def __call__(
-        self,
-        student: TupleDescriptors,
-        teacher: TupleDescriptors | None = None,
-        projected_student: TupleDescriptors | None = None,
-    ) -> LossOutput:
-        """Loss of a batch of tuples; the teacher's descriptor dimension may differ from the student's.
-
-        ``projected_student`` is not used: the student's own distances are matched, never a projection's.
-        """
-        hard = triplet_margin_loss(
-            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
-        )
-        total = self.w_hard * hard
-        terms: Terms = {"hard": hard}
-        if self.w_rkd > 0:
-            teacher = paired_teacher(student, teacher, "RelationalDistillationLoss")
-            rkd = rkd_distance_loss(flatten_tuples(student), flatten_tuples(teacher))
-            terms["rkd"] = rkd
-            total = total + self.w_rkd * rkd
-        return LossOutput.from_tensors(total, terms)
+    def _teacher_term(
+        self, student: TupleDescriptors, teacher: TupleDescriptors, compared: TupleDescriptors
+    ) -> tuple[Tensor, Terms]:
+        rkd = rkd_distance_loss(flatten_tuples(student), flatten_tuples(teacher))
+        return self.w_rkd * rkd, {"rkd": rkd}

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vprdistill.losses.base import TeacherTermLoss
 from vprdistill.losses.regression import descriptor_regression
-from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors, in_teacher_space, paired_teacher
+from vprdistill.losses.types import Terms, TupleDescriptors
 from vprdistill.losses.weighting import SampleWeighting, build_sample_weighting, compute_ranks
 
 
@@ -123,7 +123,7 @@ def _build_weighting(weighting: str | Mapping[str, Any] | SampleWeighting) -> Sa
 
 
 @dataclass
-class StructuralDistillationLoss:
+class StructuralDistillationLoss(TeacherTermLoss):
     """StructVPR stage 2 (our specification): triplet + per-sample weighted similarity-distribution KL.
 
     Call with ``(student, teacher)`` where the teacher is the frozen seg-branch. Terms:
@@ -148,13 +148,10 @@ class StructuralDistillationLoss:
     w_regression: float = 0.0
     weighting: str | Mapping[str, Any] | SampleWeighting = "partition"
     _weighting: SampleWeighting = field(init=False, repr=False)
+    teacher_weights: ClassVar[tuple[str, ...]] = ("w_kd", "w_regression")
 
     def __post_init__(self) -> None:
-        if self.margin <= 0:
-            raise ValueError(f"StructuralDistillationLoss.margin: must be > 0, got {self.margin}")
-        for name in ("w_hard", "w_kd", "w_regression"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"StructuralDistillationLoss.{name}: must be >= 0, got {getattr(self, name)}")
+        self._check_weights()
         if self.temperature <= 0:
             raise ValueError(f"StructuralDistillationLoss.temperature: must be > 0, got {self.temperature}")
         self._weighting = _build_weighting(self.weighting)
@@ -164,37 +161,17 @@ class StructuralDistillationLoss:
         """Only the optional regression compares descriptors directly; the KL compares similarities."""
         return self.w_regression > 0
 
-    def __call__(
-        self,
-        student: TupleDescriptors,
-        teacher: TupleDescriptors | None = None,
-        projected_student: TupleDescriptors | None = None,
-    ) -> LossOutput:
-        """Loss of a batch: student ``(B, Ds)``/``(B, Nn, Ds)`` and teacher ``(B, Dt)``/``(B, Nn, Dt)`` tuples.
-
-        ``projected_student`` (``(B, Dt)``/``(B, Nn, Dt)``), when given, replaces ``student`` in the regression.
-        """
-        hard = triplet_margin_loss(
-            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
-        )
-        total = self.w_hard * hard
-        terms: Terms = {"hard": hard}
-        if self.w_kd > 0 or self.w_regression > 0:
-            teacher = paired_teacher(student, teacher, "StructuralDistillationLoss")
-            compared = in_teacher_space(student, projected_student, "StructuralDistillationLoss")
-            if self.w_regression > 0 and teacher.dim != compared.dim:
-                raise ValueError(
-                    f"StructuralDistillationLoss.w_regression={self.w_regression} needs equal descriptor "
-                    f"dimensions, got student {compared.dim} and teacher {teacher.dim}; set w_regression to 0 "
-                    "or give the teacher a projection of the student (projection: auto)"
-                )
-            distillation = self._distillation(student, teacher, terms, compared)
-            total = total + distillation
-        return LossOutput.from_tensors(total, terms)
-
-    def _distillation(
-        self, student: TupleDescriptors, teacher: TupleDescriptors, terms: Terms, compared: TupleDescriptors
-    ) -> Tensor:
+    def _teacher_term(
+        self, student: TupleDescriptors, teacher: TupleDescriptors, compared: TupleDescriptors
+    ) -> tuple[Tensor, Terms]:
+        """``Σ_b weight_b·(w_kd·KL_b + w_regression·REG_b) / Σ_b weight_b``; ``compared`` feeds the regression only."""
+        if self.w_regression > 0 and teacher.dim != compared.dim:
+            raise ValueError(
+                f"StructuralDistillationLoss.w_regression={self.w_regression} needs equal descriptor "
+                f"dimensions, got student {compared.dim} and teacher {teacher.dim}; set w_regression to 0 "
+                "or give the teacher a projection of the student (projection: auto)"
+            )
+        terms: Terms = {}
         student_candidates, mask = student.candidates()
         teacher_candidates, _ = teacher.candidates()
         kl = similarity_distribution_kl(
@@ -214,4 +191,4 @@ class StructuralDistillationLoss:
         distillation = weighted_mean(per_sample, weights)
         terms["distillation"] = distillation
         terms.update({f"partition/{key}": value for key, value in stats.items()})
-        return distillation
+        return distillation, terms

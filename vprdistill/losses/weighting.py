@@ -29,6 +29,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from vprdistill.losses.base import build_named
+
 GROUP_NAMES: tuple[str, ...] = (
     "teacher_right_student_wrong",
     "both_right",
@@ -169,9 +171,4 @@ def build_sample_weighting(name: str, **params: float) -> SampleWeighting:
     Raises:
         ValueError: unknown name or parameter.
     """
-    if name not in SAMPLE_WEIGHTINGS:
-        raise ValueError(f"sample weighting: unknown name {name!r}; known: {sorted(SAMPLE_WEIGHTINGS)}")
-    try:
-        return SAMPLE_WEIGHTINGS[name](**params)
-    except TypeError as error:
-        raise ValueError(f"sample weighting {name!r}: bad parameters {sorted(params)}: {error}") from error
+    return build_named(SAMPLE_WEIGHTINGS, name, params, "sample weighting")

@@ -50,10 +50,7 @@ def model_fingerprint(model: PlaceModel) -> str:
     Two models with the same fingerprint compute the same function; it changes
     with any weight, buffer (BatchNorm statistics included) or config change.
     """
-    digest = hashlib.sha256()
-    digest.update(json.dumps(getattr(model, "config", {}), sort_keys=True).encode())
-    _update_with_tensors(digest, model.state_dict())
-    return digest.hexdigest()[:16]
+    return _fingerprint(getattr(model, "config", {}), model.state_dict())
 
 
 def file_fingerprint(weights_path: str | Path, config: dict[str, Any]) -> str:
@@ -62,12 +59,15 @@ def file_fingerprint(weights_path: str | Path, config: dict[str, Any]) -> str:
     Computed from the file alone (no model is built): equal to the fingerprint of
     the loaded model whenever the file holds exactly the model's keys.
     """
-    digest = hashlib.sha256()
-    digest.update(json.dumps(config, sort_keys=True).encode())
     try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({error})") from error
+    return _fingerprint(config, state)
+
+
+def _fingerprint(config: Any, state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     _update_with_tensors(digest, state)
     return digest.hexdigest()[:16]
 
@@ -80,6 +80,12 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     _update_with_tensors(digest, state)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes (read in chunks: a multi-gigabyte file is never held in memory)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _update_with_tensors(digest: Any, state: dict[str, torch.Tensor]) -> None:

@@ -41,22 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprdistill.models.checkpoint import weights_digest
+from vprdistill.models.checkpoint import file_sha256, weights_digest
 from vprdistill.utils.extras import require
 
 EXTERNAL_KINDS = ("torch_hub", "hf_hub", "onnx")
-
-# Digest of a file read in chunks, so that a multi-gigabyte ONNX file is never held in memory twice.
-_CHUNK = 1 << 24
-
-
-def file_sha256(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ExternalModel(nn.Module):
@@ -141,17 +129,13 @@ class ExternalModel(nn.Module):
         images = torch.randn((2, 3, height, width), generator=generator).to(device)
         try:
             descriptors = self(images)
-        except ValueError as error:
-            if str(error).startswith(("teacher ", "onnx teacher ")):  # already says what is wrong
+        except Exception as error:  # any failure of foreign code at the configured size is a config error here
+            own = isinstance(error, ValueError)
+            if own and str(error).startswith(("teacher ", "onnx teacher ")):  # already says what is wrong
                 raise
             raise ValueError(
                 f"teacher {self.description}: failed on a batch of 2 images of {height}x{width} "
-                f"(check image_size): {error}"
-            ) from error
-        except Exception as error:  # any failure of foreign code at the configured size is a config error here
-            raise ValueError(
-                f"teacher {self.description}: failed on a batch of 2 images of {height}x{width} "
-                f"(check image_size): {type(error).__name__}: {error}"
+                f"(check image_size): {'' if own else type(error).__name__ + ': '}{error}"
             ) from error
         self.descriptor_dim = int(descriptors.shape[1])
         return self.descriptor_dim
@@ -237,9 +221,15 @@ def _load_torch_hub(
         raise ValueError(  # noqa: TRY004
             f"torch_hub teacher {location!r}: the entry returned a {type(net).__name__}, expected a torch.nn.Module"
         )
-    net = net.to(device)
     identity = {"kind": "torch_hub", **identity_repo, "entry": entry, "kwargs": kwargs, "output": output}
-    return ExternalModel(net, "torch_hub", location, _fingerprint(identity, weights_digest(net.state_dict())), output)
+    return _frozen(net.to(device), "torch_hub", location, identity, output)
+
+
+def _frozen(
+    net: nn.Module, kind: str, location: str, identity: dict[str, Any], output: int | str | None
+) -> ExternalModel:
+    """The :class:`ExternalModel` of a loaded network, fingerprinted by ``identity`` and its weights."""
+    return ExternalModel(net, kind, location, _fingerprint(identity, weights_digest(net.state_dict())), output)
 
 
 def _local_entries(folder: Path) -> list[str]:
@@ -282,9 +272,8 @@ def _load_hf_hub(
         raise ValueError(
             f"hf_hub teacher {location!r}: timm could not build it ({type(error).__name__}: {error})"
         ) from error
-    net = net.to(device)
     identity.update(kind="hf_hub", kwargs=kwargs, output=output)
-    return ExternalModel(net, "hf_hub", location, _fingerprint(identity, weights_digest(net.state_dict())), output)
+    return _frozen(net.to(device), "hf_hub", location, identity, output)
 
 
 class OnnxNetwork(nn.Module):

@@ -25,14 +25,9 @@ class CrossAttentionBlock(nn.Module):
     """
 
     def __init__(
-        self,
-        width: int,
-        heads: int,
-        ffn_dim: int,
-        dropout: float = 0.0,
-        layer_norm: bool = True,
+        self, width: int, heads: int, ffn_dim: int, dropout: float = 0.0, layer_norm: bool = True,
         residual_dropout: float | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(width) if layer_norm else nn.Identity()
@@ -64,17 +59,13 @@ class InterTransformerEncoder(nn.Module):
     """
 
     def __init__(
-        self,
-        width: int,
-        heads: int = 4,
-        ffn_dim: int = 1024,
-        dropout: float = 0.0,
-        layer_norm: bool = True,
+        self, width: int, heads: int = 4, ffn_dim: int = 1024, dropout: float = 0.0, layer_norm: bool = True,
         residual_dropout: float | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.vit_from_cnn = CrossAttentionBlock(width, heads, ffn_dim, dropout, layer_norm, residual_dropout)
-        self.cnn_from_vit = CrossAttentionBlock(width, heads, ffn_dim, dropout, layer_norm, residual_dropout)
+        block = (width, heads, ffn_dim, dropout, layer_norm, residual_dropout)
+        self.vit_from_cnn = CrossAttentionBlock(*block)
+        self.cnn_from_vit = CrossAttentionBlock(*block)
         self.output_dim = 2 * int(width)
 
     def forward(self, cnn_tokens: torch.Tensor, vit_tokens: torch.Tensor) -> torch.Tensor:

@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from vprdistill.models.aggregators import build_aggregator
-from vprdistill.models.backbones import Backbone
-from vprdistill.models.parts import backbone_from_spec
+from vprdistill.models.parts import PartsNet, backbone_from_spec
 from vprdistill.models.place_model import descriptor_projection
 
 
-class BackboneAggregatorNet(nn.Module):
-    """``(B, C_in, H, W)`` → backbone → aggregator ``(B, A)`` → optional projection → ``(B, D)``."""
+class BackboneAggregatorNet(PartsNet):
+    """``(B, C_in, H, W)`` → ``backbone`` → ``aggregator`` ``(B, A)`` → optional projection → ``(B, D)``."""
 
-    def __init__(
-        self, backbone: Backbone, aggregator: nn.Module, projection: nn.Module | None, descriptor_dim: int
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.aggregator = aggregator
-        self.projection = projection
-        self.descriptor_dim = descriptor_dim
+    PARTS = ("backbone", "aggregator")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        descriptor = self.aggregator(self.backbone(x))
-        return self.projection(descriptor) if self.projection is not None else descriptor
-
-    def local_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.feature_map(x)
-
-    def parts(self) -> OrderedDict[str, nn.Module]:
-        parts = OrderedDict(backbone=self.backbone, aggregator=self.aggregator)
-        if self.projection is not None:
-            parts["projection"] = self.projection
-        return parts
+        return self.project(self.aggregator(self.backbone(x)))
 
 
 def build_generic_net(
@@ -62,4 +42,4 @@ def build_generic_net(
     trunk = backbone_from_spec(backbone, input_channels, pretrained)
     pool = build_aggregator(aggregator, trunk.out_channels)
     linear, dim = descriptor_projection(pool.output_dim, descriptor_dim, projection)
-    return BackboneAggregatorNet(trunk, pool, linear, dim)
+    return BackboneAggregatorNet({"backbone": trunk, "aggregator": pool}, linear, dim)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -117,6 +118,21 @@ def run_in_chunks(model: nn.Module, images: torch.Tensor, chunk: int | None = CP
     if chunk is None or images.shape[0] <= chunk:
         return model(as_model_input(images, model))
     return torch.cat([model(as_model_input(part, model)) for part in images.split(chunk)])
+
+
+def chunk_for(device: torch.device | str) -> int | None:
+    """Images per forward pass on ``device``: :data:`CPU_CHUNK` on the CPU, the whole batch elsewhere."""
+    return CPU_CHUNK if torch.device(device).type == "cpu" else None
+
+
+@torch.inference_mode()
+def batch_descriptors(model: nn.Module, images: torch.Tensor, device: torch.device | str) -> np.ndarray:
+    """Descriptors ``(B, D)`` float32 on the host of prepared inputs ``images`` ``(B, C, H, W)``, run on ``device``.
+
+    The one forward pass of every path from images to descriptors (file lists in
+    ``eval.extract``, in-memory photos in the localizer): chunked as :func:`chunk_for` says.
+    """
+    return run_in_chunks(model, images.to(device, non_blocking=True), chunk_for(device)).float().cpu().numpy()
 
 
 def as_model_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -1,9 +1,14 @@
-"""Backbones from config specs: the one place that turns a spec dict into ``build_backbone`` arguments."""
+"""Backbones from config specs (the one place that turns a spec dict into ``build_backbone`` arguments) and the
+base class of bodies made of named parts."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+
+import torch
+from torch import nn
 
 from vprdistill.models.backbones import INPUT_MEAN, INPUT_STD, Backbone, build_backbone
 
@@ -45,3 +50,39 @@ def backbone_from_spec(spec: Mapping[str, Any], in_channels: int, pretrained: bo
         std=std,
         **options,
     )
+
+
+class PartsNet(nn.Module):
+    """A descriptor body made of named parts and an optional final projection ``(B, A)`` → ``(B, D)``.
+
+    Subclasses name their parts in forward order in ``PARTS`` (what :meth:`parts`
+    lists, for per-part parameter counts) and the backbone whose feature map is
+    the model's local features in ``LOCAL``. Parts are registered in the order
+    they are given, which fixes the order of ``named_parameters`` (and so of an
+    optimizer's saved state).
+    """
+
+    PARTS: tuple[str, ...] = ()
+    LOCAL = "backbone"
+
+    def __init__(self, parts: Mapping[str, nn.Module], projection: nn.Module | None, descriptor_dim: int) -> None:
+        super().__init__()
+        for name, module in parts.items():
+            self.add_module(name, module)
+        self.projection = projection
+        self.descriptor_dim = descriptor_dim
+
+    def project(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """The projection of ``descriptor`` ``(B, A)``, or ``descriptor`` itself when there is none."""
+        return self.projection(descriptor) if self.projection is not None else descriptor
+
+    def local_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``LOCAL`` backbone's feature map: ``(B, C_in, H, W)`` → ``(B, C', h, w)``."""
+        return getattr(self, self.LOCAL).feature_map(x)
+
+    def parts(self) -> OrderedDict[str, nn.Module]:
+        """``PARTS`` in forward order, then ``projection`` when there is one: every parameter, once."""
+        parts = OrderedDict((name, getattr(self, name)) for name in self.PARTS)
+        if self.projection is not None:
+            parts["projection"] = self.projection
+        return parts

@@ -55,6 +55,32 @@ _OFFICIAL_FUSION = {
     "residual_dropout": 0.0,
 }
 
+
+def _tscm_heads(loupe: Mapping[str, Any], cnn: int, fused: int, vit: int, **extra: Any) -> dict[str, dict[str, Any]]:
+    """The three Loupe head specs of a TSCM teacher: ``loupe`` with each head's ``output_dim`` (and ``extra``)."""
+    return {key: {**loupe, "output_dim": dim, **extra} for key, dim in (("cnn", cnn), ("fused", fused), ("vit", vit))}
+
+
+def _loupe(clusters: int) -> dict[str, Any]:
+    return {"name": "netvlad-loupe", "clusters": clusters}
+
+
+def _gem_net(backbone: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"architecture": "generic", "backbone": backbone, "aggregator": _GEM, **extra}
+
+
+def _tscm_teacher(
+    cnn: dict[str, Any], vit: dict[str, Any], token_dim: int, fusion: dict[str, Any], heads: dict[str, Any], dim: int
+) -> dict[str, Any]:
+    return {"architecture": "tscm-teacher", "cnn": cnn, "vit": vit, "pool": _GEM, "token_dim": token_dim,
+            "fusion": fusion, "heads": heads, "descriptor_dim": dim}  # fmt: skip
+
+
+def _tscm_student(cnn: dict[str, Any], patch_dim: int, token_head: dict[str, Any], proj_dim: int, dim: int) -> dict:
+    return {"architecture": "tscm-student", "cnn": cnn, "pool": _GEM, "patch_size": 16, "patch_dim": patch_dim,
+            "token_head": token_head, "token_proj_dim": proj_dim, "descriptor_dim": dim}  # fmt: skip
+
+
 #: Number of structural classes the StructVPR seg-branch sees as one-hot channels by default.
 DEFAULT_STRUCTURAL_CLASSES = 10
 
@@ -62,140 +88,62 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The untrained floor (thumbnail.py): the image shrunk to 16×16, centred per channel; no parameters.
     "thumbnail-16": {"architecture": "thumbnail", "size": 16, "interpolation": "area", "centre": "channel"},
     # Baselines, CosPlace-style: GeM then a linear layer.
-    "resnet18-gem": {
-        "architecture": "generic",
-        "backbone": {"name": "resnet18.tv_in1k"},
-        "aggregator": _GEM,
-        "projection": True,
-        "descriptor_dim": 512,
-    },
-    "resnet50-gem": {
-        "architecture": "generic",
-        "backbone": {"name": "resnet50.tv_in1k"},
-        "aggregator": _GEM,
-        "projection": True,
-        "descriptor_dim": 2048,
-    },
+    "resnet18-gem": _gem_net({"name": "resnet18.tv_in1k"}, projection=True, descriptor_dim=512),
+    "resnet50-gem": _gem_net({"name": "resnet50.tv_in1k"}, projection=True, descriptor_dim=2048),
     # NetVLAD on ResNet-18 cut after layer3 (256 × 64 clusters = 16384-d).
     "resnet18-netvlad": {
         "architecture": "generic",
         "backbone": _RESNET18_L3,
         "aggregator": {"name": "netvlad", "clusters": 64},
     },
-    # TSCM (METHODS.md §4) as the official code builds it: see tscm.py.
-    "tscm-teacher": {
-        "architecture": "tscm-teacher",
-        "cnn": _RESNET50_L3,
-        # Randomly initialised and without positional embedding or class token, as officially.
-        "vit": {
-            "name": "vit_base_patch16_224",
-            "pretrained": False,
-            "position_embedding": False,
-            "dynamic_img_size": True,
-        },
-        "pool": _GEM,
-        "token_dim": 512,
-        "fusion": _OFFICIAL_FUSION,
-        "heads": {
-            "cnn": {**_OFFICIAL_LOUPE, "output_dim": 256, "token_split": 2},
-            "fused": {**_OFFICIAL_LOUPE, "output_dim": 512, "token_split": 2},
-            "vit": {**_OFFICIAL_LOUPE, "output_dim": 256, "token_split": 2},
-        },
-        "descriptor_dim": 2048,
-    },
-    "tscm-student": {
-        "architecture": "tscm-student",
-        "cnn": _RESNET50_L3,
-        "pool": _GEM,
-        "patch_size": 16,
-        "patch_dim": 768,
-        # 196 x 768 patch-token values re-cut into 768 vectors of 196: needs 224x224 images.
-        "token_head": {**_OFFICIAL_LOUPE, "output_dim": 256, "subvector_dim": 196},
-        "token_proj_dim": 1024,
-        "descriptor_dim": 2048,
-    },
+    # TSCM (METHODS.md §4) as the official code builds it: see tscm.py. The ViT is randomly
+    # initialised and without positional embedding or class token, as officially.
+    "tscm-teacher": _tscm_teacher(
+        _RESNET50_L3,
+        {"name": "vit_base_patch16_224", "pretrained": False, "position_embedding": False, "dynamic_img_size": True},
+        token_dim=512,
+        fusion=_OFFICIAL_FUSION,
+        heads=_tscm_heads(_OFFICIAL_LOUPE, 256, 512, 256, token_split=2),
+        dim=2048,
+    ),
+    # 196 x 768 patch-token values re-cut into 768 vectors of 196: needs 224x224 images.
+    "tscm-student": _tscm_student(
+        _RESNET50_L3, 768, {**_OFFICIAL_LOUPE, "output_dim": 256, "subvector_dim": 196}, 1024, 2048
+    ),
     # Our variants of the pair: Loupe heads on whole tokens with BatchNorm, LayerNorm fusion
     # blocks, an ImageNet-pretrained ViT with its positional embedding.
-    "tscm-teacher-fulltoken": {
-        "architecture": "tscm-teacher",
-        "cnn": _RESNET50_L3,
-        "vit": {"name": _VIT_B16, "dynamic_img_size": True},
-        "pool": _GEM,
-        "token_dim": 512,
-        "fusion": {"name": "cross-attention", "heads": 4, "ffn_dim": 1024, "dropout": 0.1},
-        "heads": {
-            "cnn": {"name": "netvlad-loupe", "clusters": 32, "output_dim": 256},
-            "fused": {"name": "netvlad-loupe", "clusters": 32, "output_dim": 512},
-            "vit": {"name": "netvlad-loupe", "clusters": 32, "output_dim": 256},
-        },
-        "descriptor_dim": 2048,
-    },
-    "tscm-student-fulltoken": {
-        "architecture": "tscm-student",
-        "cnn": _RESNET50_L3,
-        "pool": _GEM,
-        "patch_size": 16,
-        "patch_dim": 768,
-        "token_head": {"name": "netvlad-loupe", "clusters": 16, "output_dim": 256},
-        "token_proj_dim": 1024,
-        "descriptor_dim": 2048,
-    },
+    "tscm-teacher-fulltoken": _tscm_teacher(
+        _RESNET50_L3,
+        {"name": _VIT_B16, "dynamic_img_size": True},
+        token_dim=512,
+        fusion={"name": "cross-attention", "heads": 4, "ffn_dim": 1024, "dropout": 0.1},
+        heads=_tscm_heads(_loupe(32), 256, 512, 256),
+        dim=2048,
+    ),
+    "tscm-student-fulltoken": _tscm_student(_RESNET50_L3, 768, {**_loupe(16), "output_dim": 256}, 1024, 2048),
     # Tiny TSCM pair for CPU runs: same structure, ResNet-18 (to layer3, 256 channels) and a
     # 2-block ViT-Tiny (192 wide) that takes any size divisible by 16; both give 512-d descriptors.
-    "tscm-teacher-tiny": {
-        "architecture": "tscm-teacher",
-        "cnn": _RESNET18_L3,
-        "vit": {
+    "tscm-teacher-tiny": _tscm_teacher(
+        _RESNET18_L3,
+        {
             "name": "vit_tiny_patch16_224",
             "depth": 2,
             "img_size": 128,
             "dynamic_img_size": True,
             "pretrained_strict": False,
         },
-        "pool": _GEM,
-        "token_dim": 128,
-        "fusion": {"name": "cross-attention", "heads": 4, "ffn_dim": 256, "dropout": 0.1},
-        "heads": {
-            "cnn": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 64},
-            "fused": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 128},
-            "vit": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 64},
-        },
-        "descriptor_dim": 512,
-    },
-    "tscm-student-tiny": {
-        "architecture": "tscm-student",
-        "cnn": _RESNET18_L3,
-        "pool": _GEM,
-        "patch_size": 16,
-        "patch_dim": 192,
-        "token_head": {"name": "netvlad-loupe", "clusters": 8, "output_dim": 64},
-        "token_proj_dim": 256,
-        "descriptor_dim": 512,
-    },
+        token_dim=128,
+        fusion={"name": "cross-attention", "heads": 4, "ffn_dim": 256, "dropout": 0.1},
+        heads=_tscm_heads(_loupe(8), 64, 128, 64),
+        dim=512,
+    ),
+    "tscm-student-tiny": _tscm_student(_RESNET18_L3, 192, {**_loupe(8), "output_dim": 64}, 256, 512),
     # StructVPR (METHODS.md §5, our specification): RGB branch and seg-branch share the
     # architecture; the seg-branch takes one-hot maps of C structural classes.
-    "structvpr-rgb": {
-        "architecture": "generic",
-        "backbone": _RESNET50_L3,
-        "aggregator": _GEM,
-    },
-    "structvpr-seg": {
-        "architecture": "generic",
-        "backbone": _RESNET50_L3,
-        "aggregator": _GEM,
-        "input_channels": DEFAULT_STRUCTURAL_CLASSES,
-    },
-    "structvpr-rgb-tiny": {
-        "architecture": "generic",
-        "backbone": _RESNET18_L3,
-        "aggregator": _GEM,
-    },
-    "structvpr-seg-tiny": {
-        "architecture": "generic",
-        "backbone": _RESNET18_L3,
-        "aggregator": _GEM,
-        "input_channels": DEFAULT_STRUCTURAL_CLASSES,
-    },
+    "structvpr-rgb": _gem_net(_RESNET50_L3),
+    "structvpr-seg": _gem_net(_RESNET50_L3, input_channels=DEFAULT_STRUCTURAL_CLASSES),
+    "structvpr-rgb-tiny": _gem_net(_RESNET18_L3),
+    "structvpr-seg-tiny": _gem_net(_RESNET18_L3, input_channels=DEFAULT_STRUCTURAL_CLASSES),
 }
 
 

@@ -34,7 +34,6 @@ the GeM halves of teacher and student at the same place.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,41 +43,22 @@ from torch import nn
 
 from vprdistill.models.aggregators import build_aggregator
 from vprdistill.models.aggregators.tokens import as_tokens
-from vprdistill.models.backbones import Backbone
 from vprdistill.models.fusion import build_fusion
-from vprdistill.models.parts import backbone_from_spec
+from vprdistill.models.parts import PartsNet, backbone_from_spec
 from vprdistill.models.place_model import descriptor_projection
 
 TEACHER_HEADS = ("cnn", "fused", "vit")
 
 
-class TSCMTeacherNet(nn.Module):
-    """The TSCM teacher body: ``(B, C_in, H, W)`` → ``(B, D)`` (un-normalised; ``PlaceModel`` normalises)."""
+class TSCMTeacherNet(PartsNet):
+    """The TSCM teacher body: ``(B, C_in, H, W)`` → ``(B, D)`` (un-normalised; ``PlaceModel`` normalises).
 
-    def __init__(
-        self,
-        cnn: Backbone,
-        vit: Backbone,
-        pool: nn.Module,
-        cnn_proj: nn.Module,
-        vit_proj: nn.Module,
-        fusion: nn.Module,
-        heads: Mapping[str, nn.Module],
-        projection: nn.Module | None,
-        descriptor_dim: int,
-    ) -> None:
-        super().__init__()
-        self.cnn = cnn
-        self.vit = vit
-        self.pool = pool
-        self.cnn_proj = cnn_proj
-        self.vit_proj = vit_proj
-        self.fusion = fusion
-        self.head_cnn = heads["cnn"]
-        self.head_fused = heads["fused"]
-        self.head_vit = heads["vit"]
-        self.projection = projection
-        self.descriptor_dim = descriptor_dim
+    Parts: ``cnn``, ``vit`` (backbones), ``pool`` (GeM), ``cnn_proj``, ``vit_proj``
+    (token projections), ``fusion``, ``head_cnn``, ``head_fused``, ``head_vit``.
+    """
+
+    PARTS = ("cnn", "pool", "cnn_proj", "vit", "vit_proj", "fusion", "head_cnn", "head_fused", "head_vit")
+    LOCAL = "cnn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cnn_map = self.cnn(x)  # (B, 1024, 14, 14)
@@ -89,86 +69,30 @@ class TSCMTeacherNet(nn.Module):
         descriptor = torch.cat(
             [self.head_cnn(cnn_tokens), self.head_fused(fused), self.head_vit(vit_tokens), pooled], dim=1
         )  # (B, 256 + 512 + 256 + 1024)
-        return self.projection(descriptor) if self.projection is not None else descriptor
-
-    def local_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cnn.feature_map(x)
-
-    def parts(self) -> OrderedDict[str, nn.Module]:
-        parts = OrderedDict(
-            cnn=self.cnn,
-            pool=self.pool,
-            cnn_proj=self.cnn_proj,
-            vit=self.vit,
-            vit_proj=self.vit_proj,
-            fusion=self.fusion,
-            head_cnn=self.head_cnn,
-            head_fused=self.head_fused,
-            head_vit=self.head_vit,
-        )
-        if self.projection is not None:
-            parts["projection"] = self.projection
-        return parts
+        return self.project(descriptor)
 
 
-class TSCMStudentNet(nn.Module):
-    """The TSCM student body: ``(B, C_in, H, W)`` → ``(B, D)``; no transformer blocks."""
+class TSCMStudentNet(PartsNet):
+    """The TSCM student body: ``(B, C_in, H, W)`` → ``(B, D)``; no transformer blocks.
 
-    def __init__(
-        self,
-        cnn: Backbone,
-        pool: nn.Module,
-        patch_embed: nn.Module,
-        token_head: nn.Module,
-        token_proj: nn.Module,
-        projection: nn.Module | None,
-        descriptor_dim: int,
-    ) -> None:
-        super().__init__()
-        self.cnn = cnn
-        self.pool = pool
-        self.patch_embed = patch_embed
-        self.token_head = token_head
-        self.token_proj = token_proj
-        self.projection = projection
-        self.descriptor_dim = descriptor_dim
+    Parts: ``cnn``, ``pool`` (GeM), ``patch_embed``, ``token_head``, ``token_proj``.
+    """
+
+    PARTS = ("cnn", "pool", "patch_embed", "token_head", "token_proj")
+    LOCAL = "cnn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(self.cnn(x))  # (B, 1024)
         tokens = self.patch_embed(x)  # (B, 196, 768)
         patch_branch = self.token_proj(self.token_head(tokens))  # (B, 256) → (B, 1024)
-        descriptor = torch.cat([patch_branch, pooled], dim=1)  # (B, 2048)
-        return self.projection(descriptor) if self.projection is not None else descriptor
-
-    def local_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cnn.feature_map(x)
-
-    def parts(self) -> OrderedDict[str, nn.Module]:
-        parts = OrderedDict(
-            cnn=self.cnn,
-            pool=self.pool,
-            patch_embed=self.patch_embed,
-            token_head=self.token_head,
-            token_proj=self.token_proj,
-        )
-        if self.projection is not None:
-            parts["projection"] = self.projection
-        return parts
+        return self.project(torch.cat([patch_branch, pooled], dim=1))  # (B, 2048)
 
 
 def build_tscm_teacher_net(
-    *,
-    pretrained: bool,
-    cnn: Mapping[str, Any],
-    vit: Mapping[str, Any],
-    pool: Mapping[str, Any],
-    fusion: Mapping[str, Any],
-    heads: Mapping[str, Mapping[str, Any]],
-    token_dim: int = 512,
-    input_channels: int = 3,
-    descriptor_dim: int | None = None,
-    projection: bool = False,
-) -> TSCMTeacherNet:
+    *, pretrained: bool, cnn: Mapping[str, Any], vit: Mapping[str, Any], pool: Mapping[str, Any],
+    fusion: Mapping[str, Any], heads: Mapping[str, Mapping[str, Any]], token_dim: int = 512,
+    input_channels: int = 3, descriptor_dim: int | None = None, projection: bool = False,
+) -> TSCMTeacherNet:  # fmt: skip
     """Config keys of the ``tscm-teacher`` architecture.
 
     Args:
@@ -196,32 +120,24 @@ def build_tscm_teacher_net(
     }
     natural = sum(layer.output_dim for layer in head_layers.values()) + pool_layer.output_dim
     linear, dim = descriptor_projection(natural, descriptor_dim, projection)
-    return TSCMTeacherNet(
-        cnn_trunk,
-        vit_trunk,
-        pool_layer,
-        nn.Linear(cnn_trunk.out_channels, token_dim),
-        nn.Linear(vit_trunk.out_channels, token_dim),
-        fusion_layer,
-        head_layers,
-        linear,
-        dim,
-    )
+    # Registered in this order (the order of the checkpoints' parameters), not that of PARTS.
+    parts = {
+        "cnn": cnn_trunk,
+        "vit": vit_trunk,
+        "pool": pool_layer,
+        "cnn_proj": nn.Linear(cnn_trunk.out_channels, token_dim),
+        "vit_proj": nn.Linear(vit_trunk.out_channels, token_dim),
+        "fusion": fusion_layer,
+        **{f"head_{key}": layer for key, layer in head_layers.items()},
+    }
+    return TSCMTeacherNet(parts, linear, dim)
 
 
 def build_tscm_student_net(
-    *,
-    pretrained: bool,
-    cnn: Mapping[str, Any],
-    pool: Mapping[str, Any],
-    patch_size: int = 16,
-    patch_dim: int = 768,
-    token_head: Mapping[str, Any],
-    token_proj_dim: int = 1024,
-    input_channels: int = 3,
-    descriptor_dim: int | None = None,
-    projection: bool = False,
-) -> TSCMStudentNet:
+    *, pretrained: bool, cnn: Mapping[str, Any], pool: Mapping[str, Any], patch_size: int = 16,
+    patch_dim: int = 768, token_head: Mapping[str, Any], token_proj_dim: int = 1024, input_channels: int = 3,
+    descriptor_dim: int | None = None, projection: bool = False,
+) -> TSCMStudentNet:  # fmt: skip
     """Config keys of the ``tscm-student`` architecture.
 
     Args:
@@ -240,4 +156,11 @@ def build_tscm_student_net(
     head = build_aggregator(token_head, patch_dim)
     token_proj = nn.Linear(head.output_dim, token_proj_dim)
     linear, dim = descriptor_projection(token_proj_dim + pool_layer.output_dim, descriptor_dim, projection)
-    return TSCMStudentNet(cnn_trunk, pool_layer, patch_embed, head, token_proj, linear, dim)
+    parts = {
+        "cnn": cnn_trunk,
+        "pool": pool_layer,
+        "patch_embed": patch_embed,
+        "token_head": head,
+        "token_proj": token_proj,
+    }
+    return TSCMStudentNet(parts, linear, dim)

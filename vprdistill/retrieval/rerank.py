@@ -188,6 +188,7 @@ class _CachedReranker:
         return order
 
 
+@dataclass(eq=False)
 class PatchReranker(_CachedReranker):
     """Re-rank with the place model's own CNN feature map: mutual NN + RANSAC on grid cells.
 
@@ -206,22 +207,15 @@ class PatchReranker(_CachedReranker):
     """
 
     kind = "patch"
+    feature_fn: FeatureFn
+    ransac_threshold: float = 1.5
+    geometry: Geometry = "homography"
+    estimator: Estimator = "usac"
+    cache_size: int = 2048
+    cache_dtype: np.dtype | type = np.float16
 
-    def __init__(
-        self,
-        feature_fn: FeatureFn,
-        ransac_threshold: float = 1.5,
-        geometry: Geometry = "homography",
-        estimator: Estimator = "usac",
-        cache_size: int = 2048,
-        cache_dtype: np.dtype | type = np.float16,
-    ) -> None:
-        super().__init__(cache_size)
-        self.feature_fn = feature_fn
-        self.ransac_threshold = ransac_threshold
-        self.geometry = geometry
-        self.estimator = estimator
-        self.cache_dtype = cache_dtype
+    def __post_init__(self) -> None:
+        super().__init__(self.cache_size)
 
     def _compute(self, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         maps = self.feature_fn(paths)
@@ -240,6 +234,7 @@ class PatchReranker(_CachedReranker):
         )
 
 
+@dataclass(eq=False)
 class SiftReranker(_CachedReranker):
     """Re-rank with OpenCV SIFT, Lowe's ratio test and RANSAC: the classical baseline.
 
@@ -257,26 +252,17 @@ class SiftReranker(_CachedReranker):
     """
 
     kind = "sift"
+    image_loader: ImageLoader
+    ratio: float = 0.75
+    ransac_threshold: float = 3.0
+    geometry: Geometry = "fundamental"
+    estimator: Estimator = "usac"
+    max_side: int | None = 640
+    max_keypoints: int = 2000
+    cache_size: int = 1024
 
-    def __init__(
-        self,
-        image_loader: ImageLoader,
-        ratio: float = 0.75,
-        ransac_threshold: float = 3.0,
-        geometry: Geometry = "fundamental",
-        estimator: Estimator = "usac",
-        max_side: int | None = 640,
-        max_keypoints: int = 2000,
-        cache_size: int = 1024,
-    ) -> None:
-        super().__init__(cache_size)
-        self.image_loader = image_loader
-        self.ratio = ratio
-        self.ransac_threshold = ransac_threshold
-        self.geometry = geometry
-        self.estimator = estimator
-        self.max_side = max_side
-        self.max_keypoints = max_keypoints
+    def __post_init__(self) -> None:
+        super().__init__(self.cache_size)
 
     def _compute(self, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [sift_features(np.asarray(self.image_loader(p)), self.max_side, self.max_keypoints) for p in paths]

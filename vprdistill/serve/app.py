@@ -72,35 +72,16 @@ UPLOAD_FIELD = "image"
 BATCH_FIELD = "images"
 MAX_TOPK = 100
 
-_UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}},
-                    "required": [UPLOAD_FIELD],
-                }
-            }
-        },
-    }
-}
 
-_BATCH_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {BATCH_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": [BATCH_FIELD],
-                }
-            }
-        },
-    }
-}
+def _multipart_body(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a multipart form with one required ``field`` of ``schema``."""
+    form = {"type": "object", "properties": {field: schema}, "required": [field]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
+
+
+_FILE = {"type": "string", "format": "binary"}
+_UPLOAD_SCHEMA = _multipart_body(UPLOAD_FIELD, _FILE)
+_BATCH_SCHEMA = _multipart_body(BATCH_FIELD, {"type": "array", "items": _FILE})
 
 
 class AsciiJSONResponse(JSONResponse):

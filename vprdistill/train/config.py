@@ -18,10 +18,12 @@ anything is written (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -33,10 +35,7 @@ from vprdistill.eval.recall import QUERIES_WITHOUT_POSITIVE
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 AMP_MODES = ("off", "bf16", "fp16")
 BATCHNORM_MODES = ("batch", "sync", "frozen")
-VIOLATION_RULES = (
-    "margin",
-    "sqrt_margin",
-)  # mining: d_neg < d_pos + margin, or + sqrt(margin)
+VIOLATION_RULES = ("margin", "sqrt_margin")  # mining: d_neg < d_pos + margin, or + sqrt(margin)
 
 
 @dataclass
@@ -190,6 +189,14 @@ def _type_name(hint: Any) -> str:
     return str(hint)
 
 
+# Field types whose values are taken as they are or refused (a bool is not an integer here).
+_EXACT_TYPES = {
+    bool: lambda value: isinstance(value, bool),
+    int: lambda value: isinstance(value, int) and not isinstance(value, bool),
+    dict: lambda value: isinstance(value, dict),
+}
+
+
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """``value`` checked against the field type ``hint`` (and converted where lossless); ValueError naming ``key``."""
 
@@ -210,12 +217,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             except ValueError:
                 continue
         raise refuse()
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise refuse()
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+    if hint in _EXACT_TYPES:
+        if _EXACT_TYPES[hint](value):
             return value
         raise refuse()
     if hint is float:
@@ -239,10 +242,6 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return ""  # `key=` on the command line, or `key:` in YAML: empty (e.g. data.val_split=)
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # e.g. a folder named 2024
-        raise refuse()
-    if hint is dict:
-        if isinstance(value, dict):
-            return value
         raise refuse()
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -329,18 +328,18 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
         )
     if any(side < 1 for side in config.data.image_size):
         raise ValueError(f"{source}: data.image_size must be positive [H, W], got {config.data.image_size}")
-    if config.optim.name not in ("adam", "sgd"):
-        raise ValueError(f"{source}: optim.name must be adam or sgd, got {config.optim.name!r}")
-    if config.queries_without_positive not in QUERIES_WITHOUT_POSITIVE:
-        raise ValueError(
-            f"{source}: queries_without_positive must be one of {', '.join(QUERIES_WITHOUT_POSITIVE)}, "
-            f"got {config.queries_without_positive!r}"
-        )
-    if config.data.input not in ("rgb", "seg"):
-        raise ValueError(f"{source}: data.input must be rgb or seg, got {config.data.input!r}")
+    choices = {
+        "optim.name": (config.optim.name, ("adam", "sgd")),
+        "queries_without_positive": (config.queries_without_positive, QUERIES_WITHOUT_POSITIVE),
+        "data.input": (config.data.input, ("rgb", "seg")),
+        "mining.cache_model": (config.mining.cache_model, ("student", "teacher")),
+        "amp": (config.amp, AMP_MODES),
+        "batchnorm": (config.batchnorm, BATCHNORM_MODES),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{source}: {key} must be one of {', '.join(allowed)}, got {value!r}")
     _validate_validation_folders(config.data, source)
-    if config.mining.cache_model not in ("student", "teacher"):
-        raise ValueError(f"{source}: mining.cache_model must be student or teacher, got {config.mining.cache_model!r}")
     if config.data.places:
         for key, value in (
             ("places_per_batch", config.data.places_per_batch),
@@ -365,14 +364,10 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
         raise ValueError(f"{source}: mining.negative_radius_m must be >= mining.positive_radius_m")
     if len(config.data.image_size) != 2:
         raise ValueError(f"{source}: data.image_size must be [H, W], got {config.data.image_size}")
-    if config.amp not in AMP_MODES:
-        raise ValueError(f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
     if not isinstance(config.compile, bool):
         raise ValueError(  # noqa: TRY004 (a config error, reported like the others)
             f"{source}: compile must be true or false, got {config.compile!r}"
         )
-    if config.batchnorm not in BATCHNORM_MODES:
-        raise ValueError(f"{source}: batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {config.batchnorm!r}")
     if not isinstance(config.method, dict) or "name" not in config.method:
         raise ValueError(f"{source}: method must be a mapping with a 'name'")
     if isinstance(config.model, dict) and not config.model:
@@ -434,29 +429,45 @@ def resolve_preset_path(path_or_name: str | Path) -> Path:
     )
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+Override = str | Mapping[str, Any]
+
+
+def apply_overrides(raw: dict, overrides: Sequence[Override]) -> dict:
+    """Apply overrides to a nested dict, in place, and return it.
+
+    An override is the command line's ``"a.b.c=value"`` (the value parsed as YAML) or,
+    from Python, a mapping ``{"a.b.c": value}`` whose values are taken as they are
+    (``{"method": {"name": "distill", "teachers": [...]}}``): no YAML text to write.
+    Either sets the key (a dotted path into the sections) to the value, replacing what was there.
+    """
     for item in overrides:
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                _set_key(raw, str(key), copy.deepcopy(value), f"override {key!r}")
+            continue
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, value_text = item.split("=", 1)
-        value = yaml.safe_load(value_text) if value_text != "" else None
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = {}
-                node[part] = child
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: '{part}' is not a section")  # noqa: TRY004
-            node = child
-        node[parts[-1]] = value
+        _set_key(raw, key, yaml.safe_load(value_text) if value_text != "" else None, f"override {item!r}")
     return raw
 
 
-def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Load a YAML preset (path or packaged name), apply overrides and validate."""
+def _set_key(raw: dict, key: str, value: Any, where: str) -> None:
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ValueError(f"{where}: '{part}' is not a section")  # noqa: TRY004
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path_or_name: str | Path, overrides: Sequence[Override] | None = None) -> TrainConfig:
+    """Load a YAML preset (path or packaged name), apply overrides (``key=value`` strings or mappings) and validate."""
     path = resolve_preset_path(path_or_name)
     raw = _read_yaml_with_base(path, seen=())
     apply_overrides(raw, overrides or [])

@@ -47,35 +47,16 @@ from vprdistill.data.two_folders import read_two_folders_with_source
 from vprdistill.eval.evaluate import evaluate_descriptors
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.registry import build_model
-from vprdistill.train.amp_compile import (
-    StudentForward,
-    autocast,
-    check_amp,
-    grad_scaler,
-)
-from vprdistill.train.config import (
-    TrainConfig,
-    describe_change,
-    resume_changes,
-    save_config,
-)
-from vprdistill.train.distributed import (
-    DistributedContext,
-    distributed_context,
-    prepare_batchnorm,
-    set_training_mode,
-)
+from vprdistill.train.amp_compile import StudentForward, autocast, check_amp, grad_scaler
+from vprdistill.train.config import TrainConfig, describe_change, resume_changes, save_config
+from vprdistill.train.distributed import DistributedContext, distributed_context, prepare_batchnorm, set_training_mode
 from vprdistill.train.init_from import init_weights_from
 from vprdistill.train.inputs import build_input_loader, input_paths
 from vprdistill.train.methods import TrainingMethod
-from vprdistill.train.mining import log_mining_round, miner_from_config
+from vprdistill.train.mining import TripletMiner, log_mining_round, miner_from_config
 from vprdistill.train.place_batches import BatchList, PlaceImageDataset, collate_places, place_batches
 from vprdistill.train.run_folder import RunFolder
-from vprdistill.train.tuples import (
-    TupleDataset,
-    collate_tuples,
-    split_tuple_descriptors,
-)
+from vprdistill.train.tuples import TupleDataset, collate_tuples, split_tuple_descriptors
 from vprdistill.utils.device import set_threads
 from vprdistill.utils.logging import get_logger, setup_logging
 from vprdistill.utils.seed import seed_everything
@@ -194,18 +175,12 @@ def _build_optimizer(
     if config.optim.name == "adam":
         return torch.optim.Adam(parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     return torch.optim.SGD(
-        parameters,
-        lr=config.optim.lr,
-        momentum=config.optim.momentum,
-        weight_decay=config.optim.weight_decay,
+        parameters, lr=config.optim.lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
     )
 
 
 def _describe(
-    config: TrainConfig,
-    model: torch.nn.Module,
-    paths: list[Path],
-    context: DistributedContext,
+    config: TrainConfig, model: torch.nn.Module, paths: list[Path], context: DistributedContext
 ) -> np.ndarray:
     """Descriptors ``(N, D)`` of ``paths``: each rank computes its shard, every rank gets all of them."""
     share = context.shard(len(paths))
@@ -223,46 +198,33 @@ def _describe(
     return context.gather_rows(local, len(paths))
 
 
-class _Validator:
-    """Validation R@N of the student on the validation split (descriptors computed each epoch)."""
+def _validate(
+    config: TrainConfig, dataset: PlaceDataset | None, model: torch.nn.Module, context: DistributedContext
+) -> dict[str, float] | None:
+    """Validation R@N of the student on the validation split (descriptors computed each epoch); None without one."""
+    if dataset is None:
+        return None
+    query_paths, database_paths = input_paths(dataset, config.data.input)
+    database = _describe(config, model, database_paths, context)
+    queries = _describe(config, model, query_paths, context)
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        dataset: PlaceDataset | None,
-        context: DistributedContext,
-    ) -> None:
-        self.config = config
-        self.dataset = dataset
-        self.context = context
+    def recall() -> dict[str, float]:
+        result = evaluate_descriptors(
+            database,
+            queries,
+            dataset,
+            threshold_m=config.threshold_m,
+            recall_ns=config.recall_ns,
+            queries_without_positive=config.queries_without_positive,
+        )
+        return {str(k): float(v) for k, v in result.recall.items()}
 
-    def __call__(self, model: torch.nn.Module) -> dict[str, float] | None:
-        if self.dataset is None:
-            return None
-        query_paths, database_paths = input_paths(self.dataset, self.config.data.input)
-        database = _describe(self.config, model, database_paths, self.context)
-        queries = _describe(self.config, model, query_paths, self.context)
-
-        def recall() -> dict[str, float]:
-            result = evaluate_descriptors(
-                database,
-                queries,
-                self.dataset,
-                threshold_m=self.config.threshold_m,
-                recall_ns=self.config.recall_ns,
-                queries_without_positive=self.config.queries_without_positive,
-            )
-            return {str(k): float(v) for k, v in result.recall.items()}
-
-        # Rank 0's figures decide best checkpoint and early stopping on every rank.
-        return self.context.main_result(recall)
+    # Rank 0's figures decide best checkpoint and early stopping on every rank.
+    return context.main_result(recall)
 
 
 def train(
-    config: TrainConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    step_callbacks: Sequence[StepCallback] = (),
+    config: TrainConfig, out_dir: str | Path, resume: bool = False, step_callbacks: Sequence[StepCallback] = ()
 ) -> TrainResult:
     """Train ``config.model`` with ``config.method`` and write a run folder at ``out_dir``.
 
@@ -325,24 +287,41 @@ def _train_locked(
     context: DistributedContext,
     changes: list[tuple[str, object, object]],
 ) -> TrainResult:
-    if context.is_main:
-        setup_logging(log_file=run.log_path)
-    else:
-        setup_logging(level=logging.WARNING)
+    config = _start(config, run, resume, context, changes)
+    train_set, val_set = open_train_val(config)
+    session = _Session(config, run, context, train_set, resume, step_callbacks)
+    validate = functools.partial(_validate, config, val_set, context=context)
+    start_epoch = session.epoch + 1
+    epochs_run, stopped_early = start_epoch - 1, False
+    for epoch in range(start_epoch, config.epochs + 1):
+        if session.stale_epochs >= config.patience:
+            stopped_early = True
+            break
+        session.train_epoch(epoch)
+        session.end_epoch(epoch, validate)
+        epochs_run = epoch
+    if session.writer is not None:
+        session.writer.close()
+    return TrainResult(run.path, session.best_recall, session.best_epoch, epochs_run, stopped_early)
+
+
+def _start(
+    config: TrainConfig,
+    run: RunFolder,
+    resume: bool,
+    context: DistributedContext,
+    changes: list[tuple[str, object, object]],
+) -> TrainConfig:
+    """Logging, threads, seeds and the run's ``config.yaml``; the config this process trains with."""
+    setup_logging(log_file=run.log_path) if context.is_main else setup_logging(level=logging.WARNING)
     saved_config = config
     config = dataclasses.replace(config, progress=config.progress and context.is_main)
     set_threads(config.threads)
-    device = context.device
-    check_amp(config.amp, device)
+    check_amp(config.amp, context.device)
     seed_everything(config.seed)
     context.run_where(context.is_main, lambda: save_config(saved_config, run.config_path))
-    logger.info(
-        "run %s on %s (%d threads)%s",
-        run.path,
-        device,
-        torch.get_num_threads(),
-        " — resuming" if resume else "",
-    )
+    resuming = " — resuming" if resume else ""
+    logger.info("run %s on %s (%d threads)%s", run.path, context.device, torch.get_num_threads(), resuming)
     for key, before, after in changes:
         logger.info("config changed on resume: %s", describe_change(key, before, after))
     if context.is_distributed:
@@ -352,39 +331,70 @@ def _train_locked(
             config.batch_size * context.world_size,
             config.batch_size,
         )
+    return config
 
-    train_set, val_set = open_train_val(config)
-    validate = _Validator(config, val_set, context)
 
+def _build_student(config: TrainConfig, resume: bool, context: DistributedContext) -> torch.nn.Module:
+    """The student model on the device, from ``config.model`` (and ``init_from`` on a new run)."""
     model_config = config.model if isinstance(config.model, dict) else {"preset": config.model}
     # The training size travels with the weights, so eval/index/export default to it.
     # Weights loaded from init_from replace ImageNet ones, so none are loaded first.
     pretrained = config.pretrained and not config.init_from
-    model = build_model(
-        dict(model_config, image_size=list(config.data.image_size)),
-        pretrained=pretrained,
-    )
+    model = build_model(dict(model_config, image_size=list(config.data.image_size)), pretrained=pretrained)
     if config.data.input == "seg":
         # Saved with the weights, so evaluation and a StructVPR teacher read maps as in training.
         model.structural_class_map = StructuralClassMap.from_yaml(source=config.data.structural_source)
     if config.init_from and not resume:
         logger.info("model weights from %s", init_weights_from(model, config.init_from))
-    model = prepare_batchnorm(model.to(device), config.batchnorm, context)
-    method = TrainingMethod(config, device, student_dim=getattr(model, "descriptor_dim", None))
-    places = _open_places(config) if config.data.places else None
-    prepare = (
-        functools.partial(method.prepare_places, places)
-        if places is not None
-        else functools.partial(method.prepare, train_set)
-    )
-    # One process per machine fills the teacher caches; the others then read them.
-    context.run_where(context.local_rank == 0, prepare)
-    context.run_where(context.local_rank != 0, prepare)
-    if places is None:
-        miner = miner_from_config(config.mining, train_set)
-        logger.info("%s; loss margin %s", miner.describe(), _loss_margins(method))
-    else:
-        miner = None
+    return prepare_batchnorm(model.to(context.device), config.batchnorm, context)
+
+
+class _Session:
+    """The state of one training run between epochs: model, method, optimiser, counters.
+
+    ``epoch`` is the last finished epoch (0: none), which is also the epoch of the
+    checkpoint in the run folder.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run: RunFolder,
+        context: DistributedContext,
+        train_set: PlaceDataset | None,
+        resume: bool,
+        step_callbacks: Sequence[StepCallback],
+    ) -> None:
+        self.config, self.run, self.context, self.train_set = config, run, context, train_set
+        self.step_callbacks = step_callbacks
+        self.model = _build_student(config, resume, context)
+        self.method = TrainingMethod(config, context.device, student_dim=getattr(self.model, "descriptor_dim", None))
+        self.places = _open_places(config) if config.data.places else None
+        self.miner = self._prepare_method()
+        self.optimizer = _build_optimizer(config, self.model, self.method.parameters())
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.optim.lr_decay)
+        self.scaler = grad_scaler(config.amp, context.device)
+        self.epoch, self.best_recall, self.best_epoch, self.stale_epochs = 0, -1.0, 0, 0
+        if resume:
+            self._restore()
+        self.forward = StudentForward(context.wrap(self.model), compile=config.compile)
+        self.writer = _tensorboard_writer(run.path) if config.tensorboard and context.is_main else None
+        self.load_input = build_input_loader(config.data, train=True)
+
+    def _prepare_method(self) -> TripletMiner | None:
+        """Fill the teachers' caches; the miner of tuple training (None for place batches), logged."""
+        config, method, places = self.config, self.method, self.places
+        if places is not None:
+            prepare = functools.partial(method.prepare_places, places)
+        else:
+            prepare = functools.partial(method.prepare, self.train_set)
+        # One process per machine fills the teacher caches; the others then read them.
+        self.context.run_where(self.context.local_rank == 0, prepare)
+        self.context.run_where(self.context.local_rank != 0, prepare)
+        if places is None:
+            miner = miner_from_config(config.mining, self.train_set)
+            logger.info("%s; loss margin %s", miner.describe(), _loss_margins(method))
+            return miner
         logger.info(
             "place batches: %d places x %d views per batch, %d batches per epoch; in-batch tuples with %d negatives",
             config.data.places_per_batch,
@@ -392,198 +402,186 @@ def _train_locked(
             _place_steps(config, places),
             config.mining.num_negatives,
         )
-    optimizer = _build_optimizer(config, model, method.parameters())
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.optim.lr_decay)
-    scaler = grad_scaler(config.amp, device)
+        return None
 
-    start_epoch, best_recall, best_epoch, stale_epochs = 1, -1.0, 0, 0
-    if resume:
-        state = run.load_last(model)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best_recall, best_epoch = float(state["best_recall"]), int(state["best_epoch"])
-        stale_epochs = int(state["stale_epochs"])
+    def _restore(self) -> None:
+        """Load the run's last finished epoch: weights, optimiser, scheduler, counters, projections, miner."""
+        state = self.run.load_last(self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_recall, self.best_epoch = float(state["best_recall"]), int(state["best_epoch"])
+        self.stale_epochs = int(state["stale_epochs"])
         if state.get("projections"):
-            method.load_state_dict(state["projections"])
+            self.method.load_state_dict(state["projections"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if state.get("miner") and miner is not None:
-            miner.load_state_dict(state["miner"])
-        _apply_optimizer_config(config, optimizer, scheduler, finished_epochs=start_epoch - 1)
-        context.run_where(context.is_main, lambda: run.truncate_metrics(start_epoch - 1))
-        logger.info(
-            "resumed after epoch %d (best R@1 %.2f at epoch %d)",
-            start_epoch - 1,
-            best_recall,
-            best_epoch,
-        )
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("miner") and self.miner is not None:
+            self.miner.load_state_dict(state["miner"])
+        _apply_optimizer_config(self.config, self.optimizer, self.scheduler, finished_epochs=self.epoch)
+        self.context.run_where(self.context.is_main, lambda: self.run.truncate_metrics(self.epoch))
+        logger.info("resumed after epoch %d (best R@1 %.2f at epoch %d)", self.epoch, self.best_recall, self.best_epoch)
 
-    forward = StudentForward(context.wrap(model), compile=config.compile)
-    writer = _tensorboard_writer(run.path) if config.tensorboard and context.is_main else None
-    load_input = build_input_loader(config.data, train=True)
-    if places is None:
-        query_paths, database_paths = input_paths(train_set, config.data.input)
-    epochs_run, stopped_early = start_epoch - 1, False
-    saved_epoch = start_epoch - 1  # the epoch of the checkpoint in the run folder (0: none yet)
-
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stale_epochs >= config.patience:
-            stopped_early = True
-            break
-        epoch_start = time.perf_counter()
+    def train_epoch(self, epoch: int) -> None:
+        """One epoch of optimiser steps, on place batches or on mined tuples; fills the epoch's counters."""
+        config, context = self.config, self.context
+        self.epoch_start = time.perf_counter()
         torch.manual_seed(config.seed * 100_003 + epoch + _RANK_SEED_STRIDE * context.rank)
         rng = np.random.default_rng([config.seed, epoch])
-        term_sums: dict[str, float] = {}
-        steps, tuples_trained, skipped, mining_rounds = 0, 0, 0, []
-        set_training_mode(model, config.batchnorm)
-        if places is not None:
+        self.term_sums: dict[str, float] = {}
+        self.steps, self.tuples_trained, self.skipped, self.mining_rounds = 0, 0, 0, []
+        set_training_mode(self.model, config.batchnorm)
+        if self.places is not None:
             batches = place_batches(
-                places.members(),
+                self.places.members(),
                 config.data.places_per_batch,
                 config.data.views_per_place,
-                _place_steps(config, places),
+                _place_steps(config, self.places),
                 rng,
             )
-            bar_total, bar_unit = sum(len(b) for b in batches), "img"
+            self.bar = self._progress(epoch, sum(len(b) for b in batches), "img")
+            for batch in self._place_loader(batches):
+                self._step(epoch, batch, self.method.place_loss)
         else:
-            order = rng.permutation(miner.trainable_queries)
-            bar_total, bar_unit = len(order), "q"
-        bar = tqdm(
-            total=bar_total,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit=bar_unit,
-            disable=not config.progress,
+            order = rng.permutation(self.miner.trainable_queries)
+            self.bar = self._progress(epoch, len(order), "q")
+            self._train_tuples(epoch, order, rng)
+        self.bar.close()
+        self.scheduler.step()
+        self.term_sums, self.tuples_trained = _sum_over_ranks(context, self.term_sums, self.tuples_trained)
+
+    def _progress(self, epoch: int, total: int, unit: str) -> tqdm:
+        return tqdm(
+            total=total,
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            unit=unit,
+            disable=not self.config.progress,
             leave=False,
             dynamic_ncols=True,
         )
 
-        def train_step(batch, compute_loss, epoch=epoch, bar=bar, term_sums=term_sums, saved_epoch=saved_epoch) -> None:
-            """One optimiser step on a batch (tuples or places); updates the epoch's counters."""
-            nonlocal steps, tuples_trained
-            batch = batch.to(device)
-            step_start = time.perf_counter()
-            with autocast(config.amp, device):
-                descriptors = forward(batch.images)
-            output = compute_loss(batch, descriptors.float())
-            # The mean over ranks: every rank sees the same value, so all stop together on NaN.
-            loss_value = context.all_reduce_sum([float(output.total.detach())])[0] / context.world_size
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    _non_finite_message(
-                        config,
-                        run,
-                        loss_value,
-                        epoch,
-                        steps + 1,
-                        output.terms,
-                        saved_epoch,
-                    )
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(output.total).backward()
-            _average_method_gradients(method, context)
-            if config.optim.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            steps += 1
-            tuples_trained += batch.batch_size
-            for key, value in output.terms.items():
-                term_sums[key] = term_sums.get(key, 0.0) + float(value)
-            rate = batch.images.shape[0] / max(time.perf_counter() - step_start, 1e-9)
-            bar.update(batch.batch_size * context.world_size)
-            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
-            for callback in step_callbacks:
-                callback(StepInfo(epoch, steps, loss_value, model))
+    def _place_loader(self, batches: list) -> DataLoader:
+        places = self.places
+        place_paths = places.seg_paths if self.config.data.input == "seg" else places.paths
+        if place_paths is None:
+            raise ValueError(f"data.input 'seg' needs segmentation maps of the place images in {places.root}")
+        return DataLoader(
+            PlaceImageDataset(place_paths, places.labels, self.load_input),
+            batch_sampler=BatchList(self.context.share(batches)),
+            num_workers=self.config.data.num_workers,
+            collate_fn=collate_places,
+        )
 
-        if places is not None:
-            place_paths = places.seg_paths if config.data.input == "seg" else places.paths
-            if place_paths is None:
-                raise ValueError(f"data.input 'seg' needs segmentation maps of the place images in {places.root}")
+    def _train_tuples(self, epoch: int, order: np.ndarray, rng: np.random.Generator) -> None:
+        """Mine the epoch's queries in chunks of ``mining.refresh_every`` and train on each chunk's tuples."""
+        config, context, model = self.config, self.context, self.model
+        query_paths, database_paths = input_paths(self.train_set, config.data.input)
+        chunk = config.mining.refresh_every or len(order)
+        for chunk_start in range(0, len(order), chunk):
+            chunk_queries = order[chunk_start : chunk_start + chunk]
+            context.sync_buffers(model)
+            query_desc, database_desc = _mining_cache(
+                config, model, self.method, self.train_set, chunk_queries, context
+            )
+            # Every rank mines the whole chunk with the same generator, then trains on its share.
+            tuples, stats = self.miner.mine(chunk_queries, query_desc, database_desc, rng)
+            self.skipped += stats.skipped_no_violation
+            self.mining_rounds.append(stats.as_dict())
+            log_mining_round(epoch, len(self.mining_rounds), stats)
+            self.bar.update(stats.skipped_no_violation)
+            set_training_mode(model, config.batchnorm)
             loader = DataLoader(
-                PlaceImageDataset(place_paths, places.labels, load_input),
-                batch_sampler=BatchList(context.share(batches)),
+                TupleDataset(context.share(tuples), query_paths, database_paths, self.load_input),
+                batch_size=config.batch_size,
+                shuffle=False,  # the order is already a seeded permutation
                 num_workers=config.data.num_workers,
-                collate_fn=collate_places,
+                collate_fn=collate_tuples,
             )
             for batch in loader:
-                train_step(batch, method.place_loss)
-        else:
-            chunk = config.mining.refresh_every or len(order)
-            for chunk_start in range(0, len(order), chunk):
-                chunk_queries = order[chunk_start : chunk_start + chunk]
-                context.sync_buffers(model)
-                query_desc, database_desc = _mining_cache(config, model, method, train_set, chunk_queries, context)
-                # Every rank mines the whole chunk with the same generator, then trains on its share.
-                tuples, stats = miner.mine(chunk_queries, query_desc, database_desc, rng)
-                skipped += stats.skipped_no_violation
-                mining_rounds.append(stats.as_dict())
-                log_mining_round(epoch, len(mining_rounds), stats)
-                bar.update(stats.skipped_no_violation)
-                set_training_mode(model, config.batchnorm)
-                loader = DataLoader(
-                    TupleDataset(context.share(tuples), query_paths, database_paths, load_input),
-                    batch_size=config.batch_size,
-                    shuffle=False,  # the order is already a seeded permutation
-                    num_workers=config.data.num_workers,
-                    collate_fn=collate_tuples,
-                )
-                for batch in loader:
-                    train_step(
-                        batch,
-                        lambda b, d: method.loss(b, split_tuple_descriptors(d, b)),
-                    )
-        bar.close()
-        scheduler.step()
-        term_sums, tuples_trained = _sum_over_ranks(context, term_sums, tuples_trained)
+                self._step(epoch, batch, lambda b, d: self.method.loss(b, split_tuple_descriptors(d, b)))
 
-        context.sync_buffers(model)
-        recall = validate(model)
+    def _step(self, epoch: int, batch, compute_loss) -> None:
+        """One optimiser step on a batch (tuples or places); updates the epoch's counters."""
+        config, context, device, optimizer, scaler = (
+            self.config, self.context, self.context.device, self.optimizer, self.scaler,
+        )  # fmt: skip
+        batch = batch.to(device)
+        step_start = time.perf_counter()
+        with autocast(config.amp, device):
+            descriptors = self.forward(batch.images)
+        output = compute_loss(batch, descriptors.float())
+        # The mean over ranks: every rank sees the same value, so all stop together on NaN.
+        loss_value = context.all_reduce_sum([float(output.total.detach())])[0] / context.world_size
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                _non_finite_message(config, self.run, loss_value, epoch, self.steps + 1, output.terms, self.epoch)
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(output.total).backward()
+        _average_method_gradients(self.method, context)
+        if config.optim.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        self.steps += 1
+        self.tuples_trained += batch.batch_size
+        for key, value in output.terms.items():
+            self.term_sums[key] = self.term_sums.get(key, 0.0) + float(value)
+        rate = batch.images.shape[0] / max(time.perf_counter() - step_start, 1e-9)
+        self.bar.update(batch.batch_size * context.world_size)
+        self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+        for callback in self.step_callbacks:
+            callback(StepInfo(epoch, self.steps, loss_value, self.model))
+
+    def end_epoch(self, epoch: int, validate: Callable[[torch.nn.Module], dict[str, float] | None]) -> None:
+        """Validate, update best and early-stopping counters, and save the epoch's record and checkpoint."""
+        context = self.context
+        context.sync_buffers(self.model)
+        recall = validate(self.model)
         # Without a validation split every epoch is the best so far (best_recall stays -1: none measured).
-        improved = recall is None or recall["1"] > best_recall
+        improved = recall is None or recall["1"] > self.best_recall
         if improved:
-            best_epoch, stale_epochs = epoch, 0
+            self.best_epoch, self.stale_epochs = epoch, 0
             if recall is not None:
-                best_recall = recall["1"]
+                self.best_recall = recall["1"]
         else:
-            stale_epochs += 1
+            self.stale_epochs += 1
         record = {
             "epoch": epoch,
-            "steps": steps,
-            "tuples": tuples_trained,
-            "queries_skipped_no_violation": skipped,
-            "queries_skipped_share": skipped / max(sum(r["queries"] for r in mining_rounds), 1),
-            "mining_rounds": mining_rounds,
-            "lr": optimizer.param_groups[0]["lr"],
-            "loss": {k: v / max(steps * context.world_size, 1) for k, v in term_sums.items()},
+            "steps": self.steps,
+            "tuples": self.tuples_trained,
+            "queries_skipped_no_violation": self.skipped,
+            "queries_skipped_share": self.skipped / max(sum(r["queries"] for r in self.mining_rounds), 1),
+            "mining_rounds": self.mining_rounds,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": {k: v / max(self.steps * context.world_size, 1) for k, v in self.term_sums.items()},
             "val_recall": recall,
-            "best_epoch": best_epoch,
-            "seconds": round(time.perf_counter() - epoch_start, 2),
+            "best_epoch": self.best_epoch,
+            "seconds": round(time.perf_counter() - self.epoch_start, 2),
             "world_size": context.world_size,
         }
+        miner = self.miner
         state = {
             "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "best_recall": best_recall,
-            "best_epoch": best_epoch,
-            "stale_epochs": stale_epochs,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_recall": self.best_recall,
+            "best_epoch": self.best_epoch,
+            "stale_epochs": self.stale_epochs,
             "miner": miner.state_dict() if miner is not None and miner.carry_negatives else {},
             # Teacher projections: trained with the student but not part of it (never in its weights files).
-            "projections": method.state_dict(),
+            "projections": self.method.state_dict(),
         }
 
-        save_epoch = functools.partial(_save_epoch, run, record, model, state, improved, recall, writer)
+        def save_epoch() -> None:
+            self.run.save_epoch(record, self.model, state, is_best=improved)
+            _log_epoch(record, recall, self.writer)
+
         # Also the barrier after saving: no rank starts the next epoch before rank 0 has saved.
         context.run_where(context.is_main, save_epoch)
-        epochs_run = saved_epoch = epoch
-
-    if writer is not None:
-        writer.close()
-    return TrainResult(run.path, best_recall, best_epoch, epochs_run, stopped_early)
+        self.epoch = epoch
 
 
 def _average_method_gradients(method: TrainingMethod, context: DistributedContext) -> None:
@@ -596,19 +594,6 @@ def _average_method_gradients(method: TrainingMethod, context: DistributedContex
             parameter.grad = torch.zeros_like(parameter)
         torch.distributed.all_reduce(parameter.grad)
         parameter.grad.div_(context.world_size)
-
-
-def _save_epoch(
-    run: RunFolder,
-    record: dict,
-    model: torch.nn.Module,
-    state: dict,
-    is_best: bool,
-    recall: dict[str, float] | None,
-    writer,
-) -> None:
-    run.save_epoch(record, model, state, is_best=is_best)
-    _log_epoch(record, recall, writer)
 
 
 def _apply_optimizer_config(
@@ -639,29 +624,16 @@ def _apply_optimizer_config(
             finished_epochs + 1,
             lr,
         )
-    for name, value in (
-        ("weight_decay", optim.weight_decay),
-        ("momentum", optim.momentum),
-    ):
+    for name, value in (("weight_decay", optim.weight_decay), ("momentum", optim.momentum)):
         groups = [g for g in optimizer.param_groups if name in g and g[name] != value]
         for group in groups:
             group[name] = value
         if groups:
-            logger.info(
-                "optim.%s %g from the config applied to the restored optimizer",
-                name,
-                value,
-            )
+            logger.info("optim.%s %g from the config applied to the restored optimizer", name, value)
 
 
 def _non_finite_message(
-    config: TrainConfig,
-    run: RunFolder,
-    loss: float,
-    epoch: int,
-    step: int,
-    terms: dict,
-    saved_epoch: int,
+    config: TrainConfig, run: RunFolder, loss: float, epoch: int, step: int, terms: dict, saved_epoch: int
 ) -> str:
     """What happened, what the run folder holds now, and the command that continues with a lower rate."""
     lower = f"optim.lr={config.optim.lr / 10:g}"
@@ -739,9 +711,9 @@ def _mining_cache(
 
 
 def _loss_margins(method: TrainingMethod) -> str:
-    """The margin of each loss, for the log next to the (separate) mining margin."""
-    losses = [method.student_loss] if method.student_loss is not None else [slot.loss for slot in method.teachers]
-    return ", ".join(str(getattr(loss, "margin", "none")) for loss in losses)
+    """The margin of the student's triplet term, for the log next to the (separate) mining margin."""
+    margin = method.margin if method.student_loss is None else getattr(method.student_loss, "margin", "none")
+    return str(margin)
 
 
 def _log_epoch(record: dict, recall: dict[str, float] | None, writer) -> None:

@@ -17,50 +17,50 @@ Methods are configs, not subclasses. Two names exist:
             loss: {name: soft_cross_metric}
           - run: runs/structvpr-seg
             input: seg
-            loss: {name: structural, w_hard: 0.0, weighting: {name: partition}}
+            weight: 1.0
+            loss: {name: structural, weighting: {name: partition}}
+        w_hard: 1.0
 
-The total loss is the sum of each teacher's loss (each loss carries its own
-hard triplet weight ``w_hard``, so set it to 0 on all teachers but one). With
-two or more teachers, each teacher's terms are logged under its input kind and
-position in the list (``rgb0/soft``, ``seg1/kl``, ``rgb0/total``); ``total`` is
-the sum.
+The method composes the loss, in the shape of pytorch-metric-learning's
+``MultipleLosses``: the student's own triplet term, computed once, plus each
+teacher's pure teacher term with its weight::
 
-With place batches (``data.places``: P places × K views with place labels,
-GSV-Cities style) the student's own term is the multi-similarity loss and
-miner (``loss: {name: multi_similarity, alpha, beta, base, epsilon}`` for
-``triplet``; ``metric_loss`` for ``distill``, null for none), and every tuple
-loss (each teacher's, or a tuple ``loss`` of ``triplet``) applies to in-batch
-tuples: each image an anchor, its least similar view of the same place the
-positive, the ``mining.num_negatives`` most similar images of other places the
-negatives. A teacher's ``w_hard`` then adds an in-batch triplet term.
+    total = w_hard·triplet(S; margin) + Σᵢ weightᵢ·KDᵢ(S, Tᵢ)
 
-A teacher spec names the teacher with exactly one of ``run`` (a run folder or
-checkpoint of this package), ``torch_hub`` (``"owner/repo:entry"`` or
-``"DIR:entry"``, with optional ``kwargs``), ``hf_hub`` (a timm repo id or a
-local folder with ``config.json`` + ``model.safetensors``, optional
-``kwargs``) or ``onnx`` (a file); and takes ``input`` (``rgb`` or ``seg``;
-external teachers are ``rgb``), ``loss``, ``image_size`` (default: the
-student's), ``cache_dir``, and for external teachers ``mean`` and ``std``
-(their input normalisation, default ImageNet's) and ``output`` (which element
-of a tuple output is the descriptor). docs/RECIPES.md has the full reference.
-A teacher is re-run on each batch only when it reads exactly what the student
-reads (same input kind and image size) and augmentation makes each view
-unique; otherwise its descriptors come from its cache of the un-augmented split.
+``method.w_hard`` and ``method.margin`` (default 0.1) set the triplet term and
+``method.teachers[i].weight`` (default 1) each teacher's; a teacher's ``loss``
+then gives only its teacher term (``w_soft``, ``w_cm``, ``w_kd``, ...). A config
+of the earlier form, with ``w_hard`` inside the teachers' losses and no
+``method.w_hard``, gives the same total: ``w_hard`` is the sum of the teachers'
+``w_hard`` (each 1 unless given) and ``margin`` their common margin (the
+teachers with ``w_hard > 0`` must agree on it). With ``method.w_hard`` or
+``method.margin`` given, a teacher's loss may only say ``w_hard: 0``.
+With two or more teachers, each teacher's terms are logged under its input kind
+and position in the list (``rgb0/soft``, ``seg1/kl``); ``<teacher>/hard`` is the
+one triplet value and ``<teacher>/total`` the teacher's weighted term plus its
+share of the triplet term (its own ``w_hard`` in the earlier form, an equal
+share of ``method.w_hard`` otherwise), so that ``total`` is their sum.
 
-A teacher whose descriptor size D_t differs from the student's D_s gets a
-learned projection ``normalize(W·s + b)``, D_s → D_t, for the loss terms that
-compare student and teacher descriptors directly (soft, cross-metric, official,
-structural regression); relational terms (RKD distances, the structural KL of
-similarities) and the student's own terms read the student's descriptors. The
-projections are trained with the student (``TrainingMethod.parameters``), kept
-in the run's loop state for resuming, and never saved with the student's
-weights. ``projection: auto`` (the default) adds one when the sizes differ and
-the loss needs it; ``true`` always (a teacher of the same size but another
-space), ``false`` never.
+With place batches (``data.places``) the student's own term is the
+multi-similarity loss and miner (``loss: {name: multi_similarity, ...}`` for
+``triplet``; ``metric_loss`` for ``distill``, null for none), and the tuple
+terms apply to in-batch tuples (``losses.metric.in_batch_tuples``).
+
+The teacher spec (``run``, ``torch_hub``, ``hf_hub`` or ``onnx``; ``input``,
+``loss``, ``weight``, ``image_size``, ``cache_dir``, ``mean``, ``std``,
+``output``, ``projection``) is described in docs/RECIPES.md. A teacher is
+re-run on each batch only when it reads exactly what the student reads and
+augmentation makes each view unique; otherwise its descriptors come from its
+cache of the un-augmented split. A teacher of another descriptor size gets a
+learned projection ``normalize(W·s + b)``, D_s → D_t, for the terms that
+compare descriptors directly (soft, cross-metric, official, structural
+regression), trained with the student, kept in the loop state for resuming,
+never saved with the student's weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,10 @@ from torch import nn
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.data.place_images import PlaceImages
 from vprdistill.losses import build_loss
+from vprdistill.losses.base import TeacherTermLoss, build_named
 from vprdistill.losses.metric import MultiSimilarityLoss, in_batch_tuples
-from vprdistill.losses.types import LossOutput, TupleDescriptors
+from vprdistill.losses.triplet import triplet_margin_loss
+from vprdistill.losses.types import LossOutput, Terms, TupleDescriptors
 from vprdistill.train.config import TrainConfig
 from vprdistill.train.place_batches import PlaceBatch
 from vprdistill.train.teacher import FrozenTeacher
@@ -93,16 +95,15 @@ def build_metric_loss(spec: dict[str, Any] | None, where: str) -> MultiSimilarit
     name = params.pop("name", None)
     if name != METRIC_LOSS:
         raise ValueError(f"{where}: the place-batch loss must be named {METRIC_LOSS!r}, got {name!r}")
-    try:
-        return MultiSimilarityLoss(**params)
-    except TypeError as error:
-        raise ValueError(f"{where}: bad parameters {sorted(params)}: {error}") from error
+    return build_named({METRIC_LOSS: MultiSimilarityLoss}, name, params, where)
 
 
 METHOD_NAMES = ("triplet", "distill")
 TEACHER_SOURCES = ("run", "torch_hub", "hf_hub", "onnx")
 EXTERNAL_ONLY_KEYS = ("kwargs", "output", "mean", "std")
-TEACHER_KEYS = (*TEACHER_SOURCES, "input", "loss", "image_size", "cache_dir", *EXTERNAL_ONLY_KEYS, "projection")
+TEACHER_KEYS = (
+    *TEACHER_SOURCES, "input", "loss", "weight", "image_size", "cache_dir", *EXTERNAL_ONLY_KEYS, "projection",
+)  # fmt: skip
 
 
 class DescriptorProjection(nn.Module):
@@ -122,22 +123,32 @@ class DescriptorProjection(nn.Module):
 
 @dataclass
 class TeacherSlot:
-    """One frozen teacher, the loss that ties the student to it, and its cached descriptors."""
+    """One frozen teacher, its teacher term and weight, and its cached descriptors."""
 
     name: str
     teacher: FrozenTeacher
-    loss: Any
+    loss: TeacherTermLoss
     use_cache: bool
     projection: DescriptorProjection | None = None  # student → teacher space, for direct comparisons
+    weight: float = 1.0  # of the teacher term in the method's sum
+    hard_share: float = 0.0  # the part of the method's triplet term logged under this teacher
     queries: torch.Tensor | None = None  # (M, D) cached descriptors of the training queries
     database: torch.Tensor | None = None  # (N, D)
     places: torch.Tensor | None = None  # (N, D) cached descriptors of the place images (place batches)
 
-    def compare(self, student: TupleDescriptors, teacher: TupleDescriptors) -> LossOutput:
-        """The slot's loss, with the student's tuples carried into the teacher's space where it has a projection."""
-        if self.projection is None:
-            return self.loss(student, teacher)
-        return self.loss(student, teacher, projected_student=student.map(self.projection))
+    def teacher_term(self, student: TupleDescriptors, teacher: TupleDescriptors) -> tuple[torch.Tensor, Terms]:
+        """The loss's teacher term (before ``weight``) through the slot's projection, if any; 0 if it has none."""
+        if not self.loss.has_teacher_term:
+            return student.anchor.new_zeros(()), {}
+        projected = student.map(self.projection) if self.projection is not None else None
+        return self.loss.teacher_term(student, teacher, projected)
+
+
+def _number(value: Any, where: str, positive: bool = False) -> float:
+    """A weight (>= 0) or margin (> 0) of the method config; ValueError naming ``where`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{where}: expected a number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
 
 
 def _teacher_source(spec: dict[str, Any], where: str) -> tuple[str, Any]:
@@ -186,99 +197,146 @@ class TrainingMethod:
                 f"mining.cache_model: teacher mines with the first teacher's descriptors, so it needs "
                 f"method.name: distill (got {self.name!r}); use mining.cache_model: student"
             )
-        # Loss margins come from each loss spec (or the loss's documented default, 0.1), never
-        # from mining.margin: the mining margin and the loss margin are separate settings.
         self.teachers: list[TeacherSlot] = []
         # The projections of all slots, by slot name: what the optimizer trains and the loop state keeps.
         self.projections = nn.ModuleDict()
         self.place_batches = bool(config.data.places)
         self.num_negatives = config.mining.num_negatives
         self.metric_loss: MultiSimilarityLoss | None = None
+        self.student_loss: Any = None
+        # The student's own triplet term of ``distill`` (method.w_hard, method.margin). Its margin is
+        # never mining.margin: the mining margin and the loss margin are separate settings.
+        self.w_hard, self.margin = 0.0, 0.1
         if self.name == "triplet":
-            loss_spec = dict(spec.pop("loss", {"name": METRIC_LOSS if self.place_batches else "triplet"}))
-            if loss_spec.get("name") == METRIC_LOSS:
-                if not self.place_batches:
-                    raise ValueError(
-                        f"method.loss: {METRIC_LOSS} needs place batches (data.places); mined tuples take a tuple "
-                        "loss such as triplet"
-                    )
-                self.metric_loss = build_metric_loss(loss_spec, "method.loss")
-                self.student_loss = None
-            else:
-                self.student_loss = build_loss(loss_spec)
+            self._build_student_loss(spec.pop("loss", None))
         else:
-            self.student_loss = None
-            if "metric_loss" in spec and not self.place_batches:
-                raise ValueError("method.metric_loss applies to place batches (data.places) only")
-            metric_spec = spec.pop("metric_loss", {"name": METRIC_LOSS}) if self.place_batches else None
-            self.metric_loss = build_metric_loss(metric_spec, "method.metric_loss")
-            teacher_specs = spec.pop("teachers", None)
-            if not teacher_specs or not isinstance(teacher_specs, (list, tuple)):
-                raise ValueError(
-                    f"method 'distill' needs a non-empty 'teachers' list, got method.teachers={teacher_specs!r}"
-                )
-            for position, teacher_spec in enumerate(teacher_specs):
-                if not isinstance(teacher_spec, dict):
-                    # A config error, reported like the others (the CLI prints ValueErrors plainly).
-                    raise ValueError(  # noqa: TRY004
-                        f"method.teachers[{position}]: expected a mapping with 'run', 'input', 'loss', "
-                        f"got {teacher_spec!r}"
-                    )
-                teacher_spec = dict(teacher_spec)
-                where = f"method.teachers[{position}]"
-                # A misspelt key (say 'inputs: seg') would otherwise fall back to a default silently.
-                unknown = sorted(set(teacher_spec) - set(TEACHER_KEYS))
-                if unknown:
-                    raise ValueError(
-                        f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TEACHER_KEYS)}"
-                    )
-                kind, location = _teacher_source(teacher_spec, where)
-                input_kind = teacher_spec.get("input", "rgb")
-                loss_spec = dict(teacher_spec.get("loss", {"name": "soft_cross_metric"}))
-                options = {
-                    "batch_size": config.eval_batch_size,
-                    "num_workers": config.data.num_workers,
-                    "cache_dir": teacher_spec.get("cache_dir"),
-                    "progress": config.progress,
-                }
-                image_size = teacher_spec.get("image_size", config.data.image_size)
-                if kind == "run":
-                    teacher = FrozenTeacher(
-                        location, input_kind=input_kind, image_size=image_size, device=device,
-                        structural_source=config.data.structural_source, **options,
-                    )  # fmt: skip
-                else:
-                    if input_kind != "rgb":
-                        raise ValueError(
-                            f"{where}.input: an external teacher ({kind}) reads RGB images, got {input_kind!r}"
-                        )
-                    try:
-                        teacher = FrozenTeacher.from_external(
-                            kind, location, image_size, device, kwargs=teacher_spec.get("kwargs"),
-                            output=teacher_spec.get("output"), mean=teacher_spec.get("mean"),
-                            std=teacher_spec.get("std"), **options,
-                        )  # fmt: skip
-                    except FileNotFoundError as error:
-                        raise FileNotFoundError(f"{where}: {error}") from error
-                    except ValueError as error:
-                        raise ValueError(f"{where}: {error}") from error
-                loss = build_loss(loss_spec)
-                name = f"{input_kind}{position}"
-                projection = self._projection(
-                    name, teacher, loss, teacher_spec.get("projection", "auto"), student_dim, where
-                )
-                # The batch holds the student's inputs: a teacher that reads other files
-                # (segmentation maps for an RGB student, or RGB for a seg student) or another
-                # size cannot be run on it, so its descriptors come from the cache. A teacher
-                # that reads the same inputs is re-run only when augmentation makes each view
-                # unique; without augmentation the cache holds exactly what it would compute.
-                reads_student_inputs = input_kind == config.data.input and teacher.image_size == tuple(
-                    int(s) for s in config.data.image_size
-                )
-                use_cache = not (config.data.augment and reads_student_inputs)
-                self.teachers.append(TeacherSlot(name, teacher, loss, use_cache, projection))
+            self._build_distill(config, device, student_dim, spec)
         if spec:
             raise ValueError(f"method '{self.name}': unknown key(s) {', '.join(sorted(spec))}")
+
+    def _build_student_loss(self, loss_spec: dict[str, Any] | None) -> None:
+        """``triplet``: the place-batch metric loss or a tuple loss of the student alone."""
+        loss_spec = dict(loss_spec or {"name": METRIC_LOSS if self.place_batches else "triplet"})
+        if loss_spec.get("name") != METRIC_LOSS:
+            self.student_loss = build_loss(loss_spec)
+            return
+        if not self.place_batches:
+            raise ValueError(
+                f"method.loss: {METRIC_LOSS} needs place batches (data.places); mined tuples take a tuple "
+                "loss such as triplet"
+            )
+        self.metric_loss = build_metric_loss(loss_spec, "method.loss")
+
+    def _build_distill(
+        self, config: TrainConfig, device: torch.device, student_dim: int | None, spec: dict[str, Any]
+    ) -> None:
+        """``distill``: the teachers, their teacher terms and the student's triplet term."""
+        if "metric_loss" in spec and not self.place_batches:
+            raise ValueError("method.metric_loss applies to place batches (data.places) only")
+        metric_spec = spec.pop("metric_loss", {"name": METRIC_LOSS}) if self.place_batches else None
+        self.metric_loss = build_metric_loss(metric_spec, "method.metric_loss")
+        teacher_specs = spec.pop("teachers", None)
+        if not teacher_specs or not isinstance(teacher_specs, (list, tuple)):
+            raise ValueError(
+                f"method 'distill' needs a non-empty 'teachers' list, got method.teachers={teacher_specs!r}"
+            )
+        hard = {key: spec.pop(key) for key in ("w_hard", "margin") if key in spec}
+        for position, teacher_spec in enumerate(teacher_specs):
+            where = f"method.teachers[{position}]"
+            if not isinstance(teacher_spec, dict):
+                # A config error, reported like the others (the CLI prints ValueErrors plainly).
+                raise ValueError(  # noqa: TRY004
+                    f"{where}: expected a mapping with 'run', 'input', 'loss', got {teacher_spec!r}"
+                )
+            # w_hard: 0 (no triplet term of the teacher's own) agrees with either form.
+            loss_spec = teacher_spec.get("loss")
+            if hard and isinstance(loss_spec, dict) and loss_spec.get("w_hard", 0) != 0:
+                raise ValueError(
+                    f"{where}.loss.w_hard: the student's triplet term is the method's (method.w_hard, "
+                    f"method.margin, given here: {', '.join(sorted(hard))}); drop w_hard from the teacher's loss"
+                )
+            self.teachers.append(self._build_slot(config, device, student_dim, position, dict(teacher_spec), where))
+        self._set_hard_term(hard)
+
+    def _set_hard_term(self, hard: dict[str, Any]) -> None:
+        """``method.w_hard``/``method.margin``, or their translation from the teachers' own ``w_hard`` and margins.
+
+        The earlier form put a triplet term in every teacher's loss: ``Σᵢ w_hardᵢ·triplet(S; marginᵢ)``,
+        which is ``(Σᵢ w_hardᵢ)·triplet(S; margin)`` when the margins agree.
+        """
+        if hard:
+            self.w_hard = _number(hard.get("w_hard", 1.0), "method.w_hard")
+            self.margin = _number(hard.get("margin", 0.1), "method.margin", positive=True)
+            for slot in self.teachers:
+                slot.hard_share = self.w_hard / len(self.teachers)
+            return
+        for slot in self.teachers:
+            slot.hard_share = slot.loss.w_hard
+        self.w_hard = sum(slot.hard_share for slot in self.teachers)
+        margins = sorted({slot.loss.margin for slot in self.teachers if slot.loss.w_hard > 0})
+        if len(margins) > 1:
+            raise ValueError(
+                f"method.teachers: the teachers' losses add triplet terms (w_hard > 0) with different margins "
+                f"{margins}; the method computes the student's triplet term once: give method.w_hard and "
+                "method.margin, and drop w_hard from the teachers' losses"
+            )
+        self.margin = margins[0] if margins else self.teachers[0].loss.margin
+
+    def _build_slot(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        student_dim: int | None,
+        position: int,
+        teacher_spec: dict[str, Any],
+        where: str,
+    ) -> TeacherSlot:
+        """One teacher of ``method.teachers``, its loss, weight and projection."""
+        # A misspelt key (say 'inputs: seg') would otherwise fall back to a default silently.
+        unknown = sorted(set(teacher_spec) - set(TEACHER_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TEACHER_KEYS)}")
+        kind, location = _teacher_source(teacher_spec, where)
+        input_kind = teacher_spec.get("input", "rgb")
+        options = {
+            "batch_size": config.eval_batch_size,
+            "num_workers": config.data.num_workers,
+            "cache_dir": teacher_spec.get("cache_dir"),
+            "progress": config.progress,
+        }
+        image_size = teacher_spec.get("image_size", config.data.image_size)
+        if kind == "run":
+            teacher = FrozenTeacher(
+                location, input_kind=input_kind, image_size=image_size, device=device,
+                structural_source=config.data.structural_source, **options,
+            )  # fmt: skip
+        else:
+            if input_kind != "rgb":
+                raise ValueError(f"{where}.input: an external teacher ({kind}) reads RGB images, got {input_kind!r}")
+            try:
+                teacher = FrozenTeacher.from_external(
+                    kind, location, image_size, device, kwargs=teacher_spec.get("kwargs"),
+                    output=teacher_spec.get("output"), mean=teacher_spec.get("mean"),
+                    std=teacher_spec.get("std"), **options,
+                )  # fmt: skip
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{where}: {error}") from error
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from error
+        loss = build_loss(dict(teacher_spec.get("loss", {"name": "soft_cross_metric"})))
+        name = f"{input_kind}{position}"
+        projection = self._projection(name, teacher, loss, teacher_spec.get("projection", "auto"), student_dim, where)
+        # The batch holds the student's inputs: a teacher that reads other files
+        # (segmentation maps for an RGB student, or RGB for a seg student) or another
+        # size cannot be run on it, so its descriptors come from the cache. A teacher
+        # that reads the same inputs is re-run only when augmentation makes each view
+        # unique; without augmentation the cache holds exactly what it would compute.
+        reads_student_inputs = input_kind == config.data.input and teacher.image_size == tuple(
+            int(s) for s in config.data.image_size
+        )
+        use_cache = not (config.data.augment and reads_student_inputs)
+        weight = _number(teacher_spec.get("weight", 1.0), f"{where}.weight")
+        return TeacherSlot(name, teacher, loss, use_cache, projection, weight)
 
     def _projection(
         self, name: str, teacher: FrozenTeacher, loss: Any, mode: Any, student_dim: int | None, where: str
@@ -303,12 +361,7 @@ class TrainingMethod:
             )
         projection = DescriptorProjection(int(student_dim), int(teacher_dim)).to(teacher.device)
         self.projections[name] = projection
-        logger.info(
-            "teacher %s: a learned projection %d -> %d carries the student into its space",
-            name,
-            student_dim,
-            teacher_dim,
-        )
+        logger.info("teacher %s: a learned projection %d -> %d carries the student in", name, student_dim, teacher_dim)
         return projection
 
     def parameters(self) -> list[nn.Parameter]:
@@ -339,35 +392,60 @@ class TrainingMethod:
             if slot.use_cache:
                 slot.places = slot.teacher.cached_place_descriptors(places.paths, places.seg_paths)
 
+    def _compose(
+        self, student: TupleDescriptors, teachers: Iterable[TupleDescriptors], terms: Terms, teacher_totals: bool
+    ) -> torch.Tensor:
+        """``w_hard·triplet(S) + Σᵢ weightᵢ·KDᵢ(S, Tᵢ)``, its parts logged in ``terms`` (see the module docstring)."""
+        hard = triplet_margin_loss(
+            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
+        )
+        total = self.w_hard * hard
+        several = len(self.teachers) > 1
+        if not several:
+            terms["hard"] = hard
+        for slot, teacher in zip(self.teachers, teachers):
+            term, parts = slot.teacher_term(student, teacher)
+            total = total + slot.weight * term
+            if several:
+                parts = {"hard": hard, **parts}
+                if teacher_totals:
+                    parts["total"] = slot.hard_share * hard.detach() + slot.weight * term.detach()
+                parts = {f"{slot.name}/{key}": value for key, value in parts.items()}
+            terms.update(parts)
+        return total
+
     def place_loss(self, batch: PlaceBatch, student: torch.Tensor) -> LossOutput:
         """Loss of a place batch given the student's descriptors ``(P·K, D)`` of its images."""
         total = None
-        terms: dict[str, float] = {}
+        terms: Terms = {}
         if self.metric_loss is not None:
             output = self.metric_loss(student, batch.labels)
             total = output.total
             terms.update({key: value for key, value in output.terms.items() if key != "total"})
-        tuple_losses = [(None, self.student_loss)] if self.student_loss is not None else []
-        tuple_losses += [(slot, slot.loss) for slot in self.teachers]
-        if tuple_losses:
+        if self.student_loss is not None or self.teachers:
             anchor, positive, negatives, mask = in_batch_tuples(student, batch.labels, self.num_negatives)
-            student_tuples = _index_tuples(student, anchor, positive, negatives, mask)
-            for slot, loss in tuple_losses:
-                teacher = None
-                if slot is not None:
-                    if slot.use_cache:
-                        rows = slot.places[batch.image_index].to(student.device)
-                    else:
-                        rows = slot.teacher.describe(batch.images).to(student.device)
-                    teacher = _index_tuples(rows, anchor, positive, negatives, mask)
-                output = slot.compare(student_tuples, teacher) if slot is not None else loss(student_tuples, teacher)
-                total = output.total if total is None else total + output.total
-                prefix = f"{slot.name}/" if slot is not None and len(self.teachers) > 1 else ""
-                terms.update({f"{prefix}{key}": value for key, value in output.terms.items() if key != "total"})
+            tuples = _index_tuples(student, anchor, positive, negatives, mask)
+            if self.student_loss is not None:
+                output = self.student_loss(tuples, None)
+                part = output.total
+                terms.update({key: value for key, value in output.terms.items() if key != "total"})
+            else:
+                teachers = (
+                    _index_tuples(self._place_rows(slot, batch, student.device), anchor, positive, negatives, mask)
+                    for slot in self.teachers
+                )
+                part = self._compose(tuples, teachers, terms, teacher_totals=False)
+            total = part if total is None else total + part
         if total is None:
             raise ValueError("method: place batches need a loss (method.metric_loss or a teacher)")
-        terms["total"] = float(total.detach())
-        return LossOutput(total=total, terms=terms)
+        return LossOutput.from_tensors(total, terms)
+
+    @staticmethod
+    def _place_rows(slot: TeacherSlot, batch: PlaceBatch, device: torch.device) -> torch.Tensor:
+        """The teacher's descriptors ``(P·K, D)`` of a place batch: from its cache, or re-run on the batch."""
+        if slot.use_cache:
+            return slot.places[batch.image_index].to(device)
+        return slot.teacher.describe(batch.images).to(device)
 
     def mining_descriptors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first teacher's cached descriptors: queries (M, D) and database (N, D), for ``mining.cache_model: teacher``."""
@@ -381,19 +459,15 @@ class TrainingMethod:
         """Loss of a batch given the student's descriptors of its tuples."""
         if self.student_loss is not None:
             return self.student_loss(student, None)
-        total = None
-        terms: dict[str, float] = {}
-        for slot in self.teachers:
-            if slot.use_cache:
-                teacher = gather_cached_descriptors(slot.queries, slot.database, batch)
-            else:
-                teacher = split_tuple_descriptors(slot.teacher.describe(batch.images), batch)
-            output = slot.compare(student, teacher)
-            total = output.total if total is None else total + output.total
-            prefix = f"{slot.name}/" if len(self.teachers) > 1 else ""
-            terms.update({f"{prefix}{key}": value for key, value in output.terms.items()})
-        terms["total"] = float(total.detach())
-        return LossOutput(total=total, terms=terms)
+        teachers = (
+            gather_cached_descriptors(slot.queries, slot.database, batch)
+            if slot.use_cache
+            else split_tuple_descriptors(slot.teacher.describe(batch.images), batch)
+            for slot in self.teachers
+        )
+        terms: Terms = {}
+        total = self._compose(student, teachers, terms, teacher_totals=True)
+        return LossOutput.from_tensors(total, terms)
 
 
 def _index_tuples(

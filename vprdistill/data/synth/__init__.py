@@ -4,9 +4,9 @@
 plus one Cityscapes-trainId class map per image; see docs/SYNTHCITY.md.
 """
 
+from vprdistill.data.filenames import parse_file_name
 from vprdistill.data.synth.conditions import Condition, parse_condition
 from vprdistill.data.synth.config import PRESETS, SynthConfig
-from vprdistill.data.synth.filenames import parse_file_name
 from vprdistill.data.synth.traversal import ImageSpec, plan_dataset
 from vprdistill.data.synth.world import build_world
 from vprdistill.data.synth.writer import generate

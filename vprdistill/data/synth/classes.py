@@ -39,22 +39,9 @@ CITYSCAPES_CLASSES: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
 
 # The subset the renderer draws; every id in a SynthCity map is one of these.
 RENDERED_CLASS_IDS: tuple[int, ...] = (
-    ROAD,
-    SIDEWALK,
-    BUILDING,
-    WALL,
-    FENCE,
-    POLE,
-    TRAFFIC_LIGHT,
-    TRAFFIC_SIGN,
-    VEGETATION,
-    TERRAIN,
-    SKY,
-    PERSON,
-    CAR,
-    TRUCK,
-    BUS,
-)
+    ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN,
+    VEGETATION, TERRAIN, SKY, PERSON, CAR, TRUCK, BUS,
+)  # fmt: skip
 
 
 def class_list() -> list[dict]:

@@ -22,49 +22,20 @@ PLACE_FIELDS: tuple[str, ...] = ("train_places", "views_per_place", "place_condi
 # Blocks are counted along east (per split) and north (shared by all splits);
 # the number of database images follows from the street length, the spacing
 # and the headings (see docs/SYNTHCITY.md for the resulting sizes).
+_PRESET_FIELDS = (
+    "train_blocks", "val_blocks", "test_blocks", "north_blocks", "spacing_m", "queries_train", "queries_val", "queries_test",
+)  # fmt: skip
 PRESETS: dict[str, dict] = {
-    "tiny": dict(
-        train_blocks=1,
-        val_blocks=1,
-        test_blocks=1,
-        north_blocks=1,
-        block_size_m=(45.0, 60.0),
-        spacing_m=12.0,
-        queries_train=32,
-        queries_val=32,
-        queries_test=48,
-    ),
-    "small": dict(
-        train_blocks=2,
-        val_blocks=1,
-        test_blocks=2,
-        north_blocks=2,
-        spacing_m=5.0,
-        queries_train=320,
-        queries_val=160,
-        queries_test=480,
-    ),
-    "medium": dict(
-        train_blocks=5,
-        val_blocks=3,
-        test_blocks=4,
-        north_blocks=4,
-        spacing_m=5.0,
-        queries_train=2000,
-        queries_val=1000,
-        queries_test=2000,
-    ),
-    "large": dict(
-        train_blocks=9,
-        val_blocks=9,
-        test_blocks=9,
-        north_blocks=8,
-        spacing_m=5.0,
-        queries_train=7400,
-        queries_val=7600,
-        queries_test=6800,
-    ),
+    name: dict(zip(_PRESET_FIELDS, values))
+    for name, values in {
+        # blocks: train, val, test, north; spacing; queries: train, val, test
+        "tiny": (1, 1, 1, 1, 12.0, 32, 32, 48),
+        "small": (2, 1, 2, 2, 5.0, 320, 160, 480),
+        "medium": (5, 3, 4, 4, 5.0, 2000, 1000, 2000),
+        "large": (9, 9, 9, 8, 5.0, 7400, 7600, 6800),
+    }.items()
 }
+PRESETS["tiny"]["block_size_m"] = (45.0, 60.0)
 
 
 @dataclass(frozen=True)

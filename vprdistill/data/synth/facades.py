@@ -53,22 +53,8 @@ def shade_buildings(
     """
     n = len(u)
     u, z, length, fp = (np.asarray(a, np.float32) for a in (u, z, length, fp))
-    s = {
-        name: p[:, P[name]]
-        for name in (
-            "height",
-            "storey",
-            "ground",
-            "bay",
-            "win_w",
-            "win_h",
-            "sill",
-            "sign_period",
-            "parapet",
-            "door_u",
-            "lit_p",
-        )
-    }
+    names = ("height", "storey", "ground", "bay", "win_w", "win_h", "sill", "sign_period", "parapet", "door_u", "lit_p")
+    s = {name: p[:, P[name]] for name in names}
     material = p[:, P["material"]].astype(np.int64)
     landmark = p[:, P["landmark"]].astype(np.int64)
     tex_seed = p[:, P["tex_seed"]].astype(np.int64)

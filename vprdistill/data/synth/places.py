@@ -22,28 +22,17 @@ from pathlib import Path
 import numpy as np
 import utm
 
-from vprdistill.data.synth.camera import View
+from vprdistill.data.filenames import gsv_stem
+from vprdistill.data.place_images import REQUIRED_COLUMNS
 from vprdistill.data.synth.config import SynthConfig
-from vprdistill.data.synth.traversal import LANE_OFFSET_M, MONTHS, _place, _streets
+from vprdistill.data.synth.traversal import MONTHS, Shot, _place, _streets, query_lateral
 from vprdistill.data.synth.world import UTM_ZONE_LETTER, UTM_ZONE_NUMBER, World
 
 CITY = "synthcity"
 PLACES_ROOT = "places"
 YEAR = 2024
 # The GSV-Cities columns, then SynthCity's own: the condition and the UTM position.
-CSV_COLUMNS: tuple[str, ...] = (
-    "place_id",
-    "year",
-    "month",
-    "northdeg",
-    "city_id",
-    "lat",
-    "lon",
-    "panoid",
-    "note",
-    "east",
-    "north",
-)
+CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "note", "east", "north")
 ALONG_JITTER_M = 2.0
 # Places stand on distinct slots this far apart along a street (per heading): two places closer than
 # that with the same heading would show nearly the same picture, and place-batched losses treat
@@ -54,28 +43,16 @@ _PLACES_TAG = int.from_bytes(b"places", "big")
 
 
 @dataclass(frozen=True)
-class PlaceViewSpec:
-    """Everything needed to render, name and list one view of one place (local metres, degrees)."""
+class PlaceViewSpec(Shot):
+    """Everything needed to render, name and list one view of one place."""
 
     place: int
     view_index: int
-    x: float
-    y: float
-    heading_deg: float
-    pitch_deg: float
-    height: float
-    tile: int
-    condition: str
-    seed: int
 
     @property
     def traversal_seed(self) -> int:
         # Every view is its own visit: its own traffic, pedestrians and clouds.
         return self.seed
-
-    @property
-    def view(self) -> View:
-        return View(self.x, self.y, self.heading_deg, self.pitch_deg, self.height)
 
     def row(self, world: World) -> dict[str, str]:
         """The csv row of this view (all values as the text written)."""
@@ -107,23 +84,6 @@ class PlaceViewSpec:
     def seg_path(self, world: World) -> Path:
         """Relative to the dataset folder: ``places/Segmentation/synthcity/<stem>.png``."""
         return Path(PLACES_ROOT, "Segmentation", CITY, self.stem(world) + ".png")
-
-
-def gsv_stem(row: dict[str, str]) -> str:
-    """The GSV-Cities image name without ``.jpg`` of a csv row whose values are the csv's text."""
-    place_id = int(row["place_id"]) % 10**5
-    return "_".join(
-        [
-            row["city_id"],
-            f"{place_id:07d}",
-            f"{int(row['year']):04d}",
-            f"{int(row['month']):02d}",
-            f"{int(row['northdeg']):03d}",
-            str(float(row["lat"])),
-            str(float(row["lon"])),
-            row["panoid"],
-        ]
-    )
 
 
 def place_seed(seed: int, place: int, view: int) -> int:
@@ -165,29 +125,15 @@ def plan_places(world: World, config: SynthConfig) -> list[PlaceViewSpec]:
         for view in range(config.views_per_place):
             # Clipped to the stretch so that no view steps out of the train region.
             view_along = float(np.clip(along + rng.uniform(-1, 1) * ALONG_JITTER_M, start, end))
-            # Anywhere across the carriageway, but never inside the parking lane (as the queries).
-            lateral = float(
-                np.clip(LANE_OFFSET_M + rng.uniform(-1, 1) * config.query_lateral_m, -(half - 2.6), half - 2.6)
-            )
+            lateral = query_lateral(rng, config, half)
             x, y = _place(north, centre, view_along, lateral)
             jitter = rng.uniform(-1, 1) * config.query_heading_jitter_deg
             heading = (street_heading + 360.0 * tile / config.headings + jitter) % 360.0
             pitch = rng.uniform(-1, 1) * config.query_pitch_jitter_deg
             height = config.camera_height_m + rng.uniform(-1, 1) * config.query_height_jitter_m
-            specs.append(
-                PlaceViewSpec(
-                    place,
-                    view,
-                    float(x),
-                    float(y),
-                    float(heading),
-                    float(pitch),
-                    float(height),
-                    tile,
-                    view_conditions[view],
-                    place_seed(config.seed, place, view),
-                )
-            )
+            seed = place_seed(config.seed, place, view)
+            shot = (float(x), float(y), float(heading), float(pitch), float(height), tile, view_conditions[view], seed)
+            specs.append(PlaceViewSpec(*shot, place=place, view_index=view))
     return specs
 
 

@@ -19,25 +19,9 @@ NOT_LANDMARK, TOWER, MURAL, CLOCK, CHURCH = range(5)
 
 # Layout of one building's parameter vector (a row of World.buildings).
 _SCALARS = (
-    "height",
-    "storey",
-    "ground",
-    "material",
-    "bay",
-    "win_w",
-    "win_h",
-    "sill",
-    "shop",
-    "door_u",
-    "landmark",
-    "bands",
-    "lit_p",
-    "sign_period",
-    "parapet",
-    "tex_seed",
-    "side_windows",
-    "roof_extra",
-)
+    "height", "storey", "ground", "material", "bay", "win_w", "win_h", "sill", "shop",
+    "door_u", "landmark", "bands", "lit_p", "sign_period", "parapet", "tex_seed", "side_windows", "roof_extra",
+)  # fmt: skip
 _COLOURS = ("wall", "trim", "glass", "door", "acc0", "acc1", "acc2", "acc3", "roof")
 P = {name: i for i, name in enumerate(_SCALARS)}
 for _i, _name in enumerate(_COLOURS):
@@ -45,40 +29,26 @@ for _i, _name in enumerate(_COLOURS):
 NUM_PARAMS = len(_SCALARS) + 3 * len(_COLOURS)
 
 BRICKS = (
-    (0.56, 0.27, 0.20),
-    (0.62, 0.34, 0.25),
-    (0.48, 0.24, 0.19),
-    (0.68, 0.45, 0.32),
-    (0.52, 0.33, 0.27),
-    (0.42, 0.22, 0.18),
-)
+    (0.56, 0.27, 0.20), (0.62, 0.34, 0.25), (0.48, 0.24, 0.19),
+    (0.68, 0.45, 0.32), (0.52, 0.33, 0.27), (0.42, 0.22, 0.18),
+)  # fmt: skip
 STUCCO = (
-    (0.86, 0.80, 0.66),
-    (0.70, 0.80, 0.84),
-    (0.72, 0.78, 0.64),
-    (0.88, 0.68, 0.60),
-    (0.90, 0.86, 0.78),
-    (0.80, 0.72, 0.55),
-)
+    (0.86, 0.80, 0.66), (0.70, 0.80, 0.84), (0.72, 0.78, 0.64),
+    (0.88, 0.68, 0.60), (0.90, 0.86, 0.78), (0.80, 0.72, 0.55),
+)  # fmt: skip
 SIDINGS = ((0.92, 0.92, 0.88), (0.90, 0.82, 0.55), (0.55, 0.62, 0.68), (0.62, 0.70, 0.60), (0.75, 0.55, 0.50))
 CONCRETE = ((0.62, 0.62, 0.60), (0.70, 0.68, 0.64), (0.52, 0.53, 0.54), (0.78, 0.77, 0.74))
 STONES = ((0.80, 0.74, 0.62), (0.72, 0.68, 0.60), (0.85, 0.82, 0.75))
+CONCRETE_LIGHT = CONCRETE + ((0.90, 0.90, 0.88),)
+BRICKS_PALE = BRICKS + ((0.70, 0.64, 0.52),)
 GLASSES = ((0.16, 0.21, 0.28), (0.15, 0.25, 0.26), (0.20, 0.21, 0.24), (0.24, 0.29, 0.36))
 CURTAIN = ((0.25, 0.38, 0.50), (0.22, 0.42, 0.42), (0.34, 0.37, 0.42), (0.30, 0.45, 0.55), (0.45, 0.40, 0.30))
 TRIMS = ((0.92, 0.90, 0.86), (0.25, 0.22, 0.20), (0.15, 0.22, 0.18), (0.85, 0.80, 0.68), (0.55, 0.55, 0.55))
 DOORS = ((0.30, 0.18, 0.12), (0.12, 0.14, 0.20), (0.45, 0.10, 0.10), (0.10, 0.30, 0.20), (0.20, 0.20, 0.20))
 VIVID = (
-    (0.85, 0.12, 0.12),
-    (0.12, 0.25, 0.72),
-    (0.10, 0.55, 0.25),
-    (0.96, 0.80, 0.10),
-    (0.96, 0.50, 0.10),
-    (0.50, 0.20, 0.62),
-    (0.08, 0.08, 0.08),
-    (0.95, 0.95, 0.95),
-    (0.10, 0.60, 0.62),
-    (0.92, 0.40, 0.62),
-)
+    (0.85, 0.12, 0.12), (0.12, 0.25, 0.72), (0.10, 0.55, 0.25), (0.96, 0.80, 0.10), (0.96, 0.50, 0.10),
+    (0.50, 0.20, 0.62), (0.08, 0.08, 0.08), (0.95, 0.95, 0.95), (0.10, 0.60, 0.62), (0.92, 0.40, 0.62),
+)  # fmt: skip
 ROOFS = ((0.22, 0.24, 0.28), (0.30, 0.52, 0.45), (0.45, 0.20, 0.15))
 
 
@@ -103,206 +73,44 @@ class FacadeTemplate:
     lit_p: float = 0.35
 
 
-TEMPLATES: dict[str, FacadeTemplate] = {
-    t.name: t
-    for t in (
-        FacadeTemplate(
-            "rowhouse_brick",
-            (5.0, 7.0),
-            (2, 3),
-            (3.0, 3.3),
-            (3.0, 3.3),
-            BRICK,
-            BRICKS,
-            (1.8, 2.3),
-            (0.8, 1.0),
-            (0.45, 0.55),
-            0.05,
-            (3, 7),
-        ),
-        FacadeTemplate(
-            "rowhouse_painted",
-            (5.5, 8.0),
-            (2, 3),
-            (3.0, 3.4),
-            (3.0, 3.4),
-            PLAIN,
-            STUCCO,
-            (2.0, 2.6),
-            (0.9, 1.2),
-            (0.45, 0.55),
-            0.05,
-            (2, 6),
-        ),
-        FacadeTemplate(
-            "townhouse_siding",
-            (6.0, 8.5),
-            (2, 3),
-            (2.9, 3.2),
-            (2.9, 3.2),
-            SIDING,
-            SIDINGS,
-            (2.0, 2.8),
-            (0.9, 1.1),
-            (0.42, 0.5),
-            0.0,
-            (2, 5),
-        ),
-        FacadeTemplate(
-            "shop_brick",
-            (7.0, 12.0),
-            (2, 4),
-            (3.2, 3.6),
-            (4.0, 4.8),
-            BRICK,
-            BRICKS,
-            (2.2, 2.8),
-            (1.0, 1.3),
-            (0.45, 0.55),
-            0.9,
-            (1, 3),
-        ),
-        FacadeTemplate(
-            "shop_stucco",
-            (7.0, 13.0),
-            (1, 3),
-            (3.2, 3.6),
-            (4.0, 4.8),
-            PLAIN,
-            STUCCO,
-            (2.4, 3.2),
-            (1.2, 1.6),
-            (0.42, 0.52),
-            0.9,
-            (1, 2),
-            bands=0.5,
-        ),
-        FacadeTemplate(
-            "apartment_modern",
-            (14.0, 24.0),
-            (4, 8),
-            (3.0, 3.2),
-            (3.6, 4.2),
-            PANEL,
-            CONCRETE + ((0.90, 0.90, 0.88),),
-            (2.6, 3.4),
-            (1.6, 2.2),
-            (0.5, 0.62),
-            0.4,
-            (1, 2),
-            bands=0.7,
-        ),
-        FacadeTemplate(
-            "office_concrete",
-            (16.0, 30.0),
-            (5, 10),
-            (3.6, 4.0),
-            (4.5, 5.5),
-            PANEL,
-            CONCRETE,
-            (1.5, 2.0),
-            (1.2, 1.6),
-            (0.5, 0.62),
-            0.5,
-            (1, 1),
-            bands=0.8,
-            lit_p=0.5,
-        ),
-        FacadeTemplate(
-            "office_glass",
-            (18.0, 32.0),
-            (8, 22),
-            (3.6, 4.0),
-            (4.5, 5.5),
-            GLASS,
-            CURTAIN,
-            (1.5, 1.5),
-            (1.4, 1.4),
-            (0.85, 0.85),
-            0.3,
-            (1, 1),
-            glass=CURTAIN,
-            lit_p=0.55,
-        ),
-        FacadeTemplate(
-            "warehouse",
-            (15.0, 28.0),
-            (2, 3),
-            (4.2, 4.8),
-            (4.5, 5.0),
-            BRICK,
-            BRICKS + ((0.70, 0.64, 0.52),),
-            (3.5, 4.5),
-            (2.0, 2.6),
-            (0.45, 0.55),
-            0.2,
-            (1, 1),
-            bands=0.3,
-            lit_p=0.15,
-        ),
-        FacadeTemplate(
-            "stone_civic",
-            (20.0, 34.0),
-            (3, 5),
-            (4.2, 4.8),
-            (5.0, 5.5),
-            STONE,
-            STONES,
-            (3.0, 3.6),
-            (1.3, 1.6),
-            (0.55, 0.65),
-            0.0,
-            (1, 1),
-            bands=0.6,
-            lit_p=0.3,
-        ),
-        FacadeTemplate(
-            "parking_garage",
-            (22.0, 36.0),
-            (4, 6),
-            (3.0, 3.2),
-            (3.5, 3.8),
-            PANEL,
-            CONCRETE,
-            (6.0, 8.0),
-            (5.6, 7.6),
-            (0.38, 0.45),
-            0.0,
-            (1, 1),
-            glass=((0.10, 0.10, 0.11),),
-            lit_p=0.6,
-        ),
-    )
-}
+# Per template: name, width m, storeys, storey height m, ground storey height m, material, wall colours;
+# bay width m, window width m, window height (fraction of a storey), shop probability, run length; extras.
+TEMPLATES: dict[str, FacadeTemplate] = {t.name: t for t in (
+    FacadeTemplate("rowhouse_brick", (5.0, 7.0), (2, 3), (3.0, 3.3), (3.0, 3.3), BRICK, BRICKS,
+                   (1.8, 2.3), (0.8, 1.0), (0.45, 0.55), 0.05, (3, 7)),
+    FacadeTemplate("rowhouse_painted", (5.5, 8.0), (2, 3), (3.0, 3.4), (3.0, 3.4), PLAIN, STUCCO,
+                   (2.0, 2.6), (0.9, 1.2), (0.45, 0.55), 0.05, (2, 6)),
+    FacadeTemplate("townhouse_siding", (6.0, 8.5), (2, 3), (2.9, 3.2), (2.9, 3.2), SIDING, SIDINGS,
+                   (2.0, 2.8), (0.9, 1.1), (0.42, 0.5), 0.0, (2, 5)),
+    FacadeTemplate("shop_brick", (7.0, 12.0), (2, 4), (3.2, 3.6), (4.0, 4.8), BRICK, BRICKS,
+                   (2.2, 2.8), (1.0, 1.3), (0.45, 0.55), 0.9, (1, 3)),
+    FacadeTemplate("shop_stucco", (7.0, 13.0), (1, 3), (3.2, 3.6), (4.0, 4.8), PLAIN, STUCCO,
+                   (2.4, 3.2), (1.2, 1.6), (0.42, 0.52), 0.9, (1, 2), bands=0.5),
+    FacadeTemplate("apartment_modern", (14.0, 24.0), (4, 8), (3.0, 3.2), (3.6, 4.2), PANEL, CONCRETE_LIGHT,
+                   (2.6, 3.4), (1.6, 2.2), (0.5, 0.62), 0.4, (1, 2), bands=0.7),
+    FacadeTemplate("office_concrete", (16.0, 30.0), (5, 10), (3.6, 4.0), (4.5, 5.5), PANEL, CONCRETE,
+                   (1.5, 2.0), (1.2, 1.6), (0.5, 0.62), 0.5, (1, 1), bands=0.8, lit_p=0.5),
+    FacadeTemplate("office_glass", (18.0, 32.0), (8, 22), (3.6, 4.0), (4.5, 5.5), GLASS, CURTAIN,
+                   (1.5, 1.5), (1.4, 1.4), (0.85, 0.85), 0.3, (1, 1), glass=CURTAIN, lit_p=0.55),
+    FacadeTemplate("warehouse", (15.0, 28.0), (2, 3), (4.2, 4.8), (4.5, 5.0), BRICK, BRICKS_PALE,
+                   (3.5, 4.5), (2.0, 2.6), (0.45, 0.55), 0.2, (1, 1), bands=0.3, lit_p=0.15),
+    FacadeTemplate("stone_civic", (20.0, 34.0), (3, 5), (4.2, 4.8), (5.0, 5.5), STONE, STONES,
+                   (3.0, 3.6), (1.3, 1.6), (0.55, 0.65), 0.0, (1, 1), bands=0.6, lit_p=0.3),
+    FacadeTemplate("parking_garage", (22.0, 36.0), (4, 6), (3.0, 3.2), (3.5, 3.8), PANEL, CONCRETE,
+                   (6.0, 8.0), (5.6, 7.6), (0.38, 0.45), 0.0, (1, 1), glass=((0.10, 0.10, 0.11),), lit_p=0.6),
+)}  # fmt: skip
 
 # Template weights by district; downtown blocks get the tall ones.
 DISTRICT_WEIGHTS: dict[str, dict[str, float]] = {
-    "residential": {
-        "rowhouse_brick": 4,
-        "rowhouse_painted": 3,
-        "townhouse_siding": 3,
-        "shop_brick": 1.2,
-        "apartment_modern": 1,
-    },
-    "commercial": {
-        "shop_brick": 4,
-        "shop_stucco": 3,
-        "apartment_modern": 1.5,
-        "office_concrete": 1.5,
-        "warehouse": 1,
-        "stone_civic": 0.6,
-        "parking_garage": 0.5,
-        "rowhouse_brick": 1,
-    },
-    "downtown": {
-        "office_glass": 3,
-        "office_concrete": 3,
-        "stone_civic": 1.5,
-        "shop_stucco": 1.5,
-        "parking_garage": 0.8,
-        "apartment_modern": 1.5,
-    },
-}
+    "residential": dict(rowhouse_brick=4, rowhouse_painted=3, townhouse_siding=3, shop_brick=1.2, apartment_modern=1),
+    "commercial": dict(
+        shop_brick=4, shop_stucco=3, apartment_modern=1.5, office_concrete=1.5, warehouse=1, stone_civic=0.6,
+        parking_garage=0.5, rowhouse_brick=1,
+    ),
+    "downtown": dict(
+        office_glass=3, office_concrete=3, stone_civic=1.5, shop_stucco=1.5, parking_garage=0.8, apartment_modern=1.5
+    ),
+}  # fmt: skip
 
 
 def _pick(rng: np.random.Generator, options) -> np.ndarray:

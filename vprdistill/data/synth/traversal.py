@@ -9,12 +9,13 @@ the road, turned, raised or lowered, tilted, under their own condition.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from vprdistill.data.filenames import format_file_name
 from vprdistill.data.synth.camera import View
 from vprdistill.data.synth.config import SPLITS, SynthConfig
-from vprdistill.data.synth.filenames import format_file_name
 from vprdistill.data.synth.world import UTM_ZONE_LETTER, UTM_ZONE_NUMBER, World
 
 KINDS: tuple[str, ...] = ("database", "queries")
@@ -24,12 +25,9 @@ MONTHS = {"summer": "07", "autumn": "10", "winter": "01"}
 
 
 @dataclass(frozen=True)
-class ImageSpec:
-    """Everything needed to render and name one image."""
+class Shot:
+    """Where and under what one picture is taken (local metres, degrees) and the seed of its own randomness."""
 
-    split: str
-    kind: str
-    index: int
     x: float
     y: float
     heading_deg: float
@@ -38,11 +36,20 @@ class ImageSpec:
     tile: int
     condition: str
     seed: int
-    traversal_seed: int
 
     @property
     def view(self) -> View:
         return View(self.x, self.y, self.heading_deg, self.pitch_deg, self.height)
+
+
+@dataclass(frozen=True)
+class ImageSpec(Shot):
+    """Everything needed to render and name one image of a traversal."""
+
+    split: str
+    kind: str
+    index: int
+    traversal_seed: int
 
     def file_name(self, world: World, suffix: str = ".jpg") -> str:
         east, north = world.to_utm(self.x, self.y)
@@ -66,6 +73,14 @@ class ImageSpec:
             suffix,
         )
 
+    def image_path(self, world: World) -> Path:
+        """Relative to the dataset folder: ``images/<split>/<kind>/<file name>.jpg``."""
+        return Path("images", self.split, self.kind, self.file_name(world, ".jpg"))
+
+    def seg_path(self, world: World) -> Path:
+        """Relative to the dataset folder: ``segmentation/<split>/<kind>/<file name>.png``."""
+        return Path("segmentation", self.split, self.kind, self.file_name(world, ".png"))
+
 
 def image_seed(seed: int, split: str, kind: str, index: int) -> int:
     """Seed of one image from (seed, split, kind, index): independent of worker count and order."""
@@ -81,6 +96,12 @@ def _streets(world: World, split: str) -> list[tuple[bool, float, float, float, 
     for j in region.street_rows:
         stretches.append((False, float(world.streets_y[j]), region.x_min, region.x_max, float(world.half_y[j])))
     return stretches
+
+
+def query_lateral(rng: np.random.Generator, config: SynthConfig, half: float) -> float:
+    """A query camera's offset across a street of half-width ``half``: anywhere on the carriageway, never
+    inside the parking lane."""
+    return float(np.clip(LANE_OFFSET_M + rng.uniform(-1, 1) * config.query_lateral_m, -(half - 2.6), half - 2.6))
 
 
 def _place(north: bool, centre: float, along: float, lateral: float) -> tuple[float, float]:
@@ -99,22 +120,9 @@ def plan_database(world: World, config: SynthConfig, split: str) -> list[ImageSp
             for k in range(config.headings):
                 index = len(specs)
                 heading = (street_heading + 360.0 * k / config.headings) % 360.0
-                specs.append(
-                    ImageSpec(
-                        split,
-                        "database",
-                        index,
-                        x,
-                        y,
-                        heading,
-                        0.0,
-                        config.camera_height_m,
-                        k,
-                        condition,
-                        image_seed(config.seed, split, "database", index),
-                        traversal,
-                    )
-                )
+                seed = image_seed(config.seed, split, "database", index)
+                shot = (x, y, heading, 0.0, config.camera_height_m, k, condition, seed)
+                specs.append(ImageSpec(*shot, split=split, kind="database", index=index, traversal_seed=traversal))
     return specs
 
 
@@ -126,8 +134,7 @@ def plan_queries(world: World, config: SynthConfig, split: str) -> list[ImageSpe
     for index in range(config.queries(split)):
         north, centre, start, end, half = stretches[rng.choice(len(stretches), p=lengths / lengths.sum())]
         along = rng.uniform(start, end)
-        # Anywhere across the carriageway, but never inside the parking lane.
-        lateral = float(np.clip(LANE_OFFSET_M + rng.uniform(-1, 1) * config.query_lateral_m, -(half - 2.6), half - 2.6))
+        lateral = query_lateral(rng, config, half)
         x, y = _place(north, centre, along, lateral)
         tile = int(rng.integers(config.headings))
         jitter = rng.uniform(-1, 1) * config.query_heading_jitter_deg
@@ -136,11 +143,8 @@ def plan_queries(world: World, config: SynthConfig, split: str) -> list[ImageSpe
         pitch = rng.uniform(-1, 1) * config.query_pitch_jitter_deg
         condition = config.query_conditions[index % len(config.query_conditions)]
         seed = image_seed(config.seed, split, "queries", index)
-        specs.append(
-            ImageSpec(
-                split, "queries", index, x, y, float(heading), float(pitch), float(height), tile, condition, seed, seed
-            )
-        )
+        shot = (x, y, float(heading), float(pitch), float(height), tile, condition, seed)
+        specs.append(ImageSpec(*shot, split=split, kind="queries", index=index, traversal_seed=seed))
     return specs
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from vprdistill.data.filenames import FIELDS
 from vprdistill.data.synth.classes import RENDERED_CLASS_IDS, class_list
 from vprdistill.data.synth.conditions import SEASONS, TIMES, WEATHERS, parse_condition
 from vprdistill.data.synth.config import SPLITS, SynthConfig
 from vprdistill.data.synth.contact_sheet import make_contact_sheet, pick_samples
-from vprdistill.data.synth.filenames import FIELDS
 from vprdistill.data.synth.places import CITY, CSV_COLUMNS, PLACES_ROOT, PlaceViewSpec, places_csv_text, plan_places
 from vprdistill.data.synth.render import render_view
 from vprdistill.data.synth.traversal import KINDS, ImageSpec, plan_dataset
@@ -98,7 +98,7 @@ def generate(
     test = plan["test"]
     samples = pick_samples(test["database"], test["queries"])
     items = [
-        (out / _image_path(s, world), out / _seg_path(s, world), ("db: " if s.kind == "database" else "") + s.condition)
+        (out / s.image_path(world), out / s.seg_path(world), ("db: " if s.kind == "database" else "") + s.condition)
         for s in samples
     ]
     make_contact_sheet(items, out / CONTACT_SHEET, cell=max(config.image_size, 128))
@@ -158,18 +158,6 @@ def build_manifest(config: SynthConfig, plan: dict[str, dict[str, list[ImageSpec
             },
         }
     return manifest
-
-
-def _image_path(spec: ImageSpec | PlaceViewSpec, world: World) -> Path:
-    if isinstance(spec, PlaceViewSpec):
-        return spec.image_path(world)
-    return Path("images", spec.split, spec.kind, spec.file_name(world, ".jpg"))
-
-
-def _seg_path(spec: ImageSpec | PlaceViewSpec, world: World) -> Path:
-    if isinstance(spec, PlaceViewSpec):
-        return spec.seg_path(world)
-    return Path("segmentation", spec.split, spec.kind, spec.file_name(world, ".png"))
 
 
 def _claim_folder(out: Path) -> None:
@@ -240,8 +228,8 @@ def _render_chunk(specs: list[ImageSpec | PlaceViewSpec]) -> int:
             spec.seed,
             spec.traversal_seed,
         )
-        Image.fromarray(rgb).save(out / _image_path(spec, world), format="JPEG", quality=config.jpeg_quality)
-        Image.fromarray(seg).save(out / _seg_path(spec, world), format="PNG")
+        Image.fromarray(rgb).save(out / spec.image_path(world), format="JPEG", quality=config.jpeg_quality)
+        Image.fromarray(seg).save(out / spec.seg_path(world), format="PNG")
     return len(specs)
 
 

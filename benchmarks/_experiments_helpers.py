@@ -1,4 +1,4 @@
-"""Shared machinery of the ablation experiments: train a variant (or reuse its run), aggregate over seeds."""
+"""Shared machinery of the ablation benchmarks: train a variant (or reuse its run), aggregate over seeds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vprdistill.eval.statistics import mean_interval
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
 
@@ -62,9 +61,3 @@ def mean_and_spread(values: Sequence[float]) -> str:
     """``mean ± std`` over seeds (population std; one seed gives ± 0.0)."""
     array = np.asarray(values, dtype=float)
     return f"{array.mean():.1f} ± {array.std():.1f}"
-
-
-def mean_and_interval(values: Sequence[float], level: float = 0.95) -> str:
-    """``mean [low, high]``: the Student-t interval of the mean over seeds (one seed gives the mean alone)."""
-    mean, low, high = mean_interval(values, level)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
