@@ -63,8 +63,8 @@ def torch_runner(model: torch.nn.Module, images: torch.Tensor, fp16: bool, devic
 
 def onnx_sessions(model: torch.nn.Module, size: int, folder: Path, device: torch.device) -> dict[str, object]:
     """``{"fp32": session, "fp16": session}`` on the first GPU provider (the CPU one when there is none)."""
-    from vprdistill.deploy.bench import available_providers, provider_session
-    from vprdistill.deploy.export import export_onnx
+    from vprdistill.deploy.bench import available_providers
+    from vprdistill.deploy.export import export_onnx, onnx_session
     from vprdistill.deploy.precision import convert_fp16
 
     fp32 = folder / "model.onnx"
@@ -73,7 +73,11 @@ def onnx_sessions(model: torch.nn.Module, size: int, folder: Path, device: torch
     fp16 = folder / "model.fp16.onnx"
     convert_fp16(fp32, fp16)
     provider = available_providers()[0] if device.type == "cuda" else "CPUExecutionProvider"
-    return {"fp32": provider_session(fp32, provider), "fp16": provider_session(fp16, provider), "provider": provider}
+    return {
+        "fp32": onnx_session(fp32, provider=provider),
+        "fp16": onnx_session(fp16, provider=provider),
+        "provider": provider,
+    }
 
 
 def matching_rows(db_size: int, dim: int, device: torch.device, repeats: int) -> list[tuple[str, float]]:

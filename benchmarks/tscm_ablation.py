@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._experiments_helpers import Budget, mean_and_spread, teachers_override, train_variant  # noqa: E402
 from benchmarks.report_sections import machine_description, today, update_section  # noqa: E402
 from vprdistill.data.readers import open_dataset  # noqa: E402
-from vprdistill.experiments.evaluation import evaluate_run  # noqa: E402
+from vprdistill.experiments.baselines import evaluate_run_row as evaluate_run  # noqa: E402
 from vprdistill.utils.device import resolve_device, set_threads  # noqa: E402
 
 VARIANTS = [

@@ -87,6 +87,15 @@ def test_torchvision_backbone_with_local_weights(tmp_path: Path) -> None:
         assert torch.allclose(backbone(x), expected, atol=1e-5)
 
 
+def test_local_weights_of_the_wrong_shape_are_refused_naming_the_file(tmp_path: Path) -> None:
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)  # resnet18's first kernel is 7x7
+    weights = tmp_path / "wrong_shape.safetensors"
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=r"wrong_shape.safetensors: weights do not fit (?s:.*)conv1.weight"):
+        build_backbone("torchvision:resnet18", pretrained=True, weights_path=weights)
+
+
 def test_pretrained_without_cached_weights_explains_what_to_do(tmp_path: Path) -> None:
     """No network and an empty cache: the error says the weights are missing and how to provide them."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))

@@ -50,6 +50,13 @@ def apply_device_args(args: argparse.Namespace):
     return resolve_device(args.device)
 
 
+def add_image_size_arg(
+    parser: argparse.ArgumentParser, help: str, default: list[int] | None = None, metavar: str = "N"
+) -> None:
+    """``--image-size``: one side or H W (``deploy.model_io.pick_image_size`` reads it)."""
+    parser.add_argument("--image-size", type=int, nargs="+", default=default, metavar=metavar, help=help)
+
+
 def add_index_model_arg(parser: argparse.ArgumentParser) -> None:
     """``--model`` of a command that reads a map index, which records its own model."""
     parser.add_argument(

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vprdistill.cli.common import add_command, add_dataset_args, add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_dataset_args, add_device_args, add_image_size_arg, apply_device_args
 from vprdistill.eval.recall import QUERIES_WITHOUT_POSITIVE
 
 EPILOG = """examples:
@@ -56,8 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--queries-without-positive", default="count-as-miss", choices=QUERIES_WITHOUT_POSITIVE,
                         help="queries with no database image within --threshold: count-as-miss divides Recall@N by "
                              "all queries, exclude by those with a positive")  # fmt: skip
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input size, one value or H W; when not given, the run's training size, else 224")  # fmt: skip
+    add_image_size_arg(parser, "input size, one value or H W; when not given, the run's training size, else 224")
     parser.add_argument("--input", default="auto", choices=("auto", "rgb", "seg"),
                         help="photos or segmentation maps (auto: seg for a model with other than 3 input channels)")  # fmt: skip
     parser.add_argument("--structural-source", default=None,
@@ -81,14 +80,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where --save-pictures goes; when not given, <json stem>_pictures, else eval_pictures")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_device_args(parser)
-
-
-def _image_size(args: argparse.Namespace, settings: dict[str, Any], model) -> tuple[int, int]:
-    from vprdistill.deploy.model_io import pick_image_size
-
-    if args.image_size is not None and (len(args.image_size) not in (1, 2) or min(args.image_size) <= 0):
-        raise ValueError(f"--image-size takes one positive value or H W, got {args.image_size}")
-    return pick_image_size(args.image_size, settings, model)
 
 
 def _build_reranker(args: argparse.Namespace, model, image_size, device, input_kind):
@@ -199,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vprdistill.cli.common import load_model_or_preset, open_dataset_args, run_settings
+    from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.eval.evaluate import evaluate_model
     from vprdistill.eval.pictures import save_prediction_pictures
     from vprdistill.utils.atomic import atomic_write_text
@@ -209,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     settings = run_settings(args.model)
     dataset, source = open_dataset_args(args)
     model = load_model_or_preset(args.model, device, pretrained=args.pretrained)
-    image_size = _image_size(args, settings, model)
+    image_size = pick_image_size(args.image_size, settings, model)
     input_kind = None if args.input == "auto" else args.input
     reranker = _build_reranker(args, model, image_size, device, input_kind)
     result = evaluate_model(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vprdistill.cli.common import add_command, load_model_or_preset, run_settings
+from vprdistill.cli.common import add_command, add_image_size_arg, load_model_or_preset, run_settings
 
 # Literal copies of vprdistill.deploy's DEFAULT_ATOL, FRAME_ATOL and CHANNEL_ORDERS (the tests check they agree):
 # importing those modules here would load torch for every command's --help.
@@ -34,8 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT_OR_PRESET")
     parser.add_argument("--format", default="onnx", choices=("onnx",))
     parser.add_argument("--out", required=True, type=Path, metavar="FILE.onnx")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input side or H W fixed in the graph (default: the training run's, else the model's)")  # fmt: skip
+    add_image_size_arg(parser, "input side or H W fixed in the graph (default: the training run's, else the model's)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"),
                         help="torch.export-based (writes opset >= 18) or TorchScript-based; auto: legacy first below opset 18, else dynamo first; "

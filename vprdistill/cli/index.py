@@ -107,7 +107,7 @@ def _writing_index(index_dir: Path, wait: float) -> Iterator[None]:
         raise FileNotFoundError(f"{index_dir} not found: its folder {Path(index_dir).absolute().parent} does not exist")
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
     try:
         with index_lock(index_dir, wait=wait, hint=WAIT_HINT):
             yield
@@ -116,19 +116,16 @@ def _writing_index(index_dir: Path, wait: float) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _index_model(index_dir: Path, model_spec: str | None, device):
-    """The model an index command uses: ``--model`` or the path the index records."""
-    from vprdistill.deploy.index import read_manifest
+def _index_and_model(index_dir: Path, model_spec: str | None, device):
+    """The index and the model an index command uses: ``--model`` or the path the index records."""
+    from vprdistill.deploy.index import MapIndex, read_manifest
     from vprdistill.models.checkpoint import load_model
 
     spec = model_spec or read_manifest(index_dir).get("model_path")
     if not spec:
         raise ValueError(f"index {index_dir} records no model path; pass --model")
-    return load_model(spec, device=device)
+    model = load_model(spec, device=device)
+    return MapIndex.load(index_dir, model=model), model
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -199,7 +196,6 @@ def _build(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     from vprdistill.deploy.build import add_to_index, list_images, positions_from_names
-    from vprdistill.deploy.index import MapIndex
 
     paths = list_images(args.images)
     if not paths:
@@ -207,8 +203,7 @@ def run_add(args: argparse.Namespace) -> int:
     device = apply_device_args(args)
     # Held from reading the index to writing it: another writer in between would lose its changes or ours.
     with _writing_index(args.index_dir, args.wait):
-        model = _index_model(args.index_dir, args.model, device)
-        index = MapIndex.load(args.index_dir, model=model)
+        index, model = _index_and_model(args.index_dir, args.model, device)
         before = len(index)
         add_to_index(index, model, paths, positions_from_names(paths), args.batch_size, device, not args.no_progress)
         index.save(args.index_dir)
@@ -222,19 +217,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from vprdistill.cli.common import open_dataset_args
     from vprdistill.deploy.build import compute_index_descriptors
     from vprdistill.deploy.calibration import calibrate_index, format_table
-    from vprdistill.deploy.index import MapIndex
 
     device = apply_device_args(args)
     dataset, _ = open_dataset_args(args)
     progress = not args.no_progress
     # The calibration depends on the index's PCA and store, so no other writer may replace it meanwhile.
     with _writing_index(args.index_dir, args.wait):
-        model = _index_model(args.index_dir, args.model, device)
-        index = MapIndex.load(args.index_dir, model=model)
-        database = compute_index_descriptors(model, dataset.database_paths, index.image_size, args.batch_size, device,
-                                             progress)  # fmt: skip
-        queries = compute_index_descriptors(model, dataset.query_paths, index.image_size, args.batch_size, device,
-                                            progress)  # fmt: skip
+        index, model = _index_and_model(args.index_dir, args.model, device)
+        database, queries = (
+            compute_index_descriptors(model, paths, index.image_size, args.batch_size, device, progress)
+            for paths in (dataset.database_paths, dataset.query_paths)
+        )
         record = calibrate_index(
             index, database, dataset.database_utm, queries, dataset.query_utm, args.threshold_m, args.target_precision
         )

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vprdistill.cli.common import add_command
+from vprdistill.cli.common import add_command, add_image_size_arg
 
 DESCRIPTION = """Print a model's parameters per part, its descriptor size and its FLOPs at an
 image size. MODEL is a preset name (see --list) or a checkpoint: a run folder,
@@ -18,8 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "info", run, "parameters, descriptor size and FLOPs of a model preset or checkpoint", DESCRIPTION
     )
     parser.add_argument("model", nargs="?", metavar="MODEL_OR_PRESET", help="preset name or checkpoint path")
-    parser.add_argument("--image-size", type=int, nargs="+", default=[224], metavar="N",
-                        help="input size: one value for square images, or H W")  # fmt: skip
+    add_image_size_arg(parser, "input size: one value for square images, or H W", default=[224])
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--list", action="store_true", help="list the model presets and exit")
 
@@ -27,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from vprdistill.deploy.model_io import pick_image_size
     from vprdistill.models.checkpoint import load_model
     from vprdistill.models.registry import build_model, describe_preset, list_presets
     from vprdistill.models.summary import format_summary, summarize
@@ -47,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.model!r} is neither a model preset ({', '.join(list_presets())}) nor an existing checkpoint path"
         )
-    summary = summarize(model, args.image_size)
+    summary = summarize(model, pick_image_size(args.image_size, {}, model))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vprdistill.cli.common import add_command, add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_device_args, add_image_size_arg, apply_device_args
 
 EPILOG = """examples:
   vprdistill segment data/msls --splits train val
@@ -45,10 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass of the network")
     parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
                         help="splits to segment, e.g. train val test; None: every split present")  # fmt: skip
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
-                        help="network input: one value S resizes each image's shorter side to S, keeping its "
-                             "aspect ratio; H W resizes to exactly H x W; None: the shorter side becomes the image "
-                             "processor's size")  # fmt: skip
+    add_image_size_arg(
+        parser,
+        "network input: one value S resizes each image's shorter side to S, keeping its "
+        "aspect ratio; H W resizes to exactly H x W; None: the shorter side becomes the image "
+        "processor's size",
+        metavar="PX",
+    )
     parser.add_argument("--maps-dir", default="segmentation", metavar="NAME",
                         help="folder of the dataset root (image root for .mat files) that receives the maps, "
                              "e.g. segmentation-predicted to leave existing ground-truth maps untouched")  # fmt: skip

@@ -55,21 +55,26 @@ def run(args: argparse.Namespace) -> int:
         for path in sorted(PACKAGE_CONFIG_DIR.rglob("*.yaml")):
             print(path.relative_to(PACKAGE_CONFIG_DIR).with_suffix(""))
         return 0
-    overrides = list(args.overrides)
+    # --device and --threads, when given, are overrides of the config's keys.
+    devices = [
+        f"{key}={value}"
+        for key, value in (("device", args.device), ("threads", args.threads))
+        if value not in (None, "auto")
+    ]
+    overrides = list(args.overrides) + devices
     if args.resume is not None:
         # With --resume the positional CONFIG, if any, is an override too.
         if args.config:
             overrides.insert(0, args.config)
-        config_file = args.resume / "config.yaml"
-        if not config_file.is_file():
+        source = args.resume / "config.yaml"
+        if not source.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")
-        config = load_config(config_file, overrides + _device_overrides(args))
-        out = args.resume
+    elif not args.config:
+        raise ValueError("give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR")
     else:
-        if not args.config:
-            raise ValueError("give a CONFIG (YAML file or packaged preset), or --resume RUN_DIR")
-        config = load_config(args.config, overrides + _device_overrides(args))
-        out = args.out or timestamped_run_dir("runs", config.name)
+        source = args.config
+    config = load_config(source, overrides)
+    out = args.resume or args.out or timestamped_run_dir("runs", config.name)
     if args.no_progress:
         config.progress = False
     result = train(config, out, resume=args.resume is not None)
@@ -83,12 +88,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{best}, epochs run: {result.epochs_run}" + (" (stopped early)" if result.stopped_early else ""))
     return 0
-
-
-def _device_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = []
-    if args.device != "auto":
-        overrides.append(f"device={args.device}")
-    if args.threads is not None:
-        overrides.append(f"threads={args.threads}")
-    return overrides

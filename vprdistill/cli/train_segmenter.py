@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vprdistill.cli.common import add_command, add_device_args, apply_device_args
+from vprdistill.cli.common import add_command, add_device_args, add_image_size_arg, apply_device_args
 
 TRAIN_EPILOG = """examples:
   vprdistill train-segmenter --dataset data/synthcity --out runs/segmenter --epochs 30 --threads 1
@@ -85,18 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", required=True, metavar="ID_OR_PATH", help="segmentation model folder or hub id")
     evaluate.add_argument("--dataset", type=Path, required=True, metavar="ROOT", help="dataset root with maps")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
-                          help="network input as for 'vprdistill segment'; None: the processor's size")  # fmt: skip
+    add_image_size_arg(evaluate, "network input as for 'vprdistill segment'; None: the processor's size", metavar="PX")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--max-images", type=int, default=None, metavar="N",
                           help="at most N images of the database and of each query condition")  # fmt: skip
     evaluate.add_argument("--json", type=Path, default=None, metavar="F", help="also write the result as JSON")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_device_args(evaluate)
-
-
-def _none_or(value: str | None) -> str | None:
-    return None if value is None or value.lower() in {"", "none"} else value
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -109,6 +104,10 @@ def run_train(args: argparse.Namespace) -> int:
     conditions = None if [c.lower() for c in args.conditions] == ["all"] else list(args.conditions)
     defaults = SegmenterTrainingConfig()
     stages = len(args.hidden_sizes)
+    # One block per stage, and as many heads as the default for that width allows (the most, up to
+    # the stage's default, that divide its width; stages beyond the defaults take the last one's).
+    wanted = defaults.num_attention_heads + [defaults.num_attention_heads[-1]] * stages
+    heads = [next(h for h in range(max(1, w), 0, -1) if size % h == 0) for size, w in zip(args.hidden_sizes, wanted)]
     # The options named as the config's fields, and the others.
     same = ("epochs", "image_size", "batch_size", "lr", "seed", "split", "max_images", "decoder_hidden_size")
     config = SegmenterTrainingConfig(
@@ -116,16 +115,12 @@ def run_train(args: argparse.Namespace) -> int:
         conditions=conditions,
         flip=not args.no_flip,
         hidden_sizes=list(args.hidden_sizes),
-        # One block per stage, and as many heads as the default for that width allows.
         depths=[1] * stages,
-        num_attention_heads=[
-            _heads(size, default)
-            for size, default in zip(args.hidden_sizes, _stretch(defaults.num_attention_heads, stages))
-        ],
+        num_attention_heads=heads,
     )
     result = train_segmenter(
         args.dataset, args.out, config, device=device, progress=not args.no_progress,
-        eval_split=_none_or(args.eval_split), eval_max_images=args.eval_max_images,
+        eval_split=None if args.eval_split.lower() in {"", "none"} else args.eval_split, eval_max_images=args.eval_max_images,
     )  # fmt: skip
     if result.evaluation is not None:
         evaluation = SegmentationEvaluation(**result.evaluation)
@@ -135,15 +130,6 @@ def run_train(args: argparse.Namespace) -> int:
                "seconds": round(result.seconds, 1)}  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _stretch(values: list[int], count: int) -> list[int]:
-    return (values + [values[-1]] * count)[:count]
-
-
-def _heads(size: int, wanted: int) -> int:
-    """The most heads, up to ``wanted``, that divide ``size``."""
-    return next(h for h in range(max(1, wanted), 0, -1) if size % h == 0)
 
 
 def run_eval(args: argparse.Namespace) -> int:

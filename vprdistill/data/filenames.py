@@ -61,7 +61,7 @@ class PlaceFilename:
 
 # PlaceFilename's names for FIELDS, in the same order.
 _TYPED_NAMES = tuple(f.name for f in dataclasses.fields(PlaceFilename))
-_FLOAT_FIELDS = {"latitude", "longitude", "heading", "pitch", "roll", "height"}
+_NUMBER_FIELDS = {"east", "north", "zone_number", "latitude", "longitude", "heading", "pitch", "roll", "height"}
 
 
 def format_file_name(fields: dict[str, object], suffix: str = ".jpg") -> str:
@@ -100,20 +100,15 @@ def parse_place_filename(name: str | Path) -> PlaceFilename:
     values: dict[str, object] = {}
     for field_name, text in zip(_TYPED_NAMES, parse_file_name(name).values()):
         text = text.strip()
-        if field_name in ("east", "north"):
-            number = _parse_number(text, field_name, name)
-            if number is None or not np.isfinite(number):
-                raise DatasetFormatError(f"{name}: field {field_name} must be a finite number of metres, got {text!r}")
-            values[field_name] = number
-        elif field_name in _FLOAT_FIELDS:
-            values[field_name] = _parse_number(text, field_name, name)
-        elif field_name == "zone_number":
-            number = _parse_number(text, field_name, name)
-            if number is not None and not float(number).is_integer():
-                raise DatasetFormatError(f"{name}: field zone_number must be an integer, got {text!r}")
-            values[field_name] = None if number is None else int(number)
-        else:
+        if field_name not in _NUMBER_FIELDS:
             values[field_name] = text
+            continue
+        number = _parse_number(text, field_name, name)
+        if field_name in ("east", "north") and (number is None or not np.isfinite(number)):
+            raise DatasetFormatError(f"{name}: field {field_name} must be a finite number of metres, got {text!r}")
+        if field_name == "zone_number" and number is not None and not number.is_integer():
+            raise DatasetFormatError(f"{name}: field zone_number must be an integer, got {text!r}")
+        values[field_name] = int(number) if field_name == "zone_number" and number is not None else number
     return PlaceFilename(**values)  # type: ignore[arg-type]
 
 

@@ -25,7 +25,6 @@ numbers), refusing any other instruction or imported name.
 
 from __future__ import annotations
 
-import ast
 import pickletools
 import re
 from pathlib import Path
@@ -61,11 +60,8 @@ _GSV_FILE = re.compile(r"^(?P<name>.+?)_(?:dbImages|qImages|gt|gt_[^.]+|qIdx|pId
 # ---------------------------------------------------------------- .npy without unpickling
 
 
-class _Global:
-    """A name a pickle stream imports; only those in :data:`_GLOBALS` are accepted."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+class _Global(str):
+    """A name a pickle stream imports (what it stands for, a value of :data:`_GLOBALS`, the only ones accepted)."""
 
 
 # (module, name) -> what the name stands for. numpy._core is NumPy 2's name for numpy.core.
@@ -111,7 +107,7 @@ def _text(value: Any) -> str:
 
 def _call(function: _Global, args: tuple, where: str) -> Any:
     """``REDUCE``: the few calls such files make, done here without importing anything."""
-    kind = function.name
+    kind = str(function)
     if kind == "reconstruct":
         return _ArrayStub()
     if kind == "dtype":
@@ -179,12 +175,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# The opcodes that push their argument (a number, a string or bytes), from pickletools' own table of opcodes.
 _PUSH_ARG = {
-    "BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT",
-    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING",
-    "SHORT_BINBYTES", "BINBYTES", "BINBYTES8",
-}  # fmt: skip
+    op.name
+    for op in pickletools.opcodes
+    if op.arg is not None
+    and not op.stack_before
+    and len(op.stack_after) == 1
+    and op.stack_after[0].name in {"int", "int_or_bool", "float", "str", "bytes", "bytes_or_str"}
+}
 _IGNORED = {"PROTO", "FRAME"}
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
 
 
 def _decode_pickle(data: bytes, where: str) -> Any:
@@ -212,10 +213,8 @@ def _decode_pickle(data: bytes, where: str) -> Any:
                 return _plain(stack[0])
             if name in _PUSH_ARG:
                 stack.append(arg)
-            elif name == "NONE":
-                stack.append(None)
-            elif name in ("NEWTRUE", "NEWFALSE"):
-                stack.append(name == "NEWTRUE")
+            elif name in _CONSTANTS:
+                stack.append(_CONSTANTS[name])
             elif name == "MARK":
                 marks.append(len(stack))
             elif name in ("GLOBAL", "STACK_GLOBAL"):
@@ -236,19 +235,16 @@ def _decode_pickle(data: bytes, where: str) -> Any:
                 memo[len(memo)] = stack[-1]
             elif name in ("BINGET", "LONG_BINGET", "GET"):
                 stack.append(memo[int(arg)])
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
                 size = int(name[-1])
                 items = tuple(stack[-size:])
                 del stack[-size:]
                 stack.append(items)
-            elif name == "TUPLE":
-                stack.append(tuple(pop_mark()))
             elif name == "EMPTY_LIST":
                 stack.append([])
-            elif name == "LIST":
-                stack.append(pop_mark())
+            elif name in ("TUPLE", "LIST"):
+                items = pop_mark()
+                stack.append(tuple(items) if name == "TUPLE" else items)
             elif name == "APPEND":
                 item = stack.pop()
                 _list(stack[-1], where).append(item)
@@ -283,25 +279,6 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
-def _read_npy_header(handle: Any, path: Path) -> tuple[dict[str, Any], int]:
-    magic = handle.read(8)
-    if len(magic) < 8 or magic[:6] != b"\x93NUMPY":
-        raise DatasetFormatError(f"{path}: not a NumPy .npy file")
-    major = magic[6]
-    if major not in (1, 2, 3):
-        raise DatasetFormatError(f"{path}: unsupported .npy format version {major}.{magic[7]}")
-    size_bytes = 2 if major == 1 else 4
-    header_length = int.from_bytes(handle.read(size_bytes), "little")
-    text = handle.read(header_length).decode("utf-8" if major == 3 else "latin-1")
-    try:
-        header = ast.literal_eval(text)  # a dict literal; literal_eval evaluates nothing else
-    except (ValueError, SyntaxError) as exc:
-        raise DatasetFormatError(f"{path}: unreadable .npy header {text.strip()!r}") from exc
-    if not isinstance(header, dict) or not {"descr", "fortran_order", "shape"} <= set(header):
-        raise DatasetFormatError(f"{path}: unreadable .npy header {text.strip()!r}")
-    return header, 8 + size_bytes + header_length
-
-
 def load_npy(path: str | Path) -> np.ndarray:
     """Load a ``.npy`` file, object arrays included, without unpickling anything.
 
@@ -315,20 +292,26 @@ def load_npy(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     with open(path, "rb") as handle:
-        header, _ = _read_npy_header(handle, path)
-        descr = header["descr"]
-        if not (isinstance(descr, str) and descr.lstrip("|<>=") in ("O", "O8", "O4")):
-            handle.seek(0)
-            try:
+        try:
+            # NumPy's own header parser (a dict literal, read with literal_eval); 3.0 differs from 2.0 in its encoding only.
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle)
+            if dtype.kind != "O":
+                handle.seek(0)
                 return np.load(handle, allow_pickle=False)
-            except ValueError as exc:  # e.g. a structured dtype with an object field
-                raise DatasetFormatError(f"{path}: unreadable .npy file ({exc})") from exc
+        except ValueError as exc:  # a bad magic string or header, or e.g. a structured dtype with an object field
+            raise DatasetFormatError(f"{path}: unreadable .npy file ({exc})") from exc
         data = handle.read()
     value = _decode_pickle(data, str(path))
     if not isinstance(value, np.ndarray):
         raise DatasetFormatError(f"{path}: the stored object is a {type(value).__name__}, not an array")
-    if value.shape != tuple(header["shape"]):
-        raise DatasetFormatError(f"{path}: the stored array has shape {value.shape}, the header says {header['shape']}")
+    if value.shape != shape:
+        raise DatasetFormatError(f"{path}: the stored array has shape {value.shape}, the header says {shape}")
     return value
 
 
@@ -376,8 +359,9 @@ def keep_readable_images(dataset: PlaceDataset, skip_bad_images: bool, where: st
     and unreadable ones are left out with a warning each; explicit positives follow
     the database images to their new indices (``PlaceDataset.subset``).
     """
+    labelled = (("database", dataset.database_paths), ("query", dataset.query_paths))
     if not skip_bad_images:
-        for label, paths in (("database", dataset.database_paths), ("query", dataset.query_paths)):
+        for label, paths in labelled:
             missing = [p for p in paths if not p.is_file()]
             if missing:
                 raise FileNotFoundError(
@@ -385,15 +369,36 @@ def keep_readable_images(dataset: PlaceDataset, skip_bad_images: bool, where: st
                     "(use skip_bad_images to leave them out)"
                 )
         return dataset
-    keep = {
-        label: np.asarray(readable_indices(paths, label, where), dtype=np.int64)
-        for label, paths in (("database", dataset.database_paths), ("query", dataset.query_paths))
-    }
+    keep = {label: np.asarray(readable_indices(paths, label, where), dtype=np.int64) for label, paths in labelled}
     if len(keep["database"]) == dataset.num_database and len(keep["query"]) == dataset.num_queries:
         return dataset
     if not len(keep["database"]) or not len(keep["query"]):
         raise DatasetFormatError(f"{where}: no readable {'database' if not len(keep['database']) else 'query'} image")
     return dataset.subset(query_indices=keep["query"], database_indices=keep["database"])
+
+
+def _without_positions(
+    name: str,
+    root: Path,
+    database: list[Path],
+    queries: list[Path],
+    positives: list[np.ndarray],
+    skip_bad_images: bool,
+    where: str | None = None,
+) -> PlaceDataset:
+    """The ``test`` split of a dataset whose ground truth is ``positives``, without positions, images checked."""
+    dataset = PlaceDataset(
+        name=name,
+        root=root,
+        split="test",
+        database_paths=database,
+        query_paths=queries,
+        database_utm=np.zeros((len(database), 2)),
+        query_utm=np.zeros((len(queries), 2)),
+        query_positives=positives,
+        has_positions=False,
+    )
+    return keep_readable_images(dataset, skip_bad_images, str(root) if where is None else where)
 
 
 # ---------------------------------------------------------------- VPR-Bench
@@ -467,18 +472,7 @@ def read_vprbench(root: str | Path, skip_bad_images: bool = False, name: str | N
                 f"{gt_path} row {row}: query index {query} is outside [0, {len(queries)}) or given twice"
             )
         positives[query] = _positives_row(found, f"{gt_path} row {row}", len(database))
-    dataset = PlaceDataset(
-        name=name or root.resolve().name,
-        root=root,
-        split="test",
-        database_paths=database,
-        query_paths=queries,
-        database_utm=np.zeros((len(database), 2)),
-        query_utm=np.zeros((len(queries), 2)),
-        query_positives=positives,  # type: ignore[arg-type]
-        has_positions=False,
-    )
-    dataset = keep_readable_images(dataset, skip_bad_images, str(root))
+    dataset = _without_positions(name or root.resolve().name, root, database, queries, positives, skip_bad_images)  # type: ignore[arg-type]
     log.info("opened %r from %s (VPR-Bench layout, %d queries without a positive)", dataset, root,
              sum(len(p) == 0 for p in dataset.positives(0.0)))  # fmt: skip
     return dataset
@@ -537,11 +531,12 @@ def find_gsv_lists(path: str | Path, name: str | None = None) -> tuple[Path, str
                 f"no {name}_qImages.npy in {path}; sets there: {', '.join(names) if names else 'none'}"
             )
         return path, name
-    if len(names) != 1:
+    if not names:
         raise DatasetFormatError(
-            f"{path}: " + (f"several sets of gsv-cities lists ({', '.join(names)}); choose one by name" if names
-                           else "no gsv-cities lists (<name>_qImages.npy, <name>_dbImages.npy, <name>_gt.npy)")
-        )  # fmt: skip
+            f"{path}: no gsv-cities lists (<name>_qImages.npy, <name>_dbImages.npy, <name>_gt.npy)"
+        )
+    if len(names) > 1:
+        raise DatasetFormatError(f"{path}: several sets of gsv-cities lists ({', '.join(names)}); choose one by name")
     return path, names[0]
 
 
@@ -617,17 +612,9 @@ def read_gsv_lists(
     else:
         gt_file = _gt_file(folder, name)
     positives = _positives_table(load_npy(gt_file), gt_file, len(queries), len(database))
-    dataset = PlaceDataset(
-        name=name,
-        root=image_root,
-        split="test",
-        database_paths=[image_root / p for p in database],
-        query_paths=[image_root / p for p in queries],
-        database_utm=np.zeros((len(database), 2)),
-        query_utm=np.zeros((len(queries), 2)),
-        query_positives=positives,
-        has_positions=False,
+    database_paths, query_paths = [image_root / p for p in database], [image_root / p for p in queries]
+    dataset = _without_positions(
+        name, image_root, database_paths, query_paths, positives, skip_bad_images, f"{folder}/{name}"
     )
-    dataset = keep_readable_images(dataset, skip_bad_images, f"{folder}/{name}")
     log.info("opened %r from %s (gsv-cities lists, images under %s)", dataset, gt_file, image_root)
     return dataset

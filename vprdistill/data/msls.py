@@ -41,12 +41,13 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from vprdistill.data.ground_truth_lists import keep_readable_images
 from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
+from vprdistill.data.positions import parse_number
 from vprdistill.utils.logging import get_logger
 
 __all__ = [
@@ -76,7 +77,7 @@ MslsProtocol = Literal["val740", "full"]
 MSLS_PROTOCOLS: tuple[str, ...] = ("val740", "full")
 #: The positive radius of the MSLS toolkit's evaluate.py (``--threshold``), used to choose val740's queries.
 DEFAULT_POSITIVE_RADIUS_M = 25.0
-SUBSET_FOLDERS = {"database": "database", "queries": "query"}
+SIDES = ("database", "query")  # the folders of a city, and the sides of a PlaceDataset
 POSTPROCESSED_COLUMNS = ("key", "easting", "northing", "night")
 RAW_COLUMNS = ("key", "pano")
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
@@ -138,33 +139,22 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], dict[str,
 
 
 def _booleans(values: list[str], path: Path, column: str) -> np.ndarray:
-    result = np.zeros(len(values), dtype=bool)
     for row, text in enumerate(values):
-        lowered = text.lower()
-        if lowered in _TRUE:
-            result[row] = True
-        elif lowered not in _FALSE:
+        if text.lower() not in _TRUE | _FALSE:
             raise DatasetFormatError(f"{path} row {row}: column {column} is {text!r}, expected True or False")
-    return result
+    return np.array([text.lower() in _TRUE for text in values], dtype=bool)
 
 
 def _numbers(values: list[str], path: Path, column: str) -> np.ndarray:
-    result = np.empty(len(values), dtype=np.float64)
-    for row, text in enumerate(values):
-        try:
-            result[row] = float(text)
-        except ValueError:
-            raise DatasetFormatError(f"{path} row {row}: column {column} is {text!r}, not a number") from None
-    if not np.isfinite(result).all():
-        row = int(np.flatnonzero(~np.isfinite(result))[0])
-        raise DatasetFormatError(f"{path} row {row}: column {column} is {values[row]!r}, not a finite number")
-    return result
+    return np.array([parse_number(text, column, f"{path} row {row}") for row, text in enumerate(values)], np.float64)
 
 
-def _same_keys(keys: list[str], other: list[str], path: Path, reference: Path) -> None:
-    if len(other) != len(keys):
-        raise DatasetFormatError(f"{path} has {len(other)} rows but {reference} has {len(keys)}; they must match")
-    for row, (a, b) in enumerate(zip(keys, other)):
+def _same_keys(keys: list[str], other: list[str] | None, path: Path, reference: Path, rows: int = 0) -> None:
+    """The keys of ``path`` (``other``; without a key column, only its number of ``rows``) against ``reference``'s."""
+    rows = rows if other is None else len(other)
+    if rows != len(keys):
+        raise DatasetFormatError(f"{path} has {rows} rows but {reference} has {len(keys)}; they must match")
+    for row, (a, b) in enumerate(zip(keys, other or [])):
         if a != b:
             raise DatasetFormatError(
                 f"{path} row {row}: key {b!r}, but {reference} row {row} has {a!r} (the files must list the same "
@@ -185,17 +175,11 @@ def _read_folder(folder: Path, protocol: MslsProtocol) -> _Table:
     if protocol == "val740":
         subtask_path = folder / "subtask_index.csv"
         _, subtask = _read_csv(subtask_path, ("all",))
-        if "key" in subtask:
-            _same_keys(keys, subtask["key"], subtask_path, post_path)
-        elif len(subtask["all"]) != len(keys):
-            raise DatasetFormatError(
-                f"{subtask_path} has {len(subtask['all'])} rows but {post_path} has {len(keys)}; they must match"
-            )
+        _same_keys(keys, subtask.get("key"), subtask_path, post_path, rows=len(subtask["all"]))
         in_subtask = _booleans(subtask["all"], subtask_path, "all")
         dropped_subtask = int((keep & ~in_subtask).sum())
         keep &= in_subtask
-    utm = np.stack([_numbers(post["easting"], post_path, "easting"), _numbers(post["northing"], post_path, "northing")],
-                   axis=1)  # fmt: skip
+    utm = np.stack([_numbers(post[column], post_path, column) for column in ("easting", "northing")], axis=1)
     night = _booleans(post["night"], post_path, "night")
     rows = np.flatnonzero(keep)
     return _Table(
@@ -262,46 +246,27 @@ def read_msls(
         raise ValueError(f"MSLS protocol must be one of {', '.join(MSLS_PROTOCOLS)}, got {protocol!r}")
     folder = msls_split_dir(root)
     chosen = _cities(split, cities)
-    parts: dict[str, list[_Table]] = {"database": [], "queries": []}
-    labels: dict[str, list[str]] = {"database": [], "queries": []}
+    # PlaceDataset's per-image fields (database_paths, query_utm, ...), city after city.
+    lists: dict[str, Any] = {f"{side}_{kind}": [] for side in SIDES for kind in ("paths", "utm", "notes", "groups")}
     for city in chosen:
         city_dir = folder / city
         if not city_dir.is_dir():
             present = sorted(p.name for p in folder.iterdir() if p.is_dir())
             raise DatasetFormatError(f"no folder {city_dir} for MSLS city {city!r}; cities there: {', '.join(present)}")
-        for label, name in SUBSET_FOLDERS.items():
-            table = _read_folder(city_dir / name, protocol)
+        for side in SIDES:
+            table = _read_folder(city_dir / side, protocol)
             if not table.paths:
-                raise DatasetFormatError(f"{city_dir / name}: no image is kept by protocol {protocol!r}")
-            parts[label].append(table)
-            labels[label].extend([city] * len(table.paths))
-            log.info("MSLS %s %s: %d images (%d panoramas left out%s)", city, name, len(table.paths),
+                raise DatasetFormatError(f"{city_dir / side}: no image is kept by protocol {protocol!r}")
+            lists[f"{side}_paths"] += table.paths
+            lists[f"{side}_utm"].append(table.utm)
+            lists[f"{side}_notes"] += table.notes
+            lists[f"{side}_groups"] += [city] * len(table.paths)
+            log.info("MSLS %s %s: %d images (%d panoramas left out%s)", city, side, len(table.paths),
                      table.dropped_panoramas,
                      f", {table.dropped_subtask} outside the 'all' subtask" if protocol == "val740" else "")  # fmt: skip
-
-    def joined(label: str) -> tuple[list[Path], np.ndarray, list[str]]:
-        tables = parts[label]
-        return (
-            [p for t in tables for p in t.paths],
-            np.concatenate([t.utm for t in tables]),
-            [n for t in tables for n in t.notes],
-        )
-
-    database_paths, database_utm, database_notes = joined("database")
-    query_paths, query_utm, query_notes = joined("queries")
-    dataset = PlaceDataset(
-        name="msls",
-        root=Path(root),
-        split=split,
-        database_paths=database_paths,
-        query_paths=query_paths,
-        database_utm=database_utm,
-        query_utm=query_utm,
-        database_notes=database_notes,
-        query_notes=query_notes,
-        database_groups=labels["database"],
-        query_groups=labels["queries"],
-    )
+    for side in SIDES:
+        lists[f"{side}_utm"] = np.concatenate(lists[f"{side}_utm"])
+    dataset = PlaceDataset(name="msls", root=Path(root), split=split, **lists)
     dataset = keep_readable_images(dataset, skip_bad_images, f"MSLS {split}")
     if protocol == "val740":
         # As the toolkit: positives are searched city by city, whatever separate_cities says about evaluation.

@@ -33,24 +33,16 @@ MAT_FIELDS = (
     "whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",
     "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr",
 )  # fmt: skip
-_NUMERIC_CLASSES = {
-    "double", "single", "logical", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-}  # fmt: skip
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# double, single, logical and the integer classes int8 ... uint64.
+_NUMERIC_CLASSES = {"double", "single", "logical", *(f"{u}int{bits}" for u in ("", "u") for bits in (8, 16, 32, 64))}
 
 
 def is_mat_v73(path: str | Path) -> bool:
-    """Whether ``path`` is an HDF5 file (MATLAB v7.3), judged by the HDF5 signature.
+    """Whether ``path`` is an HDF5 file (MATLAB v7.3), by h5py's check of the HDF5 signature (after a user
+    block too; MATLAB writes a 512-byte one)."""
+    import h5py
 
-    The signature sits at offset 0 or at a power of two from 512 on (after a
-    user block; MATLAB writes a 512-byte one), so only the first few offsets are read.
-    """
-    with open(path, "rb") as handle:
-        for offset in (0, 512, 1024, 2048, 4096):
-            handle.seek(offset)
-            if handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
-                return True
-    return False
+    return bool(h5py.is_hdf5(str(path)))
 
 
 def load_db_struct(mat_path: str | Path) -> dict[str, Any]:

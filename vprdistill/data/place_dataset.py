@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,7 @@ class PlaceDataset:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        self.database_paths = [Path(p) for p in self.database_paths]
-        self.query_paths = [Path(p) for p in self.query_paths]
+        self._check_pair("paths", Path)
         self.database_utm = self._checked_utm(self.database_utm, "database_utm", len(self.database_paths))
         self.query_utm = self._checked_utm(
             self.query_utm, "query_utm", len(self.query_paths), allow_nan_rows=self.allow_unknown_query_positions
@@ -91,29 +90,26 @@ class PlaceDataset:
         if not self.query_paths:
             raise DatasetFormatError(f"{self._where}: there are no queries")
         self._check_pair("seg_paths", Path, "segmentation maps")
-        self._check_lengths("database_notes", "query_notes")
+        self._check_pair("notes", None)
         self._check_pair("groups", str, "groups")
         self._check_positives()
 
-    def _check_pair(self, suffix: str, convert: Any, what: str) -> None:
-        """``database_<suffix>`` and ``query_<suffix>``: both or neither, items converted, one per image."""
+    def _check_pair(self, suffix: str, convert: Any, what: str | None = None) -> None:
+        """``database_<suffix>`` and ``query_<suffix>``: one per image, items converted (unless ``convert`` is None);
+        with ``what``, both or neither."""
         names = (f"database_{suffix}", f"query_{suffix}")
         values = [getattr(self, name) for name in names]
-        if (values[0] is None) != (values[1] is None):
+        if what is not None and (values[0] is None) != (values[1] is None):
             raise DatasetFormatError(f"{self._where}: {what} are given for only one of database and queries")
-        if values[0] is not None:
-            for name, items in zip(names, values):
-                setattr(self, name, [convert(item) for item in items])
-        self._check_lengths(*names)
-
-    def _check_lengths(self, *field_names: str) -> None:
-        for field_name in field_names:
-            values = getattr(self, field_name)
-            expected = len(self.database_paths if field_name.startswith("database") else self.query_paths)
-            if values is not None and len(values) != expected:
+        for name, items, expected in zip(names, values, (self.num_database, self.num_queries)):
+            if items is None:
+                continue
+            if len(items) != expected:
                 raise DatasetFormatError(
-                    f"{self._where}: {field_name} has {len(values)} entries, expected {expected} (one per image)"
+                    f"{self._where}: {name} has {len(items)} entries, expected {expected} (one per image)"
                 )
+            if convert is not None:
+                setattr(self, name, [convert(item) for item in items])
 
     def _check_positives(self) -> None:
         """Validate the explicit positives (length, index ranges); store them normalised."""
@@ -282,41 +278,29 @@ class PlaceDataset:
             kept = [self.query_positives[i] for i in q]
             query_positives = kept if database_indices is None else _renumber_positives(kept, d)
 
-        def pick(values: list | None, indices: np.ndarray) -> list | None:
-            return None if values is None else [values[i] for i in indices]
-
-        return PlaceDataset(
-            name=self.name,
-            root=self.root,
-            split=self.split,
-            database_paths=pick(self.database_paths, d),  # type: ignore[arg-type]
-            query_paths=pick(self.query_paths, q),  # type: ignore[arg-type]
+        # Every per-image list follows its side's indices; everything else (name, zone, flags) is kept.
+        lists = {
+            name: None if getattr(self, name) is None else [getattr(self, name)[i] for i in indices]
+            for side, indices in (("database", d), ("query", q))
+            for name in (f"{side}_paths", f"{side}_seg_paths", f"{side}_notes", f"{side}_groups")
+        }
+        return replace(
+            self,
             database_utm=self.database_utm[d],
             query_utm=self.query_utm[q],
-            database_seg_paths=pick(self.database_seg_paths, d),
-            query_seg_paths=pick(self.query_seg_paths, q),
-            database_notes=pick(self.database_notes, d),
-            query_notes=pick(self.query_notes, q),
-            utm_zone=self.utm_zone,
-            allow_unknown_query_positions=self.allow_unknown_query_positions,
-            database_groups=pick(self.database_groups, d),
-            query_groups=pick(self.query_groups, q),
             query_positives=query_positives,
-            has_positions=self.has_positions,
+            **lists,
         )
 
 
 def _renumber_positives(positives: list[np.ndarray], kept_database: np.ndarray) -> list[np.ndarray]:
     """Old database indices → their positions in ``kept_database`` (all of them, if one is kept twice)."""
-    order = np.argsort(kept_database, kind="stable")
-    ordered = kept_database[order]
-    result = []
-    for found in positives:
-        starts = np.searchsorted(ordered, found, side="left")
-        ends = np.searchsorted(ordered, found, side="right")
-        pieces = [order[a:b] for a, b in zip(starts, ends) if b > a]
-        result.append(np.sort(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64))
-    return result
+    new_indices: dict[int, list[int]] = {}
+    for new, old in enumerate(kept_database.tolist()):
+        new_indices.setdefault(old, []).append(new)
+    return [
+        np.array(sorted(n for i in found.tolist() for n in new_indices.get(i, ())), np.int64) for found in positives
+    ]
 
 
 def _as_indices(indices: Sequence[int] | np.ndarray | None, size: int, name: str) -> np.ndarray:

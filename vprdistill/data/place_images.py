@@ -145,9 +145,7 @@ def _read_city(root: Path, csv_path: Path) -> tuple[list[int], list[Path], list[
             raise ValueError(f"{csv_path}: line {line} has fewer fields than the header")
         folder = root / "Images" / row["city_id"]
         names = gsv_image_names(row, csv_path, line)
-        path = folder / names[0]
-        if not path.exists():
-            path = next((folder / n for n in names[1:] if (folder / n).exists()), path)
+        path = next((folder / n for n in names if (folder / n).exists()), folder / names[0])
         place_ids.append(int(row["place_id"]))
         paths.append(path)
         notes.append((row.get("note") or "").strip())
@@ -161,13 +159,7 @@ _RESERVED_PLACE_DIRS = {"Dataframes", "Images"}
 
 def check_place_maps_dir(maps_dir: str) -> str:
     """``maps_dir`` if it names one folder of a place set other than ``Dataframes`` and ``Images``."""
-    if (
-        not maps_dir
-        or "/" in maps_dir
-        or "\\" in maps_dir
-        or maps_dir in (".", "..")
-        or maps_dir in _RESERVED_PLACE_DIRS
-    ):
+    if not maps_dir or "/" in maps_dir or "\\" in maps_dir or maps_dir in {".", "..", *_RESERVED_PLACE_DIRS}:
         raise ValueError(
             f"maps folder {maps_dir!r}: give one folder name of the place set, not "
             f"{', '.join(sorted(_RESERVED_PLACE_DIRS))} (e.g. Segmentation-predicted)"
@@ -205,9 +197,7 @@ def open_place_images(
             raise FileNotFoundError(f"{frames}: no <city>.csv in the Dataframes folder")
         cities = available
     else:
-        if isinstance(cities, str):
-            cities = [cities]
-        cities = list(dict.fromkeys(cities))
+        cities = list(dict.fromkeys([cities] if isinstance(cities, str) else cities))
         unknown = [c for c in cities if c not in available]
         if unknown or not cities:
             raise ValueError(

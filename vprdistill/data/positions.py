@@ -124,11 +124,8 @@ def latlon_to_utm(
     zones = []
     for lat, lon, force in zip(latitude.tolist(), longitude.tolist(), forced):
         natural = UtmZone(utm.latlon_to_zone_number(lat, lon), utm.latitude_to_zone_letter(lat) or "")
-        if force is None:
-            zones.append(natural)
-        else:
-            # The given letter sets the hemisphere; without one the position's own hemisphere is kept.
-            zones.append(UtmZone(force.number, force.letter or natural.letter))
+        # A given letter sets the hemisphere; without one the position's own hemisphere is kept.
+        zones.append(natural if force is None else UtmZone(force.number, force.letter or natural.letter))
     utm_positions = np.empty((len(latitude), 2), dtype=np.float64)
     groups: dict[tuple[int, bool], list[int]] = {}
     for row, z in enumerate(zones):
@@ -137,8 +134,7 @@ def latlon_to_utm(
         east, north, _, _ = utm.from_latlon(
             latitude[rows], longitude[rows], force_zone_number=number, force_northern=northern
         )
-        utm_positions[rows, 0] = east
-        utm_positions[rows, 1] = north
+        utm_positions[rows] = np.stack([east, north], axis=1)
     return utm_positions, zones
 
 
@@ -211,7 +207,8 @@ def _columns(header: list[str], path: Path) -> dict[str, int]:
     return found
 
 
-def _number(text: str, column: str, where: str) -> float:
+def parse_number(text: str, column: str, where: str) -> float:
+    """``text`` as a finite float; ``DatasetFormatError`` naming ``where`` and ``column`` otherwise."""
     try:
         value = float(text)
     except ValueError:
@@ -251,7 +248,7 @@ def read_positions_file(path: str | Path, zone: UtmZone | str | None = None) -> 
         if bool(cells[first]) != bool(cells[second]):
             raise DatasetFormatError(f"{where}: {first} and {second} must both be given or both left empty")
         if cells[first]:
-            a, b = _number(cells[first], first, where), _number(cells[second], second, where)
+            a, b = parse_number(cells[first], first, where), parse_number(cells[second], second, where)
             if kind == "latlon" and not (-80.0 <= a <= 84.0 and -180.0 <= b <= 180.0):
                 raise DatasetFormatError(
                     f"{where}: lat {a}, lon {b} is outside UTM's range (latitude -80..84, longitude -180..180 degrees)"

@@ -34,9 +34,19 @@ from typing import Any, Literal
 import numpy as np
 
 from vprdistill.data.filenames import PlaceFilename, parse_place_filename
-from vprdistill.data.images import readable_indices
+from vprdistill.data.ground_truth_lists import (
+    find_gsv_lists,
+    is_gsv_lists_dir,
+    is_gsv_lists_file,
+    is_vprbench_dir,
+    keep_readable_images,
+    read_gsv_lists,
+    read_vprbench,
+)
+from vprdistill.data.msls import is_msls_root, msls_split_dir, read_msls_split
 from vprdistill.data.netvlad_mat import MAT_FIELDS, load_db_struct
 from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
+from vprdistill.data.positions import check_one_zone, parse_zone
 from vprdistill.utils.logging import get_logger
 
 __all__ = [
@@ -83,20 +93,10 @@ def check_segmentation_dir(segmentation_dir: str) -> str:
 class _Subset:
     """Database or queries of one split while a reader assembles it."""
 
-    label: str
     paths: list[Path]
     relative: list[Path]  # mirrored by the segmentation tree
     utm: np.ndarray
     notes: list[str] | None = None
-
-    def keep(self, indices: list[int]) -> _Subset:
-        return _Subset(
-            self.label,
-            [self.paths[i] for i in indices],
-            [self.relative[i] for i in indices],
-            self.utm[indices],
-            None if self.notes is None else [self.notes[i] for i in indices],
-        )
 
 
 def read_folder_dataset(
@@ -132,30 +132,21 @@ def read_folder_dataset(
         paths = [folder / r for r in relative]
         parsed = [parse_place_filename(p) for p in paths]
         utm = np.array([(p.east, p.north) for p in parsed], dtype=np.float64)
-        subsets[label] = _Subset(label, paths, relative, utm, [p.note for p in parsed])
+        subsets[label] = _Subset(paths, relative, utm, [p.note for p in parsed])
         zones += [p.zone for p in parsed]
         named += paths
     source = DatasetSource("folder", split_dir)
     dataset = _assemble(root.resolve().name, root, split, subsets, skip_bad_images, source, segmentation_dir)
-    dataset.utm_zone = _names_zone(zones, named, split_dir)
-    return dataset
-
-
-def _names_zone(zones: list[str], paths: list[Path], where: Path) -> str | None:
-    """The one UTM zone the file names give, else ``None``.
-
-    Names in several zones (or with a malformed zone) are warned about rather
-    than refused, as this reader always opened them; their metres do not compare.
-    """
-    from vprdistill.data.positions import check_one_zone, parse_zone
-
+    # The one UTM zone the file names give, else None. Names in several zones (or with a malformed zone) are
+    # warned about rather than refused, as this reader always opened them; their metres do not compare.
     try:
-        parsed = [parse_zone(z, str(p)) if z and z[0].isdigit() else None for z, p in zip(zones, paths)]
-        zone = check_one_zone(parsed, paths, str(where))
+        parsed_zones = [parse_zone(z, str(p)) if z and z[0].isdigit() else None for z, p in zip(zones, named)]
+        zone = check_one_zone(parsed_zones, named, str(split_dir))
     except DatasetFormatError as error:
         log.warning("%s", error)
-        return None
-    return None if zone is None else str(zone)
+        zone = None
+    dataset.utm_zone = None if zone is None else str(zone)
+    return dataset
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -200,7 +191,7 @@ def find_mat_file(root: str | Path, split: str = "test", name: str | None = None
 
 def _other_mat_files_hint(root: Path) -> str:
     """Names the ``.mat`` files of ``root`` that no ``<name>_<split>.mat`` pattern matched, and how to open them."""
-    others = sorted(p.name for folder in (root, root / "datasets") if folder.is_dir() for p in folder.glob("*.mat"))
+    others = sorted(p.name for p in glob_mat_files(root, "*.mat"))
     if not others:
         return ""
     return (
@@ -209,14 +200,15 @@ def _other_mat_files_hint(root: Path) -> str:
     )
 
 
-def _mat_candidates(root: Path, split: str, name: str | None = None) -> list[Path]:
-    pattern = f"{name}_{split}.mat" if name else f"*_{split}.mat"
+def glob_mat_files(root: Path, *patterns: str) -> list[Path]:
+    """The files of ``root`` and ``root/datasets`` (where NetVLAD keeps them) matching one of ``patterns``, sorted."""
     folders = [folder for folder in (root, root / "datasets") if folder.is_dir()]
-    found = sorted(p for folder in folders for p in folder.glob(pattern))
-    if not found and name:
-        # A set with one file and no split in its name, such as Tokyo 24/7's tokyo247.mat.
-        found = sorted(p for folder in folders for p in folder.glob(f"{name}.mat"))
-    return found
+    return sorted({p for folder in folders for pattern in patterns for p in folder.glob(pattern)})
+
+
+def _mat_candidates(root: Path, split: str, name: str | None = None) -> list[Path]:
+    # Else a set with one file and no split in its name, such as Tokyo 24/7's tokyo247.mat.
+    return glob_mat_files(root, f"{name or '*'}_{split}.mat") or (glob_mat_files(root, f"{name}.mat") if name else [])
 
 
 def _mat_set_name(path: Path) -> str:
@@ -231,17 +223,10 @@ _SUFFIX_ALTERNATIVES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 def _resolve_listed(relative: Path, roots: list[Path]) -> Path | None:
     """The file a ``.mat`` file's relative path names: under the first root holding it as listed,
     else with another image suffix; ``None`` when there is none."""
-    for root in roots:
-        if (root / relative).is_file():
-            return root / relative
-    if relative.suffix.lower() in IMAGE_SUFFIXES:
-        for root in roots:
-            for suffix in _SUFFIX_ALTERNATIVES:
-                if suffix != relative.suffix:
-                    candidate = root / relative.with_suffix(suffix)
-                    if candidate.is_file():
-                        return candidate
-    return None
+    alternatives = _SUFFIX_ALTERNATIVES if relative.suffix.lower() in IMAGE_SUFFIXES else ()
+    candidates = [root / relative for root in roots]
+    candidates += [root / relative.with_suffix(s) for root in roots for s in alternatives if s != relative.suffix]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 @dataclass(frozen=True)
@@ -375,7 +360,10 @@ def _read_mat(
         ("queries", "qImageFns", "utmQ", "numQueries", query_roots),
     ):
         relative = [Path(n) for n in _mat_strings(struct[names_field], names_field, mat_path)]
-        utm = _mat_utm(struct[utm_field], utm_field, len(relative), mat_path)
+        # A 2×N MATLAB matrix of (east; north) → (N, 2).
+        listed, expected = len(relative), f"a 2×{len(relative)} numeric matrix (east; north per image)"
+        utm = _mat_field(struct[utm_field], utm_field, mat_path, "iuf", lambda a, n=listed: a.shape == (2, n), expected)
+        utm = np.ascontiguousarray(utm.T, dtype=np.float64)
         count = _mat_scalar(struct[count_field], count_field, mat_path)
         if count != len(relative):
             raise DatasetFormatError(
@@ -392,19 +380,25 @@ def _read_mat(
             )
         # A missing image keeps its listed path under the last root; skip_bad_images then drops it.
         paths = [roots[-1] / r if path is None else path for r, path in zip(relative, resolved)]
-        subsets[label] = _Subset(label, paths, relative, utm)
+        subsets[label] = _Subset(paths, relative, utm)
     for field_name in ("posDistThr", "posDistSqThr", "nonTrivPosDistSqThr"):
         _mat_scalar(struct[field_name], field_name, mat_path)
     source = DatasetSource("mat", mat_path, which_set)
     return _assemble(name, image_root, split, subsets, skip_bad_images, source, segmentation_dir), source
 
 
-def _mat_string(value: Any, field_name: str, mat_path: Path) -> str:
+def _mat_field(value: Any, field_name: str, mat_path: Path, kinds: str, fits: Any, expected: str) -> np.ndarray:
+    """``dbStruct.<field_name>`` as an array of a dtype kind in ``kinds`` for which ``fits(array)`` holds."""
     array = np.asarray(value)
-    if array.dtype.kind != "U" or array.size > 1:
+    if array.dtype.kind not in kinds or not fits(array):
         raise DatasetFormatError(
-            f"{mat_path}: dbStruct.{field_name} must be a string, got {array.dtype} of shape {array.shape}"
+            f"{mat_path}: dbStruct.{field_name} must be {expected}, got {array.dtype} of shape {array.shape}"
         )
+    return array
+
+
+def _mat_string(value: Any, field_name: str, mat_path: Path) -> str:
+    array = _mat_field(value, field_name, mat_path, "U", lambda a: a.size <= 1, "a string")
     return str(array.reshape(-1)[0]).strip() if array.size else ""
 
 
@@ -418,24 +412,8 @@ def _mat_strings(value: Any, field_name: str, mat_path: Path) -> list[str]:
     return [_mat_string(item, f"{field_name}[{i}]", mat_path) for i, item in enumerate(array.reshape(-1))]
 
 
-def _mat_utm(value: Any, field_name: str, count: int, mat_path: Path) -> np.ndarray:
-    """A 2×N MATLAB matrix of (east; north) as an ``(N, 2)`` float64 array."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "iuf" or array.shape != (2, count):
-        raise DatasetFormatError(
-            f"{mat_path}: dbStruct.{field_name} must be a 2×{count} numeric matrix (east; north per image), "
-            f"got {array.dtype} of shape {array.shape}"
-        )
-    return np.ascontiguousarray(array.T, dtype=np.float64)
-
-
 def _mat_scalar(value: Any, field_name: str, mat_path: Path) -> float:
-    array = np.asarray(value)
-    if array.dtype.kind not in "iuf" or array.size != 1:
-        raise DatasetFormatError(
-            f"{mat_path}: dbStruct.{field_name} must be a number, got {array.dtype} of shape {array.shape}"
-        )
-    return float(array.reshape(-1)[0])
+    return float(_mat_field(value, field_name, mat_path, "iuf", lambda a: a.size == 1, "a number").reshape(-1)[0])
 
 
 def _assemble(
@@ -447,8 +425,6 @@ def _assemble(
     source: DatasetSource,
     segmentation_dir: str = DEFAULT_SEGMENTATION_DIR,
 ) -> PlaceDataset:
-    if skip_bad_images:
-        subsets = {label: _drop_bad_images(subset, f"{name}/{split}") for label, subset in subsets.items()}
     maps_split_dir = root / segmentation_dir / split
     # The default folder is optional (a dataset may have no maps); one asked for by name must be there.
     if segmentation_dir != DEFAULT_SEGMENTATION_DIR and not maps_split_dir.is_dir():
@@ -456,7 +432,8 @@ def _assemble(
             f"segmentation_dir {segmentation_dir!r} was asked for but {maps_split_dir} does not exist "
             f"(write it with: vprdistill segment --maps-dir {segmentation_dir} ...)"
         )
-    segmentation = _segmentation_paths(maps_split_dir, subsets)
+    # Maps mirror the image tree; they are looked for once the images that cannot be read are left out.
+    maps = {label: [maps_split_dir / label / r.with_suffix(".png") for r in s.relative] for label, s in subsets.items()}
     database, queries = subsets["database"], subsets["queries"]
     dataset = PlaceDataset(
         name=name,
@@ -466,38 +443,27 @@ def _assemble(
         query_paths=queries.paths,
         database_utm=database.utm,
         query_utm=queries.utm,
-        database_seg_paths=None if segmentation is None else segmentation["database"],
-        query_seg_paths=None if segmentation is None else segmentation["queries"],
+        database_seg_paths=maps["database"] if maps_split_dir.is_dir() else None,
+        query_seg_paths=maps["queries"] if maps_split_dir.is_dir() else None,
         database_notes=_notes_or_none(database.notes),
         query_notes=_notes_or_none(queries.notes),
     )
+    if skip_bad_images:
+        dataset = keep_readable_images(dataset, skip_bad_images, f"{name}/{split}")
+    # All or none: a present split folder must hold a map for every image.
+    for label, found in (("database", dataset.database_seg_paths), ("queries", dataset.query_seg_paths)):
+        missing = [p for p in found or [] if not p.is_file()]
+        if missing:
+            raise DatasetFormatError(
+                f"segmentation folder {maps_split_dir} exists but {len(missing)} of {len(found)} {label} maps are "
+                f"missing, first: {missing[0]} (one PNG per image, mirroring the image tree)"
+            )
     log.info("opened %r from %s", dataset, source)
     return dataset
 
 
 def _notes_or_none(notes: list[str] | None) -> list[str] | None:
     return notes if notes is not None and any(notes) else None
-
-
-def _drop_bad_images(subset: _Subset, where: str) -> _Subset:
-    return subset.keep(readable_indices(subset.paths, subset.label, where))
-
-
-def _segmentation_paths(split_dir: Path, subsets: dict[str, _Subset]) -> dict[str, list[Path]] | None:
-    """Maps mirroring the image tree, all or none: a present split folder must hold a map for every image."""
-    if not split_dir.is_dir():
-        return None
-    found = {}
-    for label, subset in subsets.items():
-        maps = [split_dir / label / r.with_suffix(".png") for r in subset.relative]
-        missing = [p for p in maps if not p.is_file()]
-        if missing:
-            raise DatasetFormatError(
-                f"segmentation folder {split_dir} exists but {len(missing)} of {len(maps)} {label} maps are missing, "
-                f"first: {missing[0]} (one PNG per image, mirroring the image tree)"
-            )
-        found[label] = maps
-    return found
 
 
 Reader = Literal["auto", "folder", "mat", "msls", "vprbench", "gsv-lists"]
@@ -574,51 +540,29 @@ def open_dataset_with_source(
             if split is not None and own != split:
                 path, struct = _file_for_split(path, own, split), None
         return _read_mat(path, image_root, skip_bad_images, split, struct, segmentation_dir, queries_root)
-    if reader in LIST_READERS:
-        return _open_list_reader(path, split, reader, skip_bad_images, image_root, name, segmentation_dir, queries_root)
-    raise ValueError(f"unknown reader {reader!r}; expected auto, folder, mat, {', '.join(LIST_READERS)}")
-
-
-LIST_READERS = ("msls", "vprbench", "gsv-lists")
-
-
-def _open_list_reader(
-    path: Path,
-    split: str | None,
-    reader: str,
-    skip_bad_images: bool,
-    image_root: str | Path | None,
-    name: str | None,
-    segmentation_dir: str,
-    queries_root: str | Path | None,
-) -> tuple[PlaceDataset, DatasetSource]:
-    """MSLS (vprdistill.data.msls) and the ground-truth lists readers (vprdistill.data.ground_truth_lists)."""
+    if reader not in LIST_READERS:
+        raise ValueError(f"unknown reader {reader!r}; expected auto, folder, mat, {', '.join(LIST_READERS)}")
+    # MSLS (vprdistill.data.msls) and the ground-truth lists readers (vprdistill.data.ground_truth_lists).
     if segmentation_dir != DEFAULT_SEGMENTATION_DIR or queries_root is not None:
         raise ValueError(f"segmentation_dir and queries_root do not apply to the {reader} reader")
     if image_root is not None and reader != "gsv-lists":
         raise ValueError(f"image_root applies to the gsv-lists reader only, not to {reader}")
     if reader == "msls":
-        from vprdistill.data.msls import msls_split_dir, read_msls_split
-
         if name not in (None, "msls"):
             raise DatasetFormatError(f"{path}: an MSLS root holds dataset 'msls', not {name!r}")
         # split: val (the 740-query protocol), val-full, train; "test" is refused (no positions).
         return read_msls_split(path, split, skip_bad_images), DatasetSource("msls", msls_split_dir(path))
     if reader == "vprbench":
-        from vprdistill.data.ground_truth_lists import read_vprbench
-
         return read_vprbench(path, skip_bad_images, name), DatasetSource("vprbench", path)
-    from vprdistill.data.ground_truth_lists import find_gsv_lists, read_gsv_lists
-
     folder, set_name = find_gsv_lists(path, name)
     dataset = read_gsv_lists(folder, image_root, set_name, skip_bad_images)
     return dataset, DatasetSource("gsv-lists", folder / f"{set_name}_qImages.npy")
 
 
-def _detect_reader(path: Path, split: str, name: str | None = None) -> Reader:
-    from vprdistill.data.ground_truth_lists import is_gsv_lists_dir, is_gsv_lists_file, is_vprbench_dir
-    from vprdistill.data.msls import is_msls_root
+LIST_READERS = ("msls", "vprbench", "gsv-lists")
 
+
+def _detect_reader(path: Path, split: str, name: str | None = None) -> Reader:
     if path.is_file():
         if path.suffix.lower() == ".mat":
             return "mat"

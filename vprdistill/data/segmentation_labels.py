@@ -91,11 +91,11 @@ def label_mapping(id2label: Mapping[int | str, str]) -> np.ndarray:
     """
     if not id2label:
         raise ValueError("the segmentation model has no id2label: its class names are needed")
-    ids = sorted(int(i) for i in id2label)
-    table = np.full(ids[-1] + 1, VOID_ID, dtype=np.uint8)
     labels = {int(i): name for i, name in id2label.items()}
-    for model_id in ids:
-        table[model_id] = label_to_cityscapes_train_id(labels[model_id])
+    ids = sorted(labels)
+    table = np.full(ids[-1] + 1, VOID_ID, dtype=np.uint8)
+    for model_id, label in labels.items():
+        table[model_id] = label_to_cityscapes_train_id(label)
     if (table == VOID_ID).all():
         examples = ", ".join(str(labels[i]) for i in ids[:5])
         raise ValueError(

@@ -36,11 +36,18 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vprdistill.data.images import ImageLoadError, load_image
-from vprdistill.data.readers import DEFAULT_SEGMENTATION_DIR, check_segmentation_dir, list_images
+from vprdistill.data.place_images import PLACE_MAPS_DIR, check_place_maps_dir, is_place_images_root, open_place_images
+from vprdistill.data.readers import (
+    DEFAULT_SEGMENTATION_DIR,
+    check_segmentation_dir,
+    glob_mat_files,
+    list_images,
+    open_dataset,
+)
 from vprdistill.data.segmentation_labels import (
     CITYSCAPES_TRAIN_ID_NAMES,
     DEFAULT_SEGMENTATION_MODEL,
@@ -74,11 +81,7 @@ class SegmentationReport:
     classes_path: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        record = asdict(self)
-        record["root"] = str(self.root)
-        record["failed_paths"] = [str(p) for p in self.failed_paths]
-        record["classes_path"] = str(self.classes_path) if self.classes_path else None
-        return record
+        return json.loads(json.dumps(asdict(self), default=str))  # paths as text
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -112,23 +115,19 @@ def load_segmentation_model(model_id_or_path: str | Path) -> tuple[Any, torch.nn
         raise FileNotFoundError(f"segmentation model folder {folder} does not exist")
     else:
         source = name
-    try:
-        return _from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError) as error:
-        if folder.exists() or _hub_offline():
-            raise _unavailable(name, error) from error
-    try:
-        return _from_pretrained(source, local_files_only=False)
-    except (OSError, ValueError) as error:
-        raise _unavailable(name, error) from error
-
-
-def _from_pretrained(source: str | Path, local_files_only: bool) -> tuple[Any, torch.nn.Module]:
     transformers = require("transformers", "segment", "a segmentation model")
-
-    processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
-    model = transformers.AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_files_only)
-    return processor, model
+    for local_files_only in (True, False):
+        try:
+            processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+            model = transformers.AutoModelForSemanticSegmentation.from_pretrained(
+                source, local_files_only=local_files_only
+            )
+            return processor, model
+        except (OSError, ValueError) as error:
+            # A download is the second try, for a hub id while downloads are allowed.
+            if not local_files_only or folder.exists() or _hub_offline():
+                raise _unavailable(name, error) from error
+    raise AssertionError("unreachable: the second try returns or raises")
 
 
 def _unavailable(name: str, error: Exception) -> SegmentationModelError:
@@ -227,12 +226,9 @@ def _network_size(size: Sequence[int] | int | None, processor: Any, model: str) 
             return (values[0], values[1]), min(values)
         return None, values[0]
     own = getattr(processor, "size", None) or {}
-    shortest = own.get("shortest_edge")
+    shortest = own.get("shortest_edge") or (own.get("height") and own.get("width") and min(own["height"], own["width"]))
     if shortest:
         return None, int(shortest)
-    height, width = own.get("height"), own.get("width")
-    if height and width:
-        return None, int(min(height, width))
     raise SegmentationModelError(
         f"segmentation model {model!r}: its image processor states no size ({own!r}); pass --image-size"
     )
@@ -267,15 +263,7 @@ def find_mat_files(root: str | Path, splits: Sequence[str] | None = None, name: 
     """
     root = Path(root)
     patterns = [f"{name or '*'}_{split}.mat" for split in splits] if splits else [f"{name or '*'}_*.mat"]
-    found = sorted(
-        {
-            p
-            for folder in (root, root / "datasets")
-            if folder.is_dir()
-            for pattern in patterns
-            for p in folder.glob(pattern)
-        }
-    )
+    found = glob_mat_files(root, *patterns)
     if not found:
         raise FileNotFoundError(f"no NetVLAD structure file {' or '.join(patterns)} in {root} or {root / 'datasets'}")
     return found
@@ -361,44 +349,22 @@ class _Job:
     map_path: Path
 
 
-class _ImageFiles(Dataset):
-    """Decoded images for a DataLoader; an unreadable one comes back as its error, not raised in a worker."""
-
-    def __init__(self, jobs: Sequence[_Job]) -> None:
-        self.jobs = list(jobs)
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, index: int) -> tuple[_Job, Image.Image | None, ImageLoadError | None]:
-        job = self.jobs[index]
+def _load_jobs(jobs: list[_Job]) -> list[tuple[_Job, Image.Image | None, ImageLoadError | None]]:
+    """A batch's decoded images (the DataLoader's collate step, run in its workers); an unreadable
+    one comes back as its error, not raised in a worker."""
+    items: list[tuple[_Job, Image.Image | None, ImageLoadError | None]] = []
+    for job in jobs:
         try:
-            return job, load_image(job.image), None
+            items.append((job, load_image(job.image), None))
         except ImageLoadError as error:
-            return job, None, error
-
-
-def _folder_jobs(root: Path, splits: Sequence[str] | None, maps_dir: str) -> list[_Job]:
-    return [
-        _Job(root / "images" / relpath, segmentation_path(root, relpath, maps_dir))
-        for relpath in find_images(root, splits)
-    ]
-
-
-def _place_jobs(root: Path, maps_dir: str) -> list[_Job]:
-    """Jobs of every image of a GSV-Cities place set: ``<maps_dir>/<city>/<image stem>.png``."""
-    from vprdistill.data.place_images import open_place_images
-
-    places = open_place_images(root, min_views=1)
-    return [_Job(path, root / maps_dir / path.parent.name / (path.stem + ".png")) for path in places.paths]
+            items.append((job, None, error))
+    return items
 
 
 def _mat_jobs(
     path: Path, splits: Sequence[str] | None, name: str | None, skip_bad_images: bool, maps_dir: str
 ) -> tuple[list[_Job], list[Path]]:
     """Jobs of every image listed by the ``.mat`` file(s) at ``path``, and the image roots they write to."""
-    from vprdistill.data.readers import open_dataset
-
     # A folder is the image root of its .mat files, as when a training config names the folder.
     files, image_root = ([path], None) if path.is_file() else (find_mat_files(path, splits, name), path)
     jobs: dict[Path, _Job] = {}  # by map: sets that share a split (pitts30k, pitts250k) share maps
@@ -450,8 +416,6 @@ def segment_dataset(
     the root, default ``segmentation``) is where the map tree goes, e.g.
     ``segmentation-predicted`` to keep ground-truth maps untouched.
     """
-    from vprdistill.data.place_images import PLACE_MAPS_DIR, check_place_maps_dir, is_place_images_root
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     root = Path(root)
@@ -464,14 +428,14 @@ def segment_dataset(
         if splits or name is not None:
             raise ValueError("splits and name apply to datasets with splits; a place set (GSV-Cities layout) has none")
         maps_dir = check_place_maps_dir(PLACE_MAPS_DIR if maps_dir == DEFAULT_SEGMENTATION_DIR else maps_dir)
-        jobs, image_roots = _place_jobs(root, maps_dir), [root]
+        paths = open_place_images(root, min_views=1).paths  # maps: <maps_dir>/<city>/<image stem>.png
+        jobs = [_Job(path, root / maps_dir / path.parent.name / (path.stem + ".png")) for path in paths]
+        image_roots = [root]
     elif root.is_file() or not (root / "images").is_dir():
         maps_dir = check_segmentation_dir(maps_dir)
         if root.is_file() and root.suffix.lower() != ".mat":
             raise FileNotFoundError(f"{root} is a file but not a NetVLAD .mat structure file")
-        if root.is_dir() and not any(
-            folder.is_dir() and any(folder.glob("*.mat")) for folder in (root, root / "datasets")
-        ):
+        if root.is_dir() and not glob_mat_files(root, "*.mat"):
             raise FileNotFoundError(
                 f"{root} holds neither images/ (folder format ROOT/images/<split>/...) nor NetVLAD .mat files"
             )
@@ -480,23 +444,23 @@ def segment_dataset(
         if name is not None:
             raise ValueError("name picks a set of .mat files; a folder-format dataset has one set")
         maps_dir = check_segmentation_dir(maps_dir)
-        jobs, image_roots = _folder_jobs(root, splits, maps_dir), [root]
+        jobs = [_Job(root / "images" / r, segmentation_path(root, r, maps_dir)) for r in find_images(root, splits)]
+        image_roots = [root]
     todo = [job for job in jobs if overwrite or not job.map_path.is_file()]
     report.skipped = len(jobs) - len(todo)
     classes_paths = [image_root / maps_dir / "classes.json" for image_root in image_roots]
+    report.classes_path = classes_paths[0] if classes_paths else None
     if not todo and all(path.is_file() for path in classes_paths):
-        report.classes_path = classes_paths[0] if classes_paths else None
         report.seconds = time.perf_counter() - start
         return report
     for path in classes_paths:
         _warn_if_model_changed(path, str(model_id_or_path), report.skipped)
     segmenter = Segmenter(model_id_or_path, device=device, image_size=image_size)
     for image_root in image_roots:
-        report.classes_path = write_classes_file(image_root, segmenter, maps_dir)
-    report.classes_path = classes_paths[0] if classes_paths else None
+        write_classes_file(image_root, segmenter, maps_dir)
     log.info("segmenting %d images of %s (%d already done) with %s", len(todo), root, report.skipped, segmenter.name)
 
-    loader = DataLoader(_ImageFiles(todo), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(todo, batch_size=batch_size, num_workers=num_workers, collate_fn=_load_jobs)
     with tqdm(total=len(todo), desc="segmenting", unit="img", disable=not progress) as bar:
         for items in loader:
             batch = []

@@ -57,16 +57,33 @@ class StructuralClassMap:
         sources = config.get("sources") or {}
         if source not in sources:
             raise ValueError(f"{path}: no mapping for source {source!r} (sources: {', '.join(sources) or 'none'})")
-        names = _class_names(config, path)
+        return cls.from_ids(
+            config.get("classes"), sources[source] or {}, source, f"{path}: 'classes'", f"{path}: sources.{source}"
+        )
+
+    @classmethod
+    def from_ids(cls, names: Any, ids: Any, source: str, names_where: str, ids_where: str) -> StructuralClassMap:
+        """The map ``ids`` (source class id → class name) onto ``names``; errors name ``names_where``/``ids_where``."""
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{names_where} must be a non-empty list of class names")
+        if len(set(names)) != len(names) or len(names) >= IGNORE_ID:
+            raise ValueError(f"{names_where} must be distinct and fewer than {IGNORE_ID}")
+        if not isinstance(ids, dict):
+            raise ValueError(f"{ids_where}: must map source class ids to class names")  # noqa: TRY004
         lookup = np.full(256, IGNORE_ID, dtype=np.uint8)
-        for source_id, class_name in (sources[source] or {}).items():
-            where = f"{path}: sources.{source}.{source_id}"
-            if not isinstance(source_id, int) or not 0 <= source_id < IGNORE_ID:
-                raise ValueError(f"{where}: class ids must be integers in 0..254")
+        for key, class_name in ids.items():
+            try:
+                source_id = int(key)
+            except (TypeError, ValueError):
+                source_id = -1
+            if not 0 <= source_id < IGNORE_ID:
+                raise ValueError(f"{ids_where}.{key}: class ids must be integers in 0..{IGNORE_ID - 1}")
             if class_name not in names:
-                raise ValueError(f"{where}: unknown structural class {class_name!r} (classes: {', '.join(names)})")
+                raise ValueError(
+                    f"{ids_where}.{key}: unknown structural class {class_name!r} (classes: {', '.join(names)})"
+                )
             lookup[source_id] = names.index(class_name)
-        return cls(names, lookup, source)
+        return cls(tuple(names), lookup, source)
 
     @classmethod
     def identity(cls, num_classes: int) -> StructuralClassMap:
@@ -79,25 +96,29 @@ class StructuralClassMap:
 
     def map_ids(self, ids: np.ndarray) -> np.ndarray:
         """Source class ids (any shape, values 0..255) → structural class indices, 255 where ignored (uint8)."""
-        ids = np.asarray(ids)
-        if ids.dtype != np.uint8:
-            if ids.dtype.kind not in "iu":
-                raise ValueError(f"class ids must be integers in 0..255, got dtype {ids.dtype}")
-            if ids.size and (ids.min() < 0 or ids.max() > 255):
-                raise ValueError(f"class ids must lie in 0..255, got {ids.min()}..{ids.max()}")
-            ids = ids.astype(np.uint8)
-        return self.lookup[ids]
+        return self.lookup[as_class_ids(ids)]
 
     def one_hot(self, ids: np.ndarray) -> torch.Tensor:
         """Source class-id map ``(H, W)`` → one-hot ``(C, H, W)`` float32; ignored pixels are all zeros."""
         import torch
 
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"expected a class-id map of shape (H, W), got shape {ids.shape}")
-        classes = self.map_ids(ids)
+        classes = self.lookup[as_class_ids(ids, map_2d=True)]
         one_hot = classes[None, :, :] == np.arange(self.num_classes, dtype=np.uint8)[:, None, None]
         return torch.from_numpy(one_hot.astype(np.float32))
+
+
+def as_class_ids(ids: Any, map_2d: bool = False) -> np.ndarray:
+    """Class ids (any shape, or a map ``(H, W)`` with ``map_2d``) as uint8; ``ValueError`` outside 0..255."""
+    ids = np.asarray(ids)
+    if map_2d and ids.ndim != 2:
+        raise ValueError(f"expected a class-id map of shape (H, W), got shape {ids.shape}")
+    if ids.dtype != np.uint8:
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"class ids must be integers in 0..255, got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() > 255):
+            raise ValueError(f"class ids must lie in 0..255, got {ids.min()}..{ids.max()}")
+        ids = ids.astype(np.uint8)
+    return ids
 
 
 def _read_config(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
@@ -109,12 +130,3 @@ def _read_config(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping with 'classes' and 'sources'")
     return path, config
-
-
-def _class_names(config: dict[str, Any], path: Path) -> tuple[str, ...]:
-    names = config.get("classes")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: 'classes' must be a non-empty list of class names")
-    if len(set(names)) != len(names) or len(names) >= IGNORE_ID:
-        raise ValueError(f"{path}: 'classes' must be distinct and fewer than {IGNORE_ID}")
-    return tuple(names)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from vprdistill.data.structural import IGNORE_ID, StructuralClassMap
 
 MODEL_ATTRIBUTE = "structural_class_map"
@@ -37,27 +35,11 @@ def class_map_from_dict(data: Any, where: str) -> StructuralClassMap:
     """Rebuild a map written by :func:`class_map_to_dict`; errors name ``where`` and the bad field."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: must be an object with 'source', 'names' and 'ids', got {type(data).__name__}")  # noqa: TRY004
-    names, ids, source = data.get("names"), data.get("ids"), data.get("source")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{where}.names: must be a non-empty list of class names")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}.names: class names must be distinct")
-    if not isinstance(ids, dict):
-        raise ValueError(f"{where}.ids: must map source class ids to class names")  # noqa: TRY004
-    if not isinstance(source, str):
-        raise ValueError(f"{where}.source: must be the name of the source label set")  # noqa: TRY004
-    lookup = np.full(256, IGNORE_ID, dtype=np.uint8)
-    for key, name in ids.items():
-        try:
-            source_id = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}.ids: key {key!r} is not a class id") from None
-        if not 0 <= source_id < IGNORE_ID:
-            raise ValueError(f"{where}.ids: class id {source_id} is outside 0..{IGNORE_ID - 1}")
-        if name not in names:
-            raise ValueError(f"{where}.ids.{key}: {name!r} is not one of the names ({', '.join(names)})")
-        lookup[source_id] = names.index(name)
-    return StructuralClassMap(tuple(names), lookup, source)
+    if not isinstance(data.get("source"), str):
+        raise ValueError(f"{where}.source: must be the name of the source label set")
+    return StructuralClassMap.from_ids(
+        data.get("names"), data.get("ids"), data["source"], f"{where}.names:", f"{where}.ids"
+    )
 
 
 def class_map_for_model(model: Any, structural_source: str = "cityscapes") -> StructuralClassMap:

@@ -6,13 +6,13 @@ not pay for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from vprdistill.data.structural import StructuralClassMap
+from vprdistill.data.structural import StructuralClassMap, as_class_ids
 
 if TYPE_CHECKING:
     import torch
@@ -21,9 +21,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def image_size_hw(image_size: tuple[int, int] | int) -> tuple[int, int]:
-    """``224`` → ``(224, 224)``; ``(H, W)`` is checked and returned."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+def image_size_hw(image_size: Sequence[int] | int) -> tuple[int, int]:
+    """``224`` or ``[224]`` → ``(224, 224)``; ``(H, W)`` is checked and returned."""
+    size = (image_size,) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    size = size * 2 if len(size) == 1 else size
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
     return size  # type: ignore[return-value]
@@ -68,24 +69,13 @@ class SegmentationTransform:
         self.class_map = class_map
 
     def __call__(self, ids: np.ndarray | Image.Image) -> torch.Tensor:
-        image = ids if isinstance(ids, Image.Image) else Image.fromarray(_as_uint8_ids(ids))
+        image = ids if isinstance(ids, Image.Image) else Image.fromarray(as_class_ids(ids, map_2d=True))
         if image.mode not in ("L", "P"):
             raise ValueError(f"expected a single-channel class-id map, got a {image.mode} image")
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.NEAREST)
         return self.class_map.one_hot(np.asarray(image))
-
-
-def _as_uint8_ids(ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.ndim != 2:
-        raise ValueError(f"expected a class-id map of shape (H, W), got shape {ids.shape}")
-    if ids.dtype != np.uint8:
-        if ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() > 255)):
-            raise ValueError(f"class ids must be integers in 0..255, got dtype {ids.dtype}")
-        ids = ids.astype(np.uint8)
-    return ids
 
 
 def build_segmentation_transform(

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vprdistill.data.ground_truth_lists import keep_readable_images
 from vprdistill.data.place_dataset import DatasetFormatError, PlaceDataset
 from vprdistill.data.positions import (
     SHOWN,
@@ -35,21 +36,12 @@ from vprdistill.data.positions import (
     parse_zone,
     read_positions_file,
 )
-from vprdistill.data.readers import (
-    IMAGE_SUFFIXES,
-    DatasetSource,
-    _drop_bad_images,
-    _notes_or_none,
-    _Subset,
-    list_images,
-    parse_place_filename,
-)
+from vprdistill.data.readers import IMAGE_SUFFIXES, DatasetSource, _notes_or_none, list_images, parse_place_filename
 from vprdistill.utils.logging import get_logger
 
 __all__ = ["FolderImages", "read_image_folder", "read_two_folders", "read_two_folders_with_source"]
 
 log = get_logger("data.two_folders")
-SUBSETS = ("database", "queries")
 
 
 def read_two_folders(*args: Any, **kwargs: Any) -> PlaceDataset:
@@ -85,45 +77,27 @@ def read_two_folders_with_source(
     positions in several zones, a positions row naming images of both folders.
     """
     folders = {"database": Path(database_dir).expanduser(), "queries": Path(queries_dir).expanduser()}
-    _check_folders(folders)
-    forced = parse_zone(zone, "zone") if isinstance(zone, str) else zone
-    found = _folder_positions(
-        folders, positions, forced, required={"database": True, "queries": require_query_positions}
+    found, utm_zone = _folder_positions(
+        folders, positions, zone, {"database": True, "queries": require_query_positions}
     )
-    relative = {label: found[label][0] for label in SUBSETS}
-    assigned = {label: found[label][1:] for label in SUBSETS}
-    zones = [z for label in SUBSETS for z in assigned[label][1]]
-    names = [folders[label] / r for label in SUBSETS for r in relative[label]]
-    where = f"{folders['database']} and {folders['queries']}"
-    utm_zone = check_one_zone(zones + ([forced] if forced else []), names + ["the zone asked for"], where)
-
-    subsets = {
-        label: _Subset(
-            label,
-            [folders[label] / r for r in relative[label]],
-            relative[label],
-            assigned[label][0],
-            assigned[label][2],
-        )
-        for label in SUBSETS
-    }
     parent = Path(os.path.commonpath([os.path.abspath(f) for f in folders.values()]))
     name = name or parent.name or "folders"
-    if skip_bad_images:
-        subsets = {label: _drop_bad_images(subset, f"{name}/{split}") for label, subset in subsets.items()}
+    (database_paths, database_utm, database_notes), (query_paths, query_utm, query_notes) = found.values()
     dataset = PlaceDataset(
         name=name,
         root=parent,
         split=split,
-        database_paths=subsets["database"].paths,
-        query_paths=subsets["queries"].paths,
-        database_utm=subsets["database"].utm,
-        query_utm=subsets["queries"].utm,
-        database_notes=_notes_or_none(subsets["database"].notes),
-        query_notes=_notes_or_none(subsets["queries"].notes),
-        utm_zone=None if utm_zone is None else str(utm_zone),
+        database_paths=database_paths,
+        query_paths=query_paths,
+        database_utm=database_utm,
+        query_utm=query_utm,
+        database_notes=_notes_or_none(database_notes),
+        query_notes=_notes_or_none(query_notes),
+        utm_zone=utm_zone,
         allow_unknown_query_positions=not require_query_positions,
     )
+    if skip_bad_images:
+        dataset = keep_readable_images(dataset, skip_bad_images, f"{name}/{split}")
     source = DatasetSource(
         "folders", folders["database"], queries_path=folders["queries"],
         positions=None if positions is None else Path(positions),
@@ -156,23 +130,24 @@ def read_image_folder(
     ``folder`` or to its parent). ``require_positions=False`` lets images
     without a position through as NaN rows (a map index stores them so).
     """
-    folders = {"images": Path(folder).expanduser()}
-    _check_folders(folders)
-    forced = parse_zone(zone, "zone") if isinstance(zone, str) else zone
-    relative, utm, zones, notes = _folder_positions(folders, positions, forced, {"images": require_positions})["images"]
-    paths = [folders["images"] / r for r in relative]
-    utm_zone = check_one_zone(zones + ([forced] if forced else []), paths + ["the zone asked for"], str(folder))
-    return FolderImages(paths, utm, notes or [""] * len(paths), None if utm_zone is None else str(utm_zone))
+    found, utm_zone = _folder_positions(
+        {"images": Path(folder).expanduser()}, positions, zone, {"images": require_positions}
+    )
+    paths, utm, notes = found["images"]
+    return FolderImages(paths, utm, notes or [""] * len(paths), utm_zone)
 
 
 def _folder_positions(
-    folders: dict[str, Path], positions: str | Path | None, forced: UtmZone | None, required: dict[str, bool]
-) -> dict[str, tuple[list[Path], np.ndarray, list[UtmZone | None], list[str] | None]]:
-    """Per folder: its images (relative paths), their positions, zones and notes.
+    folders: dict[str, Path], positions: str | Path | None, zone: str | UtmZone | None, required: dict[str, bool]
+) -> tuple[dict[str, tuple[list[Path], np.ndarray, list[str] | None]], str | None]:
+    """Per folder: its images, their positions and notes; and the one UTM zone of them all (``zone`` if given).
 
     Raises ``DatasetFormatError`` naming the images without a position in a
-    folder whose ``required`` is true; warns about them in the others.
+    folder whose ``required`` is true (warns about them in the others), or
+    positions in several zones.
     """
+    _check_folders(folders)
+    forced = parse_zone(zone, "zone") if isinstance(zone, str) else zone
     relative = {}
     for label, folder in folders.items():
         relative[label] = list_images(folder)
@@ -203,7 +178,12 @@ def _folder_positions(
         if required[label]:
             raise DatasetFormatError(message)
         log.warning("%s; kept without a position (they cannot be scored)", message)
-    return {label: (relative[label], *assigned[label]) for label in folders}
+    paths = {label: [folders[label] / r for r in relative[label]] for label in folders}
+    zones = [z for label in folders for z in assigned[label][1]] + ([forced] if forced else [])
+    names = [p for label in folders for p in paths[label]] + ["the zone asked for"]
+    utm_zone = check_one_zone(zones, names, " and ".join(str(f) for f in folders.values()))
+    found = {label: (paths[label], assigned[label][0], assigned[label][2]) for label in folders}
+    return found, None if utm_zone is None else str(utm_zone)
 
 
 def _check_folders(folders: dict[str, Path]) -> None:
@@ -231,18 +211,12 @@ def _positions_from_names(
     it most likely holds a typo rather than no position.
     """
     utm = np.full((len(relative), 2), np.nan)
-    zones: list[UtmZone | None] = []
-    notes = []
+    zones: list[UtmZone | None] = [None] * len(relative)
+    notes = [""] * len(relative)
     for row, r in enumerate(relative):
-        if not r.name.startswith("@"):
-            zones.append(None)
-            notes.append("")
-            continue
-        parsed = parse_place_filename(folder / r)
-        utm[row] = (parsed.east, parsed.north)
-        zone = None
-        if parsed.zone_number is not None:
-            zone = parse_zone(parsed.zone, f"{folder / r}: zone")
-        zones.append(zone)
-        notes.append(parsed.note)
+        if r.name.startswith("@"):
+            parsed = parse_place_filename(folder / r)
+            utm[row], notes[row] = (parsed.east, parsed.north), parsed.note
+            if parsed.zone_number is not None:
+                zones[row] = parse_zone(parsed.zone, f"{folder / r}: zone")
     return utm, zones, notes

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vprdistill.deploy.export import INPUT_NAME, export_onnx, onnx_session
 from vprdistill.deploy.matching_bench import EXACT_MODE, applicable_modes, measure_mode, random_unit_rows
 from vprdistill.models.inference import chunk_for, inference_copy, run_in_chunks
 from vprdistill.utils.extras import require
@@ -28,22 +29,16 @@ log = get_logger("deploy.bench")
 _BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}
 
 
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def best_seconds(run: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
     """Best wall-clock time of ``repeats`` calls after one warm-up (the least noisy estimate)."""
-    run()
-    _synchronise(device)
-    best = float("inf")
-    for _ in range(max(1, repeats)):
+    seconds = []
+    for _ in range(max(1, repeats) + 1):
         start = time.perf_counter()
         run()
-        _synchronise(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return min(seconds[1:])  # the first call is the warm-up
 
 
 def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 3) -> float:
@@ -94,8 +89,6 @@ def time_pytorch(
 
 def time_onnxruntime(session: Any, image_size: tuple[int, int], batch: int, repeats: int) -> float:
     """ms per image of an ONNX Runtime session on a `(batch, 3, H, W)` input."""
-    from vprdistill.deploy.export import INPUT_NAME
-
     images = np.random.default_rng(0).standard_normal((batch, 3, *image_size), dtype=np.float32)
     seconds = best_seconds(lambda: session.run(None, {INPUT_NAME: images}), repeats)
     return 1e3 * seconds / batch
@@ -112,17 +105,6 @@ def available_providers() -> list[str]:
     order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     available = set(ort.get_available_providers())
     return [name for name in order if name in available]
-
-
-def provider_session(path: str | Path, provider: str, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on ``provider`` alone (the CPU provider as the fallback for unsupported nodes)."""
-    ort = require("onnxruntime", "export", "the ONNX Runtime benchmark")
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 def bench_descriptors(
@@ -148,8 +130,6 @@ def bench_descriptors(
     ]
     if not with_onnx:
         return rows, None
-    from vprdistill.deploy.export import export_onnx
-
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         record = export_onnx(model, path, image_size, opset=opset)
@@ -158,7 +138,7 @@ def bench_descriptors(
         record["providers"] = []
         for provider in providers:
             try:
-                session = provider_session(path, provider, threads=torch.get_num_threads())
+                session = onnx_session(path, threads=torch.get_num_threads(), provider=provider)
             except Exception as error:  # a provider listed but unusable (no driver, no TensorRT libraries)
                 log.warning("ONNX Runtime provider %s is unusable here: %s", provider, error)
                 continue
@@ -166,12 +146,7 @@ def bench_descriptors(
             short = provider.removesuffix("ExecutionProvider").lower()
             for row in rows:
                 row[f"onnxruntime_{short}_ms_per_image"] = time_onnxruntime(session, image_size, row["batch"], repeats)
-        for row in rows:
-            first = next(
-                (row[key] for key in row if key.startswith("onnxruntime_") and key.endswith("_ms_per_image")), None
-            )
-            if first is not None:
-                row["onnxruntime_ms_per_image"] = first
+                row.setdefault("onnxruntime_ms_per_image", row[f"onnxruntime_{short}_ms_per_image"])
     return rows, record
 
 
@@ -217,12 +192,10 @@ def run_benchmark(
         memory["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     # The machine's limits are measured last so their large arrays do not count in the peaks above.
     log.info("measuring matmul rate and memory bandwidth")
-    cpu = torch.device("cpu")
-    machine = {"cpu_matmul_gflops": matmul_gflops(cpu), "cpu_memory_bandwidth_gbs": memory_bandwidth_gbs(cpu)}
-    if device.type == "cuda":
-        machine.update(
-            {"device_matmul_gflops": matmul_gflops(device), "device_memory_bandwidth_gbs": memory_bandwidth_gbs(device)}
-        )
+    machine = {}
+    for name, where in [("cpu", torch.device("cpu"))] + ([("device", device)] if device.type == "cuda" else []):
+        machine[f"{name}_matmul_gflops"] = matmul_gflops(where)
+        machine[f"{name}_memory_bandwidth_gbs"] = memory_bandwidth_gbs(where)
     peak_gflops = machine.get("device_matmul_gflops", machine["cpu_matmul_gflops"])
     gflops = model_gflops_per_image(model, image_size, device)
     for row in descriptor_rows:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vprdistill.data.readers import IMAGE_SUFFIXES, parse_place_filename
+from vprdistill.data import readers
+from vprdistill.data.readers import parse_place_filename
 from vprdistill.deploy.index import MapIndex
 from vprdistill.eval.extract import compute_descriptors
 from vprdistill.utils.logging import get_logger
@@ -21,16 +22,7 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(
-                sorted(
-                    (
-                        p
-                        for p in path.rglob("*")
-                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-                    ),
-                    key=lambda p: p.as_posix(),
-                )
-            )
+            found.extend(path / relative for relative in readers.list_images(path))
         elif path.is_file():
             found.append(path)
         else:
@@ -86,23 +78,12 @@ def compute_index_descriptors(
     shards are then read back into one in-memory array (refused above 4 GiB by
     ``ShardedDescriptors.to_array``), since the map index is built from memory.
     """
+    options = {"image_size": image_size, "batch_size": batch_size, "device": device, "progress": progress}
     if shard_dir is not None:
         from vprdistill.eval.sharded import extract_sharded
 
-        shards = extract_sharded(
-            model,
-            list(paths),
-            shard_dir,
-            shard_size=shard_size,
-            image_size=image_size,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-        )
-        return shards.to_array()
-    return compute_descriptors(
-        model, list(paths), image_size, batch_size=batch_size, device=device, progress=progress, desc="index"
-    )
+        return extract_sharded(model, list(paths), shard_dir, shard_size=shard_size, **options).to_array()
+    return compute_descriptors(model, list(paths), desc="index", **options)
 
 
 def build_map_index(

@@ -71,32 +71,6 @@ def sweep_thresholds(best_scores: np.ndarray, correct: np.ndarray, in_map: np.nd
     return rows
 
 
-def choose_threshold(rows: list[dict[str, float]], target_precision: float) -> tuple[dict[str, float], bool]:
-    """The lowest threshold whose precision reaches the target (and whether any does; else the most precise)."""
-    for row in rows:
-        if row["precision"] >= target_precision:
-            return row, True
-    return max(rows, key=lambda row: (row["precision"], -row["threshold"])), False
-
-
-def summary_table(
-    rows: list[dict[str, float]], chosen: dict[str, float], size: int = TABLE_ROWS
-) -> list[dict[str, float]]:
-    """About ``size`` rows of the sweep, evenly spread over its thresholds, plus the chosen one."""
-    picks = {int(round(i)) for i in np.linspace(0, len(rows) - 1, min(size, len(rows)))}
-    table = [rows[i] for i in sorted(picks)]
-    if chosen not in table:
-        table = sorted([*table, chosen], key=lambda row: row["threshold"])
-    return table
-
-
-def fit_confidence(best_scores: np.ndarray, correct: np.ndarray) -> dict[str, list[float]]:
-    """Isotonic map score → P(answer correct), as breakpoints for ``np.interp``."""
-    model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    model.fit(np.asarray(best_scores, np.float64), np.asarray(correct, np.float64))
-    return {"scores": model.X_thresholds_.tolist(), "probabilities": model.y_thresholds_.tolist()}
-
-
 def confidence_of(scores: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
     """Confidence in [0, 1] of match scores: calibrated P(correct) when the index is calibrated,
     else the cosine similarity mapped to [0, 1] (``(s + 1) / 2``, uncalibrated)."""
@@ -120,11 +94,19 @@ def calibrate_from_scores(
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target precision must lie in (0, 1], got {target_precision}")
     rows = sweep_thresholds(best_scores, correct, in_map)
-    chosen, reached = choose_threshold(rows, target_precision)
+    # The lowest threshold whose precision reaches the target; when none does, the most precise one.
+    chosen = next((row for row in rows if row["precision"] >= target_precision), None)
+    reached = chosen is not None
+    chosen = chosen or max(rows, key=lambda row: (row["precision"], -row["threshold"]))
     position = rows.index(chosen)
+    # The table: about TABLE_ROWS rows of the sweep, evenly spread over its thresholds, plus the chosen one.
+    picks = {int(round(i)) for i in np.linspace(0, len(rows) - 1, min(TABLE_ROWS, len(rows)))}
     # Halfway to the next lower score: the same decisions on the calibration set,
     # with a margin on both sides for new queries.
     threshold = chosen["threshold"] if position == 0 else 0.5 * (rows[position - 1]["threshold"] + chosen["threshold"])
+    # Confidence: isotonic map score → P(answer correct), stored as breakpoints for ``np.interp``.
+    curve = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    curve.fit(np.asarray(best_scores, np.float64), np.asarray(correct, np.float64))
     return {
         "threshold": float(threshold),
         "operating_score": chosen["threshold"],
@@ -135,8 +117,8 @@ def calibrate_from_scores(
         "false_accept_rate": chosen["false_accept_rate"],
         "num_in_map": int(in_map.sum()),
         "num_out_of_map": int((~in_map).sum()),
-        "table": summary_table(rows, chosen),
-        "confidence": fit_confidence(best_scores, correct),
+        "table": [rows[i] for i in sorted(picks | {position})],
+        "confidence": {"scores": curve.X_thresholds_.tolist(), "probabilities": curve.y_thresholds_.tolist()},
     }
 
 

@@ -65,34 +65,6 @@ FRAME_AXES = {0: "batch", 1: "height", 2: "width"}
 _DIM_MAX = {"batch": 4096, "height": 16384, "width": 16384}
 
 
-def _export_dynamo(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
-    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES,
-) -> None:  # fmt: skip
-    dims = {axis: torch.export.Dim(name, min=1, max=_DIM_MAX[name]) for axis, name in axes.items()}
-    program = torch.onnx.export(
-        model, (example,), None, dynamo=True, dynamic_shapes=(dims,),
-        input_names=[input_name], output_names=[OUTPUT_NAME],
-        opset_version=max(opset, DYNAMO_MIN_OPSET), verbose=False,
-    )  # fmt: skip
-    program.save(str(path))
-
-
-def _export_legacy(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
-    input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES,
-) -> None:  # fmt: skip
-    # The tracer warns about every Python-level shape check (nn.MultiheadAttention has many);
-    # whether the traced graph is right is decided by the comparison with PyTorch that follows.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=[input_name], output_names=[OUTPUT_NAME],
-            dynamic_axes={input_name: dict(axes), OUTPUT_NAME: {0: "batch"}},
-        )  # fmt: skip
-
-
 def _export(
     model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str,
     input_name: str = INPUT_NAME, axes: dict[int, str] = IMAGE_AXES, order: Sequence[str] | None = None,
@@ -105,7 +77,23 @@ def _export(
     failures = []
     for name in order:
         try:
-            (_export_dynamo if name == "dynamo" else _export_legacy)(model, example, path, opset, input_name, axes)
+            if name == "dynamo":
+                dims = {axis: torch.export.Dim(dim, min=1, max=_DIM_MAX[dim]) for axis, dim in axes.items()}
+                torch.onnx.export(
+                    model, (example,), None, dynamo=True, dynamic_shapes=(dims,),
+                    input_names=[input_name], output_names=[OUTPUT_NAME],
+                    opset_version=max(opset, DYNAMO_MIN_OPSET), verbose=False,
+                ).save(str(path))  # fmt: skip
+                return name
+            # The tracer warns about every Python-level shape check (nn.MultiheadAttention has many);
+            # whether the traced graph is right is decided by the comparison with PyTorch that follows.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, opset_version=opset,
+                    input_names=[input_name], output_names=[OUTPUT_NAME],
+                    dynamic_axes={input_name: dict(axes), OUTPUT_NAME: {0: "batch"}},
+                )  # fmt: skip
             return name
         except Exception as error:  # each exporter fails in its own way on unsupported operators
             failures.append(f"{name}: {type(error).__name__}: {str(error)[:500]}")
@@ -113,35 +101,27 @@ def _export(
     raise RuntimeError("ONNX export failed:\n" + "\n".join(failures))
 
 
-def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None):
-    """An ONNX Runtime session on CUDA when asked for and available, else the CPU."""
+def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None, provider: str | None = None):
+    """An ONNX Runtime session on ``provider``, else on CUDA when ``device`` asks for it and it is available, else the CPU.
+
+    The CPU provider stays the fallback for the nodes another provider does not
+    support. ``threads``: intra-op threads (None: ONNX Runtime's default). Only
+    errors are logged: its warnings (constant folding of fp16 nodes, nodes placed
+    on the CPU) describe the graph, not a failure.
+    """
     ort = require("onnxruntime", "export", "ONNX Runtime")
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if provider is None and device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        provider = "CUDAExecutionProvider"
+    providers = (
+        ["CPUExecutionProvider"] if provider in (None, "CPUExecutionProvider") else [provider, "CPUExecutionProvider"]
+    )
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-
-
-def compare_with_pytorch(
-    model: torch.nn.Module, onnx_path: Path, image_size: tuple[int, int], batch_sizes: Sequence[int], seed: int = 0
-) -> dict[int, float]:
-    """Max absolute difference of the `(B, D)` descriptors of ONNX Runtime and PyTorch, per batch size."""
-    session = onnx_session(onnx_path)
-    generator = torch.Generator().manual_seed(seed)
-    differences = {}
-    for batch in batch_sizes:
-        images = torch.randn(batch, 3, *image_size, generator=generator)
-        with torch.inference_mode():
-            expected = model(images).float().numpy()
-        (found,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
-        if found.shape != expected.shape:
-            raise OnnxMismatchError(f"ONNX output has shape {found.shape}, PyTorch {expected.shape} (batch {batch})")
-        differences[int(batch)] = float(np.abs(found - expected).max())
-    return differences
 
 
 def export_onnx(
@@ -175,10 +155,12 @@ def export_onnx(
             RGB images, or a frame graph asked of the legacy exporter.
     """
     from vprdistill.deploy import frame_graph
+    from vprdistill.models.checkpoint import model_fingerprint
 
     # onnx writes and reads the graph, onnxscript is the dynamo exporter's, onnxruntime runs the check.
-    for module in ("onnx", "onnxscript", "onnxruntime"):
-        require(module, "export", "ONNX export")
+    onnx, _, onnxruntime = (
+        require(module, "export", "ONNX export") for module in ("onnx", "onnxscript", "onnxruntime")
+    )
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     channel_order = frame_graph.check_channel_order(channel_order)
@@ -195,135 +177,80 @@ def export_onnx(
     if channels != 3:
         raise ValueError(f"export takes RGB models; this one takes {channels}-channel input")
     out_path = Path(out_path)
+    dim = int(getattr(model, "descriptor_dim", 0))
     if embed_preprocessing:
         atol = frame_graph.FRAME_ATOL if atol is None else float(atol)
-        record = _export_frame_graph(model, out_path, size, opset, exporter, atol, channel_order)
+        graph = frame_graph.FrameGraph(model, size, channel_order).eval()
+        # A frame size other than the model's and the check's, so that no size is specialised to a constant.
+        frames = frame_graph.synthetic_frames((2, (3 * size[0]) // 2 + 1, (4 * size[1]) // 3 + 3, 3), seed=99)
+        example = torch.from_numpy(frame_graph.as_channel_order(frames, channel_order))
+        graph_args = (frame_graph.FRAME_INPUT_NAME, FRAME_AXES, ("dynamo",))
+        input_record = frame_graph.frame_input_record(size, channel_order)
     else:
         atol = DEFAULT_ATOL if atol is None else float(atol)
-        record = _export_image_graph(model, out_path, size, opset, exporter, atol, batch_sizes)
-    atomic_write_json(sidecar_path(out_path), record)
-    return record
-
-
-def _export_image_graph(
-    model: torch.nn.Module, out_path: Path, size: tuple[int, int], opset: int, exporter: str, atol: float,
-    batch_sizes: Sequence[int],
-) -> dict[str, Any]:  # fmt: skip
-    """The float-in graph: export, check on random batches, and the sidecar record."""
-    # Batch 2: torch.export specialises a dimension of size 1 to a constant.
-    example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    with atomic_path(out_path) as tmp:
-        used = _export(model, example, tmp, opset, exporter)
-        differences = compare_with_pytorch(model, tmp, size, batch_sizes)
-        worst = max(differences.values())
-        if not worst <= atol:  # also catches NaN
-            raise OnnxMismatchError(
-                f"ONNX Runtime and PyTorch descriptors differ by up to {worst:.3g} (> atol {atol:g}) "
-                f"per batch size {differences}; {out_path} was not written"
-            )
-        opsets = _opsets(tmp)
-    return {
-        **_model_record(model, out_path, size),
-        "input": {
+        # Batch 2: torch.export specialises a dimension of size 1 to a constant.
+        graph, example = model, torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+        graph_args = (INPUT_NAME, IMAGE_AXES, None)
+        input_record = {
             "name": INPUT_NAME,
             "shape": ["batch", 3, *size],
             "dtype": "float32",
             "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        },
-        "output": _output_record(model),
-        **_run_record(used, opset, opsets, atol),
-        "max_abs_diff": {str(batch): diff for batch, diff in differences.items()},
-        "versions": _versions(),
-    }
-
-
-def _export_frame_graph(
-    model: torch.nn.Module, out_path: Path, size: tuple[int, int], opset: int, exporter: str, atol: float,
-    channel_order: str,
-) -> dict[str, Any]:  # fmt: skip
-    """The frame-in graph: export with dynamo, check on uint8 frames of two sizes, and the sidecar record."""
-    from vprdistill.deploy.frame_graph import (
-        EAGER_ATOL,
-        FRAME_INPUT_NAME,
-        FrameGraph,
-        as_channel_order,
-        compare_frame_graph,
-        frame_input_record,
-        synthetic_frames,
-    )
-
-    graph = FrameGraph(model, size, channel_order).eval()
-    # A frame size other than the model's and the check's, so that no size is specialised to a constant.
-    example_shape = (2, (3 * size[0]) // 2 + 1, (4 * size[1]) // 3 + 3, 3)
-    example = torch.from_numpy(as_channel_order(synthetic_frames(example_shape, seed=99), channel_order))
+        }
     with atomic_path(out_path) as tmp:
-        used = _export(graph, example, tmp, opset, exporter, FRAME_INPUT_NAME, FRAME_AXES, order=("dynamo",))
-        checks = compare_frame_graph(graph, onnx_session(tmp), size)
-        worst = max(check["max_abs_diff"] for check in checks.values())
-        worst_eager = max(check["max_abs_diff_eager"] for check in checks.values())
-        if not (worst <= atol and worst_eager <= EAGER_ATOL):  # also catches NaN
-            raise OnnxMismatchError(
-                f"ONNX Runtime's descriptors of uint8 frames differ from the PyTorch path (PIL resize, "
-                f"build_transform, model) by up to {worst:.3g} (atol {atol:g}) and from the graph run by "
-                f"PyTorch by up to {worst_eager:.3g} (atol {EAGER_ATOL:g}), per frame shape {checks}; "
-                f"{out_path} was not written"
-            )
-        opsets = _opsets(tmp)
-    return {
-        **_model_record(model, out_path, size),
-        "embedded_preprocessing": True,
-        "input": frame_input_record(size, channel_order),
-        "output": _output_record(model),
-        **_run_record(used, opset, opsets, atol),
-        "atol_eager": EAGER_ATOL,
-        "check": {
-            "reference": "build_transform(image_size) on the RGB frame as a PIL image, then the PyTorch model",
-            "frames": "synthetic uint8 frames (smooth colour regions, edges, noise), "
-            "one larger and one smaller than image_size",
-        },
-        "max_abs_diff": {shape: check["max_abs_diff"] for shape, check in checks.items()},
-        "min_cosine": {shape: check["min_cosine"] for shape, check in checks.items()},
-        "max_abs_diff_eager": {shape: check["max_abs_diff_eager"] for shape, check in checks.items()},
-        "versions": _versions(),
-    }
-
-
-def _opsets(path: Path) -> dict[str, int]:
-    import onnx
-
-    return {
-        entry.domain or "ai.onnx": entry.version
-        for entry in onnx.load(str(path), load_external_data=False).opset_import
-    }
-
-
-def _model_record(model: torch.nn.Module, out_path: Path, size: tuple[int, int]) -> dict[str, Any]:
-    from vprdistill.models.checkpoint import model_fingerprint
-
-    return {
+        used = _export(graph, example, tmp, opset, exporter, *graph_args)
+        if embed_preprocessing:
+            checks = frame_graph.check_frame_graph(graph, onnx_session(tmp), atol, out_path)
+        else:
+            checks = _check_image_graph(model, tmp, size, batch_sizes, atol, out_path)
+        opsets = {
+            entry.domain or "ai.onnx": entry.version
+            for entry in onnx.load(str(tmp), load_external_data=False).opset_import
+        }
+    record = {
         "format": "vprdistill-onnx",
         "onnx_file": out_path.name,
         "model_config": dict(getattr(model, "config", {})),
         "fingerprint": model_fingerprint(model),
-        "descriptor_dim": int(getattr(model, "descriptor_dim", 0)),
+        "descriptor_dim": dim,
         "image_size": list(size),
-    }
-
-
-def _output_record(model: torch.nn.Module) -> dict[str, Any]:
-    return {"name": OUTPUT_NAME, "shape": ["batch", int(getattr(model, "descriptor_dim", 0))], "l2_normalised": True}
-
-
-def _run_record(used: str, opset: int, opsets: dict[str, int], atol: float) -> dict[str, Any]:
-    return {
+        **({"embedded_preprocessing": True} if embed_preprocessing else {}),
+        "input": input_record,
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", dim], "l2_normalised": True},
         "exporter": used,
         "opset_requested": int(opset),
         "opset": int(opsets.get("ai.onnx", opset)),
         "atol": float(atol),
+        **checks,
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
     }
+    atomic_write_json(sidecar_path(out_path), record)
+    return record
 
 
-def _versions() -> dict[str, str]:
-    import onnxruntime
-
-    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+def _check_image_graph(
+    model: torch.nn.Module, path: Path, size: tuple[int, int], batch_sizes: Sequence[int], atol: float, out_path: Path
+) -> dict[str, Any]:
+    """The float-in graph against PyTorch: max absolute difference of the `(B, D)` descriptors of random batches."""
+    session = onnx_session(path)
+    generator = torch.Generator().manual_seed(0)
+    differences = {}
+    for batch in batch_sizes:
+        images = torch.randn(batch, 3, *size, generator=generator)
+        with torch.inference_mode():
+            expected = model(images).float().numpy()
+        (found,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        if found.shape != expected.shape:
+            raise OnnxMismatchError(f"ONNX output has shape {found.shape}, PyTorch {expected.shape} (batch {batch})")
+        differences[int(batch)] = float(np.abs(found - expected).max())
+    worst = max(differences.values())
+    if not worst <= atol:  # also catches NaN
+        raise OnnxMismatchError(
+            f"ONNX Runtime and PyTorch descriptors differ by up to {worst:.3g} (> atol {atol:g}) "
+            f"per batch size {differences}; {out_path} was not written"
+        )
+    return {"max_abs_diff": {str(batch): diff for batch, diff in differences.items()}}

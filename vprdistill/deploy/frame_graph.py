@@ -45,7 +45,7 @@ FRAME_INPUT_NAME = "frames"
 # EAGER_ATOL against the same preprocessing run by PyTorch, where the resizes agree (differences ~1e-7).
 FRAME_ATOL = 5e-3
 EAGER_ATOL = 1e-4
-# Batch sizes of the check's two frame shapes (see check_frame_shapes).
+# Batch sizes of the check's two frame shapes (see check_frame_graph).
 CHECK_FRAME_BATCHES = (1, 3)
 
 
@@ -63,10 +63,8 @@ class FrameGraph(torch.nn.Module):
         self.model = model
         self.image_size = image_size_hw(image_size)
         self.channel_order = check_channel_order(channel_order)
-        self.register_buffer(
-            "mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        for name, values in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, H_in, W_in, 3)`` uint8 → ``(N, 3, H, W)`` float32, RGB, ImageNet-normalised."""
@@ -90,18 +88,6 @@ def check_channel_order(channel_order: str) -> str:
     if order not in CHANNEL_ORDERS:
         raise ValueError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
     return order
-
-
-def check_frame_shapes(image_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """The ``(N, H_in, W_in, 3)`` shapes the exported graph is checked on: one larger and one smaller than ``(H, W)``.
-
-    Odd, non-multiple sizes so that the resize factors are not integers and the
-    aspect ratio changes, as with a real camera.
-    """
-    height, width = image_size
-    larger = (2 * height + 7, (3 * width) // 2 + 5)
-    smaller = (max(2, (2 * height) // 3 + 1), max(2, (3 * width) // 4 + 3))
-    return [(CHECK_FRAME_BATCHES[0], *larger, 3), (CHECK_FRAME_BATCHES[1], *smaller, 3)]
 
 
 def synthetic_frames(shape: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -137,20 +123,30 @@ def as_channel_order(frames_rgb: np.ndarray, channel_order: str) -> np.ndarray:
     return np.ascontiguousarray(frames_rgb[..., ::-1]) if check_channel_order(channel_order) == "BGR" else frames_rgb
 
 
-def compare_frame_graph(
-    graph: FrameGraph, session: Any, image_size: tuple[int, int], seed: int = 0
-) -> dict[str, dict[str, float]]:
+def check_frame_graph(graph: FrameGraph, session: Any, atol: float, out_path: Any, seed: int = 0) -> dict[str, Any]:
     """ONNX Runtime's descriptors of uint8 frames against the PyTorch path and against ``graph`` run eagerly.
 
+    The frames are of two shapes, one larger and one smaller than ``(H, W)``, of odd,
+    non-multiple sizes so that the resize factors are not integers and the aspect
+    ratio changes, as with a real camera.
+
     Returns:
-        per frame shape ``"NxH_inxW_in"``: ``max_abs_diff`` and ``min_cosine`` against
-        the PyTorch path (PIL resize + ``build_transform``), and ``max_abs_diff_eager``
-        against the same preprocessing run by PyTorch (the export's own error).
+        The sidecar's record of the check: per frame shape ``"NxH_inxW_in"``,
+        ``max_abs_diff`` and ``min_cosine`` against the PyTorch path (PIL resize +
+        ``build_transform``), and ``max_abs_diff_eager`` against the same
+        preprocessing run by PyTorch (the export's own error).
+
+    Raises:
+        OnnxMismatchError: above ``atol`` against the PyTorch path or above
+            ``EAGER_ATOL`` against the eager graph (``out_path`` is then not written).
     """
     from vprdistill.deploy.export import OUTPUT_NAME, OnnxMismatchError
 
-    results = {}
-    for index, shape in enumerate(check_frame_shapes(image_size)):
+    height, width = image_size = graph.image_size
+    larger = (2 * height + 7, (3 * width) // 2 + 5)
+    smaller = (max(2, (2 * height) // 3 + 1), max(2, (3 * width) // 4 + 3))
+    checks = {}
+    for index, shape in enumerate([(CHECK_FRAME_BATCHES[0], *larger, 3), (CHECK_FRAME_BATCHES[1], *smaller, 3)]):
         frames = synthetic_frames(shape, seed=seed + index)
         expected = reference_descriptors(graph.model, frames, image_size)
         fed = as_channel_order(frames, graph.channel_order)
@@ -160,12 +156,32 @@ def compare_frame_graph(
         with torch.inference_mode():
             eager = graph(torch.from_numpy(fed)).float().numpy()
         cosine = np.sum(found * expected, axis=1) / (np.linalg.norm(found, axis=1) * np.linalg.norm(expected, axis=1))
-        results["x".join(str(s) for s in shape[:3])] = {
+        checks["x".join(str(s) for s in shape[:3])] = {
             "max_abs_diff": float(np.abs(found - expected).max()),
             "min_cosine": float(cosine.min()),
             "max_abs_diff_eager": float(np.abs(found - eager).max()),
         }
-    return results
+    worst = max(check["max_abs_diff"] for check in checks.values())
+    worst_eager = max(check["max_abs_diff_eager"] for check in checks.values())
+    if not (worst <= atol and worst_eager <= EAGER_ATOL):  # also catches NaN
+        raise OnnxMismatchError(
+            f"ONNX Runtime's descriptors of uint8 frames differ from the PyTorch path (PIL resize, "
+            f"build_transform, model) by up to {worst:.3g} (atol {atol:g}) and from the graph run by "
+            f"PyTorch by up to {worst_eager:.3g} (atol {EAGER_ATOL:g}), per frame shape {checks}; "
+            f"{out_path} was not written"
+        )
+    return {
+        "atol_eager": EAGER_ATOL,
+        "check": {
+            "reference": "build_transform(image_size) on the RGB frame as a PIL image, then the PyTorch model",
+            "frames": "synthetic uint8 frames (smooth colour regions, edges, noise), "
+            "one larger and one smaller than image_size",
+        },
+        **{
+            key: {shape: check[key] for shape, check in checks.items()}
+            for key in ("max_abs_diff", "min_cosine", "max_abs_diff_eager")
+        },
+    }
 
 
 def frame_input_record(image_size: tuple[int, int], channel_order: str) -> dict[str, Any]:

@@ -408,13 +408,12 @@ class MapIndex:
             try:
                 index = cls._read(folder, verify)
             except (IndexFormatError, OSError):
-                if attempt + 1 < _LOAD_ATTEMPTS and _identity(folder) != identity:
-                    time.sleep(0.05)  # replaced while being read: read the new version
-                    continue
-                raise
-            if _identity(folder) == identity:
-                break
-            time.sleep(0.05)
+                if attempt + 1 == _LOAD_ATTEMPTS or _identity(folder) == identity:
+                    raise
+            else:
+                if _identity(folder) == identity:
+                    break
+            time.sleep(0.05)  # replaced while being read: read the new version
         else:
             raise IndexFormatError(f"{folder} was replaced {_LOAD_ATTEMPTS} times while being read; try again")
         index._origin = (folder.resolve(), index.manifest.get("files"))

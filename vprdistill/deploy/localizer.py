@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -135,7 +136,6 @@ class Localizer:
         self.model = inference_copy(model, self.device) if self.device.type == "cpu" else model.to(self.device).eval()
         self.image_size = image_size_hw(image_size if image_size is not None else index.image_size)
         self.transform = build_transform(self.image_size)
-        self._degrees: np.ndarray | None = None  # the map's latitude/longitude, computed on first use
 
     @classmethod
     def from_index_folder(
@@ -217,15 +217,12 @@ class Localizer:
         calibration = self.index.calibration
         return None if calibration is None else float(calibration["threshold"])
 
+    @cached_property
     def _lat_lon(self) -> np.ndarray | None:
-        """`(N, 2)` latitude and longitude of the map's images (computed once), ``None`` without a zone."""
-        if self.index.utm_zone is None:
-            return None
-        if self._degrees is None:
-            from vprdistill.data.positions import utm_to_latlon
+        """`(N, 2)` latitude and longitude of the map's images (computed on first use), ``None`` without a zone."""
+        from vprdistill.data.positions import utm_to_latlon
 
-            self._degrees = utm_to_latlon(self.index.positions, self.index.utm_zone)
-        return self._degrees
+        return None if self.index.utm_zone is None else utm_to_latlon(self.index.positions, self.index.utm_zone)
 
     def match(
         self, descriptors: np.ndarray, topk: int = 5, sources: list[str | None] | None = None
@@ -235,7 +232,7 @@ class Localizer:
         calibration = self.index.calibration
         threshold = self._threshold()
         sources = sources or [None] * len(descriptors)
-        degrees = self._lat_lon()
+        degrees = self._lat_lon
         results = []
         for row_scores, row_indices, source in zip(scores, indices, sources):
             keep = row_indices >= 0

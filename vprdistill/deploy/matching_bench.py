@@ -6,7 +6,6 @@ A mode is (PCA size, dtype, index type) of a map index, built and searched as
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,29 +52,15 @@ def random_unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarra
     return l2_normalise(rng.standard_normal((rows, dim), dtype=np.float32))
 
 
-def best_ms_per_query(run: Callable[[], object], num_queries: int, repeats: int) -> float:
-    """Best of ``repeats`` wall-clock runs of ``run`` (after one warm-up), in ms per query."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best / num_queries
-
-
 def time_search(
     search: Callable[[np.ndarray, int], object], queries: np.ndarray, k: int, repeats: int
 ) -> dict[str, float]:
-    """ms per query answering all `(M, D)` queries in one call, and one query per call."""
-    batched = best_ms_per_query(lambda: search(queries, k), len(queries), repeats)
+    """ms per query answering all `(M, D)` queries in one call, and one query per call (best of ``repeats``)."""
+    from vprdistill.deploy.bench import best_seconds
 
-    def one_at_a_time() -> None:
-        for row in range(len(queries)):
-            search(queries[row : row + 1], k)
-
-    single = best_ms_per_query(one_at_a_time, len(queries), repeats)
-    return {"ms_per_query_batched": batched, "ms_per_query_single": single}
+    batched = best_seconds(lambda: search(queries, k), repeats)
+    single = best_seconds(lambda: [search(queries[row : row + 1], k) for row in range(len(queries))], repeats)
+    return {"ms_per_query_batched": 1e3 * batched / len(queries), "ms_per_query_single": 1e3 * single / len(queries)}
 
 
 def measure_mode(

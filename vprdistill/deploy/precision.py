@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vprdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_size_hw
-from vprdistill.deploy.export import INPUT_NAME, OUTPUT_NAME, sidecar_path
+from vprdistill.deploy.export import INPUT_NAME, OUTPUT_NAME, onnx_session, sidecar_path
+from vprdistill.deploy.frame_graph import check_channel_order
 from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
 from vprdistill.models.checkpoint import file_sha256
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
@@ -138,12 +139,10 @@ class GraphInput:
     """
 
     def __init__(self, name: str, frames: bool, image_size: tuple[int, int], channel_order: str = "RGB") -> None:
-        if channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be RGB or BGR, got {channel_order!r}")
         self.name = name
         self.frames = frames
         self.image_size = image_size_hw(image_size)
-        self.channel_order = channel_order
+        self.channel_order = check_channel_order(channel_order)
 
     @classmethod
     def from_sidecar(cls, record: dict[str, Any], where: str | Path = "sidecar") -> GraphInput:
@@ -158,7 +157,7 @@ class GraphInput:
         layout = str(spec.get("layout", "NCHW")).upper()
         name = str(spec.get("name", INPUT_NAME))
         if dtype == "uint8" and layout == "NHWC":
-            return cls(name, True, size, str(spec.get("channel_order", "RGB")).upper())
+            return cls(name, True, size, spec.get("channel_order", "RGB"))
         if dtype == "float32" and layout == "NCHW":
             normalisation = spec.get("normalisation") or {}
             for key, expected in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
@@ -219,20 +218,9 @@ class GraphInput:
 # --------------------------------------------------------------------------- sessions and descriptors
 
 
-def _session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; warnings about constant folding of fp16 nodes are not shown."""
-    ort = require("onnxruntime", "export", "ONNX Runtime")
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _check_session_input(session, graph_input: GraphInput, path: str | Path) -> None:
-    """The graph's first input must be the one the sidecar describes (name and element type)."""
+def _session(path: str | Path, graph_input: GraphInput, threads: int | None = None):
+    """An ONNX Runtime CPU session whose one input is the one the sidecar describes (name and element type)."""
+    session = onnx_session(path, threads=threads)
     inputs = session.get_inputs()
     expected_type = "tensor(uint8)" if graph_input.frames else "tensor(float)"
     if len(inputs) != 1 or inputs[0].name != graph_input.name or inputs[0].type != expected_type:
@@ -240,6 +228,7 @@ def _check_session_input(session, graph_input: GraphInput, path: str | Path) -> 
         raise ValueError(
             f"{path}: graph inputs {found} do not match the sidecar ({graph_input.name!r}, {expected_type})"
         )
+    return session
 
 
 def describe_images(
@@ -263,14 +252,9 @@ def _ms_per_image(session, graph_input: GraphInput, batch: np.ndarray, output_na
 
 
 def _timing_batch(graph_input: GraphInput, paths: Sequence[Path], batch: int) -> np.ndarray:
-    """``batch`` real images (the first ones, repeated if there are fewer); frames all of the first image's size."""
-    first = graph_input.load(paths[0])
-    images = [first]
-    for path in paths[1:batch]:
-        array = graph_input.load(path)
-        if array.shape == first.shape:
-            images.append(array)
-    return np.stack([images[i % len(images)] for i in range(batch)])
+    """``batch`` real images: the first ones (up to the first change of frame size), repeated if there are fewer."""
+    images = next(graph_input.batches(paths[:batch], batch))
+    return np.resize(images, (batch, *images.shape[1:]))  # rows repeat in order: images[i % len(images)]
 
 
 def _difference(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
@@ -343,7 +327,9 @@ def _remove_float16_round_trips(graph, kept: Sequence[str]) -> int:
 
     ``convert_float_to_float16`` casts every output of a kept node to float16
     and casts it back for the next kept node, so without this the head would
-    still round (and overflow above 65504) between each of its nodes.
+    still round (and overflow above 65504) between each of its nodes. The cast
+    back becomes an Identity of the float32 tensor: its output keeps its name,
+    so no reader (graph outputs included) needs rewiring.
     """
     import onnx
 
@@ -351,7 +337,7 @@ def _remove_float16_round_trips(graph, kept: Sequence[str]) -> int:
     producers = {output: node for node in graph.node for output in node.output}
     consumers = _consumers(graph)
     graph_outputs = {output.name for output in graph.output}
-    removed_nodes, renamed, removed_tensors = [], {}, set()
+    removed = []
     for cast in graph.node:
         if cast.op_type != "Cast" or _cast_to(cast) != onnx.TensorProto.FLOAT16:
             continue
@@ -363,26 +349,16 @@ def _remove_float16_round_trips(graph, kept: Sequence[str]) -> int:
         if not all(user.op_type == "Cast" and _cast_to(user) == onnx.TensorProto.FLOAT for user in users):
             continue  # a float16 node reads it too: the cast is needed
         for user in users:
-            if user.output[0] in graph_outputs:  # the graph output keeps its name: an identity from the source
-                user.op_type = "Identity"
-                del user.attribute[:]
-                user.input[0] = source
-            else:
-                renamed[user.output[0]] = source
-                removed_nodes.append(user)
-                removed_tensors.add(user.output[0])
-        removed_nodes.append(cast)
-        removed_tensors.add(rounded)
-    for node in removed_nodes:
-        graph.node.remove(node)
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name in renamed:
-                node.input[index] = renamed[name]
-    stale = [info for info in graph.value_info if info.name in removed_tensors]
+            user.op_type = "Identity"
+            del user.attribute[:]
+            user.input[0] = source
+        removed.append(cast)
+    for cast in removed:
+        graph.node.remove(cast)
+    stale = [info for info in graph.value_info if info.name in {cast.output[0] for cast in removed}]
     for info in stale:
         graph.value_info.remove(info)
-    return len([t for t in removed_tensors if t not in renamed])
+    return len(removed)
 
 
 def _drop_duplicate_casts(graph) -> int:
@@ -406,38 +382,10 @@ def _drop_duplicate_casts(graph) -> int:
     return len(duplicates)
 
 
-def _sort_topologically(graph) -> None:
-    """Reorder ``graph.node`` so every node follows the producers of its inputs, as ONNX requires.
-
-    The converter appends its Cast nodes at the end; ONNX Runtime sorts on load,
-    but the checker and other runtimes expect a sorted graph. Nodes keep their
-    relative order where the data flow allows (Kahn's algorithm, stable).
-    """
-    available = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        remaining = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                remaining.append(node)
-        if len(remaining) == len(pending):
-            missing = sorted({n for node in remaining for n in node.input} - available)[:5]
-            raise ValueError(f"the fp16 graph has a cycle or undefined inputs: {missing}")
-        pending = remaining
-    copies = [type(node)() for node in ordered]
-    for copy, node in zip(copies, ordered):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
 def _convert_fp16_file(src: Path, dst: Path, head_ops: Sequence[str]) -> dict[str, Any]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(src))
     for index, node in enumerate(model.graph.node):
@@ -447,7 +395,9 @@ def _convert_fp16_file(src: Path, dst: Path, head_ops: Sequence[str]) -> dict[st
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept)
     dropped = _drop_duplicate_casts(converted.graph)
     round_trips = _remove_float16_round_trips(converted.graph, kept)
-    _sort_topologically(converted.graph)
+    # The converter appends its Cast nodes at the end; ONNX Runtime sorts on load, but the checker and other
+    # runtimes expect every node after the producers of its inputs (a stable sort: the order is kept where it can be).
+    OnnxModel.graph_topological_sort(converted.graph)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))
     return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
@@ -511,8 +461,7 @@ def _quantize_int8_file(
         raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}")
     prepared = work / "preprocessed.onnx"
     pre = _pre_process(src, prepared)
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                        "entropy": CalibrationMethod.Entropy}[method]  # fmt: skip
+    calibrate_method = {member.name.lower(): member for member in CalibrationMethod}[method]
     quantize_static(
         str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
@@ -587,8 +536,7 @@ def precision_cost(
     results, descriptors, timings = {}, {}, {}
     timing_inputs = {b: _timing_batch(graph_input, paths["queries"], int(b)) for b in options.timing_batches}
     for name, path in zip(names, (fp32_onnx, other_onnx)):
-        session = _session(path, threads)
-        _check_session_input(session, graph_input, path)
+        session = _session(path, graph_input, threads)
         start = time.perf_counter()
         database = describe_images(session, graph_input, paths["database"], batch_size, output_name)
         queries = describe_images(session, graph_input, paths["queries"], batch_size, output_name)
@@ -784,8 +732,6 @@ def convert_precision(
             )
         record = {key: value for key, value in source_record.items() if key not in _EXPORT_CHECK_FIELDS}
         export_check = {key: source_record[key] for key in _EXPORT_CHECK_FIELDS if key in source_record}
-        versions = dict(record.get("versions") or {})
-        versions.update({"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__})
         record.update({
             "onnx_file": dst.name,
             "precision": precision,
@@ -797,7 +743,7 @@ def convert_precision(
             "calibration": calibration,
             "precision_check": check,
             "recall_cost": recall_cost,
-            "versions": versions,
+            "versions": {**(record.get("versions") or {}), "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
         })  # fmt: skip
         with atomic_path(dst) as tmp:
             shutil.copyfile(converted, tmp)
@@ -821,21 +767,15 @@ def _check_converted(
     when the float32 ones are, or a cosine similarity below ``min_cosine``.
     """
     if eval_set is not None:
-        paths, source = (
-            _evenly_spaced(eval_set.query_paths, CHECK_IMAGES),
-            f"queries of {eval_set.name} {eval_set.split}",
-        )
-        batches = list(graph_input.batches(paths, CHECK_IMAGES))
-    elif calibration_images:
-        paths, source = _evenly_spaced(list(calibration_images), CHECK_IMAGES), "calibration images"
-        batches = list(graph_input.batches(paths, CHECK_IMAGES))
+        paths, source = eval_set.query_paths, f"queries of {eval_set.name} {eval_set.split}"
     else:
-        source, batches = "random input", [graph_input.random(CHECK_IMAGES)]
+        paths, source = calibration_images or [], "calibration images" if calibration_images else "random input"
+    batches = list(graph_input.batches(_evenly_spaced(list(paths), CHECK_IMAGES), CHECK_IMAGES))
+    batches = batches or [graph_input.random(CHECK_IMAGES)]
     output_name = str((source_record.get("output") or {}).get("name", OUTPUT_NAME))
     found = {}
     for name, path in (("fp32", src), ("converted", converted)):
-        session = _session(path, threads)
-        _check_session_input(session, graph_input, path)
+        session = _session(path, graph_input, threads)
         found[name] = np.concatenate([session.run([output_name], {graph_input.name: batch})[0] for batch in batches])
     if not np.isfinite(found["converted"]).all():
         raise PrecisionCheckError(

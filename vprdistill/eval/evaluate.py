@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from vprdistill.data.place_dataset import PlaceDataset
-from vprdistill.eval.extract import DescriptorTiming, extract_descriptors
+from vprdistill.eval.extract import extract_descriptors
 from vprdistill.eval.recall import (
     DEFAULT_QUERIES_WITHOUT_POSITIVE,
     DEFAULT_RECALL_NS,
@@ -408,7 +408,9 @@ def evaluate_model(
         database, queries, dataset, threshold_m, recall_ns, reranker=reranker, rerank_topk=rerank_topk,
         search_backend=search_backend, progress=progress, queries_without_positive=queries_without_positive,
     )  # fmt: skip
-    result.ms_per_image = _combined_ms_per_image(database_timing, query_timing)
+    timed_images = database_timing.timed_images + query_timing.timed_images
+    seconds = database_timing.model_seconds + query_timing.model_seconds
+    result.ms_per_image = 1e3 * seconds / timed_images if timed_images else float("nan")
     result.extraction = {
         "database": database_timing.to_json(),
         "queries": query_timing.to_json(),
@@ -416,9 +418,3 @@ def evaluate_model(
     }
     result.model = model_summary(model)
     return result
-
-
-def _combined_ms_per_image(*timings: DescriptorTiming) -> float:
-    seconds = sum(t.model_seconds for t in timings)
-    images = sum(t.timed_images for t in timings)
-    return 1e3 * seconds / images if images else float("nan")

@@ -56,38 +56,6 @@ class DescriptorTiming:
         return record
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _image_dataset(
-    model: torch.nn.Module,
-    paths: Sequence[str | Path],
-    image_size: tuple[int, int],
-    input_kind: str,
-    seg_class_map: StructuralClassMap | None,
-    structural_source: str,
-) -> Dataset:
-    channels = getattr(model, "input_channels", None)
-    if input_kind == "rgb":
-        if channels not in (None, 3):
-            raise ValueError(
-                f"model {getattr(model, 'name', '')!r} takes {channels}-channel segmentation input; "
-                "use input_kind='seg' with segmentation-map paths"
-            )
-        return ImagePathDataset(paths, build_transform(image_size))
-    if seg_class_map is None:
-        # A seg-branch loaded from a checkpoint brings the class map it was trained with.
-        seg_class_map = class_map_for_model(model, structural_source)
-    if channels is not None and channels != seg_class_map.num_classes:
-        raise ValueError(
-            f"model {getattr(model, 'name', '')!r} takes {channels} input channels but the structural "
-            f"class map '{seg_class_map.source}' has {seg_class_map.num_classes} classes"
-        )
-    return SegmentationPathDataset(paths, build_segmentation_transform(image_size, class_map=seg_class_map))
-
-
 def extract_descriptors(
     model: torch.nn.Module,
     paths: Sequence[str | Path],
@@ -128,7 +96,24 @@ def extract_descriptors(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     size = image_size_hw(image_size)
     device = torch.device(device)
-    dataset = _image_dataset(model, paths, size, input_kind, seg_class_map, structural_source)
+    channels = getattr(model, "input_channels", None)
+    if input_kind == "rgb":
+        if channels not in (None, 3):
+            raise ValueError(
+                f"model {getattr(model, 'name', '')!r} takes {channels}-channel segmentation input; "
+                "use input_kind='seg' with segmentation-map paths"
+            )
+        dataset: Dataset = ImagePathDataset(paths, build_transform(size))
+    else:
+        if seg_class_map is None:
+            # A seg-branch loaded from a checkpoint brings the class map it was trained with.
+            seg_class_map = class_map_for_model(model, structural_source)
+        if channels is not None and channels != seg_class_map.num_classes:
+            raise ValueError(
+                f"model {getattr(model, 'name', '')!r} takes {channels} input channels but the structural "
+                f"class map '{seg_class_map.source}' has {seg_class_map.num_classes} classes"
+            )
+        dataset = SegmentationPathDataset(paths, build_segmentation_transform(size, class_map=seg_class_map))
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
@@ -149,7 +134,8 @@ def extract_descriptors(
             tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar,
         ):
             for images, indices in loader:
-                _synchronize(device)
+                if device.type == "cuda":  # the clock starts when the device is idle
+                    torch.cuda.synchronize(device)
                 batch_start = time.perf_counter()
                 output = batch_descriptors(runner, images, device)
                 batch_seconds.append((time.perf_counter() - batch_start, len(indices)))

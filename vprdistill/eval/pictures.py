@@ -56,13 +56,8 @@ def prediction_picture(
     draw = ImageDraw.Draw(canvas)
     tiles = [(query_path, QUERY_COLOUR, query_caption.split("\n"))]
     for rank, (path, right, distance) in enumerate(zip(candidate_paths, correct, distances_m), start=1):
-        tiles.append(
-            (
-                path,
-                RIGHT_COLOUR if right else WRONG_COLOUR,
-                [f"#{rank} {'right' if right else 'wrong'}", f"{distance:.1f} m"],
-            )
-        )
+        caption = [f"#{rank} {'right' if right else 'wrong'}", f"{distance:.1f} m"]
+        tiles.append((path, RIGHT_COLOUR if right else WRONG_COLOUR, caption))
     for position, (path, colour, caption) in enumerate(tiles):
         left = GAP + position * (tile + GAP)
         draw.rectangle([left, GAP, left + tile - 1, GAP + tile - 1], fill=colour)

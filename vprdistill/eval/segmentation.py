@@ -17,7 +17,7 @@ folder format's ``note`` field: ``night-clear-summer``, ``day-fog-summer``, ...)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ class SegmentationEvaluation:
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # group name -> ConfusionMatrix.summary
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "dataset": self.dataset, "split": self.split, "groups": self.groups}
+        return asdict(self)
 
     def markdown(self) -> str:
         """A markdown table: group, images, mIoU, pixel accuracy, and mIoU relative to the database's."""
@@ -215,15 +215,16 @@ def evaluate_segmenter(
                 for (_, seg_path), prediction in zip(chunk, predictions):
                     matrices[name].update(prediction, load_segmentation(seg_path), where=str(seg_path))
                 bar.update(len(chunk))
-    queries = ConfusionMatrix()
+    queries, per_condition = ConfusionMatrix(), {}
     for name, matrix in matrices.items():
         if name.startswith("queries/"):
             queries.merge(matrix)
-    groups = {"database": matrices["database"].summary(len(jobs["database"]))}
-    groups["queries"] = queries.summary(sum(len(p) for n, p in jobs.items() if n.startswith("queries/")))
-    for name, matrix in matrices.items():
-        if name.startswith("queries/"):
-            groups[name] = matrix.summary(len(jobs[name]))
+            per_condition[name] = matrix.summary(len(jobs[name]))
+    groups = {
+        "database": matrices["database"].summary(len(jobs["database"])),
+        "queries": queries.summary(sum(len(p) for n, p in jobs.items() if n.startswith("queries/"))),
+        **per_condition,
+    }
     return SegmentationEvaluation(
         model=str(getattr(segmenter, "name", "")), dataset=str(dataset.root), split=dataset.split, groups=groups
     )

@@ -87,11 +87,6 @@ def image_list_hash(paths: Sequence[str | os.PathLike]) -> str:
     return digest.hexdigest()
 
 
-def _run_key(manifest: dict[str, Any]) -> str:
-    identity = {name: manifest[name] for name in _IDENTITY_FIELDS}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -189,7 +184,12 @@ class ShardedDescriptors:
 
     def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, (rows, D) memmap)`` of every shard, in order; raises on an unfinished shard."""
-        self._require_complete()
+        missing = self.missing_shards()
+        if missing:
+            raise ShardedDescriptorsError(
+                f"{self.folder}: {len(missing)} of {self.num_shards} shards are unfinished "
+                f"(first: {missing[:5]}); run the extraction again (every rank) to complete them"
+            )
         for shard in range(self.num_shards):
             yield self.shard_range(shard)[0], self.load_shard(shard)
 
@@ -236,14 +236,6 @@ class ShardedDescriptors:
             out[start : start + len(shard)] = shard
         return out
 
-    def _require_complete(self) -> None:
-        missing = self.missing_shards()
-        if missing:
-            raise ShardedDescriptorsError(
-                f"{self.folder}: {len(missing)} of {self.num_shards} shards are unfinished "
-                f"(first: {missing[:5]}); run the extraction again (every rank) to complete them"
-            )
-
 
 def _new_manifest(
     model: torch.nn.Module, paths: Sequence[str], shard_size: int, size: tuple[int, int], input_kind: str
@@ -264,25 +256,30 @@ def _new_manifest(
         "image_size": list(size),
         "input_kind": input_kind,
     }
-    manifest["run_key"] = _run_key(manifest)
+    identity = {name: manifest[name] for name in _IDENTITY_FIELDS}
+    manifest["run_key"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return manifest
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [
-        f"{name}: {old.get(name)!r} there, {new[name]!r} now" for name in _IDENTITY_FIELDS if old.get(name) != new[name]
-    ]
 
 
 def _prepare_folder(folder: Path, manifest: dict[str, Any], paths: Sequence[str], overwrite: bool) -> None:
     """Write manifest and paths, or check the ones already there belong to this run."""
     if (folder / MANIFEST_FILE).is_file():
-        old = _read_manifest(folder) if not overwrite else _read_manifest_or_none(folder)
+        try:
+            old = _read_manifest(folder)
+        except ShardedDescriptorsError:
+            if not overwrite:
+                raise
+            old = None
         if old is not None and old["run_key"] == manifest["run_key"]:
             return
         if not overwrite:
+            differences = [
+                f"{name}: {old.get(name)!r} there, {manifest[name]!r} now"
+                for name in _IDENTITY_FIELDS
+                if old.get(name) != manifest[name]
+            ]
             raise ShardedDescriptorsError(
-                f"{folder / MANIFEST_FILE} belongs to other descriptors ({'; '.join(_differences(old, manifest))}); "
+                f"{folder / MANIFEST_FILE} belongs to other descriptors ({'; '.join(differences)}); "
                 "pass overwrite=True to recompute them here, or choose another folder"
             )
         # Shards past the new end would never be rewritten; the others are
@@ -294,13 +291,6 @@ def _prepare_folder(folder: Path, manifest: dict[str, Any], paths: Sequence[str]
     # paths first: the manifest is what makes the folder valid.
     atomic_write_json(folder / PATHS_FILE, list(paths))
     atomic_write_json(folder / MANIFEST_FILE, manifest)
-
-
-def _read_manifest_or_none(folder: Path) -> dict[str, Any] | None:
-    try:
-        return _read_manifest(folder)
-    except ShardedDescriptorsError:
-        return None
 
 
 def extract_sharded(
@@ -364,72 +354,34 @@ def extract_sharded(
         todo = todo[: max(0, max_shards)]
     with tqdm(total=len(todo), desc=f"shards (rank {rank}/{world_size})", unit="shard", disable=not progress) as bar:
         for shard in todo:
-            _remove_orphan_temporaries(folder, shard)
-            _compute_shard(
+            # Temporary files a killed run left for this shard (only this rank writes them).
+            for name in (shard_file(folder, shard).name, done_file(folder, shard).name):
+                for orphan in folder.glob(f".{name}.*.tmp"):
+                    orphan.unlink(missing_ok=True)
+            start, stop = _shard_range(manifest, shard)
+            descriptors = compute_descriptors(
                 model,
-                path_strings,
-                folder,
-                manifest,
-                shard,
+                path_strings[start:stop],
                 size,
-                batch_size,
-                device,
-                num_workers,
-                input_kind,
-                progress,
+                batch_size=batch_size,
+                device=device,
+                num_workers=num_workers,
+                input_kind=input_kind,
+                progress=progress,
+                desc=f"shard {shard + 1}/{manifest['num_shards']}",
             )
+            if descriptors.shape != (stop - start, manifest["dim"]):
+                raise ShardedDescriptorsError(
+                    f"the model gave descriptors of shape {descriptors.shape} for shard {shard}, "
+                    f"expected {(stop - start, manifest['dim'])} (its descriptor_dim)"
+                )
+            with atomic_path(shard_file(folder, shard)) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(descriptors, dtype=np.float32), allow_pickle=False)
+            # The marker comes second: a shard without it is recomputed, never trusted half-written.
+            sha256 = hashlib.sha256(descriptors.astype(np.float32).tobytes()).hexdigest()
+            marker = {"run_key": manifest["run_key"], "shard": shard, "rows": stop - start, "sha256": sha256}
+            atomic_write_json(done_file(folder, shard), marker)
             bar.update(1)
             if on_shard_done is not None:
                 on_shard_done(shard)
     return ShardedDescriptors(folder, manifest)
-
-
-def _remove_orphan_temporaries(folder: Path, shard: int) -> None:
-    """Temporary files a killed run left for ``shard`` (only this rank writes them)."""
-    for name in (shard_file(folder, shard).name, done_file(folder, shard).name):
-        for orphan in folder.glob(f".{name}.*.tmp"):
-            orphan.unlink(missing_ok=True)
-
-
-def _compute_shard(
-    model: torch.nn.Module,
-    paths: list[str],
-    folder: Path,
-    manifest: dict[str, Any],
-    shard: int,
-    size: tuple[int, int],
-    batch_size: int,
-    device: str | torch.device,
-    num_workers: int,
-    input_kind: str,
-    progress: bool,
-) -> None:
-    start, stop = _shard_range(manifest, shard)
-    descriptors = compute_descriptors(
-        model,
-        paths[start:stop],
-        size,
-        batch_size=batch_size,
-        device=device,
-        num_workers=num_workers,
-        input_kind=input_kind,
-        progress=progress,
-        desc=f"shard {shard + 1}/{manifest['num_shards']}",
-    )
-    if descriptors.shape != (stop - start, manifest["dim"]):
-        raise ShardedDescriptorsError(
-            f"the model gave descriptors of shape {descriptors.shape} for shard {shard}, "
-            f"expected {(stop - start, manifest['dim'])} (its descriptor_dim)"
-        )
-    with atomic_path(shard_file(folder, shard)) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(descriptors, dtype=np.float32), allow_pickle=False)
-    # The marker comes second: a shard without it is recomputed, never trusted half-written.
-    atomic_write_json(
-        done_file(folder, shard),
-        {
-            "run_key": manifest["run_key"],
-            "shard": shard,
-            "rows": stop - start,
-            "sha256": hashlib.sha256(descriptors.astype(np.float32).tobytes()).hexdigest(),
-        },
-    )

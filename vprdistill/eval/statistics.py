@@ -78,12 +78,6 @@ def _check_level(level: float) -> float:
     return float(level)
 
 
-def _check_resamples(resamples: int) -> int:
-    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 1:
-        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
-    return int(resamples)
-
-
 def _as_hits(hits: Any, name: str = "hits") -> np.ndarray:
     """A non-empty 1-D 0/1 array as float64 ``(M,)``."""
     array = np.asarray(hits)
@@ -111,7 +105,9 @@ def bootstrap_means(values: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed
     values = np.asarray(values, dtype=np.float64)
     if values.ndim not in (1, 2) or len(values) == 0:
         raise ValueError(f"values must be (M,) or (M, J) with M > 0, got shape {values.shape}")
-    resamples = _check_resamples(resamples)
+    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    resamples = int(resamples)
     rng = np.random.default_rng(seed)
     count = len(values)
     per_chunk = max(1, _DRAWS_PER_CHUNK // count)

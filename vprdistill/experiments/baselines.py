@@ -40,14 +40,16 @@ def evaluate_model_row(
     image_size: tuple[int, int],
     device: torch.device | str,
     input_kind: str = "rgb",
-    command: str = "",
-    run_dir: str = "",
-    kind: str = "trained",
-    baseline_for: str = "",
     batch_size: int = 32,
     queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
+    **row_options: Any,
 ) -> ResultRow:
-    """Evaluate ``model`` on ``test_set`` into a row with per-query hits and 95 % bootstrap intervals."""
+    """Evaluate ``model`` on ``test_set`` into a row with per-query hits and 95 % bootstrap intervals.
+
+    ``queries_without_positive``: ``count-as-miss`` or ``exclude``, as in
+    :func:`~vprdistill.eval.recall.recall_at_n`. ``row_options`` (``command``, ``run_dir``, ``kind``,
+    ``baseline_for``, ...) are those of :func:`~vprdistill.experiments.rows.row_from_result`.
+    """
     result = evaluate_model(
         model,
         test_set,
@@ -58,22 +60,21 @@ def evaluate_model_row(
         progress=False,
         queries_without_positive=queries_without_positive,
     )
-    return row_from_result(
-        result,
-        name,
-        description,
-        parameters=sum(p.numel() for p in model.parameters()),
-        run_dir=run_dir,
-        command=command,
-        kind=kind,
-        baseline_for=baseline_for,
-    )
+    return row_from_result(result, name, description, sum(p.numel() for p in model.parameters()), **row_options)
 
 
-def evaluate_run_row(run_dir: Path, test_set: PlaceDataset, name: str, description: str, **options) -> ResultRow:
+def evaluate_run_row(
+    run_dir: Path,
+    test_set: PlaceDataset,
+    name: str,
+    description: str,
+    image_size: tuple[int, int],
+    device: torch.device | str,
+    **options: Any,
+) -> ResultRow:
     """:func:`evaluate_model_row` of the best checkpoint of ``run_dir`` (options as there)."""
-    model = load_model(run_dir, device=options.get("device", "cpu"))
-    return evaluate_model_row(model, test_set, name, description, run_dir=str(run_dir), **options)
+    model = load_model(run_dir, device=device)
+    return evaluate_model_row(model, test_set, name, description, image_size, device, run_dir=str(run_dir), **options)
 
 
 def untrained_model(config: TrainConfig) -> PlaceModel:
@@ -103,23 +104,17 @@ def untrained_row(
     model = untrained_model(config).to(device)
     start = "ImageNet weights" if config.pretrained and not config.init_from else "random initialisation"
     description = f"The network of '{trained_name}' at its {start} (seed {config.seed}), before any training step."
+    name = f"{trained_name}, untrained"
     return evaluate_model_row(
-        model, test_set, f"{trained_name}, untrained", description, image_size, device,
-        kind="untrained", baseline_for=trained_name, **options,
-    )  # fmt: skip
+        model, test_set, name, description, image_size, device, kind="untrained", baseline_for=trained_name, **options
+    )
 
 
 def thumbnail_row(
     test_set: PlaceDataset, image_size: tuple[int, int], device: torch.device | str, command: str = ""
 ) -> ResultRow:
     """The ``thumbnail-16`` baseline on ``test_set`` (photos, fed at ``image_size`` as the models are)."""
+    model = build_model(THUMBNAIL_PRESET).to(device)
     return evaluate_model_row(
-        build_model(THUMBNAIL_PRESET).to(device),
-        test_set,
-        THUMBNAIL_NAME,
-        THUMBNAIL_DESCRIPTION,
-        image_size=image_size,
-        device=device,
-        command=command,
-        kind="baseline",
+        model, test_set, THUMBNAIL_NAME, THUMBNAIL_DESCRIPTION, image_size, device, command=command, kind="baseline"
     )

@@ -298,15 +298,8 @@ def run_demo(
         return write_report(out_dir, "vprdistill demo report", intro, rows, figures, grids, meta, baselines=baselines)
 
     md_path, html_path = progress.run("report", report)
-    atomic_write_json(
-        out_dir / "results.json",
-        {
-            "rows": [row.to_dict() for row in rows],
-            "baselines": [row.to_dict() for row in baselines],
-            "quick": quick,
-            "seed": seed,
-        },
-    )
+    results = dict(rows=[r.to_dict() for r in rows], baselines=[r.to_dict() for r in baselines], quick=quick, seed=seed)
+    atomic_write_json(out_dir / "results.json", results)
     total = progress.finish()
     print("\n" + text_table(summary_table(rows)))
     print("\nbaselines\n" + text_table(summary_table(baselines)))

@@ -1,4 +1,4 @@
-"""Evaluate a run folder into a ``ResultRow``, and draw a grid of sample retrievals."""
+"""The machine a report was made on, and a grid of sample retrievals of a run folder."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from PIL import Image
 from vprdistill.data.place_dataset import PlaceDataset
 from vprdistill.eval.evaluate import evaluate_model
 from vprdistill.eval.pictures import render_prediction
-from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
-from vprdistill.experiments.baselines import evaluate_run_row
-from vprdistill.experiments.rows import ResultRow
 from vprdistill.models.checkpoint import load_model
 
 
@@ -28,38 +25,6 @@ def machine_line() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def evaluate_run(
-    run_dir: Path,
-    test_set: PlaceDataset,
-    name: str,
-    description: str,
-    image_size: tuple[int, int],
-    device: torch.device,
-    input_kind: str = "rgb",
-    command: str = "",
-    batch_size: int = 32,
-    queries_without_positive: QueriesWithoutPositive = DEFAULT_QUERIES_WITHOUT_POSITIVE,
-) -> ResultRow:
-    """Evaluate the best checkpoint of ``run_dir`` on ``test_set``.
-
-    ``queries_without_positive``: ``count-as-miss`` or ``exclude``, as in
-    :func:`~vprdistill.eval.recall.recall_at_n`.
-    """
-    # One way to turn an evaluation into a row: the baselines' (with per-query hits and intervals).
-    return evaluate_run_row(
-        run_dir,
-        test_set,
-        name,
-        description,
-        image_size=image_size,
-        device=device,
-        input_kind=input_kind,
-        command=command,
-        batch_size=batch_size,
-        queries_without_positive=queries_without_positive,
-    )
 
 
 def retrieval_grid(

@@ -14,7 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from vprdistill.experiments.rows import ResultRow  # noqa: E402
 
 
-def _png(figure) -> bytes:
+def _png(figure, plot, title: str, ylabel: str, legend: bool = True, **grid) -> bytes:
+    """Title, y label, grid (``grid``: options of ``Axes.grid``) and legend of the axes ``plot``;
+    then ``figure`` as PNG bytes (and closed)."""
+    plot.set_ylabel(ylabel)
+    plot.grid(True, alpha=0.3, **grid)
+    if legend:
+        plot.legend(fontsize=7)
+    plot.set_title(title)
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
@@ -29,13 +36,9 @@ def recall_curves(rows: Sequence[ResultRow]) -> bytes:
         ns = sorted(int(n) for n in row.recall)
         axis.plot(ns, [row.recall[str(n)] for n in ns], marker="o", label=row.name)
     axis.set_xlabel("N (number of retrieved database images)")
-    axis.set_ylabel("Recall@N (%)")
     axis.set_xscale("log")
     axis.set_ylim(0, 100)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=7)
-    axis.set_title("Recall@N on the test split")
-    return _png(figure)
+    return _png(figure, axis, "Recall@N on the test split", "Recall@N (%)")
 
 
 def recall_per_condition(rows: Sequence[ResultRow], n: str = "1") -> bytes:
@@ -48,12 +51,8 @@ def recall_per_condition(rows: Sequence[ResultRow], n: str = "1") -> bytes:
         axis.bar([i + position * width for i in range(len(conditions))], values, width=width, label=row.name)
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(conditions))])
     axis.set_xticklabels(conditions, rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel(f"R@{n} (%)")
     axis.set_ylim(0, 100)
-    axis.grid(True, axis="y", alpha=0.3)
-    axis.legend(fontsize=7)
-    axis.set_title(f"R@{n} per query condition")
-    return _png(figure)
+    return _png(figure, axis, f"R@{n} per query condition", f"R@{n} (%)", axis="y")
 
 
 def recall_against_speed(rows: Sequence[ResultRow]) -> bytes:
@@ -69,7 +68,4 @@ def recall_against_speed(rows: Sequence[ResultRow]) -> bytes:
             textcoords="offset points",
         )
     axis.set_xlabel("ms per image (descriptor)")
-    axis.set_ylabel("R@1 (%)")
-    axis.grid(True, alpha=0.3)
-    axis.set_title("R@1 against descriptor time")
-    return _png(figure)
+    return _png(figure, axis, "R@1 against descriptor time", "R@1 (%)", legend=False)

@@ -114,15 +114,12 @@ def markdown_table(table: list[list[str]]) -> str:
 def text_table(table: list[list[str]]) -> str:
     """A fixed-width table for the terminal."""
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    rendered = []
-    for index, line in enumerate(table):
-        rendered.append(
-            "  ".join(
-                cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths))
-            )
-        )
-        if index == 0:
-            rendered.append("  ".join("-" * width for width in widths))
+    # The first column is left-aligned, the figures right-aligned; a rule under the header.
+    rendered = [
+        "  ".join([line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])])
+        for line in table
+    ]
+    rendered.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(rendered)
 
 

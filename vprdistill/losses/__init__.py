@@ -20,7 +20,7 @@ from vprdistill.losses.regression import descriptor_regression
 from vprdistill.losses.rkd import RelationalDistillationLoss, rkd_distance_loss
 from vprdistill.losses.structural import StructuralDistillationLoss, similarity_distribution_kl
 from vprdistill.losses.triplet import triplet_margin_loss
-from vprdistill.losses.types import DistillationLoss, LossOutput, TupleDescriptors
+from vprdistill.losses.types import LossOutput, TupleDescriptors
 from vprdistill.losses.weighting import (
     GROUP_NAMES,
     SAMPLE_WEIGHTINGS,
@@ -31,6 +31,9 @@ from vprdistill.losses.weighting import (
     build_sample_weighting,
     compute_ranks,
 )
+
+# The type of every tuple loss (its call convention: TeacherTermLoss's docstring).
+DistillationLoss = TeacherTermLoss
 
 LOSS_REGISTRY: dict[str, Callable[..., DistillationLoss]] = {
     "triplet": partial(build_kd_loss, "none"),

@@ -34,13 +34,25 @@ class TeacherTermLoss:
     A subclass is a dataclass with ``margin``, ``w_hard`` and the weights named in ``teacher_weights``;
     its ``_teacher_term(student, teacher, compared)`` (``compared``: the student's tuples in the
     teacher's space) returns the weighted teacher term and its logged parts.
+
+    What the training loop calls on a batch of tuples (every loss of :func:`build_loss` is one).
+    ``teacher`` may be ``None`` when the loss has no teacher term (its teacher
+    weights are all 0). ``compares_across_spaces`` tells whether a term compares
+    a student descriptor with a teacher descriptor directly (``||S(x) − T(y)||²``),
+    which needs both in one space. Such terms read ``projected_student`` when
+    given: the student's tuples carried into the teacher's space (a learned
+    projection, for a teacher of another dimension); the student's own terms
+    (triplet) and relational terms (similarities or distances within each model's
+    space) always read ``student``.
     """
 
     margin: float
     w_hard: float
+    compares_across_spaces: bool
     teacher_weights: ClassVar[tuple[str, ...]] = ()
 
-    def _check_weights(self) -> None:
+    def __post_init__(self) -> None:
+        """Check the margin (> 0) and the weights (>= 0) of the subclass's dataclass fields."""
         name = type(self).__name__
         if self.margin <= 0:
             raise ValueError(f"{name}.margin: must be > 0, got {self.margin}")
@@ -52,12 +64,6 @@ class TeacherTermLoss:
     def has_teacher_term(self) -> bool:
         """Whether any teacher weight is > 0 (else the loss needs no teacher)."""
         return any(getattr(self, weight) > 0 for weight in self.teacher_weights)
-
-    def hard_term(self, student: TupleDescriptors) -> Tensor:
-        """The student's own triplet loss (unweighted scalar)."""
-        return triplet_margin_loss(
-            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
-        )
 
     def teacher_term(
         self,
@@ -85,7 +91,9 @@ class TeacherTermLoss:
         ``projected_student``, when given, replaces ``student`` in the terms that compare
         descriptors across the two spaces; the hard term always reads ``student``.
         """
-        hard = self.hard_term(student)
+        hard = triplet_margin_loss(  # the student's own triplet loss (unweighted scalar)
+            student.anchor, student.positive, student.negatives, self.margin, student.negative_mask
+        )
         total = self.w_hard * hard
         terms: Terms = {"hard": hard}
         if self.has_teacher_term:

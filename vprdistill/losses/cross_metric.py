@@ -90,7 +90,7 @@ class CrossMetricDistillationLoss(TeacherTermLoss):
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"CrossMetricDistillationLoss.form: expected one of {FORMS}, got {self.form!r}")
-        self._check_weights()
+        super().__post_init__()
 
     @property
     def compares_across_spaces(self) -> bool:
@@ -111,24 +111,16 @@ class CrossMetricDistillationLoss(TeacherTermLoss):
         return self._official_term(compared, teacher)
 
     def _paper_terms(self, student: TupleDescriptors, teacher: TupleDescriptors) -> tuple[Tensor, Terms]:
-        terms: Terms = {}
-        weighted = torch.zeros((), dtype=student.anchor.dtype, device=student.anchor.device)
-        if self.w_soft > 0:
-            terms["soft"] = descriptor_regression(student, teacher).mean()
-            weighted = weighted + self.w_soft * terms["soft"]
-        if self.w_cm > 0:
-            terms["cross_metric"] = cross_metric_distance(student, teacher).mean()
-            weighted = weighted + self.w_cm * terms["cross_metric"]
+        parts = {"soft": (self.w_soft, descriptor_regression), "cross_metric": (self.w_cm, cross_metric_distance)}
+        terms: Terms = {name: term(student, teacher).mean() for name, (weight, term) in parts.items() if weight > 0}
+        weighted = sum((parts[name][0] * value for name, value in terms.items()), student.anchor.new_zeros(()))
         return weighted, terms
 
     def _official_term(self, student: TupleDescriptors, teacher: TupleDescriptors) -> tuple[Tensor, Terms]:
         soft, cross_metric = official_pair_distances(student, teacher)
         per_pair = 0.5 * torch.clamp(self.margin + self.w_soft * soft + self.w_cm * cross_metric, min=0).pow(2)
         mask = student.negative_mask
-        terms: Terms = {}
-        if self.w_soft > 0:
-            terms["soft"] = mean_over_valid(soft, mask)
-        if self.w_cm > 0:
-            terms["cross_metric"] = mean_over_valid(cross_metric, mask)
+        parts = (("soft", self.w_soft, soft), ("cross_metric", self.w_cm, cross_metric))
+        terms: Terms = {name: mean_over_valid(values, mask) for name, weight, values in parts if weight > 0}
         terms["kd"] = mean_over_valid(per_pair, mask)
         return terms["kd"], terms

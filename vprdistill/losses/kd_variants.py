@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vprdistill.losses.base import build_named
+from vprdistill.losses.base import TeacherTermLoss, build_named
 from vprdistill.losses.cross_metric import CrossMetricDistillationLoss
 from vprdistill.losses.rkd import RelationalDistillationLoss
-from vprdistill.losses.types import DistillationLoss
 
 KD_VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"form": "paper", "w_soft": 0.0, "w_cm": 0.0},
@@ -29,9 +28,10 @@ KD_VARIANTS: dict[str, dict[str, Any]] = {
     "official": {"form": "official"},
 }
 KD_NAMES: tuple[str, ...] = (*KD_VARIANTS, "rkd")
+_KD_CLASSES = {**dict.fromkeys(KD_VARIANTS, CrossMetricDistillationLoss), "rkd": RelationalDistillationLoss}
 
 
-def build_kd_loss(name: str, **params: Any) -> DistillationLoss:
+def build_kd_loss(name: str, **params: Any) -> TeacherTermLoss:
     """Build a TSCM ablation variant, e.g. ``build_kd_loss("soft", margin=0.1, w_soft=0.5)``.
 
     ``params`` are the constructor arguments of :class:`CrossMetricDistillationLoss`
@@ -42,16 +42,8 @@ def build_kd_loss(name: str, **params: Any) -> DistillationLoss:
         ValueError: unknown name, unknown parameter, or a parameter that contradicts the
             variant (for example ``w_cm=1`` for ``soft``).
     """
-    if name == "rkd":
-        return _construct(RelationalDistillationLoss, name, params)
-    if name not in KD_VARIANTS:
-        raise ValueError(f"KD loss: unknown name {name!r}; known: {list(KD_NAMES)}")
-    fixed = KD_VARIANTS[name]
+    fixed = KD_VARIANTS.get(name, {})
     for key, value in params.items():
         if key in fixed and value != fixed[key]:
             raise ValueError(f"KD loss {name!r} fixes {key}={fixed[key]!r}, got {key}={value!r}; pick another variant")
-    return _construct(CrossMetricDistillationLoss, name, {**params, **fixed})
-
-
-def _construct(cls: type, name: str, params: dict[str, Any]) -> DistillationLoss:
-    return build_named({name: cls}, name, params, "KD loss")
+    return build_named(_KD_CLASSES, name, {**params, **fixed}, "KD loss")

@@ -16,15 +16,18 @@ from torch import Tensor
 
 from vprdistill.losses.types import LossOutput
 
-# The values MixVPR, SALAD and BoQ train with on GSV-Cities.
-DEFAULT_ALPHA = 1.0
-DEFAULT_BETA = 50.0
-DEFAULT_BASE = 0.0
-DEFAULT_EPSILON = 0.1
+
+def _check_labelled(descriptors: Tensor, labels: Tensor, who: str) -> None:
+    if descriptors.dim() != 2 or labels.shape != descriptors.shape[:1]:
+        raise ValueError(
+            f"{who}: expected descriptors (B, D) and labels (B,), got {tuple(descriptors.shape)} and {tuple(labels.shape)}"
+        )
 
 
 class MultiSimilarityLoss:
     """Multi-similarity loss (Wang et al., CVPR 2019) on the pairs its miner keeps.
+
+    The defaults are the values MixVPR, SALAD and BoQ train with on GSV-Cities.
 
     Args:
         alpha: weight of positive pairs (scale of the positive log-sum-exp).
@@ -37,10 +40,10 @@ class MultiSimilarityLoss:
 
     def __init__(
         self,
-        alpha: float = DEFAULT_ALPHA,
-        beta: float = DEFAULT_BETA,
-        base: float = DEFAULT_BASE,
-        epsilon: float | None = DEFAULT_EPSILON,
+        alpha: float = 1.0,
+        beta: float = 50.0,
+        base: float = 0.0,
+        epsilon: float | None = 0.1,
     ) -> None:
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not value > 0:
@@ -58,11 +61,7 @@ class MultiSimilarityLoss:
         negative pairs the miner kept: near 1 means nothing is learnt yet, near 0 that
         the batch is nearly separated).
         """
-        if descriptors.dim() != 2 or labels.shape != descriptors.shape[:1]:
-            raise ValueError(
-                f"multi_similarity: expected descriptors (B, D) and labels (B,), got "
-                f"{tuple(descriptors.shape)} and {tuple(labels.shape)}"
-            )
+        _check_labelled(descriptors, labels, "multi_similarity")
         labels = labels.to(descriptors.device)
         if self.miner is None:
             total = self.loss(descriptors, labels)
@@ -91,11 +90,7 @@ def in_batch_tuples(descriptors: Tensor, labels: Tensor, num_negatives: int) -> 
         ``anchor`` (A,), ``positive`` (A,), ``negatives`` (A, Nn) indices into the batch, and
         the ``(A, Nn)`` bool mask of valid negatives (False where an anchor has fewer).
     """
-    if descriptors.dim() != 2 or labels.shape != descriptors.shape[:1]:
-        raise ValueError(
-            f"in_batch_tuples: expected descriptors (B, D) and labels (B,), got "
-            f"{tuple(descriptors.shape)} and {tuple(labels.shape)}"
-        )
+    _check_labelled(descriptors, labels, "in_batch_tuples")
     if num_negatives < 1:
         raise ValueError(f"in_batch_tuples: num_negatives must be >= 1, got {num_negatives}")
     labels = labels.to(descriptors.device)

@@ -81,9 +81,6 @@ class RelationalDistillationLoss(TeacherTermLoss):
     # RKD compares distances measured within each model's own space: no projection is needed.
     compares_across_spaces: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
-        self._check_weights()
-
     def _teacher_term(
         self, student: TupleDescriptors, teacher: TupleDescriptors, compared: TupleDescriptors
     ) -> tuple[Tensor, Terms]:

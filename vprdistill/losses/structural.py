@@ -108,10 +108,8 @@ def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 
 
 def _build_weighting(weighting: str | Mapping[str, Any] | SampleWeighting) -> SampleWeighting:
-    if isinstance(weighting, str):
-        return build_sample_weighting(weighting)
-    if isinstance(weighting, Mapping):
-        params = dict(weighting)
+    if isinstance(weighting, (str, Mapping)):
+        params = {"name": weighting} if isinstance(weighting, str) else dict(weighting)
         if "name" not in params:
             raise ValueError(f"StructuralDistillationLoss.weighting: a mapping needs a 'name', got {sorted(params)}")
         return build_sample_weighting(params.pop("name"), **params)
@@ -151,7 +149,7 @@ class StructuralDistillationLoss(TeacherTermLoss):
     teacher_weights: ClassVar[tuple[str, ...]] = ("w_kd", "w_regression")
 
     def __post_init__(self) -> None:
-        self._check_weights()
+        super().__post_init__()
         if self.temperature <= 0:
             raise ValueError(f"StructuralDistillationLoss.temperature: must be > 0, got {self.temperature}")
         self._weighting = _build_weighting(self.weighting)
@@ -171,7 +169,6 @@ class StructuralDistillationLoss(TeacherTermLoss):
                 f"dimensions, got student {compared.dim} and teacher {teacher.dim}; set w_regression to 0 "
                 "or give the teacher a projection of the student (projection: auto)"
             )
-        terms: Terms = {}
         student_candidates, mask = student.candidates()
         teacher_candidates, _ = teacher.candidates()
         kl = similarity_distribution_kl(
@@ -182,13 +179,11 @@ class StructuralDistillationLoss(TeacherTermLoss):
         weights, stats = self._weighting(r_teacher, r_student)
         weights = weights.detach().to(dtype=kl.dtype, device=kl.device)
         per_sample = self.w_kd * kl
-        terms["kl"] = kl.mean()
-        terms["weighted_kl"] = weighted_mean(kl, weights)
+        terms: Terms = {"kl": kl.mean(), "weighted_kl": weighted_mean(kl, weights)}
         if self.w_regression > 0:
             regression = descriptor_regression(compared, teacher)
             terms["regression"] = regression.mean()
             per_sample = per_sample + self.w_regression * regression
-        distillation = weighted_mean(per_sample, weights)
-        terms["distillation"] = distillation
+        terms["distillation"] = distillation = weighted_mean(per_sample, weights)
         terms.update({f"partition/{key}": value for key, value in stats.items()})
         return distillation, terms

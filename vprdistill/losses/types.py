@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -89,9 +88,7 @@ class TupleDescriptors:
 
     def detach(self) -> TupleDescriptors:
         """The same descriptors cut from the autograd graph (for teachers)."""
-        return TupleDescriptors(
-            self.anchor.detach(), self.positive.detach(), self.negatives.detach(), self.negative_mask
-        )
+        return self.map(Tensor.detach)
 
 
 @dataclass
@@ -118,27 +115,19 @@ class LossOutput:
         return cls(total, floats)
 
 
-class DistillationLoss(Protocol):
-    """What the training loop calls on a batch of tuples.
-
-    ``teacher`` may be ``None`` when the loss has no teacher term (its teacher
-    weights are all 0). ``compares_across_spaces`` tells whether a term compares
-    a student descriptor with a teacher descriptor directly (``||S(x) − T(y)||²``),
-    which needs both in one space. Such terms read ``projected_student`` when
-    given: the student's tuples carried into the teacher's space (a learned
-    projection, for a teacher of another dimension); the student's own terms
-    (triplet) and relational terms (similarities or distances within each model's
-    space) always read ``student``.
-    """
-
-    compares_across_spaces: bool
-
-    def __call__(
-        self,
-        student: TupleDescriptors,
-        teacher: TupleDescriptors | None = None,
-        projected_student: TupleDescriptors | None = None,
-    ) -> LossOutput: ...
+def _check_same_tuples(
+    student: TupleDescriptors, other: TupleDescriptors, loss_name: str, label: str, inherits_mask: bool = False
+) -> None:
+    """``other`` (``label``) describes the student's tuples: batch, negatives, mask (unless it has none to inherit)."""
+    if other.batch_size != student.batch_size or other.num_negatives != student.num_negatives:
+        raise ValueError(
+            f"{loss_name}: {label} tuples (B={other.batch_size}, Nn={other.num_negatives}) do not match "
+            f"student tuples (B={student.batch_size}, Nn={student.num_negatives})"
+        )
+    if not (inherits_mask and other.negative_mask is None) and not torch.equal(
+        other.valid_negatives(), student.valid_negatives()
+    ):
+        raise ValueError(f"{loss_name}: {label}.negative_mask differs from student.negative_mask")
 
 
 def in_teacher_space(
@@ -151,14 +140,7 @@ def in_teacher_space(
     """
     if projected_student is None:
         return student
-    if projected_student.batch_size != student.batch_size or projected_student.num_negatives != student.num_negatives:
-        raise ValueError(
-            f"{loss_name}: projected student tuples (B={projected_student.batch_size}, "
-            f"Nn={projected_student.num_negatives}) do not match the student's (B={student.batch_size}, "
-            f"Nn={student.num_negatives})"
-        )
-    if not torch.equal(projected_student.valid_negatives(), student.valid_negatives()):
-        raise ValueError(f"{loss_name}: projected_student.negative_mask differs from student.negative_mask")
+    _check_same_tuples(student, projected_student, loss_name, "projected_student")
     return projected_student
 
 
@@ -173,11 +155,5 @@ def paired_teacher(student: TupleDescriptors, teacher: TupleDescriptors | None, 
     """
     if teacher is None:
         raise ValueError(f"{loss_name}: this loss needs teacher descriptors, got teacher=None")
-    if teacher.batch_size != student.batch_size or teacher.num_negatives != student.num_negatives:
-        raise ValueError(
-            f"{loss_name}: teacher tuples (B={teacher.batch_size}, Nn={teacher.num_negatives}) do not match "
-            f"student tuples (B={student.batch_size}, Nn={student.num_negatives})"
-        )
-    if teacher.negative_mask is not None and not torch.equal(teacher.valid_negatives(), student.valid_negatives()):
-        raise ValueError(f"{loss_name}: teacher.negative_mask differs from student.negative_mask")
+    _check_same_tuples(student, teacher, loss_name, "teacher", inherits_mask=True)
     return replace(teacher.detach(), negative_mask=student.negative_mask)

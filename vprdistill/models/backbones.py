@@ -355,11 +355,26 @@ def _build_torchvision(
     except OSError as error:
         raise PretrainedWeightsError(_missing_weights_message(f"{TORCHVISION_PREFIX}{arch}", error)) from error
     if pretrained and weights_path is not None:
-        _load_torchvision_weights(model, arch, Path(weights_path))
+        # A local safetensors file of the whole model: only the classifier may be absent.
+        try:
+            result = model.load_state_dict(load_file(str(weights_path)), strict=False)
+        except RuntimeError as error:  # a tensor of the wrong shape
+            raise ValueError(f"{weights_path}: weights do not fit {TORCHVISION_PREFIX}{arch}: {error}") from error
+        missing = [key for key in result.missing_keys if not key.startswith(("fc.", "classifier.", "heads."))]
+        if missing or result.unexpected_keys:
+            kind, key = ("missing", missing[0]) if missing else ("unexpected", result.unexpected_keys[0])
+            raise ValueError(f"{weights_path}: weights do not fit {TORCHVISION_PREFIX}{arch}: {kind} key {key!r}")
     if in_channels != 3:
-        _adapt_first_conv(model, in_channels)
+        # The first 3-channel convolution takes in_channels, its RGB kernel tiled (in place).
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+        if first is None:
+            raise ValueError("backbone has no 3-channel first convolution to adapt to in_channels")
+        first.weight = nn.Parameter(adapt_input_conv(in_channels, first.weight.detach()))
+        first.in_channels = in_channels
 
-    stage = truncate_after or _default_torchvision_stage(model, arch)
+    stage = truncate_after or next((name for name in ("layer4", "features") if hasattr(model, name)), None)
+    if stage is None:
+        raise ValueError(f"backbone {TORCHVISION_PREFIX}{arch}: give truncate_after (the last stage to keep)")
     top_level = [child for child, _ in model.named_children()]
     if stage not in top_level:
         raise ValueError(
@@ -368,51 +383,6 @@ def _build_torchvision(
     trunk = create_feature_extractor(model, return_nodes={stage: "features"})
     out_channels, stride = _probe_map(trunk, in_channels)
     return CnnBackbone(trunk, out_channels, stride)
-
-
-def _default_torchvision_stage(model: nn.Module, arch: str) -> str:
-    for candidate in ("layer4", "features"):
-        if hasattr(model, candidate):
-            return candidate
-    raise ValueError(f"backbone {TORCHVISION_PREFIX}{arch}: give truncate_after (the last stage to keep)")
-
-
-def _load_torchvision_weights(model: nn.Module, arch: str, path: Path) -> None:
-    """Load a local safetensors file into a torchvision model; only the classifier may be absent."""
-    state = load_file(str(path))
-    expected = model.state_dict()
-    classifier_prefixes = ("fc.", "classifier.", "heads.")
-    missing = [key for key in expected if key not in state and not key.startswith(classifier_prefixes)]
-    unexpected = [key for key in state if key not in expected]
-    if missing or unexpected:
-        key = (missing or unexpected)[0]
-        kind = "missing" if missing else "unexpected"
-        raise ValueError(f"{path}: weights do not fit {TORCHVISION_PREFIX}{arch}: {kind} key {key!r}")
-    model.load_state_dict(state, strict=False)
-
-
-def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Replace the first 3-channel convolution by one taking ``in_channels``, tiling its RGB kernel."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                conv = nn.Conv2d(
-                    in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    child.dilation,
-                    child.groups,
-                    child.bias is not None,
-                )
-                with torch.no_grad():
-                    conv.weight.copy_(adapt_input_conv(in_channels, child.weight.detach()))
-                    if child.bias is not None:
-                        conv.bias.copy_(child.bias)
-                setattr(parent, child_name, conv)
-                return
-    raise ValueError("backbone has no 3-channel first convolution to adapt to in_channels")
 
 
 def _probe_map(trunk: nn.Module, in_channels: int) -> tuple[int, int]:

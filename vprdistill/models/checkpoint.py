@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vprdistill.data.structural_store import CHECKPOINT_FIELD, MODEL_ATTRIBUTE, class_map_from_dict, class_map_to_dict
 from vprdistill.models.place_model import PlaceModel
 from vprdistill.models.registry import build_model
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
@@ -67,18 +68,19 @@ def file_fingerprint(weights_path: str | Path, config: dict[str, Any]) -> str:
 
 
 def _fingerprint(config: Any, state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    _update_with_tensors(digest, state)
-    return digest.hexdigest()[:16]
+    return weights_digest(state, json.dumps(config, sort_keys=True).encode())[:16]
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """The hex SHA-256 of a state dict's tensors (sorted by key: name, dtype, shape and bytes).
+def weights_digest(state: dict[str, torch.Tensor], prefix: bytes = b"") -> str:
+    """The hex SHA-256 of ``prefix`` then a state dict's tensors (sorted by key: name, dtype, shape and bytes).
 
     The model fingerprint without the config: what a weights file alone can be checked against.
     """
-    digest = hashlib.sha256()
-    _update_with_tensors(digest, state)
+    digest = hashlib.sha256(prefix)
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(f"\0{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -88,23 +90,12 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _update_with_tensors(digest: Any, state: dict[str, torch.Tensor]) -> None:
-    for key in sorted(state):
-        tensor = state[key].detach().to("cpu").contiguous()
-        digest.update(f"\0{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-
-
 def save_model(model: PlaceModel, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json`` atomically; return both paths.
 
     The weights are written first, so a JSON file never points at weights that are not there yet.
     """
-    stem = _strip_suffix(Path(path_stem))
-    weights_path, json_path = (
-        stem.with_name(stem.name + ".safetensors"),
-        stem.with_name(stem.name + ".json"),
-    )
+    weights_path, json_path = _stem_files(Path(path_stem))
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     digest = weights_digest(tensors)
     with atomic_path(weights_path) as tmp:
@@ -121,7 +112,9 @@ def save_model(model: PlaceModel, path_stem: str | Path) -> tuple[Path, Path]:
         "fingerprint": model_fingerprint(model),
         DIGEST_KEY: digest,
     }
-    _store_class_map(model, meta)
+    # A seg-branch's structural class map goes into the JSON (see ``data/structural_store.py``).
+    if getattr(model, MODEL_ATTRIBUTE, None) is not None:
+        meta[CHECKPOINT_FIELD] = class_map_to_dict(getattr(model, MODEL_ATTRIBUTE))
     atomic_write_json(json_path, meta)
     return weights_path, json_path
 
@@ -195,11 +188,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         else:
             raise FileNotFoundError(f"run folder {path} holds no model (no best.safetensors or last.safetensors)")
     else:
-        stem = _strip_suffix(path)
-    weights_path, json_path = (
-        stem.with_name(stem.name + ".safetensors"),
-        stem.with_name(stem.name + ".json"),
-    )
+        stem = path
+    weights_path, json_path = _stem_files(stem)
     if not weights_path.is_file():
         raise FileNotFoundError(f"checkpoint weights {weights_path} do not exist")
     if not json_path.is_file():
@@ -275,15 +265,8 @@ def load_model(
         raise CheckpointError(
             f"{json_path}: field 'descriptor_dim' is {meta['descriptor_dim']} but the config builds {model.descriptor_dim}"
         )
-    if verify_fingerprint:
-        _check_weights_belong_to_json(model, meta, weights_path, json_path)
-    _restore_class_map(model, meta, json_path)
-    return model.to(device).eval()
-
-
-def _check_weights_belong_to_json(model: PlaceModel, meta: dict[str, Any], weights_path: Path, json_path: Path) -> None:
-    """The JSON's digest (or, before digests, its model fingerprint) must match the loaded weights."""
-    recorded = stored_weights_digest(weights_path)
+    # The JSON's digest (or, before digests, its model fingerprint) must match the loaded weights.
+    recorded = stored_weights_digest(weights_path) if verify_fingerprint else None
     if meta.get(DIGEST_KEY) is not None and recorded is not None:
         # The file's tensors were checked against ``recorded`` while loading.
         if meta[DIGEST_KEY] != recorded:
@@ -291,47 +274,27 @@ def _check_weights_belong_to_json(model: PlaceModel, meta: dict[str, Any], weigh
                 f"{json_path}: field '{DIGEST_KEY}' does not match the weights in {weights_path.name}: "
                 "the two files come from different saves"
             )
-        return
-    if meta.get("fingerprint") is not None and meta["fingerprint"] != model_fingerprint(model):
+    elif verify_fingerprint and meta.get("fingerprint") is not None and meta["fingerprint"] != model_fingerprint(model):
         raise CheckpointError(
             f"{weights_path}: the weights do not match the fingerprint recorded in {json_path.name}: "
             "the weights are corrupt, or the two files come from different saves"
         )
+    # A seg-branch's JSON records the structural class map it was trained with: put it back on the model.
+    if meta.get(CHECKPOINT_FIELD) is not None:
+        try:
+            class_map = class_map_from_dict(meta[CHECKPOINT_FIELD], f"{json_path}: field '{CHECKPOINT_FIELD}'")
+        except ValueError as error:
+            raise CheckpointError(str(error)) from error
+        if class_map.num_classes != model.input_channels:
+            raise CheckpointError(
+                f"{json_path}: field '{CHECKPOINT_FIELD}' has {class_map.num_classes} classes "
+                f"but the model takes {model.input_channels} input channels"
+            )
+        setattr(model, MODEL_ATTRIBUTE, class_map)
+    return model.to(device).eval()
 
 
-def _store_class_map(model: PlaceModel, meta: dict[str, Any]) -> None:
-    """A seg-branch's structural class map goes into the JSON (see ``data/structural_store.py``)."""
-    from vprdistill.data.structural_store import (
-        CHECKPOINT_FIELD,
-        MODEL_ATTRIBUTE,
-        class_map_to_dict,
-    )
-
-    class_map = getattr(model, MODEL_ATTRIBUTE, None)
-    if class_map is not None:
-        meta[CHECKPOINT_FIELD] = class_map_to_dict(class_map)
-
-
-def _restore_class_map(model: PlaceModel, meta: dict[str, Any], json_path: Path) -> None:
-    from vprdistill.data.structural_store import (
-        CHECKPOINT_FIELD,
-        MODEL_ATTRIBUTE,
-        class_map_from_dict,
-    )
-
-    if meta.get(CHECKPOINT_FIELD) is None:
-        return
-    try:
-        class_map = class_map_from_dict(meta[CHECKPOINT_FIELD], f"{json_path}: field '{CHECKPOINT_FIELD}'")
-    except ValueError as error:
-        raise CheckpointError(str(error)) from error
-    if class_map.num_classes != model.input_channels:
-        raise CheckpointError(
-            f"{json_path}: field '{CHECKPOINT_FIELD}' has {class_map.num_classes} classes "
-            f"but the model takes {model.input_channels} input channels"
-        )
-    setattr(model, MODEL_ATTRIBUTE, class_map)
-
-
-def _strip_suffix(path: Path) -> Path:
-    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+def _stem_files(path: Path) -> tuple[Path, Path]:
+    """``(<stem>.safetensors, <stem>.json)`` of a stem or of either file."""
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")

@@ -210,9 +210,11 @@ def _load_torch_hub(
     except RuntimeError as error:
         if f"Cannot find callable {entry} in hubconf" not in str(error):
             raise
-        offered = (
-            _local_entries(Path(repo)) if source == "local" else torch.hub.list(repo, trust_repo=True, verbose=False)
-        )
+        if source == "local":  # the public functions of hubconf.py, read from its syntax tree (nothing is executed)
+            tree = ast.parse((Path(repo) / "hubconf.py").read_text())
+            offered = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+        else:
+            offered = torch.hub.list(repo, trust_repo=True, verbose=False)
         raise ValueError(
             f"torch_hub teacher {location!r}: no entry {entry!r}; the repository offers {', '.join(sorted(offered)) or 'none'}"
         ) from error
@@ -230,12 +232,6 @@ def _frozen(
 ) -> ExternalModel:
     """The :class:`ExternalModel` of a loaded network, fingerprinted by ``identity`` and its weights."""
     return ExternalModel(net, kind, location, _fingerprint(identity, weights_digest(net.state_dict())), output)
-
-
-def _local_entries(folder: Path) -> list[str]:
-    """The public functions of ``folder/hubconf.py``, read from its syntax tree (nothing is executed)."""
-    tree = ast.parse((folder / "hubconf.py").read_text())
-    return [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
 
 
 def _load_hf_hub(

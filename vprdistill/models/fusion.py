@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vprdistill.models.options import call_with_options
+from vprdistill.models.options import build_named
 
 
 class CrossAttentionBlock(nn.Module):
@@ -79,8 +79,4 @@ FUSIONS: dict[str, type[nn.Module]] = {"cross-attention": InterTransformerEncode
 
 def build_fusion(spec: Mapping[str, Any], width: int) -> nn.Module:
     """Build ``FUSIONS[spec["name"]]`` for tokens of ``width`` channels with the spec's other keys."""
-    options = dict(spec)
-    name = options.pop("name", None)
-    if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; valid: {sorted(FUSIONS)}")
-    return call_with_options(FUSIONS[name], options, f"fusion {name!r}", width=width)
+    return build_named(FUSIONS, spec, "fusion", width=width)

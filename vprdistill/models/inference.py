@@ -44,8 +44,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     for parent in list(model.modules()):
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
-            names = list(children)
-            pairs = list(pairwise(names))
+            pairs = list(pairwise(children))
         else:
             pairs = [
                 (name, "bn" + name[4:]) for name in children if name.startswith("conv") and "bn" + name[4:] in children

@@ -32,3 +32,15 @@ def call_with_options(factory: Callable[..., Any], options: Mapping[str, Any], w
     if unknown and not takes_any:
         raise ValueError(f"{what}: unknown option(s) {unknown}; valid: {valid}")
     return factory(**fixed, **options)
+
+
+def build_named(table: Mapping[str, Callable[..., Any]], spec: Mapping[str, Any], kind: str, **fixed: Any) -> Any:
+    """``table[spec["name"]]`` built with the spec's other keys and ``fixed`` (see :func:`call_with_options`).
+
+    ``kind`` names the part in errors, e.g. ``"aggregator"``.
+    """
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {sorted(table)}")
+    return call_with_options(table[name], options, f"{kind} {name!r}", **fixed)

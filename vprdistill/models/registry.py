@@ -191,13 +191,8 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     for key, value in override.items():
         # A part of another kind (an aggregator {name: mixvpr} over the preset's {name: gem, p: 3})
         # replaces the preset's part: the old part's options mean nothing to the new one.
-        other_kind = (
-            isinstance(value, Mapping)
-            and isinstance(merged.get(key), Mapping)
-            and "name" in value
-            and value.get("name") != merged[key].get("name")
-        )
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and not other_kind:
+        both = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        if both and value.get("name", merged[key].get("name")) == merged[key].get("name"):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -8,19 +8,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vprdistill.data.transforms import image_size_hw
 from vprdistill.models.place_model import PlaceModel
-
-
-def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """``224`` or ``(H, W)`` → ``(H, W)``."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    size = tuple(int(s) for s in image_size)
-    if len(size) == 1:
-        return size[0], size[0]
-    if len(size) != 2:
-        raise ValueError(f"image size must be one or two integers, got {image_size}")
-    return size[0], size[1]
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -40,7 +29,7 @@ def summarize(model: PlaceModel, image_size: int | Sequence[int] = 224) -> dict[
         ``image_size`` [H, W], ``parts`` (list of {name, parameters, flops}),
         ``total_parameters``, ``trainable_parameters``, ``flops``.
     """
-    height, width = image_hw(image_size)
+    height, width = image_size_hw(image_size)
     # A parameter-free model (the thumbnail baseline) has buffers at most: take the device from those.
     parameter = next(iter(model.parameters()), None)
     if parameter is None:
@@ -59,14 +48,8 @@ def summarize(model: PlaceModel, image_size: int | Sequence[int] = 224) -> dict[
 
     parts = []
     for part_name, module in model.parts().items():
-        tracker_name = f"{root}.{qualified[id(module)]}"
-        parts.append(
-            {
-                "name": part_name,
-                "parameters": count_parameters(module),
-                "flops": int(sum(flop_counts.get(tracker_name, {}).values())),
-            }
-        )
+        flops = int(sum(flop_counts.get(f"{root}.{qualified[id(module)]}", {}).values()))
+        parts.append({"name": part_name, "parameters": count_parameters(module), "flops": flops})
     total = count_parameters(model)
     covered = sum(part["parameters"] for part in parts)
     if covered != total:

@@ -57,16 +57,15 @@ class ThumbnailNet(nn.Module):
 
     def __init__(self, size: int = 16, interpolation: str = "area", centre: str = "channel", input_channels: int = 3):
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"thumbnail: size must be a positive integer, got {size!r}")
+        for name, value in (("size", size), ("input_channels", input_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"thumbnail: {name} must be a positive integer, got {value!r}")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"thumbnail: interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}"
             )
         if centre not in CENTRINGS:
             raise ValueError(f"thumbnail: centre must be one of {', '.join(CENTRINGS)}, got {centre!r}")
-        if isinstance(input_channels, bool) or not isinstance(input_channels, int) or input_channels < 1:
-            raise ValueError(f"thumbnail: input_channels must be a positive integer, got {input_channels!r}")
         self.size = size
         self.interpolation = interpolation
         self.centre = centre

@@ -113,11 +113,8 @@ def build_tscm_teacher_net(
     vit_trunk = backbone_from_spec(vit, input_channels, pretrained)
     pool_layer = build_aggregator(pool, cnn_trunk.out_channels)
     fusion_layer = build_fusion(fusion, token_dim)
-    head_layers = {
-        "cnn": build_aggregator(heads["cnn"], token_dim),
-        "fused": build_aggregator(heads["fused"], fusion_layer.output_dim),
-        "vit": build_aggregator(heads["vit"], token_dim),
-    }
+    widths = {"cnn": token_dim, "fused": fusion_layer.output_dim, "vit": token_dim}
+    head_layers = {key: build_aggregator(heads[key], width) for key, width in widths.items()}
     natural = sum(layer.output_dim for layer in head_layers.values()) + pool_layer.output_dim
     linear, dim = descriptor_projection(natural, descriptor_dim, projection)
     # Registered in this order (the order of the checkpoints' parameters), not that of PARTS.

@@ -97,20 +97,9 @@ def _as_chunk(chunk: np.ndarray, dim: int | None, what: str) -> np.ndarray:
     return rows
 
 
-def _array_chunks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
-    # Slices of a memmap are read from disk only when converted, one chunk at a time.
-    for start in range(0, len(array), rows):
-        yield array[start : start + rows]
-
-
-class _ArrayChunks:
-    """An ``(N, D)`` array seen as a re-iterable sequence of row chunks."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return _array_chunks(self.array, _ADD_CHUNK_ROWS)
+def _row_chunks(array: np.ndarray) -> list[np.ndarray]:
+    """An ``(N, D)`` array as a re-iterable list of row slices (views: a memmap's are read only when converted)."""
+    return [array[start : start + _ADD_CHUNK_ROWS] for start in range(0, len(array), _ADD_CHUNK_ROWS)]
 
 
 def _chunk_source(descriptors: Descriptors) -> tuple[int, Iterable[np.ndarray], bool]:
@@ -118,7 +107,7 @@ def _chunk_source(descriptors: Descriptors) -> tuple[int, Iterable[np.ndarray], 
     if isinstance(descriptors, np.ndarray):
         if descriptors.ndim != 2:
             raise ValueError(f"descriptors must be a 2-D array (N, D), got shape {descriptors.shape}")
-        descriptors = _ArrayChunks(descriptors)
+        descriptors = _row_chunks(descriptors)
     reiterable = iter(descriptors) is not descriptors
     iterator = iter(descriptors)
     first = next(iterator, None)
@@ -152,15 +141,6 @@ def _random_sample(chunks: Iterable[np.ndarray], size: int, seed: int) -> tuple[
             parts.append(np.asarray(chunk[inside], dtype=np.float32))
         start += length
     return np.concatenate(parts), total
-
-
-def _add_chunks(index: faiss.Index, chunks: Iterable[np.ndarray]) -> None:
-    for chunk in chunks:
-        # Large chunks (a whole memmapped database) are split so only one slice is converted at a time.
-        for part in _array_chunks(chunk, _ADD_CHUNK_ROWS) if len(chunk) > _ADD_CHUNK_ROWS else (chunk,):
-            rows = _as_chunk(part, index.d, "descriptors")
-            if len(rows):
-                index.add(rows)
 
 
 def fit_pca(descriptors: np.ndarray, output_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -336,7 +316,12 @@ def build_index(
     index = with_transforms(base, dim, pca, normalise)
     if not base.is_trained:
         index.train(sample)  # the pre-transforms are trained already, so only the base learns here
-    _add_chunks(index, chunks)
+    for chunk in chunks:
+        # Large chunks (a whole memmapped database) are split so only one slice is converted at a time.
+        for part in _row_chunks(chunk) if len(chunk) > _ADD_CHUNK_ROWS else (chunk,):
+            rows = _as_chunk(part, index.d, "descriptors")
+            if len(rows):
+                index.add(rows)
     return index
 
 

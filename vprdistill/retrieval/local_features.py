@@ -18,6 +18,8 @@ import cv2
 import faiss
 import numpy as np
 
+from vprdistill.retrieval.approximate import l2_normalise
+
 Geometry = Literal["homography", "affine", "fundamental"]
 GEOMETRIES: tuple[str, ...] = ("homography", "affine", "fundamental")
 Estimator = Literal["usac", "ransac"]
@@ -25,12 +27,6 @@ ESTIMATORS: tuple[str, ...] = ("usac", "ransac")
 
 # The fewest correspondences each OpenCV estimator accepts with RANSAC.
 _MIN_MATCHES = {"homography": 4, "affine": 3, "fundamental": 8}
-
-
-def l2_normalise_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Scale each row of ``x (N, C)`` to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
 def feature_map_to_descriptors(feature_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +40,7 @@ def feature_map_to_descriptors(feature_map: np.ndarray) -> tuple[np.ndarray, np.
     if feature_map.ndim != 3:
         raise ValueError(f"a local feature map must have shape (C, h, w), got {feature_map.shape}")
     channels, height, width = feature_map.shape
-    descriptors = l2_normalise_rows(feature_map.reshape(channels, height * width).T)
+    descriptors = l2_normalise(feature_map.reshape(channels, height * width).T)
     rows, cols = np.divmod(np.arange(height * width), width)
     positions = np.stack([cols, rows], axis=1).astype(np.float32)
     return descriptors, positions
@@ -111,20 +107,22 @@ def ransac_inliers(
         raise ValueError(f"point sets differ in length: {len(points_a)} vs {len(points_b)}")
     if len(points_a) < _MIN_MATCHES[geometry]:
         return 0
-    usac = estimator == "usac"
+    # USAC (early rejection, local optimisation) or each estimator's classic RANSAC flag.
+    method = cv2.USAC_DEFAULT if estimator == "usac" else (cv2.FM_RANSAC if geometry == "fundamental" else cv2.RANSAC)
     if geometry == "homography":
-        method = cv2.USAC_DEFAULT if usac else cv2.RANSAC
         _, mask = cv2.findHomography(
             points_a, points_b, method, threshold, maxIters=max_iterations, confidence=confidence
         )
     elif geometry == "affine":
-        method = cv2.USAC_DEFAULT if usac else cv2.RANSAC
         _, mask = cv2.estimateAffine2D(
-            points_a, points_b, method=method, ransacReprojThreshold=threshold,
-            maxIters=max_iterations, confidence=confidence,
-        )  # fmt: skip
+            points_a,
+            points_b,
+            method=method,
+            ransacReprojThreshold=threshold,
+            maxIters=max_iterations,
+            confidence=confidence,
+        )
     else:
-        method = cv2.USAC_DEFAULT if usac else cv2.FM_RANSAC
         _, mask = cv2.findFundamentalMat(points_a, points_b, method, threshold, confidence, max_iterations)
     # OpenCV returns no mask when the sample is degenerate (e.g. all points collinear).
     return 0 if mask is None else int(np.count_nonzero(mask))

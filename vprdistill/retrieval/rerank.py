@@ -111,38 +111,17 @@ def rerank_candidates(scores: np.ndarray, candidates: np.ndarray | None = None) 
     return candidates[order].astype(np.int64)
 
 
-class _LruCache:
-    """A bounded map from image path to its precomputed local features."""
-
-    def __init__(self, max_items: int) -> None:
-        self.max_items = max(0, int(max_items))
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable) -> Any | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        if self.max_items == 0:
-            return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class _CachedReranker:
     """Shared flow: fetch (or compute) each image's features, score pairs, sort."""
 
     kind = "base"
 
-    def __init__(self, cache_size: int) -> None:
-        self.cache = _LruCache(cache_size)
+    cache_size: int
+
+    def __post_init__(self) -> None:  # run by the dataclass subclasses' __init__
+        # Image path -> its precomputed local features, least recently used first.
+        self.cache: OrderedDict[Hashable, Any] = OrderedDict()
+        self.max_cached = max(0, int(self.cache_size))
         self.timing = RerankTiming()
         self.last_scores: np.ndarray = np.zeros(0)
 
@@ -168,14 +147,19 @@ class _CachedReranker:
         # Look everything up before storing anything, so that a cache smaller
         # than K cannot evict a candidate between lookup and use.
         known = {p: self.cache.get(p) for p in keys}
+        for path in keys:
+            if path in self.cache:
+                self.cache.move_to_end(path)
         missing = [p for p, features in known.items() if features is None]
         computed = self._compute([query_path, *missing])
         if len(computed) != len(missing) + 1:
             raise ValueError(f"the feature function returned {len(computed)} results for {len(missing) + 1} images")
         query_features = computed[0]
         known.update(zip(missing, computed[1:]))
-        for path in missing:
-            self.cache.put(path, known[path])
+        if self.max_cached:
+            self.cache.update((path, known[path]) for path in missing)
+            while len(self.cache) > self.max_cached:
+                self.cache.popitem(last=False)
         candidate_features = [known[p] for p in keys]
         matched = time.perf_counter()
         scores = np.array([self._score(query_features, c) for c in candidate_features], dtype=np.int64)
@@ -213,9 +197,6 @@ class PatchReranker(_CachedReranker):
     estimator: Estimator = "usac"
     cache_size: int = 2048
     cache_dtype: np.dtype | type = np.float16
-
-    def __post_init__(self) -> None:
-        super().__init__(self.cache_size)
 
     def _compute(self, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         maps = self.feature_fn(paths)
@@ -260,9 +241,6 @@ class SiftReranker(_CachedReranker):
     max_side: int | None = 640
     max_keypoints: int = 2000
     cache_size: int = 1024
-
-    def __post_init__(self) -> None:
-        super().__init__(self.cache_size)
 
     def _compute(self, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [sift_features(np.asarray(self.image_loader(p)), self.max_side, self.max_keypoints) for p in paths]

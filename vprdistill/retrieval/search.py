@@ -65,12 +65,6 @@ def _top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     )
 
 
-def _block_rows(num_queries: int, num_database: int, batch_size: int | None) -> int:
-    """Queries per block: ``batch_size``, or as many as fit the score-matrix budget."""
-    block = batch_size or max(1, _SCORE_BLOCK_BYTES // (4 * num_database))
-    return min(block, max(num_queries, 1))
-
-
 def exact_search(
     database: np.ndarray,
     queries: np.ndarray,
@@ -111,7 +105,8 @@ def exact_search(
             _raise_non_finite(database, queries)
         return search(build_index(database, "flat"), queries, k)
     num_queries, num_database = len(queries), len(database)
-    block = _block_rows(num_queries, num_database, batch_size)
+    # Queries per block: batch_size, or as many as fit the score-matrix budget.
+    block = min(batch_size or max(1, _SCORE_BLOCK_BYTES // (4 * num_database)), max(num_queries, 1))
     scores_out = np.empty((num_queries, k), dtype=np.float32)
     indices_out = np.empty((num_queries, k), dtype=np.int64)
     buffer = np.empty((block, num_database), dtype=np.float32)

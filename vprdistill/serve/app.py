@@ -113,30 +113,18 @@ class _Pipeline:
         self.decoder = ThreadPoolExecutor(max_workers=decode_slots, thread_name_prefix="vprdistill-decode")
         self.model_lock = threading.Lock()
 
-    async def __call__(self, file: BinaryIO, name: str, topk: int) -> dict[str, Any]:
-        # Refused from the header before queueing for a decode slot.
-        await run_in_threadpool(check_image_header, file, name, self.max_pixels)
-        batch = await asyncio.get_running_loop().run_in_executor(self.decoder, self._prepare, file, name)
-        return await run_in_threadpool(self._answer, batch, name, topk)
-
     def _prepare(self, file: BinaryIO, name: str) -> torch.Tensor:
         # Only the network's input, `(1, 3, H, W)`, leaves the decode thread: a request waiting
         # for the model never holds a full-size decoded photo.
         return self.localizer.prepare(decode_image_file(file, name, self.max_pixels))[None]
-
-    def _answer(self, batch: torch.Tensor, name: str, topk: int) -> dict[str, Any]:
-        return self._answer_all(batch, [name], topk)[0]
 
     def _answer_all(self, batch: torch.Tensor, names: list[str], topk: int) -> list[dict[str, Any]]:
         """One record per row of ``batch`` `(B, 3, H, W)`: one forward pass and one search for all of them."""
         start = time.perf_counter()
         with self.model_lock:
             results = self.localizer.match(self.localizer.describe_batch(batch), topk, list(names))
-        elapsed_ms = 1e3 * (time.perf_counter() - start)
-        records = [result.to_dict() for result in results]
-        for record in records:
-            record["elapsed_ms"] = elapsed_ms  # the batch's model and search time
-        return records
+        elapsed_ms = 1e3 * (time.perf_counter() - start)  # the batch's model and search time, in each record
+        return [{**result.to_dict(), "elapsed_ms": elapsed_ms} for result in results]
 
     async def batch(self, parts: list[tuple[BinaryIO, str]], topk: int) -> list[dict[str, Any]]:
         """``(file, name)`` parts → one record each, in order; ``BatchPartError`` names the first bad part."""
@@ -170,10 +158,6 @@ class BatchPartError(Exception):
         self.index, self.name, self.error = index, name, error
 
 
-class TooManyImagesError(Exception):
-    """A batch form with more image files than the limit; raised at the first one too many."""
-
-
 class _BatchFormParser(MultiPartParser):
     """Starlette's multipart parser, stopping at the first file beyond ``max_images``.
 
@@ -193,8 +177,10 @@ class _BatchFormParser(MultiPartParser):
         super().on_headers_finished()
         if self._current_part.file is not None:  # a part with a file name, as every image upload has
             self.images += 1
-            if self.images > self.max_images:
-                raise TooManyImagesError
+            if self.images > self.max_images:  # 413, at the first file too many
+                raise HTTPException(
+                    413, detail=f"a batch holds at most {self.max_images} images; send the others in another request"
+                )
 
 
 async def _read_batch_form(request: Request, max_images: int) -> FormData:
@@ -205,33 +191,8 @@ async def _read_batch_form(request: Request, max_images: int) -> FormData:
     try:
         async with aclosing(request.stream()) as stream:
             return await _BatchFormParser(request, stream, max_images, max_fields=1).parse()
-    except TooManyImagesError:
-        raise HTTPException(
-            413, detail=f"a batch holds at most {max_images} images; send the others in another request"
-        ) from None
     except MultiPartException as error:
         raise HTTPException(400, detail=error.message) from error
-
-
-def _info(localizer: Localizer) -> dict[str, Any]:
-    index = localizer.index
-    manifest = index.manifest
-    calibration = index.calibration
-    return {
-        "model": manifest.get("model_config", {}).get("name"),
-        "model_config": manifest.get("model_config"),
-        "fingerprint": index.model_fingerprint,
-        "descriptor_dim": index.descriptor_dim,
-        "stored_dim": manifest.get("stored_dim"),
-        "index_size": len(index),
-        "index_type": manifest.get("type"),
-        "pca": manifest.get("pca"),
-        "dtype": manifest.get("dtype"),
-        "image_size": list(localizer.image_size),
-        "device": str(localizer.device),
-        "calibrated_threshold": None if calibration is None else calibration["threshold"],
-        "utm_zone": index.utm_zone,
-    }
 
 
 def create_app(
@@ -255,13 +216,28 @@ def create_app(
     app = FastAPI(title="vprdistill localisation service", max_body_size=int(max_upload_bytes))
     require_key = Depends(api_key_dependency(api_key))
     run_localizer = _Pipeline(localizer, int(max_pixels), int(decode_slots))
-    info = _info(localizer)
-    info["limits"] = {
-        "max_upload_bytes": int(max_upload_bytes),
-        "max_pixels": int(max_pixels),
-        "decode_slots": int(decode_slots),
-        "decode_memory_bytes": decode_memory_bound(decode_slots, max_pixels),
-        "max_batch_images": int(max_batch_images),
+    index, manifest = localizer.index, localizer.index.manifest
+    info = {
+        "model": manifest.get("model_config", {}).get("name"),
+        "model_config": manifest.get("model_config"),
+        "fingerprint": index.model_fingerprint,
+        "descriptor_dim": index.descriptor_dim,
+        "stored_dim": manifest.get("stored_dim"),
+        "index_size": len(index),
+        "index_type": manifest.get("type"),
+        "pca": manifest.get("pca"),
+        "dtype": manifest.get("dtype"),
+        "image_size": list(localizer.image_size),
+        "device": str(localizer.device),
+        "calibrated_threshold": None if index.calibration is None else index.calibration["threshold"],
+        "utm_zone": index.utm_zone,
+        "limits": {
+            "max_upload_bytes": int(max_upload_bytes),
+            "max_pixels": int(max_pixels),
+            "decode_slots": int(decode_slots),
+            "decode_memory_bytes": decode_memory_bound(decode_slots, max_pixels),
+            "max_batch_images": int(max_batch_images),
+        },
     }
 
     @app.get("/health")
@@ -272,25 +248,33 @@ def create_app(
     def get_info() -> AsciiJSONResponse:
         return AsciiJSONResponse(info)
 
+    async def answer(form: FormData, field: str, topk: int) -> list[dict[str, Any]]:
+        """The records of the uploads in the file fields ``field`` of ``form`` (closed after); 400 / 413 for a bad one."""
+        single = field == UPLOAD_FIELD
+        what = "the image as a multipart file field" if single else "the images as multipart file fields"
+        try:
+            # A batch names a field it does not know; a single upload ignores the (one) other field it may carry.
+            unexpected = [] if single else sorted(set(form.keys()) - {field})
+            uploads = form.getlist(field)
+            if unexpected or not uploads or not all(isinstance(upload, UploadFile) for upload in uploads):
+                note = f"unexpected field '{unexpected[0]}': " if unexpected else ""
+                raise HTTPException(400, detail=f"{note}send {what} named '{field}'")
+            names = [upload.filename or (field if single else f"{field}[{i}]") for i, upload in enumerate(uploads)]
+            try:
+                # Decoded from Starlette's spooled files: an upload above 1 MB is read from disk, not held in memory.
+                return await run_localizer.batch([(upload.file, name) for upload, name in zip(uploads, names)], topk)
+            except BatchPartError as error:
+                status = 413 if isinstance(error.error, ImageTooLargeError) else 400
+                # A single upload's answer names the image; a batch's also names its position.
+                raise HTTPException(status, detail=str(error.error if single else error)) from error
+        finally:
+            await form.close()
+
     @app.post("/localize", dependencies=[require_key], openapi_extra=_UPLOAD_SCHEMA)
     async def localize(request: Request, topk: int = Query(5, ge=1, le=MAX_TOPK)) -> AsciiJSONResponse:
         # The form is read here, after the key check, so an unauthorised client never gets its upload parsed.
         form = await request.form(max_files=1, max_fields=1)
-        try:
-            upload = form.get(UPLOAD_FIELD)
-            if not isinstance(upload, UploadFile):
-                raise HTTPException(400, detail=f"send the image as a multipart file field named '{UPLOAD_FIELD}'")
-            name = upload.filename or UPLOAD_FIELD
-            try:
-                # Decoded from Starlette's spooled file: an upload above 1 MB is read from disk, not held in memory.
-                record = await run_localizer(upload.file, name, topk)
-            except ImageTooLargeError as error:
-                raise HTTPException(413, detail=str(error)) from error
-            except ImageLoadError as error:
-                raise HTTPException(400, detail=str(error)) from error
-            return AsciiJSONResponse(record)
-        finally:
-            await form.close()
+        return AsciiJSONResponse((await answer(form, UPLOAD_FIELD, topk))[0])
 
     if max_batch_images:
 
@@ -298,22 +282,6 @@ def create_app(
         async def localize_batch(request: Request, topk: int = Query(5, ge=1, le=MAX_TOPK)) -> AsciiJSONResponse:
             # As for /localize, the form is read only after the key check.
             form = await _read_batch_form(request, int(max_batch_images))
-            try:
-                unexpected = sorted(set(form.keys()) - {BATCH_FIELD})
-                if unexpected:
-                    raise HTTPException(400, detail=f"unexpected field '{unexpected[0]}': send the images as "
-                                                    f"multipart file fields named '{BATCH_FIELD}'")  # fmt: skip
-                uploads = form.getlist(BATCH_FIELD)
-                if not uploads or not all(isinstance(upload, UploadFile) for upload in uploads):
-                    raise HTTPException(400, detail=f"send the images as multipart file fields named '{BATCH_FIELD}'")
-                parts = [(upload.file, upload.filename or f"{BATCH_FIELD}[{i}]") for i, upload in enumerate(uploads)]
-                try:
-                    records = await run_localizer.batch(parts, topk)
-                except BatchPartError as error:
-                    status = 413 if isinstance(error.error, ImageTooLargeError) else 400
-                    raise HTTPException(status, detail=str(error)) from error
-                return AsciiJSONResponse({"results": records})
-            finally:
-                await form.close()
+            return AsciiJSONResponse({"results": await answer(form, BATCH_FIELD, topk)})
 
     return app

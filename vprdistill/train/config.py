@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -31,6 +32,7 @@ from typing import Any, Union
 import yaml
 
 from vprdistill.eval.recall import QUERIES_WITHOUT_POSITIVE
+from vprdistill.utils.atomic import atomic_write_text
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 AMP_MODES = ("off", "bf16", "fp16")
@@ -169,17 +171,12 @@ RESUME_SAFE_KEYS = (
 )
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
 def _type_name(hint: Any) -> str:
-    if hint is bool:
-        return "true or false"
-    if hint is int:
-        return "an integer"
-    if hint is float:
-        return "a number"
-    if hint is str:
-        return "a string"
-    if hint is dict:
-        return "a mapping"
+    if hint in _TYPE_NAMES:
+        return _TYPE_NAMES[hint]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
         return f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
@@ -222,26 +219,20 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return value
         raise refuse()
     if hint is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())  # "1e-4": YAML 1.1 reads it as a string
-            except ValueError:
-                number = None
-        if number is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise refuse()
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)  # "1e-4": YAML 1.1 reads it as a string
+        except ValueError:
+            raise refuse() from None
         if not math.isfinite(number):
             raise refuse("a finite number")
         return number
     if hint is str:
-        if isinstance(value, str):
-            return value
         if value is None:
             return ""  # `key=` on the command line, or `key:` in YAML: empty (e.g. data.val_split=)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # e.g. a folder named 2024
+        if isinstance(value, str) or _EXACT_TYPES[int](value):
+            return str(value)  # an integer as its text: e.g. a folder named 2024
         raise refuse()
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -265,55 +256,46 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
         raise ValueError(
             f"{source}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
         )
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _SECTIONS:
-            section_cls = _SECTIONS[key]
-            section_known = {f.name for f in dataclasses.fields(section_cls)}
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(
-                    f"{source}: {key} must be a mapping of its keys (set one as {key}.KEY=VALUE), "
-                    f"got {value!r} ({type(value).__name__})"
-                )
-            value = dict(value or {})
-            bad = sorted(set(value) - section_known)
-            if bad:
-                raise ValueError(
-                    f"{source}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
-                    f"valid keys of '{key}': {', '.join(sorted(section_known))}"
-                )
-            kwargs[key] = section_cls(**_check_fields(section_cls, value, f"{key}.", source))
-        else:
-            kwargs[key] = value
-    if kwargs.get("amp") is False:  # YAML reads a bare `off` as false
-        kwargs["amp"] = "off"
-    top_level = {k: v for k, v in kwargs.items() if k not in _SECTIONS}
-    kwargs.update(_check_fields(TrainConfig, top_level, "", source))
+    if raw.get("amp") is False:  # YAML reads a bare `off` as false
+        raw["amp"] = "off"
+    kwargs = _check_fields(TrainConfig, {k: v for k, v in raw.items() if k not in _SECTIONS}, "", source)
+    for key, section_cls in _SECTIONS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        section_known = {f.name for f in dataclasses.fields(section_cls)}
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(
+                f"{source}: {key} must be a mapping of its keys (set one as {key}.KEY=VALUE), "
+                f"got {value!r} ({type(value).__name__})"
+            )
+        value = dict(value or {})
+        bad = sorted(set(value) - section_known)
+        if bad:
+            raise ValueError(
+                f"{source}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
+                f"valid keys of '{key}': {', '.join(sorted(section_known))}"
+            )
+        kwargs[key] = section_cls(**_check_fields(section_cls, value, f"{key}.", source))
     config = TrainConfig(**kwargs)
     validate_config(config, source)
     return config
 
 
+# The lower bounds of numeric keys (dotted: section.key), checked by validate_config.
+_AT_LEAST = {
+    1: "epochs batch_size patience eval_batch_size threads mining.num_negatives mining.negative_samples".split(),
+    0: "data.num_workers optim.lr optim.weight_decay optim.momentum threshold_m".split(),
+}
+
+
 def validate_config(config: TrainConfig, source: str = "config") -> None:
     """Value checks beyond the types (ranges, choices, combinations); ValueError naming the key."""
-    at_least = {
-        "epochs": (config.epochs, 1),
-        "batch_size": (config.batch_size, 1),
-        "patience": (config.patience, 1),
-        "eval_batch_size": (config.eval_batch_size, 1),
-        "data.num_workers": (config.data.num_workers, 0),
-        "mining.num_negatives": (config.mining.num_negatives, 1),
-        "mining.negative_samples": (config.mining.negative_samples, 1),
-        "optim.lr": (config.optim.lr, 0),
-        "optim.weight_decay": (config.optim.weight_decay, 0),
-        "optim.momentum": (config.optim.momentum, 0),
-        "threshold_m": (config.threshold_m, 0),
-    }
-    if config.threads is not None:
-        at_least["threads"] = (config.threads, 1)
-    for key, (value, low) in at_least.items():
-        if value < low:
-            raise ValueError(f"{source}: {key} must be >= {low}, got {value}")
+    for low, keys in _AT_LEAST.items():
+        for key in keys:
+            value = functools.reduce(getattr, key.split("."), config)
+            if value is not None and value < low:  # threads: null (every core) has no bound
+                raise ValueError(f"{source}: {key} must be >= {low}, got {value}")
     if config.optim.lr_decay <= 0:
         raise ValueError(
             f"{source}: optim.lr_decay must be > 0 (the factor of the learning rate per epoch), "
@@ -329,22 +311,21 @@ def validate_config(config: TrainConfig, source: str = "config") -> None:
     if any(side < 1 for side in config.data.image_size):
         raise ValueError(f"{source}: data.image_size must be positive [H, W], got {config.data.image_size}")
     choices = {
-        "optim.name": (config.optim.name, ("adam", "sgd")),
-        "queries_without_positive": (config.queries_without_positive, QUERIES_WITHOUT_POSITIVE),
-        "data.input": (config.data.input, ("rgb", "seg")),
-        "mining.cache_model": (config.mining.cache_model, ("student", "teacher")),
-        "amp": (config.amp, AMP_MODES),
-        "batchnorm": (config.batchnorm, BATCHNORM_MODES),
+        "optim.name": ("adam", "sgd"),
+        "queries_without_positive": QUERIES_WITHOUT_POSITIVE,
+        "data.input": ("rgb", "seg"),
+        "mining.cache_model": ("student", "teacher"),
+        "amp": AMP_MODES,
+        "batchnorm": BATCHNORM_MODES,
     }
-    for key, (value, allowed) in choices.items():
+    for key, allowed in choices.items():
+        value = functools.reduce(getattr, key.split("."), config)
         if value not in allowed:
             raise ValueError(f"{source}: {key} must be one of {', '.join(allowed)}, got {value!r}")
     _validate_validation_folders(config.data, source)
     if config.data.places:
-        for key, value in (
-            ("places_per_batch", config.data.places_per_batch),
-            ("views_per_place", config.data.views_per_place),
-        ):
+        for key in ("places_per_batch", "views_per_place"):
+            value = getattr(config.data, key)
             if value < 2:
                 raise ValueError(
                     f"{source}: data.{key} must be >= 2 (a place batch needs positives and negatives), got {value}"
@@ -415,15 +396,13 @@ def _validate_mining(mining: MiningConfig, source: str) -> None:
 
 def resolve_preset_path(path_or_name: str | Path) -> Path:
     """A YAML path, or the name of a packaged preset such as ``tscm/synth-student-tiny``."""
-    candidate = Path(path_or_name)
-    if candidate.is_file():
-        return candidate
-    packaged = PACKAGE_CONFIG_DIR / f"{path_or_name}.yaml"
-    if packaged.is_file():
-        return packaged
-    packaged = PACKAGE_CONFIG_DIR / str(path_or_name)
-    if packaged.is_file():
-        return packaged
+    for candidate in (
+        Path(path_or_name),
+        PACKAGE_CONFIG_DIR / f"{path_or_name}.yaml",
+        PACKAGE_CONFIG_DIR / str(path_or_name),
+    ):
+        if candidate.is_file():
+            return candidate
     raise FileNotFoundError(
         f"config {path_or_name}: no such file, and no packaged preset of that name under {PACKAGE_CONFIG_DIR}"
     )
@@ -456,10 +435,9 @@ def _set_key(raw: dict, key: str, value: Any, where: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = {}
-            node[part] = child
+        if node.get(part) is None:
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ValueError(f"{where}: '{part}' is not a section")  # noqa: TRY004
         node = child
@@ -493,13 +471,9 @@ def _read_yaml_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    # Mappings on both sides merge key by key; any other value of ``update`` replaces the base's.
+    both = [key for key, value in update.items() if isinstance(value, dict) and isinstance(base.get(key), dict)]
+    return {**base, **update, **{key: _deep_merge(base[key], update[key]) for key in both}}
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -571,6 +545,4 @@ def describe_change(key: str, before: Any, after: Any) -> str:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    from vprdistill.utils.atomic import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -38,8 +38,6 @@ logger = get_logger("distributed")
 
 T = TypeVar("T")
 
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
 
 class RankFailedError(RuntimeError):
     """Another rank failed; this one stops too (the cause is in that rank's log)."""
@@ -63,16 +61,12 @@ class DistributedContext:
         """Rank 0: the one process that writes the run folder."""
         return self.rank == 0
 
-    @property
-    def _comm_device(self) -> torch.device:
-        # NCCL moves CUDA tensors only; gloo moves CPU tensors.
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
-
-    def shard(self, total: int) -> slice:
-        """This rank's contiguous share of ``range(total)`` (sizes differ by at most one)."""
+    def shard(self, total: int, rank: int | None = None) -> slice:
+        """This rank's (or ``rank``'s) contiguous share of ``range(total)`` (sizes differ by at most one)."""
+        rank = self.rank if rank is None else rank
         base, extra = divmod(total, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (1 if self.rank < extra else 0))
+        start = rank * base + min(rank, extra)
+        return slice(start, start + base + (1 if rank < extra else 0))
 
     def share(self, items: Sequence[T]) -> list[T]:
         """Every ``world_size``-th item from this rank's offset, after dropping the remainder.
@@ -86,10 +80,6 @@ class DistributedContext:
         usable = len(items) - len(items) % self.world_size
         return list(items[self.rank : usable : self.world_size])
 
-    def barrier(self) -> None:
-        if self.is_distributed:
-            dist.barrier()
-
     def broadcast_object(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (any picklable value)."""
         if not self.is_distributed:
@@ -102,34 +92,29 @@ class DistributedContext:
         """Element-wise sums over ranks of a list of numbers (float64)."""
         if not self.is_distributed:
             return [float(v) for v in values]
-        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device)
+        # NCCL moves CUDA tensors only; gloo moves CPU tensors.
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return tensor.cpu().tolist()
 
     def gather_rows(self, local: np.ndarray, total: int) -> np.ndarray:
-        """Concatenate every rank's :meth:`shard` rows: local ``(n_r, D)`` → ``(total, D)`` on every rank."""
+        """Concatenate every rank's :meth:`shard` rows: local ``(n_r, D)`` → ``(total, D)`` float32 on every rank."""
         if not self.is_distributed:
             return local
-        sizes = [self._shard_size(total, r) for r in range(self.world_size)]
-        if local.shape[0] != sizes[self.rank]:
-            raise ValueError(f"rank {self.rank}: expected {sizes[self.rank]} rows for its shard, got {local.shape[0]}")
-        # all_gather needs equal shapes: pad every share to the largest one.
-        padded = torch.zeros((max(sizes), local.shape[1]), dtype=torch.float32, device=self._comm_device)
-        padded[: local.shape[0]] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
-        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(gathered, padded)
-        return torch.cat([g[:size] for g, size in zip(gathered, sizes)]).cpu().numpy()
-
-    def _shard_size(self, total: int, rank: int) -> int:
-        base, extra = divmod(total, self.world_size)
-        return base + (1 if rank < extra else 0)
+        parts: list[np.ndarray | None] = [None] * self.world_size
+        dist.all_gather_object(parts, np.ascontiguousarray(local, dtype=np.float32))
+        for rank, part in enumerate(parts):
+            share = self.shard(total, rank)
+            if part.shape[0] != share.stop - share.start:
+                raise ValueError(
+                    f"rank {rank}: expected {share.stop - share.start} rows for its shard, got {part.shape[0]}"
+                )
+        return np.concatenate(parts)
 
     def raise_if_any_failed(self, error: BaseException | None) -> None:
         """Re-raise ``error`` here, and stop every other rank too when any rank failed."""
-        if self.is_distributed:
-            failed = self.all_reduce_sum([1.0 if error is not None else 0.0])[0]
-        else:
-            failed = 1.0 if error is not None else 0.0
+        failed = self.all_reduce_sum([1.0 if error is not None else 0.0])[0]
         if error is not None:
             raise error
         if failed:
@@ -208,24 +193,21 @@ def distributed_context(device_name: str = "auto", timeout_minutes: float = 30.0
     created is left to the caller. Outside torchrun (``WORLD_SIZE`` unset or 1)
     it yields a one-process context on ``resolve_device(device_name)``.
     """
-    if dist.is_available() and dist.is_initialized():
+    joined = dist.is_available() and dist.is_initialized()
+    if joined:
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        device = rank_device(device_name, local_rank, world_size > 1)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        yield DistributedContext(rank, world_size, local_rank, device)
-        return
-    rank, world_size, local_rank = _launch_environment()
+    else:
+        rank, world_size, local_rank = _launch_environment()
     device = rank_device(device_name, local_rank, world_size > 1)
-    if world_size == 1:
-        yield DistributedContext(0, 1, 0, device)
+    if device.type == "cuda" and (joined or world_size > 1):
+        torch.cuda.set_device(device)
+    if joined or world_size == 1:
+        yield DistributedContext(rank, world_size, local_rank, device)
         return
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed support; train with one process")
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     logger.info("rank %d of %d (local rank %d) on %s, backend %s", rank, world_size, local_rank, device, backend)
     try:

@@ -35,19 +35,15 @@ class InputLoader:
 
     def __init__(self, data: DataConfig, train: bool) -> None:
         image_size = tuple(data.image_size)
-        self.kind = data.input
-        if self.kind == "rgb":
-            self.transform = build_transform(image_size, augment=data.augment and train)
+        if data.input == "rgb":
+            self.load, self.transform = load_image, build_transform(image_size, augment=data.augment and train)
         else:
             class_map = StructuralClassMap.from_yaml(source=data.structural_source)
-            self.transform = build_segmentation_transform(image_size, class_map=class_map)
+            self.load, self.transform = load_segmentation, build_segmentation_transform(image_size, class_map=class_map)
 
     def __call__(self, path: Path) -> torch.Tensor:
-        if self.kind == "rgb":
-            return self.transform(load_image(path))
-        return self.transform(load_segmentation(path))
+        return self.transform(self.load(path))
 
 
-def build_input_loader(data: DataConfig, train: bool) -> InputLoader:
-    """A callable path → input tensor for training tuples (augmented when configured)."""
-    return InputLoader(data, train)
+# A callable path → input tensor for training tuples (augmented when configured): ``build_input_loader(data, train)``.
+build_input_loader = InputLoader

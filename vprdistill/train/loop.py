@@ -54,7 +54,7 @@ from vprdistill.train.init_from import init_weights_from
 from vprdistill.train.inputs import build_input_loader, input_paths
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import TripletMiner, log_mining_round, miner_from_config
-from vprdistill.train.place_batches import BatchList, PlaceImageDataset, collate_places, place_batches
+from vprdistill.train.place_batches import PlaceImageDataset, collate_places, place_batches
 from vprdistill.train.run_folder import RunFolder
 from vprdistill.train.tuples import TupleDataset, collate_tuples, split_tuple_descriptors
 from vprdistill.utils.device import set_threads
@@ -101,6 +101,10 @@ def _subset_queries(dataset: PlaceDataset, limit: int | None, seed: int) -> Plac
     return dataset.subset(query_indices=keep)
 
 
+def _split_line(kind: str, split: str, source: object, dataset: PlaceDataset) -> str:
+    return f"{kind} split {split!r}: {source}, {dataset.num_database} database images, {dataset.num_queries} queries"
+
+
 def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDataset | None]:
     """The training split and the validation split (None when ``data.val_split`` is empty).
 
@@ -117,24 +121,12 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
     data = config.data
     if not data.dataset and not (data.places and data.database):
         raise ValueError("data.dataset is empty: give the dataset root, e.g. data.dataset=path/to/synthcity")
-    options = {
-        "reader": data.reader,
-        "skip_bad_images": data.skip_bad_images,
-        "name": data.name,
-        "segmentation_dir": data.segmentation_dir,
-    }
-    if data.places:
-        # Place batches train on data.places; data.dataset gives the validation split only.
-        train_set, train_source = None, None
-    else:
+    options = {key: getattr(data, key) for key in ("reader", "skip_bad_images", "name", "segmentation_dir")}
+    # Place batches train on data.places; data.dataset gives the validation split only.
+    train_set, train_source = None, None
+    if not data.places:
         train_set, train_source = open_dataset_with_source(data.dataset, split=data.train_split, **options)
-        logger.info(
-            "training split %r: %s, %d database images, %d queries",
-            data.train_split,
-            train_source,
-            train_set.num_database,
-            train_set.num_queries,
-        )
+        logger.info(_split_line("training", data.train_split, train_source, train_set))
         train_set = _subset_queries(train_set, data.max_train_queries, config.seed)
     if data.database:
         # Two folders (data.database, data.queries) replace data.dataset's data.val_split.
@@ -149,11 +141,8 @@ def open_train_val(config: TrainConfig) -> tuple[PlaceDataset | None, PlaceDatas
     val_set = _subset_queries(val_set, data.max_val_queries, config.seed + 1)
     without = sum(len(p) == 0 for p in val_set.positives(config.threshold_m))
     logger.info(
-        "validation split %r: %s, %d database images, %d queries (%d without a positive within %g m: %s)",
-        data.val_split,
-        val_source,
-        val_set.num_database,
-        val_set.num_queries,
+        "%s (%d without a positive within %g m: %s)",
+        _split_line("validation", data.val_split, val_source, val_set),
         without,
         config.threshold_m,
         config.queries_without_positive,
@@ -177,50 +166,6 @@ def _build_optimizer(
     return torch.optim.SGD(
         parameters, lr=config.optim.lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
     )
-
-
-def _describe(
-    config: TrainConfig, model: torch.nn.Module, paths: list[Path], context: DistributedContext
-) -> np.ndarray:
-    """Descriptors ``(N, D)`` of ``paths``: each rank computes its shard, every rank gets all of them."""
-    share = context.shard(len(paths))
-    local = compute_descriptors(
-        model,
-        paths[share],
-        image_size=config.data.image_size,
-        batch_size=config.eval_batch_size,
-        device=context.device,
-        num_workers=config.data.num_workers,
-        input_kind=config.data.input,
-        structural_source=config.data.structural_source,
-        progress=False,
-    )
-    return context.gather_rows(local, len(paths))
-
-
-def _validate(
-    config: TrainConfig, dataset: PlaceDataset | None, model: torch.nn.Module, context: DistributedContext
-) -> dict[str, float] | None:
-    """Validation R@N of the student on the validation split (descriptors computed each epoch); None without one."""
-    if dataset is None:
-        return None
-    query_paths, database_paths = input_paths(dataset, config.data.input)
-    database = _describe(config, model, database_paths, context)
-    queries = _describe(config, model, query_paths, context)
-
-    def recall() -> dict[str, float]:
-        result = evaluate_descriptors(
-            database,
-            queries,
-            dataset,
-            threshold_m=config.threshold_m,
-            recall_ns=config.recall_ns,
-            queries_without_positive=config.queries_without_positive,
-        )
-        return {str(k): float(v) for k, v in result.recall.items()}
-
-    # Rank 0's figures decide best checkpoint and early stopping on every rank.
-    return context.main_result(recall)
 
 
 def train(
@@ -262,7 +207,21 @@ def _train(
     with contextlib.ExitStack() as stack:
         # Rank 0 alone writes the run folder, so it alone holds the run's lock, until training ends.
         changes = context.run_where(context.is_main, lambda: _open_run(run, config, resume, stack))
-        return _train_locked(config, run, resume, step_callbacks, context, changes or [])
+        config = _start(config, run, resume, context, changes or [])
+        train_set, val_set = open_train_val(config)
+        session = _Session(config, run, context, train_set, val_set, resume, step_callbacks)
+        start_epoch = session.epoch + 1
+        epochs_run, stopped_early = start_epoch - 1, False
+        for epoch in range(start_epoch, config.epochs + 1):
+            if session.stale_epochs >= config.patience:
+                stopped_early = True
+                break
+            session.train_epoch(epoch)
+            session.end_epoch(epoch)
+            epochs_run = epoch
+        if session.writer is not None:
+            session.writer.close()
+        return TrainResult(run.path, session.best_recall, session.best_epoch, epochs_run, stopped_early)
 
 
 def _open_run(
@@ -277,32 +236,6 @@ def _open_run(
         changes = resume_changes(run.config_path, config)
     run.create(exist_ok=resume)
     return changes
-
-
-def _train_locked(
-    config: TrainConfig,
-    run: RunFolder,
-    resume: bool,
-    step_callbacks: Sequence[StepCallback],
-    context: DistributedContext,
-    changes: list[tuple[str, object, object]],
-) -> TrainResult:
-    config = _start(config, run, resume, context, changes)
-    train_set, val_set = open_train_val(config)
-    session = _Session(config, run, context, train_set, resume, step_callbacks)
-    validate = functools.partial(_validate, config, val_set, context=context)
-    start_epoch = session.epoch + 1
-    epochs_run, stopped_early = start_epoch - 1, False
-    for epoch in range(start_epoch, config.epochs + 1):
-        if session.stale_epochs >= config.patience:
-            stopped_early = True
-            break
-        session.train_epoch(epoch)
-        session.end_epoch(epoch, validate)
-        epochs_run = epoch
-    if session.writer is not None:
-        session.writer.close()
-    return TrainResult(run.path, session.best_recall, session.best_epoch, epochs_run, stopped_early)
 
 
 def _start(
@@ -362,10 +295,11 @@ class _Session:
         run: RunFolder,
         context: DistributedContext,
         train_set: PlaceDataset | None,
+        val_set: PlaceDataset | None,
         resume: bool,
         step_callbacks: Sequence[StepCallback],
     ) -> None:
-        self.config, self.run, self.context, self.train_set = config, run, context, train_set
+        self.config, self.run, self.context, self.train_set, self.val_set = config, run, context, train_set, val_set
         self.step_callbacks = step_callbacks
         self.model = _build_student(config, resume, context)
         self.method = TrainingMethod(config, context.device, student_dim=getattr(self.model, "descriptor_dim", None))
@@ -384,16 +318,15 @@ class _Session:
     def _prepare_method(self) -> TripletMiner | None:
         """Fill the teachers' caches; the miner of tuple training (None for place batches), logged."""
         config, method, places = self.config, self.method, self.places
-        if places is not None:
-            prepare = functools.partial(method.prepare_places, places)
-        else:
-            prepare = functools.partial(method.prepare, self.train_set)
+        prepare = functools.partial(method.prepare, self.train_set, places)
         # One process per machine fills the teacher caches; the others then read them.
         self.context.run_where(self.context.local_rank == 0, prepare)
         self.context.run_where(self.context.local_rank != 0, prepare)
         if places is None:
             miner = miner_from_config(config.mining, self.train_set)
-            logger.info("%s; loss margin %s", miner.describe(), _loss_margins(method))
+            # The margin of the student's triplet term, next to the (separate) mining margin.
+            margin = method.margin if method.student_loss is None else getattr(method.student_loss, "margin", "none")
+            logger.info("%s; loss margin %s", miner.describe(), margin)
             return miner
         logger.info(
             "place batches: %d places x %d views per batch, %d batches per epoch; in-batch tuples with %d negatives",
@@ -412,15 +345,42 @@ class _Session:
         self.epoch = int(state["epoch"])
         self.best_recall, self.best_epoch = float(state["best_recall"]), int(state["best_epoch"])
         self.stale_epochs = int(state["stale_epochs"])
-        if state.get("projections"):
-            self.method.load_state_dict(state["projections"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if state.get("miner") and self.miner is not None:
-            self.miner.load_state_dict(state["miner"])
-        _apply_optimizer_config(self.config, self.optimizer, self.scheduler, finished_epochs=self.epoch)
+        for key, part in (("projections", self.method), ("scaler", self.scaler), ("miner", self.miner)):
+            if state.get(key) and part is not None:  # absent or empty: nothing of it was saved
+                part.load_state_dict(state[key])
+        self._apply_optimizer_config()
         self.context.run_where(self.context.is_main, lambda: self.run.truncate_metrics(self.epoch))
         logger.info("resumed after epoch %d (best R@1 %.2f at epoch %d)", self.epoch, self.best_recall, self.best_epoch)
+
+    def _apply_optimizer_config(self) -> None:
+        """Give the restored optimizer and scheduler the config's optim values where they changed on resume.
+
+        ``optim.lr`` is the rate of epoch 1 and ``optim.lr_decay`` its factor per epoch,
+        so after a change the next epoch trains at ``lr * lr_decay ** self.epoch`` (the finished epochs),
+        as if the run had used the new values from the start. Unchanged values are left
+        exactly as restored (an uninterrupted run and a resumed one stay bit-identical).
+        """
+        optim, optimizer, scheduler, finished_epochs = self.config.optim, self.optimizer, self.scheduler, self.epoch
+        if optim.lr != scheduler.base_lrs[0] or optim.lr_decay != scheduler.gamma:
+            lr = optim.lr * optim.lr_decay**finished_epochs
+            scheduler.base_lrs = [optim.lr for _ in optimizer.param_groups]
+            scheduler.gamma = optim.lr_decay
+            for group in optimizer.param_groups:
+                group["initial_lr"], group["lr"] = optim.lr, lr
+            scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr reports until the next step
+            logger.info(
+                "learning-rate schedule from the config: optim.lr %g, optim.lr_decay %g: epoch %d trains at lr %g",
+                optim.lr,
+                optim.lr_decay,
+                finished_epochs + 1,
+                lr,
+            )
+        for name, value in (("weight_decay", optim.weight_decay), ("momentum", optim.momentum)):
+            groups = [g for g in optimizer.param_groups if name in g and g[name] != value]
+            for group in groups:
+                group[name] = value
+            if groups:
+                logger.info("optim.%s %g from the config applied to the restored optimizer", name, value)
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch of optimiser steps, on place batches or on mined tuples; fills the epoch's counters."""
@@ -448,7 +408,10 @@ class _Session:
             self._train_tuples(epoch, order, rng)
         self.bar.close()
         self.scheduler.step()
-        self.term_sums, self.tuples_trained = _sum_over_ranks(context, self.term_sums, self.tuples_trained)
+        # The epoch's loss-term sums and tuple count over all ranks (every rank has the same term names).
+        keys = sorted(self.term_sums)
+        totals = context.all_reduce_sum([self.term_sums[k] for k in keys] + [self.tuples_trained])
+        self.term_sums, self.tuples_trained = dict(zip(keys, totals[:-1])), round(totals[-1])
 
     def _progress(self, epoch: int, total: int, unit: str) -> tqdm:
         return tqdm(
@@ -462,12 +425,11 @@ class _Session:
 
     def _place_loader(self, batches: list) -> DataLoader:
         places = self.places
+        # _open_places has checked that the maps exist when the student reads them.
         place_paths = places.seg_paths if self.config.data.input == "seg" else places.paths
-        if place_paths is None:
-            raise ValueError(f"data.input 'seg' needs segmentation maps of the place images in {places.root}")
         return DataLoader(
             PlaceImageDataset(place_paths, places.labels, self.load_input),
-            batch_sampler=BatchList(self.context.share(batches)),
+            batch_sampler=[batch.tolist() for batch in self.context.share(batches)],  # precomputed batches
             num_workers=self.config.data.num_workers,
             collate_fn=collate_places,
         )
@@ -480,9 +442,7 @@ class _Session:
         for chunk_start in range(0, len(order), chunk):
             chunk_queries = order[chunk_start : chunk_start + chunk]
             context.sync_buffers(model)
-            query_desc, database_desc = _mining_cache(
-                config, model, self.method, self.train_set, chunk_queries, context
-            )
+            query_desc, database_desc = self._mining_cache(chunk_queries)
             # Every rank mines the whole chunk with the same generator, then trains on its share.
             tuples, stats = self.miner.mine(chunk_queries, query_desc, database_desc, rng)
             self.skipped += stats.skipped_no_violation
@@ -502,9 +462,7 @@ class _Session:
 
     def _step(self, epoch: int, batch, compute_loss) -> None:
         """One optimiser step on a batch (tuples or places); updates the epoch's counters."""
-        config, context, device, optimizer, scaler = (
-            self.config, self.context, self.context.device, self.optimizer, self.scaler,
-        )  # fmt: skip
+        config, context, device, optimizer = self.config, self.context, self.context.device, self.optimizer
         batch = batch.to(device)
         step_start = time.perf_counter()
         with autocast(config.amp, device):
@@ -513,17 +471,22 @@ class _Session:
         # The mean over ranks: every rank sees the same value, so all stop together on NaN.
         loss_value = context.all_reduce_sum([float(output.total.detach())])[0] / context.world_size
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                _non_finite_message(config, self.run, loss_value, epoch, self.steps + 1, output.terms, self.epoch)
-            )
+            raise NonFiniteLossError(self._non_finite_message(loss_value, epoch, output.terms))
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(output.total).backward()
-        _average_method_gradients(self.method, context)
+        self.scaler.scale(output.total).backward()
+        if (
+            context.is_distributed
+        ):  # the method's own gradients (teacher projections), averaged as DDP does the student's
+            for parameter in self.method.parameters():
+                if parameter.grad is None:  # every rank must reduce the same tensors, in the same order
+                    parameter.grad = torch.zeros_like(parameter)
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad.div_(context.world_size)
         if config.optim.grad_clip:
-            scaler.unscale_(optimizer)
+            self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        self.scaler.step(optimizer)
+        self.scaler.update()
         self.steps += 1
         self.tuples_trained += batch.batch_size
         for key, value in output.terms.items():
@@ -534,11 +497,74 @@ class _Session:
         for callback in self.step_callbacks:
             callback(StepInfo(epoch, self.steps, loss_value, self.model))
 
-    def end_epoch(self, epoch: int, validate: Callable[[torch.nn.Module], dict[str, float] | None]) -> None:
+    def _describe(self, paths: list[Path]) -> np.ndarray:
+        """Descriptors ``(N, D)`` of ``paths`` by the student: each rank computes its shard, every rank gets all."""
+        config, context = self.config, self.context
+        local = compute_descriptors(
+            self.model,
+            paths[context.shard(len(paths))],
+            image_size=config.data.image_size,
+            batch_size=config.eval_batch_size,
+            device=context.device,
+            num_workers=config.data.num_workers,
+            input_kind=config.data.input,
+            structural_source=config.data.structural_source,
+            progress=False,
+        )
+        return context.gather_rows(local, len(paths))
+
+    def _validate(self) -> dict[str, float] | None:
+        """Validation R@N of the student on the validation split (descriptors computed each epoch); None without one."""
+        if self.val_set is None:
+            return None
+        query_paths, database_paths = input_paths(self.val_set, self.config.data.input)
+        database, queries = self._describe(database_paths), self._describe(query_paths)
+
+        def recall() -> dict[str, float]:
+            result = evaluate_descriptors(
+                database,
+                queries,
+                self.val_set,
+                threshold_m=self.config.threshold_m,
+                recall_ns=self.config.recall_ns,
+                queries_without_positive=self.config.queries_without_positive,
+            )
+            return {str(k): float(v) for k, v in result.recall.items()}
+
+        # Rank 0's figures decide best checkpoint and early stopping on every rank.
+        return self.context.main_result(recall)
+
+    def _mining_cache(self, chunk_queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors used for mining: (M, D) queries (rows of ``chunk_queries`` filled) and (N, D) database."""
+        if self.config.mining.cache_model == "teacher":
+            queries, database = self.method.mining_descriptors()
+            return queries.numpy(), database.numpy()
+        query_paths, database_paths = input_paths(self.train_set, self.config.data.input)
+        database = self._describe(database_paths)
+        chunk_descriptors = self._describe([query_paths[q] for q in chunk_queries])
+        queries = np.zeros((self.train_set.num_queries, database.shape[1]), dtype=np.float32)
+        queries[chunk_queries] = chunk_descriptors
+        return queries, database
+
+    def _non_finite_message(self, loss: float, epoch: int, terms: dict) -> str:
+        """What happened, what the run folder holds now, and the command that continues with a lower rate."""
+        lower, path, saved_epoch = f"optim.lr={self.config.optim.lr / 10:g}", self.run.path, self.epoch
+        found = f"non-finite loss ({loss}) at epoch {epoch}, step {self.steps + 1}: terms {terms}. Training stopped."
+        if saved_epoch < 1:
+            return (
+                f"{found} No epoch finished, so {path} holds no checkpoint; start a new run with a lower "
+                f"learning rate ({lower}) or check the data."
+            )
+        return (
+            f"{found} {path} keeps the checkpoint of epoch {saved_epoch}; continue from it with a lower "
+            f"learning rate: vprdistill train --resume {path} {lower} (or check the data)."
+        )
+
+    def end_epoch(self, epoch: int) -> None:
         """Validate, update best and early-stopping counters, and save the epoch's record and checkpoint."""
         context = self.context
         context.sync_buffers(self.model)
-        recall = validate(self.model)
+        recall = self._validate()
         # Without a validation split every epoch is the best so far (best_recall stays -1: none measured).
         improved = recall is None or recall["1"] > self.best_recall
         if improved:
@@ -561,7 +587,6 @@ class _Session:
             "seconds": round(time.perf_counter() - self.epoch_start, 2),
             "world_size": context.world_size,
         }
-        miner = self.miner
         state = {
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -570,7 +595,7 @@ class _Session:
             "best_recall": self.best_recall,
             "best_epoch": self.best_epoch,
             "stale_epochs": self.stale_epochs,
-            "miner": miner.state_dict() if miner is not None and miner.carry_negatives else {},
+            "miner": self.miner.state_dict() if self.miner is not None and self.miner.carry_negatives else {},
             # Teacher projections: trained with the student but not part of it (never in its weights files).
             "projections": self.method.state_dict(),
         }
@@ -582,82 +607,6 @@ class _Session:
         # Also the barrier after saving: no rank starts the next epoch before rank 0 has saved.
         context.run_where(context.is_main, save_epoch)
         self.epoch = epoch
-
-
-def _average_method_gradients(method: TrainingMethod, context: DistributedContext) -> None:
-    """Average the method's own gradients (teacher projections) over ranks, as DDP does for the student's."""
-    parameters = method.parameters()
-    if not context.is_distributed or not parameters:
-        return
-    for parameter in parameters:
-        if parameter.grad is None:  # every rank must reduce the same tensors, in the same order
-            parameter.grad = torch.zeros_like(parameter)
-        torch.distributed.all_reduce(parameter.grad)
-        parameter.grad.div_(context.world_size)
-
-
-def _apply_optimizer_config(
-    config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ExponentialLR,
-    finished_epochs: int,
-) -> None:
-    """Give the restored optimizer and scheduler the config's optim values where they changed on resume.
-
-    ``optim.lr`` is the rate of epoch 1 and ``optim.lr_decay`` its factor per epoch,
-    so after a change the next epoch trains at ``lr * lr_decay ** finished_epochs``,
-    as if the run had used the new values from the start. Unchanged values are left
-    exactly as restored (an uninterrupted run and a resumed one stay bit-identical).
-    """
-    optim = config.optim
-    if optim.lr != scheduler.base_lrs[0] or optim.lr_decay != scheduler.gamma:
-        lr = optim.lr * optim.lr_decay**finished_epochs
-        scheduler.base_lrs = [optim.lr for _ in optimizer.param_groups]
-        scheduler.gamma = optim.lr_decay
-        for group in optimizer.param_groups:
-            group["initial_lr"], group["lr"] = optim.lr, lr
-        scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr reports until the next step
-        logger.info(
-            "learning-rate schedule from the config: optim.lr %g, optim.lr_decay %g: epoch %d trains at lr %g",
-            optim.lr,
-            optim.lr_decay,
-            finished_epochs + 1,
-            lr,
-        )
-    for name, value in (("weight_decay", optim.weight_decay), ("momentum", optim.momentum)):
-        groups = [g for g in optimizer.param_groups if name in g and g[name] != value]
-        for group in groups:
-            group[name] = value
-        if groups:
-            logger.info("optim.%s %g from the config applied to the restored optimizer", name, value)
-
-
-def _non_finite_message(
-    config: TrainConfig, run: RunFolder, loss: float, epoch: int, step: int, terms: dict, saved_epoch: int
-) -> str:
-    """What happened, what the run folder holds now, and the command that continues with a lower rate."""
-    lower = f"optim.lr={config.optim.lr / 10:g}"
-    found = f"non-finite loss ({loss}) at epoch {epoch}, step {step}: terms {terms}. Training stopped."
-    if saved_epoch < 1:
-        return (
-            f"{found} No epoch finished, so {run.path} holds no checkpoint; start a new run with a lower "
-            f"learning rate ({lower}) or check the data."
-        )
-    return (
-        f"{found} {run.path} keeps the checkpoint of epoch {saved_epoch}; continue from it with a lower "
-        f"learning rate: vprdistill train --resume {run.path} {lower} (or check the data)."
-    )
-
-
-def _sum_over_ranks(
-    context: DistributedContext, term_sums: dict[str, float], tuples_trained: int
-) -> tuple[dict[str, float], int]:
-    """The epoch's loss-term sums and tuple count over all ranks (every rank has the same term names)."""
-    if not context.is_distributed:
-        return term_sums, tuples_trained
-    keys = sorted(term_sums)
-    totals = context.all_reduce_sum([term_sums[k] for k in keys] + [tuples_trained])
-    return dict(zip(keys, totals[:-1])), round(totals[-1])
 
 
 def _open_places(config: TrainConfig) -> PlaceImages:
@@ -685,35 +634,7 @@ def _open_places(config: TrainConfig) -> PlaceImages:
 
 def _place_steps(config: TrainConfig, places: PlaceImages) -> int:
     """Batches per epoch: ``data.place_batches_per_epoch``, or one pass over the places."""
-    if config.data.place_batches_per_epoch:
-        return int(config.data.place_batches_per_epoch)
-    return max(1, places.num_places // config.data.places_per_batch)
-
-
-def _mining_cache(
-    config: TrainConfig,
-    model: torch.nn.Module,
-    method: TrainingMethod,
-    dataset: PlaceDataset,
-    chunk_queries: np.ndarray,
-    context: DistributedContext,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Descriptors used for mining: (M, D) queries (rows of ``chunk_queries`` filled) and (N, D) database."""
-    if config.mining.cache_model == "teacher":
-        queries, database = method.mining_descriptors()
-        return queries.numpy(), database.numpy()
-    query_paths, database_paths = input_paths(dataset, config.data.input)
-    database = _describe(config, model, database_paths, context)
-    chunk_descriptors = _describe(config, model, [query_paths[q] for q in chunk_queries], context)
-    queries = np.zeros((dataset.num_queries, database.shape[1]), dtype=np.float32)
-    queries[chunk_queries] = chunk_descriptors
-    return queries, database
-
-
-def _loss_margins(method: TrainingMethod) -> str:
-    """The margin of the student's triplet term, for the log next to the (separate) mining margin."""
-    margin = method.margin if method.student_loss is None else getattr(method.student_loss, "margin", "none")
-    return str(margin)
+    return int(config.data.place_batches_per_epoch or max(1, places.num_places // config.data.places_per_batch))
 
 
 def _log_epoch(record: dict, recall: dict[str, float] | None, writer) -> None:

@@ -101,9 +101,8 @@ def build_metric_loss(spec: dict[str, Any] | None, where: str) -> MultiSimilarit
 METHOD_NAMES = ("triplet", "distill")
 TEACHER_SOURCES = ("run", "torch_hub", "hf_hub", "onnx")
 EXTERNAL_ONLY_KEYS = ("kwargs", "output", "mean", "std")
-TEACHER_KEYS = (
-    *TEACHER_SOURCES, "input", "loss", "weight", "image_size", "cache_dir", *EXTERNAL_ONLY_KEYS, "projection",
-)  # fmt: skip
+TEACHER_OPTIONS = ("input", "loss", "weight", "image_size", "cache_dir")
+TEACHER_KEYS = (*TEACHER_SOURCES, *TEACHER_OPTIONS, *EXTERNAL_ONLY_KEYS, "projection")
 
 
 class DescriptorProjection(nn.Module):
@@ -165,12 +164,9 @@ def _teacher_source(spec: dict[str, Any], where: str) -> tuple[str, Any]:
     value = spec[kind]
     if not isinstance(value, (str, Path)) or not str(value):
         raise ValueError(f"{where}.{kind}: expected a non-empty string, got {value!r}")
-    if kind == "run":
-        given = [key for key in EXTERNAL_ONLY_KEYS if key in spec]
-        if given:
-            raise ValueError(
-                f"{where}: {', '.join(given)} apply to external teachers (torch_hub, hf_hub, onnx), not 'run'"
-            )
+    given = [key for key in EXTERNAL_ONLY_KEYS if key in spec] if kind == "run" else []
+    if given:
+        raise ValueError(f"{where}: {', '.join(given)} apply to external teachers (torch_hub, hf_hub, onnx), not 'run'")
     if "kwargs" in spec and not isinstance(spec["kwargs"], dict):
         raise ValueError(f"{where}.kwargs: expected a mapping, got {spec['kwargs']!r}")
     return kind, value
@@ -186,6 +182,7 @@ class TrainingMethod:
             student_dim: the student's descriptor size D_s; needed when a teacher gets a
                 projection (its D_t differs, or ``projection: true``).
         """
+        self.config, self.device, self.student_dim = config, device, student_dim
         spec = dict(config.method)
         self.name = spec.pop("name")
         if self.name not in METHOD_NAMES:
@@ -210,7 +207,7 @@ class TrainingMethod:
         if self.name == "triplet":
             self._build_student_loss(spec.pop("loss", None))
         else:
-            self._build_distill(config, device, student_dim, spec)
+            self._build_distill(spec)
         if spec:
             raise ValueError(f"method '{self.name}': unknown key(s) {', '.join(sorted(spec))}")
 
@@ -227,9 +224,7 @@ class TrainingMethod:
             )
         self.metric_loss = build_metric_loss(loss_spec, "method.loss")
 
-    def _build_distill(
-        self, config: TrainConfig, device: torch.device, student_dim: int | None, spec: dict[str, Any]
-    ) -> None:
+    def _build_distill(self, spec: dict[str, Any]) -> None:
         """``distill``: the teachers, their teacher terms and the student's triplet term."""
         if "metric_loss" in spec and not self.place_batches:
             raise ValueError("method.metric_loss applies to place batches (data.places) only")
@@ -255,7 +250,7 @@ class TrainingMethod:
                     f"{where}.loss.w_hard: the student's triplet term is the method's (method.w_hard, "
                     f"method.margin, given here: {', '.join(sorted(hard))}); drop w_hard from the teacher's loss"
                 )
-            self.teachers.append(self._build_slot(config, device, student_dim, position, dict(teacher_spec), where))
+            self.teachers.append(self._build_slot(position, dict(teacher_spec), where))
         self._set_hard_term(hard)
 
     def _set_hard_term(self, hard: dict[str, Any]) -> None:
@@ -282,16 +277,9 @@ class TrainingMethod:
             )
         self.margin = margins[0] if margins else self.teachers[0].loss.margin
 
-    def _build_slot(
-        self,
-        config: TrainConfig,
-        device: torch.device,
-        student_dim: int | None,
-        position: int,
-        teacher_spec: dict[str, Any],
-        where: str,
-    ) -> TeacherSlot:
+    def _build_slot(self, position: int, teacher_spec: dict[str, Any], where: str) -> TeacherSlot:
         """One teacher of ``method.teachers``, its loss, weight and projection."""
+        config = self.config
         # A misspelt key (say 'inputs: seg') would otherwise fall back to a default silently.
         unknown = sorted(set(teacher_spec) - set(TEACHER_KEYS))
         if unknown:
@@ -299,33 +287,27 @@ class TrainingMethod:
         kind, location = _teacher_source(teacher_spec, where)
         input_kind = teacher_spec.get("input", "rgb")
         options = {
+            "image_size": teacher_spec.get("image_size", config.data.image_size),
+            "device": self.device,
             "batch_size": config.eval_batch_size,
             "num_workers": config.data.num_workers,
+            "structural_source": config.data.structural_source,
             "cache_dir": teacher_spec.get("cache_dir"),
             "progress": config.progress,
         }
-        image_size = teacher_spec.get("image_size", config.data.image_size)
         if kind == "run":
-            teacher = FrozenTeacher(
-                location, input_kind=input_kind, image_size=image_size, device=device,
-                structural_source=config.data.structural_source, **options,
-            )  # fmt: skip
+            teacher = FrozenTeacher(location, input_kind, **options)
         else:
             if input_kind != "rgb":
                 raise ValueError(f"{where}.input: an external teacher ({kind}) reads RGB images, got {input_kind!r}")
+            external = {key: teacher_spec.get(key) for key in EXTERNAL_ONLY_KEYS}  # kwargs, output, mean, std
             try:
-                teacher = FrozenTeacher.from_external(
-                    kind, location, image_size, device, kwargs=teacher_spec.get("kwargs"),
-                    output=teacher_spec.get("output"), mean=teacher_spec.get("mean"),
-                    std=teacher_spec.get("std"), **options,
-                )  # fmt: skip
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"{where}: {error}") from error
-            except ValueError as error:
-                raise ValueError(f"{where}: {error}") from error
+                teacher = FrozenTeacher.from_external(kind, location, **external, **options)
+            except (FileNotFoundError, ValueError) as error:  # the same error, naming the teacher's field
+                raise type(error)(f"{where}: {error}") from error
         loss = build_loss(dict(teacher_spec.get("loss", {"name": "soft_cross_metric"})))
         name = f"{input_kind}{position}"
-        projection = self._projection(name, teacher, loss, teacher_spec.get("projection", "auto"), student_dim, where)
+        projection = self._projection(name, teacher, loss, teacher_spec.get("projection", "auto"), where)
         # The batch holds the student's inputs: a teacher that reads other files
         # (segmentation maps for an RGB student, or RGB for a seg student) or another
         # size cannot be run on it, so its descriptors come from the cache. A teacher
@@ -339,12 +321,12 @@ class TrainingMethod:
         return TeacherSlot(name, teacher, loss, use_cache, projection, weight)
 
     def _projection(
-        self, name: str, teacher: FrozenTeacher, loss: Any, mode: Any, student_dim: int | None, where: str
+        self, name: str, teacher: FrozenTeacher, loss: Any, mode: Any, where: str
     ) -> DescriptorProjection | None:
         """The slot's student → teacher projection, or None (see the module docstring for ``projection``)."""
         if mode != "auto" and not isinstance(mode, bool):
             raise ValueError(f"{where}.projection: expected auto, true or false, got {mode!r}")
-        teacher_dim = teacher.descriptor_dim
+        teacher_dim, student_dim = teacher.descriptor_dim, self.student_dim
         if mode is False or not getattr(loss, "compares_across_spaces", False):
             if mode is True:
                 raise ValueError(
@@ -376,21 +358,18 @@ class TrainingMethod:
         """Restore the projections saved by :meth:`state_dict` (strict: the same teachers and sizes)."""
         self.projections.load_state_dict(state, strict=True)
 
-    def prepare(self, train_dataset: PlaceDataset) -> None:
-        """Compute (or read back) the teachers' descriptor caches of the training split.
+    def prepare(self, train_dataset: PlaceDataset | None, places: PlaceImages | None = None) -> None:
+        """Compute (or read back) the teachers' descriptor caches of the training split, or of ``places`` (place batches).
 
-        The first teacher's cache is also built when ``mining.cache_model: teacher``,
+        The first teacher's cache of the split is also built when ``mining.cache_model: teacher``,
         even if its batches are re-run for augmentation: mining reads un-augmented images.
         """
         for position, slot in enumerate(self.teachers):
-            if slot.use_cache or (position == 0 and self.mines_with_teacher):
+            if places is not None:
+                if slot.use_cache:
+                    slot.places = slot.teacher.cached_place_descriptors(places.paths, places.seg_paths)
+            elif slot.use_cache or (position == 0 and self.mines_with_teacher):
                 slot.queries, slot.database = slot.teacher.cached_descriptors(train_dataset)
-
-    def prepare_places(self, places: PlaceImages) -> None:
-        """Compute (or read back) the teachers' descriptor caches of the place images (place batches)."""
-        for slot in self.teachers:
-            if slot.use_cache:
-                slot.places = slot.teacher.cached_place_descriptors(places.paths, places.seg_paths)
 
     def _compose(
         self, student: TupleDescriptors, teachers: Iterable[TupleDescriptors], terms: Terms, teacher_totals: bool
@@ -416,29 +395,28 @@ class TrainingMethod:
 
     def place_loss(self, batch: PlaceBatch, student: torch.Tensor) -> LossOutput:
         """Loss of a place batch given the student's descriptors ``(P·K, D)`` of its images."""
-        total = None
+        parts: list[torch.Tensor] = []
         terms: Terms = {}
-        if self.metric_loss is not None:
-            output = self.metric_loss(student, batch.labels)
-            total = output.total
+
+        def add(output: LossOutput) -> None:
+            parts.append(output.total)
             terms.update({key: value for key, value in output.terms.items() if key != "total"})
+
+        if self.metric_loss is not None:
+            add(self.metric_loss(student, batch.labels))
         if self.student_loss is not None or self.teachers:
-            anchor, positive, negatives, mask = in_batch_tuples(student, batch.labels, self.num_negatives)
-            tuples = _index_tuples(student, anchor, positive, negatives, mask)
+            index = in_batch_tuples(student, batch.labels, self.num_negatives)
+            tuples = _index_tuples(student, *index)
             if self.student_loss is not None:
-                output = self.student_loss(tuples, None)
-                part = output.total
-                terms.update({key: value for key, value in output.terms.items() if key != "total"})
+                add(self.student_loss(tuples, None))
             else:
                 teachers = (
-                    _index_tuples(self._place_rows(slot, batch, student.device), anchor, positive, negatives, mask)
-                    for slot in self.teachers
+                    _index_tuples(self._place_rows(slot, batch, student.device), *index) for slot in self.teachers
                 )
-                part = self._compose(tuples, teachers, terms, teacher_totals=False)
-            total = part if total is None else total + part
-        if total is None:
+                parts.append(self._compose(tuples, teachers, terms, teacher_totals=False))
+        if not parts:
             raise ValueError("method: place batches need a loss (method.metric_loss or a teacher)")
-        return LossOutput.from_tensors(total, terms)
+        return LossOutput.from_tensors(sum(parts[1:], parts[0]), terms)
 
     @staticmethod
     def _place_rows(slot: TeacherSlot, batch: PlaceBatch, device: torch.device) -> torch.Tensor:
@@ -473,5 +451,5 @@ class TrainingMethod:
 def _index_tuples(
     rows: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, mask: torch.Tensor
 ) -> TupleDescriptors:
-    """In-batch tuples of one model's descriptors ``rows`` ``(B, D)`` from index tensors."""
-    return TupleDescriptors(anchor=rows[anchor], positive=rows[positive], negatives=rows[negatives], negative_mask=mask)
+    """In-batch tuples of one model's descriptors ``rows`` ``(B, D)`` from the index tensors of ``in_batch_tuples``."""
+    return TupleDescriptors(rows[anchor], rows[positive], rows[negatives], mask)

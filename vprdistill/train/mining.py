@@ -146,9 +146,7 @@ class TripletMiner:
 
     def negative_pool(self, query: int) -> np.ndarray:
         """Database indices farther than the negative radius from ``query``: (P,)."""
-        mask = np.ones(self.dataset.num_database, dtype=bool)
-        mask[self.non_negatives[query]] = False
-        return np.flatnonzero(mask)
+        return np.setdiff1d(np.arange(self.dataset.num_database), self.non_negatives[query])  # sorted
 
     def mine(
         self,
@@ -221,26 +219,20 @@ class TripletMiner:
                 f"mining state: carried negatives of shape {tuple(table.shape)} do not fit this split and "
                 f"num_negatives {expected}"
             )
-        self.carried = {}
-        for query, row in enumerate(table.numpy()):
-            kept = row[row >= 0]
-            if len(kept):
-                self.carried[query] = kept.astype(np.int64)
+        rows = enumerate(table.numpy())
+        self.carried = {query: row[row >= 0].astype(np.int64) for query, row in rows if (row >= 0).any()}
 
 
 def miner_from_config(mining: MiningConfig, dataset: PlaceDataset) -> TripletMiner:
     """The miner a training config asks for (``negative_samples`` capped at the database size)."""
     if mining.margin is None:
         raise ValueError("mining.margin is not set; state the mining margin (it is not taken from the loss)")
+    options = ("positive_radius_m", "negative_radius_m", "num_negatives", "violation_rule", "carry_negatives")
     return TripletMiner(
         dataset,
         margin=mining.margin,
-        positive_radius_m=mining.positive_radius_m,
-        negative_radius_m=mining.negative_radius_m,
-        num_negatives=mining.num_negatives,
         negative_samples=min(mining.negative_samples, dataset.num_database),
-        violation_rule=mining.violation_rule,
-        carry_negatives=mining.carry_negatives,
+        **{key: getattr(mining, key) for key in options},
     )
 
 

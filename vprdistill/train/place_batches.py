@@ -9,7 +9,7 @@ exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,19 +82,6 @@ class PlaceImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, int, torch.Tensor]:
         return int(index), int(self.labels[index]), self.load(self.paths[index])
-
-
-class BatchList(torch.utils.data.Sampler):
-    """Yields precomputed batches of indices (a batch sampler for ``DataLoader``)."""
-
-    def __init__(self, batches: Sequence[np.ndarray]) -> None:
-        self.batches = [list(map(int, b)) for b in batches]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def collate_places(samples: list[tuple[int, int, torch.Tensor]]) -> PlaceBatch:

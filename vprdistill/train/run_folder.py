@@ -92,27 +92,11 @@ def timestamped_run_dir(base: str | Path, name: str) -> Path:
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / "train.log"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / RUN_CHECKPOINT_DIR
-
-    @property
-    def state_path(self) -> Path:
-        """The loop state of the last checkpoint (a link into ``checkpoint/``)."""
-        return self.path / STATE_NAME
+        self.config_path = self.path / "config.yaml"
+        self.log_path = self.path / "train.log"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoint_dir = self.path / RUN_CHECKPOINT_DIR
+        self.state_path = self.path / STATE_NAME  # the loop state of the last checkpoint (a link into checkpoint/)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[Path]:
@@ -144,9 +128,7 @@ class RunFolder:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one epoch's metrics; the file is rewritten atomically so a crash never truncates it."""
-        existing = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        atomic_write_bytes(self.metrics_path, existing + line)
+        self._write_metrics([*self.read_metrics(), record])
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -155,11 +137,10 @@ class RunFolder:
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop metric lines of epochs after ``last_epoch`` (they belong to an interrupted epoch)."""
-        kept = [m for m in self.read_metrics() if m.get("epoch", 0) <= last_epoch]
-        atomic_write_bytes(
-            self.metrics_path,
-            "".join(json.dumps(m, sort_keys=True) + "\n" for m in kept).encode(),
-        )
+        self._write_metrics([m for m in self.read_metrics() if m.get("epoch", 0) <= last_epoch])
+
+    def _write_metrics(self, records: list[dict[str, Any]]) -> None:
+        atomic_write_bytes(self.metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in records).encode())
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -203,10 +184,7 @@ class RunFolder:
             return
         # The previous layout replaced its files one by one: see that they belong together.
         weights, json_path = self.path / "last.safetensors", self.path / "last.json"
-        try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file raises anything from EOFError to an unpickling error
-            raise CheckpointError(f"{self.state_path}: not a readable loop state ({error})") from error
+        state = _load_state(self.state_path)
         meta = read_checkpoint_meta(json_path) if json_path.is_file() else {}
         recorded = {state.get("model_fingerprint"), meta.get("fingerprint")}
         if "config" not in meta or len(recorded) != 1 or file_fingerprint(weights, meta["config"]) not in recorded:
@@ -296,22 +274,20 @@ class RunFolder:
                         best_source.with_name(best_source.name + suffix),
                         staging / f"best{suffix}",
                     )
-            files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
             manifest = {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
                 "epoch": int(state["epoch"]),
                 "best_epoch": int(state.get("best_epoch", 0)),
-                "files": files,
+                "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir())},  # before the manifest
             }
             atomic_write_json(staging / RUN_CHECKPOINT_MANIFEST, manifest)
 
     def _previous_best(self) -> Path | None:
         """The stem of the best checkpoint in place (``checkpoint/best`` or, previous layout, ``RUN/best``)."""
         for folder in (self.checkpoint_dir, self.path):
-            stem = folder / "best"
             if (folder / "best.safetensors").is_file() and (folder / "best.json").is_file():
-                return stem
+                return folder / "best"
         return None
 
     def _link_files(self) -> None:
@@ -320,10 +296,8 @@ class RunFolder:
             target = self.checkpoint_dir / name
             link = self.path / name
             relative = os.path.join(RUN_CHECKPOINT_DIR, name)
-            if not target.is_file():
-                continue
-            if link.is_symlink() and os.readlink(link) == relative:
-                continue
+            if not target.is_file() or (link.is_symlink() and os.readlink(link) == relative):
+                continue  # nothing to link, or linked already
             tmp = self.path / f".{name}.link.tmp"
             tmp.unlink(missing_ok=True)
             try:
@@ -346,10 +320,7 @@ class RunFolder:
             self._check_manifest()
         weights, state_path = folder / "last.safetensors", folder / STATE_NAME
         load_state_from_safetensors(model, weights, strict=True)
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file raises anything from EOFError to an unpickling error
-            raise CheckpointError(f"{state_path}: not a readable loop state ({error})") from error
+        state = _load_state(state_path)
         if state.get("model_fingerprint") != model_fingerprint(model):
             if previous_layout:
                 raise self._interrupted_previous_layout()
@@ -383,3 +354,11 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copy2(source, destination)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    """A loop state file, read with ``weights_only=True``; CheckpointError naming it when damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file raises anything from EOFError to an unpickling error
+        raise CheckpointError(f"{path}: not a readable loop state ({error})") from error

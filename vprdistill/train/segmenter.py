@@ -140,9 +140,7 @@ def load_pairs(
     size = (image_size, image_size)
     images = np.empty((len(pairs), image_size, image_size, 3), dtype=np.uint8)
     labels = np.empty((len(pairs), image_size, image_size), dtype=np.uint8)
-    valid_ids = np.zeros(256, dtype=bool)
-    valid_ids[:NUM_CLASSES] = True
-    valid_ids[VOID_ID] = True
+    valid_ids = np.isin(np.arange(256), [*range(NUM_CLASSES), VOID_ID])  # by id: a trainId or void
     for index, (image_path, map_path) in enumerate(
         tqdm(pairs, desc="loading images", unit="img", disable=not progress, leave=False)
     ):
@@ -195,6 +193,8 @@ def train_segmenter(
     ``FileExistsError`` if ``out`` is a non-empty folder of something else.
     """
     from vprdistill.data.readers import open_dataset
+    from vprdistill.data.segmenter import Segmenter
+    from vprdistill.eval.segmentation import evaluate_segmenter
     from vprdistill.utils.atomic_folder import check_replaceable
 
     config = config or SegmenterTrainingConfig()
@@ -225,7 +225,7 @@ def train_segmenter(
     with tqdm(total=total_steps, desc="training segmenter", unit="step", disable=not progress) as bar:
         for epoch in range(config.epochs):
             order = torch.randperm(len(pairs), generator=generator)
-            total, count = 0.0, 0
+            total = 0.0  # the sum of the batches' losses times their sizes, over every image of the epoch
             for begin in range(0, len(pairs), config.batch_size):
                 batch = order[begin : begin + config.batch_size]
                 x, y = images[batch], labels[batch]
@@ -242,20 +242,18 @@ def train_segmenter(
                 optimizer.step()
                 scheduler.step()
                 total += loss.item() * len(batch)
-                count += len(batch)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-            epoch_losses.append(total / count)
+            epoch_losses.append(total / len(pairs))
             log.info("epoch %d/%d: mean loss %.4f", epoch + 1, config.epochs, epoch_losses[-1])
     model.eval()
-    train_seconds = time.perf_counter() - start
 
     record: dict[str, Any] = {
         "config": asdict(config),
         "dataset": str(dataset_root),
         "images": len(pairs),
         "epoch_losses": epoch_losses,
-        "train_seconds": train_seconds,
+        "train_seconds": time.perf_counter() - start,  # training only, before saving and evaluation
         "parameters": sum(p.numel() for p in model.parameters()),
         "evaluation": None,
     }
@@ -263,9 +261,13 @@ def train_segmenter(
         model.to("cpu").save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
         if eval_split:
-            record["evaluation"] = _evaluate_saved(
-                staging, out, dataset_root, eval_split, device, progress, eval_max_images
+            # Measured through the same loader ``vprdistill segment`` uses.
+            segmenter = Segmenter(staging, device=device)
+            segmenter.name = str(out)  # the staging folder is renamed to ``out`` when done
+            evaluation = evaluate_segmenter(
+                segmenter, open_dataset(dataset_root, split=eval_split), progress=progress, max_images=eval_max_images
             )
+            record["evaluation"] = evaluation.as_dict()
         atomic_write_json(staging / MARKER, record)
     return SegmenterTrainingResult(
         out=out,
@@ -274,25 +276,3 @@ def train_segmenter(
         seconds=time.perf_counter() - start,
         evaluation=record["evaluation"],
     )
-
-
-def _evaluate_saved(
-    folder: Path,
-    name: Path,
-    dataset_root: str | Path,
-    split: str,
-    device: torch.device,
-    progress: bool,
-    max_images: int | None,
-) -> dict[str, Any]:
-    """Evaluate the saved folder through the same loader ``vprdistill segment`` uses."""
-    from vprdistill.data.readers import open_dataset
-    from vprdistill.data.segmenter import Segmenter
-    from vprdistill.eval.segmentation import evaluate_segmenter
-
-    segmenter = Segmenter(folder, device=device)
-    segmenter.name = str(name)  # the staging folder is renamed to ``name`` when done
-    evaluation = evaluate_segmenter(
-        segmenter, open_dataset(dataset_root, split=split), progress=progress, max_images=max_images
-    )
-    return evaluation.as_dict()

@@ -61,9 +61,9 @@ def normalization(values: Sequence[float] | None, default: Sequence[float], name
     """Three per-channel numbers (R, G, B) from a spec, ``default`` when None; std must be positive."""
     if values is None:
         values = default
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
-        raise ValueError(f"teacher {name}: expected three numbers (R, G, B), got {values!r}")
     try:
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+            raise TypeError("not three values")
         numbers = tuple(float(v) for v in values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"teacher {name}: expected three numbers (R, G, B), got {values!r}") from error
@@ -176,9 +176,7 @@ class FrozenTeacher:
             self.descriptor_dim = external.descriptor_dim
             # The same weights fed differently give other descriptors: the normalisation keys the cache.
             self.preprocessing = {"mean": list(mean), "std": list(std)}
-        self.model.eval()
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
+        self.model.eval().requires_grad_(False)
         self.input_kind = input_kind
         self.device = device
         self.batch_size = batch_size
@@ -197,24 +195,19 @@ class FrozenTeacher:
         *,
         kwargs: dict[str, Any] | None = None,
         output: int | str | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
         **options: Any,
     ) -> FrozenTeacher:
         """An external teacher (``torch_hub``, ``hf_hub`` or ``onnx``) at ``image_size`` with its mean and std.
 
-        ``options`` are :class:`FrozenTeacher`'s (``batch_size``, ``num_workers``, ``cache_dir``, ``progress``).
-        The model is run once on two images of ``image_size`` to check its output and learn its D.
+        ``options`` are :class:`FrozenTeacher`'s (``mean``, ``std``, ``batch_size``, ``num_workers``, ``cache_dir``,
+        ``progress``). The model is run once on two images of ``image_size`` to check its output and learn its D.
         """
         model = load_external_model(kind, location, kwargs=kwargs, output=output, device=device)
-        return cls(model.description, "rgb", image_size, device, external=model, mean=mean, std=std, **options)
-
-    def _paths(self, dataset: PlaceDataset) -> tuple[list[Path], list[Path]]:
-        return input_paths(dataset, self.input_kind, needed_by=f"teacher {self.source} (input: seg)")
+        return cls(model.description, "rgb", image_size, device, external=model, **options)
 
     def cached_descriptors(self, dataset: PlaceDataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher descriptors of the split's queries (M, D) and database (N, D), from cache when valid."""
-        query_paths, database_paths = self._paths(dataset)
+        query_paths, database_paths = input_paths(dataset, self.input_kind, f"teacher {self.source} (input: seg)")
         tensors = self.cached_path_descriptors({"queries": query_paths, "database": database_paths})
         return tensors["queries"], tensors["database"]
 

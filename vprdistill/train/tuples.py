@@ -10,7 +10,7 @@ the padded negative slots.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,12 +33,8 @@ class TupleBatch:
         return int(self.query_index.shape[0])
 
     def to(self, device: torch.device) -> TupleBatch:
-        return TupleBatch(
-            self.images.to(device, non_blocking=True),
-            self.query_index,
-            self.positive_index,
-            self.negative_index,
-            self.negative_mask.to(device),
+        return replace(
+            self, images=self.images.to(device, non_blocking=True), negative_mask=self.negative_mask.to(device)
         )
 
 
@@ -71,21 +67,15 @@ class TupleDataset(Dataset):
 def collate_tuples(samples: list) -> TupleBatch:
     """Stack a list of ``TupleDataset`` items into a ``TupleBatch``."""
     items = [s[0] for s in samples]
-    max_negatives = max(len(i.negatives) for i in items)
-    batch = len(items)
-    negative_index = torch.full((batch, max_negatives), -1, dtype=torch.long)
-    negative_mask = torch.zeros((batch, max_negatives), dtype=torch.bool)
-    for row, item in enumerate(items):
-        count = len(item.negatives)
-        negative_index[row, :count] = torch.as_tensor(item.negatives, dtype=torch.long)
-        negative_mask[row, :count] = True
+    negatives = [torch.as_tensor(item.negatives, dtype=torch.long) for item in items]
+    negative_index = torch.nn.utils.rnn.pad_sequence(negatives, batch_first=True, padding_value=-1)
     images = [s[1] for s in samples] + [s[2] for s in samples] + [n for s in samples for n in s[3]]
     return TupleBatch(
         images=torch.stack(images),
         query_index=torch.tensor([i.query for i in items], dtype=torch.long),
         positive_index=torch.tensor([i.positive for i in items], dtype=torch.long),
         negative_index=negative_index,
-        negative_mask=negative_mask,
+        negative_mask=negative_index >= 0,
     )
 
 
@@ -106,14 +96,7 @@ def gather_cached_descriptors(
     query_descriptors: torch.Tensor, database_descriptors: torch.Tensor, batch: TupleBatch
 ) -> TupleDescriptors:
     """Look up a frozen model's cached descriptors for a batch: (M, D) and (N, D) tables → tuple layout."""
-    device = batch.negative_mask.device
-    mask = batch.negative_mask.cpu()
-    anchor = query_descriptors[batch.query_index]
-    positive = database_descriptors[batch.positive_index]
-    negatives = database_descriptors[batch.negative_index.clamp(min=0)] * mask.unsqueeze(-1)
-    return TupleDescriptors(
-        anchor=anchor.to(device),
-        positive=positive.to(device),
-        negatives=negatives.to(device),
-        negative_mask=batch.negative_mask,
-    )
+    mask = batch.negative_mask
+    negatives = database_descriptors[batch.negative_index.clamp(min=0)] * mask.cpu().unsqueeze(-1)
+    anchor, positive = query_descriptors[batch.query_index], database_descriptors[batch.positive_index]
+    return TupleDescriptors(anchor, positive, negatives, mask).map(lambda rows: rows.to(mask.device))

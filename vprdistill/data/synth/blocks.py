@@ -69,7 +69,9 @@ class CityBuilder:
         )
 
     def add_wall(self, x0: float, y0: float, x1: float, y1: float, face: str, kind: int, height: float) -> None:
-        self.segments.append(G.face_segment(x0, y0, x1, y1, face, height, -1, kind, G.ROLE_FRONT)[None])
+        # One face of a flat box: its front, so the face the street sees.
+        faces = G.box_segments((x0, y0, x1, y1), face, height, -1, kind)
+        self.segments.append(faces[G.FACE_ORDER.index(face)][None])
 
 
 def _footprint(axis: int, a0: float, a1: float, c0: float, c1: float) -> tuple[float, float, float, float]:

@@ -37,11 +37,10 @@ CITYSCAPES_CLASSES: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
     (VOID, "void", (0, 0, 0)),
 )
 
-# The subset the renderer draws; every id in a SynthCity map is one of these.
-RENDERED_CLASS_IDS: tuple[int, ...] = (
-    ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN,
-    VEGETATION, TERRAIN, SKY, PERSON, CAR, TRUCK, BUS,
-)  # fmt: skip
+# The subset the renderer draws (no riders, trains or two-wheelers); every id in a SynthCity map is one of these.
+RENDERED_CLASS_IDS: tuple[int, ...] = tuple(
+    cid for cid, _, _ in CITYSCAPES_CLASSES if cid not in (RIDER, TRAIN, MOTORCYCLE, BICYCLE, VOID)
+)
 
 
 def class_list() -> list[dict]:

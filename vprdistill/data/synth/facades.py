@@ -13,6 +13,7 @@ import numpy as np
 from vprdistill.data.synth import geometry as G
 from vprdistill.data.synth.filters import band, mix, pulse, step
 from vprdistill.data.synth.noise import rand01
+from vprdistill.data.synth.raycast import WallPixels
 from vprdistill.data.synth.styles import CHURCH, CLOCK, GLASS, MURAL, PANEL, TOWER, P
 
 # Per material (PLAIN, BRICK, PANEL, GLASS, SIDING, STONE): tone variation between cells,
@@ -37,22 +38,16 @@ def _colour(p: np.ndarray, name: str) -> np.ndarray:
 
 
 def shade_buildings(
-    p: np.ndarray,
-    u: np.ndarray,
-    z: np.ndarray,
-    length: np.ndarray,
-    role: np.ndarray,
-    fp: np.ndarray,
-    lights: float,
-    lit_seed: int,
+    p: np.ndarray, walls: WallPixels, fp: np.ndarray, lights: float, lit_seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Albedo and emitted light ``(n, 3)`` of building pixels.
+    """Albedo and emitted light ``(n, 3)`` of the building pixels ``walls`` (``fp (n,)``: their footprints, m).
 
     ``p`` holds each pixel's building parameters ``(n, NUM_PARAMS)``;
     ``lights`` in ``[0, 1]`` is how much artificial light is on (night 1).
     """
-    n = len(u)
-    u, z, length, fp = (np.asarray(a, np.float32) for a in (u, z, length, fp))
+    n = len(walls.u)
+    role = walls.segment[:, G.SROLE].astype(np.int64)
+    u, z, length, fp = (np.asarray(a, np.float32) for a in (walls.u, walls.z, walls.segment[:, G.SLEN], fp))
     names = ("height", "storey", "ground", "bay", "win_w", "win_h", "sill", "sign_period", "parapet", "door_u", "lit_p")
     s = {name: p[:, P[name]] for name in names}
     material = p[:, P["material"]].astype(np.int64)
@@ -126,20 +121,8 @@ def shade_buildings(
     # The ground floor is a small share of the pixels: evaluate it on those only.
     g = np.nonzero(~upper)[0]
     if len(g):
-        albedo[g], ground_light = _ground_floor(
-            p[g],
-            u[g],
-            z[g],
-            length[g],
-            fp[g],
-            front[g],
-            win_u[g],
-            windows_here[g],
-            glass[g],
-            albedo[g],
-            window_light[g],
-            lights,
-        )
+        per_pixel = (p, u, z, length, fp, front, win_u, windows_here, glass, albedo, window_light)
+        albedo[g], ground_light = _ground_floor(*(a[g] for a in per_pixel), lights)
         emissive[g] += ground_light
 
     # Landmarks: unique facades that make a place recognisable from afar.

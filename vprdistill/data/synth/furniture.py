@@ -32,27 +32,21 @@ def _street_side(
         offset = centre + side * lateral
         return (offset, along) if orient == "ns" else (along, offset)
 
+    def add_prop(along: float, lateral: float, *row, **options) -> None:
+        b.props.append(G.prop_row(*at(along, lateral), *row, **options))
+
     if rng.random() < 0.55:
         for along in np.arange(lo + 5.0, hi - 3.0, rng.uniform(8.0, 12.0)):
             b.props.append(make_tree(rng, *at(along + rng.uniform(-0.5, 0.5), half + 0.9)))
     if lamp_side:
         for along in np.arange(lo + 6.0, hi - 3.0, 27.0):
-            b.props.append(G.prop_row(*at(along, half + 0.35), G.PROP_LAMP, 2.4, 7.5, int(rng.integers(1 << 20))))
+            add_prop(along, half + 0.35, G.PROP_LAMP, 2.4, 7.5, int(rng.integers(1 << 20)))
     facing = _SIGN_FACING[(orient, side)]
     if rng.random() < 0.5:
-        b.props.append(
-            G.prop_row(
-                *at(rng.uniform(lo + 4.0, hi - 4.0), half + 0.5),
-                G.PROP_SIGN,
-                0.8,
-                2.9,
-                int(rng.integers(1 << 20)),
-                facing,
-            )
-        )
+        add_prop(rng.uniform(lo + 4.0, hi - 4.0), half + 0.5, G.PROP_SIGN, 0.8, 2.9, int(rng.integers(1 << 20)), facing)
     if not avenue and rng.random() < 0.5:
         end = hi - 1.0 if _APPROACH_HIGH_END[(orient, side)] else lo + 1.0
-        b.props.append(G.prop_row(*at(end, half + 0.5), G.PROP_SIGN, 0.8, 2.7, 0, facing, extra=1.0))  # a stop sign
+        add_prop(end, half + 0.5, G.PROP_SIGN, 0.8, 2.7, 0, facing, extra=1.0)  # a stop sign
     for along in np.arange(lo + 3.5, hi - 3.0, 6.2):
         if rng.random() < 0.9:
             b.slots.append((*at(along, half - 1.15), 1.0 if orient == "ns" else 0.0, side))
@@ -77,14 +71,6 @@ def street_furniture(b: CityBuilder, streets: dict) -> None:
             if xa[i] or ya[j]:
                 # One light per approach, on the near-right corner, facing the approaching drivers.
                 for dx, dy, facing in ((1, -1, 180.0), (-1, 1, 0.0), (-1, -1, 270.0), (1, 1, 90.0)):
-                    b.props.append(
-                        G.prop_row(
-                            sx + dx * (xh[i] + 0.6),
-                            sy + dy * (yh[j] + 0.6),
-                            G.PROP_TRAFFIC_LIGHT,
-                            0.7,
-                            5.2,
-                            int(b.rng.integers(1 << 20)),
-                            facing,
-                        )
-                    )
+                    x, y = sx + dx * (xh[i] + 0.6), sy + dy * (yh[j] + 0.6)
+                    variant = int(b.rng.integers(1 << 20))
+                    b.props.append(G.prop_row(x, y, G.PROP_TRAFFIC_LIGHT, 0.7, 5.2, variant, facing))

@@ -31,38 +31,7 @@ PROP_TREE, PROP_LAMP, PROP_SIGN, PROP_TRAFFIC_LIGHT, PROP_PERSON = range(5)
 FACE_NORMALS = {"S": (0.0, -1.0), "N": (0.0, 1.0), "W": (-1.0, 0.0), "E": (1.0, 0.0)}
 
 
-def face_segment(
-    x0: float,
-    y0: float,
-    x1: float,
-    y1: float,
-    face: str,
-    height: float,
-    owner: int,
-    kind: int,
-    role: int,
-    profile: int = PROFILE_FLAT,
-    pa: float = 0.0,
-    pb: float = 1.0,
-    extra: float = 0.0,
-) -> np.ndarray:
-    """One face of the axis-aligned box ``[x0, x1] × [y0, y1]`` as a segment row ``(15,)``.
-
-    The segment runs left to right as seen from outside, so the texture
-    coordinate ``u`` grows to the viewer's right on every face.
-    """
-    nx, ny = FACE_NORMALS[face]
-    ends = {
-        "S": (x0, y0, x1, y0),
-        "N": (x1, y1, x0, y1),
-        "E": (x1, y0, x1, y1),
-        "W": (x0, y1, x0, y0),
-    }[face]
-    length = abs(ends[2] - ends[0]) + abs(ends[3] - ends[1])
-    return np.array([*ends, nx, ny, length, height, owner, kind, role, profile, pa, pb, extra], dtype=np.float64)
-
-
-_FACE_ORDER = ("S", "N", "W", "E")  # the opposite of face i is face i ^ 1
+FACE_ORDER = ("S", "N", "W", "E")  # the opposite of face i is face i ^ 1
 
 
 def box_segments(
@@ -86,7 +55,7 @@ def box_segments(
     rects = np.atleast_2d(np.asarray(rects, np.float64))
     count = len(rects)
     x0, y0, x1, y1 = rects.T
-    front = np.array([_FACE_ORDER.index(f) for f in ([fronts] if isinstance(fronts, str) else fronts)])
+    front = np.array([FACE_ORDER.index(f) for f in ([fronts] if isinstance(fronts, str) else fronts)])
     ends = np.stack(
         [
             np.stack([x0, y0, x1, y0], 1),
@@ -96,7 +65,7 @@ def box_segments(
         ],
         1,
     )  # (V, 4 faces, 4)
-    normals = np.array([FACE_NORMALS[f] for f in _FACE_ORDER])
+    normals = np.array([FACE_NORMALS[f] for f in FACE_ORDER])
     face = np.arange(4)[None, :]
     role = np.where(face == front[:, None], ROLE_FRONT, np.where(face == (front[:, None] ^ 1), ROLE_BACK, ROLE_SIDE))
     out = np.empty((count, 4, SEGMENT_COLUMNS), np.float64)

@@ -8,7 +8,7 @@ house behind a car) shows above it, as in voxel-space terrain renderers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -28,6 +28,10 @@ class WallPixels:
     u: np.ndarray  # (n,) metres along the face, left to right seen from outside
     z: np.ndarray  # (n,) height above ground, metres
     front: np.ndarray  # (n,) bool: the face turns towards the camera (False: a car roof seen past its far side)
+
+    def take(self, mask: np.ndarray) -> WallPixels:
+        """The pixels where ``mask (n,) bool`` holds."""
+        return WallPixels(*(getattr(self, f.name)[mask] for f in fields(self)))
 
 
 def cull_segments(segments: np.ndarray, camera: Camera, max_depth: float) -> np.ndarray:

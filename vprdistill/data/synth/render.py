@@ -46,7 +46,6 @@ def _shade_walls(
     seg = walls.segment
     kind = seg[:, G.SKIND].astype(np.int64)
     owner = seg[:, G.SOWNER].astype(np.int64)
-    role = seg[:, G.SROLE].astype(np.int64)
     length = seg[:, G.SLEN]
     fp = walls.depth / camera.focal
     n = len(walls.pixel)
@@ -57,28 +56,12 @@ def _shade_walls(
     building = kind == G.KIND_BUILDING
     if building.any():
         albedo[building], emissive[building] = shade_buildings(
-            world.buildings[owner[building]],
-            walls.u[building],
-            walls.z[building],
-            length[building],
-            role[building],
-            fp[building],
-            lighting.lights,
-            lit_seed,
+            world.buildings[owner[building]], walls.take(building), fp[building], lighting.lights, lit_seed
         )
     vehicle = kind == G.KIND_VEHICLE
     if vehicle.any():
         cls[vehicle], albedo[vehicle], emissive[vehicle] = shade_vehicles(
-            dynamic.vehicles,
-            owner[vehicle],
-            role[vehicle],
-            walls.front[vehicle],
-            walls.u[vehicle],
-            walls.z[vehicle],
-            length[vehicle],
-            fp[vehicle],
-            lighting.lights,
-            condition.snowy_ground,
+            dynamic.vehicles, walls.take(vehicle), fp[vehicle], lighting.lights, condition.snowy_ground
         )
     other = ~building & ~vehicle
     if other.any():

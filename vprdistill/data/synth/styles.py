@@ -73,32 +73,65 @@ class FacadeTemplate:
     lit_p: float = 0.35
 
 
-# Per template: name, width m, storeys, storey height m, ground storey height m, material, wall colours;
-# bay width m, window width m, window height (fraction of a storey), shop probability, run length; extras.
-TEMPLATES: dict[str, FacadeTemplate] = {t.name: t for t in (
-    FacadeTemplate("rowhouse_brick", (5.0, 7.0), (2, 3), (3.0, 3.3), (3.0, 3.3), BRICK, BRICKS,
-                   (1.8, 2.3), (0.8, 1.0), (0.45, 0.55), 0.05, (3, 7)),
-    FacadeTemplate("rowhouse_painted", (5.5, 8.0), (2, 3), (3.0, 3.4), (3.0, 3.4), PLAIN, STUCCO,
-                   (2.0, 2.6), (0.9, 1.2), (0.45, 0.55), 0.05, (2, 6)),
-    FacadeTemplate("townhouse_siding", (6.0, 8.5), (2, 3), (2.9, 3.2), (2.9, 3.2), SIDING, SIDINGS,
-                   (2.0, 2.8), (0.9, 1.1), (0.42, 0.5), 0.0, (2, 5)),
-    FacadeTemplate("shop_brick", (7.0, 12.0), (2, 4), (3.2, 3.6), (4.0, 4.8), BRICK, BRICKS,
-                   (2.2, 2.8), (1.0, 1.3), (0.45, 0.55), 0.9, (1, 3)),
-    FacadeTemplate("shop_stucco", (7.0, 13.0), (1, 3), (3.2, 3.6), (4.0, 4.8), PLAIN, STUCCO,
-                   (2.4, 3.2), (1.2, 1.6), (0.42, 0.52), 0.9, (1, 2), bands=0.5),
-    FacadeTemplate("apartment_modern", (14.0, 24.0), (4, 8), (3.0, 3.2), (3.6, 4.2), PANEL, CONCRETE_LIGHT,
-                   (2.6, 3.4), (1.6, 2.2), (0.5, 0.62), 0.4, (1, 2), bands=0.7),
-    FacadeTemplate("office_concrete", (16.0, 30.0), (5, 10), (3.6, 4.0), (4.5, 5.5), PANEL, CONCRETE,
-                   (1.5, 2.0), (1.2, 1.6), (0.5, 0.62), 0.5, (1, 1), bands=0.8, lit_p=0.5),
-    FacadeTemplate("office_glass", (18.0, 32.0), (8, 22), (3.6, 4.0), (4.5, 5.5), GLASS, CURTAIN,
-                   (1.5, 1.5), (1.4, 1.4), (0.85, 0.85), 0.3, (1, 1), glass=CURTAIN, lit_p=0.55),
-    FacadeTemplate("warehouse", (15.0, 28.0), (2, 3), (4.2, 4.8), (4.5, 5.0), BRICK, BRICKS_PALE,
-                   (3.5, 4.5), (2.0, 2.6), (0.45, 0.55), 0.2, (1, 1), bands=0.3, lit_p=0.15),
-    FacadeTemplate("stone_civic", (20.0, 34.0), (3, 5), (4.2, 4.8), (5.0, 5.5), STONE, STONES,
-                   (3.0, 3.6), (1.3, 1.6), (0.55, 0.65), 0.0, (1, 1), bands=0.6, lit_p=0.3),
-    FacadeTemplate("parking_garage", (22.0, 36.0), (4, 6), (3.0, 3.2), (3.5, 3.8), PANEL, CONCRETE,
-                   (6.0, 8.0), (5.6, 7.6), (0.38, 0.45), 0.0, (1, 1), glass=((0.10, 0.10, 0.11),), lit_p=0.6),
-)}  # fmt: skip
+# Per template: (width m, storeys, storey height m, ground storey height m, material, wall colours),
+# (bay width m, window width m, window height (fraction of a storey), shop probability, run length), extras.
+_TEMPLATE_ROWS = {
+    "rowhouse_brick": (
+        ((5.0, 7.0), (2, 3), (3.0, 3.3), (3.0, 3.3), BRICK, BRICKS),
+        ((1.8, 2.3), (0.8, 1.0), (0.45, 0.55), 0.05, (3, 7)),
+    ),
+    "rowhouse_painted": (
+        ((5.5, 8.0), (2, 3), (3.0, 3.4), (3.0, 3.4), PLAIN, STUCCO),
+        ((2.0, 2.6), (0.9, 1.2), (0.45, 0.55), 0.05, (2, 6)),
+    ),
+    "townhouse_siding": (
+        ((6.0, 8.5), (2, 3), (2.9, 3.2), (2.9, 3.2), SIDING, SIDINGS),
+        ((2.0, 2.8), (0.9, 1.1), (0.42, 0.5), 0.0, (2, 5)),
+    ),
+    "shop_brick": (
+        ((7.0, 12.0), (2, 4), (3.2, 3.6), (4.0, 4.8), BRICK, BRICKS),
+        ((2.2, 2.8), (1.0, 1.3), (0.45, 0.55), 0.9, (1, 3)),
+    ),
+    "shop_stucco": (
+        ((7.0, 13.0), (1, 3), (3.2, 3.6), (4.0, 4.8), PLAIN, STUCCO),
+        ((2.4, 3.2), (1.2, 1.6), (0.42, 0.52), 0.9, (1, 2)),
+        dict(bands=0.5),
+    ),
+    "apartment_modern": (
+        ((14.0, 24.0), (4, 8), (3.0, 3.2), (3.6, 4.2), PANEL, CONCRETE_LIGHT),
+        ((2.6, 3.4), (1.6, 2.2), (0.5, 0.62), 0.4, (1, 2)),
+        dict(bands=0.7),
+    ),
+    "office_concrete": (
+        ((16.0, 30.0), (5, 10), (3.6, 4.0), (4.5, 5.5), PANEL, CONCRETE),
+        ((1.5, 2.0), (1.2, 1.6), (0.5, 0.62), 0.5, (1, 1)),
+        dict(bands=0.8, lit_p=0.5),
+    ),
+    "office_glass": (
+        ((18.0, 32.0), (8, 22), (3.6, 4.0), (4.5, 5.5), GLASS, CURTAIN),
+        ((1.5, 1.5), (1.4, 1.4), (0.85, 0.85), 0.3, (1, 1)),
+        dict(glass=CURTAIN, lit_p=0.55),
+    ),
+    "warehouse": (
+        ((15.0, 28.0), (2, 3), (4.2, 4.8), (4.5, 5.0), BRICK, BRICKS_PALE),
+        ((3.5, 4.5), (2.0, 2.6), (0.45, 0.55), 0.2, (1, 1)),
+        dict(bands=0.3, lit_p=0.15),
+    ),
+    "stone_civic": (
+        ((20.0, 34.0), (3, 5), (4.2, 4.8), (5.0, 5.5), STONE, STONES),
+        ((3.0, 3.6), (1.3, 1.6), (0.55, 0.65), 0.0, (1, 1)),
+        dict(bands=0.6, lit_p=0.3),
+    ),
+    "parking_garage": (
+        ((22.0, 36.0), (4, 6), (3.0, 3.2), (3.5, 3.8), PANEL, CONCRETE),
+        ((6.0, 8.0), (5.6, 7.6), (0.38, 0.45), 0.0, (1, 1)),
+        dict(glass=((0.10, 0.10, 0.11),), lit_p=0.6),
+    ),
+}
+TEMPLATES: dict[str, FacadeTemplate] = {
+    name: FacadeTemplate(name, *body, *windows, **(extras[0] if extras else {}))
+    for name, (body, windows, *extras) in _TEMPLATE_ROWS.items()
+}
 
 # Template weights by district; downtown blocks get the tall ones.
 DISTRICT_WEIGHTS: dict[str, dict[str, float]] = {
@@ -115,6 +148,12 @@ DISTRICT_WEIGHTS: dict[str, dict[str, float]] = {
 
 def _pick(rng: np.random.Generator, options) -> np.ndarray:
     return np.asarray(options[rng.integers(len(options))], dtype=np.float32)
+
+
+def _pick_accents(rng: np.random.Generator, p: np.ndarray) -> None:
+    """Four distinct vivid accent colours (shop sign, mural, stained glass) into ``p``."""
+    for k, index in enumerate(rng.choice(len(VIVID), size=4, replace=False)):
+        p[P[f"acc{k}"] : P[f"acc{k}"] + 3] = VIVID[index]
 
 
 def pick_template(rng: np.random.Generator, district: str) -> FacadeTemplate:
@@ -155,9 +194,7 @@ def sample_design(rng: np.random.Generator, template: FacadeTemplate, tall: floa
     p[P["trim"] : P["trim"] + 3] = _pick(rng, TRIMS)
     p[P["glass"] : P["glass"] + 3] = _pick(rng, template.glass)
     p[P["door"] : P["door"] + 3] = _pick(rng, DOORS)
-    accents = rng.choice(len(VIVID), size=4, replace=False)
-    for k, index in enumerate(accents):
-        p[P[f"acc{k}"] : P[f"acc{k}"] + 3] = VIVID[index]
+    _pick_accents(rng, p)
     p[P["roof"] : P["roof"] + 3] = _pick(rng, ROOFS)
     return p
 
@@ -169,9 +206,7 @@ def copy_design(rng: np.random.Generator, design: np.ndarray) -> np.ndarray:
     p[P["tex_seed"]] = rng.integers(1 << 20)
     p[P["door_u"]] = rng.choice([0.2, 0.5, 0.8])
     if p[P["shop"]] > 0:
-        accents = rng.choice(len(VIVID), size=4, replace=False)
-        for k, index in enumerate(accents):
-            p[P[f"acc{k}"] : P[f"acc{k}"] + 3] = VIVID[index]
+        _pick_accents(rng, p)
         p[P["sign_period"]] = rng.uniform(0.35, 0.8)
     return p
 

@@ -9,6 +9,7 @@ from vprdistill.data.synth import geometry as G
 from vprdistill.data.synth.dynamic import BODIES, BODY_BUS, BODY_TRUCK, VBODY, VCLASS, VLIGHTS, VRGB
 from vprdistill.data.synth.filters import band, mix, pulse
 from vprdistill.data.synth.noise import cell_rand, value_noise
+from vprdistill.data.synth.raycast import WallPixels
 
 CONCRETE_WALL = np.array([0.60, 0.58, 0.55], np.float32)
 FENCE_WOOD = np.array([0.46, 0.34, 0.23], np.float32)
@@ -36,23 +37,16 @@ def shade_static_walls(
 
 
 def shade_vehicles(
-    vehicles: np.ndarray,
-    owner: np.ndarray,
-    role: np.ndarray,
-    front_facing: np.ndarray,
-    u: np.ndarray,
-    z: np.ndarray,
-    length: np.ndarray,
-    fp: np.ndarray,
-    lights: float,
-    snowy: bool,
+    vehicles: np.ndarray, walls: WallPixels, fp: np.ndarray, lights: float, snowy: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class ids, albedo and emitted light of vehicle pixels.
+    """Class ids, albedo and emitted light of the vehicle pixels ``walls`` (``fp (n,)``: their footprints, m).
 
     A pixel of a face turned away from the camera is the roof, seen past the
     near side.
     """
-    v = vehicles[owner]
+    seg, u, z = walls.segment, walls.u, walls.z
+    role, length = seg[:, G.SROLE].astype(np.int64), seg[:, G.SLEN]
+    v = vehicles[seg[:, G.SOWNER].astype(np.int64)]
     n = len(u)
     cls = v[:, VCLASS].astype(np.uint8)
     body_kind = v[:, VBODY].astype(np.int64)
@@ -100,7 +94,7 @@ def shade_vehicles(
     back_lamp = lamp * (role == G.ROLE_BACK)
     albedo = mix(albedo, HEADLIGHT, front_lamp)
     albedo = mix(albedo, TAILLIGHT, back_lamp)
-    roof = ~front_facing
+    roof = ~walls.front
     albedo = np.where(roof[:, None], SNOW_COVER if snowy else paint * 0.8, albedo)
     emissive = np.zeros((n, 3), np.float32)
     if lights > 0:

@@ -114,16 +114,9 @@ def _centres(first: float, half: np.ndarray, walk: np.ndarray, interior: np.ndar
 def build_world(config: SynthConfig) -> World:
     """Generate the whole city for ``config`` (deterministic in ``config.seed`` and the layout fields)."""
     rng = np.random.default_rng([config.seed, 0x5C17])
-    counts = [
-        BORDER_BLOCKS,
-        config.train_blocks,
-        config.gap_blocks,
-        config.val_blocks,
-        config.gap_blocks,
-        config.test_blocks,
-        BORDER_BLOCKS,
-    ]
-    ncols, nrows = sum(counts), config.north_blocks + 2 * BORDER_BLOCKS
+    # Along east: a border, the train, val and test regions with a gap between each two, a border.
+    ncols = 2 * BORDER_BLOCKS + 2 * config.gap_blocks + sum(config.blocks(split) for split in SPLITS)
+    nrows = config.north_blocks + 2 * BORDER_BLOCKS
     lo, hi = config.block_size_m
     half_x, walk_x, avenue_x = _street_widths(rng, ncols + 1)
     half_y, walk_y, avenue_y = _street_widths(rng, nrows + 1)

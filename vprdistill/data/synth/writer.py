@@ -188,20 +188,22 @@ def _read_manifest(out: Path) -> dict:
 def _is_complete(out: Path, manifest: dict) -> bool:
     if (out / IN_PROGRESS).exists() or _read_manifest(out) != manifest:
         return False
-    for split, kinds in manifest["splits"].items():
-        for kind, count in kinds.items():
-            for root, suffix in (("images", ".jpg"), ("segmentation", ".png")):
-                folder = out / root / split / kind
-                if not folder.is_dir() or sum(1 for p in os.scandir(folder) if p.name.endswith(suffix)) != count:
-                    return False
+    # (folder, suffix, number of files it must hold): images and class maps of every traversal and of the places.
+    expected = [
+        (out / root / split / kind, suffix, count)
+        for split, kinds in manifest["splits"].items()
+        for kind, count in kinds.items()
+        for root, suffix in (("images", ".jpg"), ("segmentation", ".png"))
+    ]
     places = manifest.get("places")
     if places:
         if not (out / PLACES_CSV).is_file():
             return False
-        for root, suffix in (("Images", ".jpg"), ("Segmentation", ".png")):
-            folder = out / PLACES_ROOT / root / CITY
-            if not folder.is_dir() or sum(1 for p in os.scandir(folder) if p.name.endswith(suffix)) != places["images"]:
-                return False
+        expected += [(out / PLACES_ROOT / "Images" / CITY, ".jpg", places["images"])]
+        expected += [(out / PLACES_ROOT / "Segmentation" / CITY, ".png", places["images"])]
+    for folder, suffix, count in expected:
+        if not folder.is_dir() or sum(1 for p in os.scandir(folder) if p.name.endswith(suffix)) != count:
+            return False
     return (out / CONTACT_SHEET).exists()
 
 

@@ -15,7 +15,7 @@ from vprdistill.models.aggregators.gem import GeM
 from vprdistill.models.aggregators.mixvpr import MixVPR
 from vprdistill.models.aggregators.netvlad import NetVLAD
 from vprdistill.models.aggregators.netvlad_loupe import ContextGating, NetVLADLoupe
-from vprdistill.models.options import call_with_options
+from vprdistill.models.options import build_named
 
 AGGREGATORS: dict[str, type[nn.Module]] = {
     "gem": GeM,
@@ -30,11 +30,7 @@ def build_aggregator(spec: Mapping[str, Any], in_channels: int) -> nn.Module:
 
     Example: ``build_aggregator({"name": "netvlad-loupe", "clusters": 16, "output_dim": 256}, 768)``.
     """
-    options = dict(spec)
-    name = options.pop("name", None)
-    if name not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {name!r}; valid: {sorted(AGGREGATORS)}")
-    return call_with_options(AGGREGATORS[name], options, f"aggregator {name!r}", in_channels=in_channels)
+    return build_named(AGGREGATORS, spec, "aggregator", in_channels=in_channels)
 
 
 __all__ = ["AGGREGATORS", "ContextGating", "GeM", "MixVPR", "NetVLAD", "NetVLADLoupe", "build_aggregator"]
