@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._experiments_helpers import Budget, mean_and_spread, teachers_override, train_variant  # noqa: E402
 from benchmarks.report_sections import machine_description, today, update_section  # noqa: E402
 from vprdistill.data.images import load_image  # noqa: E402
 from vprdistill.data.readers import open_dataset  # noqa: E402
 from vprdistill.eval.evaluate import evaluate_model  # noqa: E402
 from vprdistill.eval.local_features import local_feature_fn  # noqa: E402
-from vprdistill.experiments.ablation import Budget, mean_and_spread, teachers_override, train_variant  # noqa: E402
 from vprdistill.models.checkpoint import load_model  # noqa: E402
 from vprdistill.retrieval.rerank import build_reranker  # noqa: E402
 from vprdistill.utils.device import set_threads  # noqa: E402
