@@ -74,3 +74,18 @@ def test_an_unknown_model_names_the_presets(tmp_path: Path) -> None:
         FileNotFoundError, match=r"neither an existing run folder or checkpoint nor a preset \(.*resnet"
     ):
         load_model_or_preset(str(tmp_path / "missing"), "cpu")
+
+
+def test_the_image_size_saved_with_the_model_wins_over_config_yaml() -> None:
+    from torch import nn
+
+    from vprdistill.deploy.model_io import pick_image_size
+
+    saved, older = nn.Identity(), nn.Identity()
+    saved.config = {"image_size": [48, 64]}
+    older.config = {}  # a checkpoint saved before the size travelled with the weights
+    settings = {"image_size": [32, 32]}
+    assert pick_image_size(None, settings, saved) == (48, 64)
+    assert pick_image_size(None, settings, older) == (32, 32)
+    assert pick_image_size([40], settings, saved) == (40, 40)
+    assert pick_image_size(None, {}, older) == (224, 224)

@@ -144,8 +144,8 @@ def open_dataset_args(args: argparse.Namespace):
 def run_settings(model_spec: str) -> dict[str, Any]:
     """The ``data`` section of the training config next to a checkpoint (empty when there is none).
 
-    A run folder records the image size and input a model was trained with, so
-    evaluation uses the same unless told otherwise.
+    A fallback for what the checkpoint does not record: the image size of checkpoints saved
+    before it travelled with the weights, and the structural label source of a seg run.
     """
     import yaml
 
