@@ -277,6 +277,23 @@ def test_folder_format(tmp_path: Path) -> None:
     )  # fmt: skip
 
 
+def shuffled_mat_fields(
+    rng: np.random.Generator,
+    database_names: list[str],
+    query_names: list[str],
+    database_xy: np.ndarray,
+    query_xy: np.ndarray,
+) -> dict:
+    """dbStruct fields listing the images in a shuffled order, so a transposed or shifted utmDb/utmQ
+    would pair names with others' metres."""
+    database_listed, query_listed = rng.permutation(len(database_xy)), rng.permutation(len(query_xy))
+    return {
+        **netvlad_fields([database_names[i] for i in database_listed], [query_names[j] for j in query_listed]),
+        "utmDb": (database_xy[database_listed] + [EAST0, NORTH0]).T.copy(),
+        "utmQ": (query_xy[query_listed] + [EAST0, NORTH0]).T.copy(),
+    }
+
+
 @pytest.mark.parametrize("v73", [True, False], ids=["v7.3", "v5"])
 def test_netvlad_mat(tmp_path: Path, v73: bool) -> None:
     rng = np.random.default_rng(12)
@@ -288,13 +305,7 @@ def test_netvlad_mat(tmp_path: Path, v73: bool) -> None:
         tiny_jpeg(root / name)
     for name in query_names:
         tiny_jpeg(root / "queries_real" / name)
-    # Listed in a shuffled order, so a transposed or shifted utmDb/utmQ would pair names with others' metres.
-    database_listed, query_listed = rng.permutation(len(database_xy)), rng.permutation(len(query_xy))
-    fields = {
-        **netvlad_fields([database_names[i] for i in database_listed], [query_names[j] for j in query_listed]),
-        "utmDb": (database_xy[database_listed] + [EAST0, NORTH0]).T.copy(),
-        "utmQ": (query_xy[query_listed] + [EAST0, NORTH0]).T.copy(),
-    }
+    fields = shuffled_mat_fields(rng, database_names, query_names, database_xy, query_xy)
     (write_db_struct_v73 if v73 else write_db_struct)(root / "datasets" / "pitts30k_test.mat", fields)
     dataset, source = open_dataset_with_source(root, split="test", name="pitts30k")
     assert source.format == "mat" and source.path.name == "pitts30k_test.mat"
@@ -323,12 +334,7 @@ def test_tokyo247_layout(tmp_path: Path, v73: bool) -> None:
         Image.new("RGB", (16, 12), (30, 140, 60)).save(png)
     for name in query_names:
         tiny_jpeg(root / name)
-    database_listed, query_listed = rng.permutation(len(database_xy)), rng.permutation(len(query_xy))
-    fields = {
-        **netvlad_fields([database_names[i] for i in database_listed], [query_names[j] for j in query_listed]),
-        "utmDb": (database_xy[database_listed] + [EAST0, NORTH0]).T.copy(),
-        "utmQ": (query_xy[query_listed] + [EAST0, NORTH0]).T.copy(),
-    }
+    fields = shuffled_mat_fields(rng, database_names, query_names, database_xy, query_xy)
     mat = root / "tokyo247.mat"
     (write_db_struct_v73 if v73 else write_db_struct)(mat, fields)
     dataset, source = open_dataset_with_source(mat)
