@@ -29,7 +29,6 @@ instead of losing each other's changes; a stale in-memory copy is refused
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -44,6 +43,7 @@ import numpy as np
 from vprdistill.retrieval import approximate
 from vprdistill.utils.atomic import atomic_write_json
 from vprdistill.utils.atomic_folder import atomic_folder, locked_folder, restore_if_interrupted
+from vprdistill.utils.hashing import file_sha256
 from vprdistill.utils.logging import get_logger
 
 log = get_logger("deploy.index")
@@ -119,13 +119,8 @@ def file_checksums(folder: Path, skip: Sequence[str] = (MANIFEST_FILE,)) -> dict
     found = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name not in skip and not path.name.startswith("."):
-            found[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            found[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     return found
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def verify_files(folder: Path, files: dict[str, Any]) -> None:
@@ -136,7 +131,7 @@ def verify_files(folder: Path, files: dict[str, Any]) -> None:
             raise IndexFormatError(f"{folder / MANIFEST_FILE} lists {name!r}, which is not a file name of the index")
         if not path.is_file():
             raise IndexFormatError(f"{path} is missing (listed in {MANIFEST_FILE}): the index is incomplete")
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != record.get("sha256"):
             raise IndexFormatError(
                 f"{path}: checksum mismatch (sha256 {actual[:16]}…, {path.stat().st_size} bytes; "

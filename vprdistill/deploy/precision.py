@@ -62,9 +62,9 @@ from vprdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_size_h
 from vprdistill.deploy.export import INPUT_NAME, OUTPUT_NAME, onnx_session, sidecar_path
 from vprdistill.deploy.frame_graph import check_channel_order
 from vprdistill.eval.recall import DEFAULT_QUERIES_WITHOUT_POSITIVE, QueriesWithoutPositive
-from vprdistill.models.checkpoint import file_sha256
 from vprdistill.utils.atomic import atomic_path, atomic_write_json
 from vprdistill.utils.extras import require
+from vprdistill.utils.hashing import file_sha256
 from vprdistill.utils.logging import get_logger
 
 if TYPE_CHECKING:

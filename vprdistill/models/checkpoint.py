@@ -84,12 +84,6 @@ def weights_digest(state: dict[str, torch.Tensor], prefix: bytes = b"") -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes (read in chunks: a multi-gigabyte file is never held in memory)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def save_model(model: PlaceModel, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json`` atomically; return both paths.
 

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprdistill.models.checkpoint import file_sha256, weights_digest
+from vprdistill.models.checkpoint import weights_digest
 from vprdistill.utils.extras import require
+from vprdistill.utils.hashing import file_sha256
 
 EXTERNAL_KINDS = ("torch_hub", "hf_hub", "onnx")
 
