@@ -28,7 +28,7 @@ from vprdistill.eval.extract import compute_descriptors
 from vprdistill.models.checkpoint import load_model, save_model
 from vprdistill.models.registry import build_model
 from vprdistill.train import loop
-from vprdistill.train.inputs import build_input_loader, input_paths
+from vprdistill.train.inputs import InputLoader, input_paths
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import MinedTuple, TripletMiner, miner_from_config
 from vprdistill.train.teacher import FrozenTeacher
@@ -95,7 +95,7 @@ def _hand_batch(dataset: PlaceDataset, config, negatives_per_tuple=(2, 1, 2, 1))
         for q, count in zip(miner.trainable_queries[:4], negatives_per_tuple)
     ]
     query_paths, database_paths = input_paths(dataset, config.data.input)
-    tuple_set = TupleDataset(tuples, query_paths, database_paths, build_input_loader(config.data, train=True))
+    tuple_set = TupleDataset(tuples, query_paths, database_paths, InputLoader(config.data, train=True))
     return collate_tuples([tuple_set[i] for i in range(len(tuple_set))])
 
 

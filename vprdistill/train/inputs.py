@@ -31,7 +31,10 @@ def input_paths(
 
 
 class InputLoader:
-    """Path → input tensor (C, H, W); a class rather than a closure so data-loader workers can pickle it."""
+    """Path → input tensor (C, H, W) for training tuples, augmented when configured and ``train``.
+
+    A class rather than a closure so data-loader workers can pickle it.
+    """
 
     def __init__(self, data: DataConfig, train: bool) -> None:
         image_size = tuple(data.image_size)
@@ -43,7 +46,3 @@ class InputLoader:
 
     def __call__(self, path: Path) -> torch.Tensor:
         return self.transform(self.load(path))
-
-
-# A callable path → input tensor for training tuples (augmented when configured): ``build_input_loader(data, train)``.
-build_input_loader = InputLoader

@@ -51,7 +51,7 @@ from vprdistill.train.amp_compile import StudentForward, autocast, check_amp, gr
 from vprdistill.train.config import TrainConfig, describe_change, resume_changes, save_config
 from vprdistill.train.distributed import DistributedContext, distributed_context, prepare_batchnorm, set_training_mode
 from vprdistill.train.init_from import init_weights_from
-from vprdistill.train.inputs import build_input_loader, input_paths
+from vprdistill.train.inputs import InputLoader, input_paths
 from vprdistill.train.methods import TrainingMethod
 from vprdistill.train.mining import TripletMiner, log_mining_round, miner_from_config
 from vprdistill.train.place_batches import PlaceImageDataset, collate_places, place_batches
@@ -313,7 +313,7 @@ class _Session:
             self._restore()
         self.forward = StudentForward(context.wrap(self.model), compile=config.compile)
         self.writer = _tensorboard_writer(run.path) if config.tensorboard and context.is_main else None
-        self.load_input = build_input_loader(config.data, train=True)
+        self.load_input = InputLoader(config.data, train=True)
 
     def _prepare_method(self) -> TripletMiner | None:
         """Fill the teachers' caches; the miner of tuple training (None for place batches), logged."""
