@@ -6,9 +6,10 @@ import json
 import re
 
 import pytest
+import yaml
 
 from vprdistill.cli.main import main
-from vprdistill.experiments.demo import DEMO_MODELS
+from vprdistill.experiments.demo import DEMO_MODELS, PREDICTED_MAPS_DIR, PREDICTED_PLACE_MAPS_DIR
 
 
 def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
@@ -46,7 +47,8 @@ def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
     for model in DEMO_MODELS:
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {model.name} |"))
         recalls = [float(cell) for cell in line.strip("|").split("|")[2:5]]
-        assert all(0.0 <= value <= 100.0 for value in recalls)
+        row = next(r for r in results["rows"] if r["name"] == model.name)
+        assert recalls == pytest.approx([row["recall"][n] for n in ("1", "5", "10")], abs=0.051)
         assert model.name in html
         assert any(line.startswith(f"| {model.name}, untrained |") for line in markdown.splitlines())
     assert "## Baselines" in markdown and "## Trained against baselines" in markdown
@@ -57,5 +59,28 @@ def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
     # Every model is an ordinary run folder, usable by the other commands.
     for model in DEMO_MODELS:
         assert (out / "runs" / model.key / "best.safetensors").is_file()
+    # StructVPR reads the demo segmenter's predicted maps, never SynthCity's ground truth.
+    data = out / "data" / "synthcity-tiny"
+    place_images = sorted((data / "places" / "Images").rglob("*.jpg"))
+    predicted_places = data / "places" / PREDICTED_PLACE_MAPS_DIR
+    assert place_images and all(
+        (predicted_places / image.parent.name / (image.stem + ".png")).is_file() for image in place_images
+    )
+    test_photos = sorted((data / "images" / "test").rglob("*.jpg"))
+    assert test_photos and all(
+        (data / PREDICTED_MAPS_DIR / "test" / image.relative_to(data / "images" / "test")).with_suffix(".png").is_file()
+        for image in test_photos
+    )
+    for model in DEMO_MODELS:
+        config = yaml.safe_load((out / "runs" / model.key / "config.yaml").read_text())
+        if model.reads_maps:
+            assert config["data"]["places_segmentation_dir"] == PREDICTED_PLACE_MAPS_DIR
+            assert config["data"]["segmentation_dir"] == PREDICTED_MAPS_DIR
+    assert sum(model.reads_maps for model in DEMO_MODELS) == 3  # the seg-branch and its two students
+    record = results["segmenter"]
+    conditions = {name for name in record["evaluation"]["groups"] if name.startswith("queries/")}
+    assert len(conditions) >= 2, "mIoU is reported per query condition"
+    assert "Segmenter (SegFormer" in markdown and "per query condition" in markdown
+
     printed = capsys.readouterr().out
     assert "R@1" in printed and "report:" in printed and "thumbnail-16" in printed

@@ -1,13 +1,18 @@
 """``vprdistill demo``: the whole method on built-in data, from an empty folder to a report.
 
 Generates (or reuses) SynthCity with a place set (P places × K views under
-several conditions), trains every model with place batches (multi-similarity
-loss and miner; distillation on in-batch tuples): the tiny TSCM teacher, the
-tiny student with cross-metric KD and without KD, the StructVPR seg-branch and
-the weighted RGB student, one student from both teachers at once; then evaluates every model on the test split (overall and per
-query condition) beside its baselines — the ``thumbnail-16`` preset and each
-network untrained (same config and seed) — with 95 % bootstrap intervals and
-paired comparisons, and writes ``report.md`` / ``report.html``.
+several conditions); trains a small SegFormer on day images of the train split
+and writes its **predicted** maps for the place set and the test split, so that
+StructVPR's seg-branch learns and is tested on maps as bad as a real
+segmenter's at night, in fog and in snow (SynthCity's ground-truth maps would
+be an oracle); trains every model with place batches (multi-similarity loss and
+miner; distillation on in-batch tuples): the tiny TSCM teacher, the tiny
+student with cross-metric KD and without KD, the StructVPR seg-branch and the
+weighted RGB student, one student from both teachers at once; then evaluates
+every model on the test split (overall and per query condition) beside its
+baselines — the ``thumbnail-16`` preset and each network untrained (same config
+and seed) — with 95 % bootstrap intervals and paired comparisons, and writes
+``report.md`` / ``report.html`` (with the segmenter's mIoU per condition).
 
 Every model is an ordinary run folder under ``OUT/runs/``: usable with
 ``eval``, ``index``, ``localize`` and ``export``. Re-running the demo resumes
@@ -17,6 +22,7 @@ finished runs instead of training them again.
 from __future__ import annotations
 
 import datetime
+import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,7 @@ from vprdistill.experiments.plots import recall_against_speed, recall_curves, re
 from vprdistill.experiments.report import summary_table, text_table, write_report
 from vprdistill.experiments.rows import ResultRow
 from vprdistill.experiments.stages import Stage, StageProgress
+from vprdistill.train.amp_compile import has_native_bf16
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
 from vprdistill.utils.atomic import atomic_write_json
@@ -49,16 +56,33 @@ class DemoBudget:
     train_places: int
     views_per_place: int
     places_per_batch: int
-    max_val_queries: int
+    max_val_queries: int  # 0: no validation split, the last epoch is kept
+    segmenter_epochs: int
     synth: dict = field(default_factory=dict)  # further SynthCity parameters
-    extra: list[str] = field(default_factory=list)
+
+    @property
+    def dataset_image_size(self) -> int:
+        """The side SynthCity renders at, and the segmenter reads: twice the models' (crops have room)."""
+        return max(2 * self.image_size, 64)
+
+    @property
+    def segmented_splits(self) -> list[str]:
+        """The splits whose photos get predicted maps: the test split, and the validation split when used."""
+        return ["val", "test"] if self.max_val_queries else ["test"]
 
 
 # `small` with a training region of 4 blocks: room for 700 distinct places (12 m apart per heading),
 # each seen under all 8 conditions; a batch takes 4 of a place's 8 views (RESULTS.md, place-recipe).
 # No validation split: on 160 validation queries the "best" epoch is noise, so the last one is kept.
-FULL = DemoBudget("small", 64, 15, 700, 8, 16, 160, synth={"train_blocks": 4}, extra=["data.val_split="])
-QUICK = DemoBudget("tiny", 48, 1, 12, 3, 4, 40)
+# The segmenter: 10 epochs over the train split's day images (RESULTS.md, segmenter-miou, had 25).
+FULL = DemoBudget("small", 64, 15, 700, 8, 16, 0, segmenter_epochs=10, synth={"train_blocks": 4})
+QUICK = DemoBudget("tiny", 48, 1, 12, 3, 4, 40, segmenter_epochs=1)
+
+# Where `vprdistill segment` writes the segmenter's maps: beside SynthCity's ground-truth ones, which
+# no demo model reads.
+PREDICTED_MAPS_DIR = "segmentation-predicted"
+PREDICTED_PLACE_MAPS_DIR = "Segmentation-predicted"
+SEGMENTER_FOLDER = "segmenter"
 
 
 @dataclass
@@ -82,6 +106,11 @@ class DemoModel:
     @property
     def input_kind(self) -> str:
         return "seg" if self.key == SEG_BRANCH_KEY else "rgb"
+
+    @property
+    def reads_maps(self) -> bool:
+        """Whether training reads segmentation maps: the seg-branch, and students of the seg-branch."""
+        return self.input_kind == "seg" or any(t["input"] == "seg" for t in self.teachers)
 
 
 SEG_BRANCH_KEY = "structvpr-seg"  # the one demo model that reads segmentation maps, not photos
@@ -118,15 +147,16 @@ DEMO_MODELS = [
     DemoModel(
         "structvpr-seg",
         "structvpr/synth-seg-places",
-        "StructVPR seg-branch (oracle: ground-truth maps)",
-        "A CNN that sees only one-hot structural maps (road, building, sky, ...); not run at test time, "
-        "and shown here on SynthCity's ground-truth maps: an oracle no photo-only model gets.",
+        "StructVPR seg-branch (predicted maps)",
+        "A CNN that sees only one-hot structural maps (road, building, sky, ...) of the demo's segmenter, "
+        "in training and here at test time; StructVPR runs it only to teach the RGB network.",
     ),
     DemoModel(
         "structvpr-rgb",
         "structvpr/synth-rgb-places",
         "StructVPR RGB, weighted KD",
-        "An RGB CNN with multi-similarity + partition-weighted structural distillation from the seg-branch.",
+        "An RGB CNN with multi-similarity + partition-weighted structural distillation from the seg-branch "
+        "(which reads predicted maps); photos only at test time.",
         teachers=[_STRUCTURAL_KD],
     ),
     DemoModel(
@@ -148,9 +178,14 @@ def _overrides(model: DemoModel, budget: DemoBudget, dataset: Path, runs: Path, 
         f"epochs={model.epochs(budget)}",
         f"data.places_per_batch={budget.places_per_batch}",
         f"data.views_per_place={min(budget.views_per_place, 4)}",
-        f"data.max_val_queries={budget.max_val_queries}",
         f"seed={seed}",
-    ] + budget.extra
+    ]
+    overrides += [f"data.max_val_queries={budget.max_val_queries}"] if budget.max_val_queries else ["data.val_split="]
+    if model.reads_maps:
+        overrides += [
+            f"data.places_segmentation_dir={PREDICTED_PLACE_MAPS_DIR}",
+            f"data.segmentation_dir={PREDICTED_MAPS_DIR}",
+        ]
     if model.teachers:
         teachers = [dict(t, run=str(runs / t["run"])) for t in model.teachers]
         overrides.append("method.teachers=" + yaml.safe_dump(teachers, default_flow_style=True, width=10_000).strip())
@@ -178,7 +213,11 @@ def run_demo(
     torch_device = resolve_device(device)
     dataset_dir = Path(dataset) if dataset else out_dir / "data" / f"synthcity-{budget.synth_preset}"
     runs = out_dir / "runs"
-    stages = [Stage("data", f"SynthCity '{budget.synth_preset}' dataset", 1.0)]
+    stages = [
+        Stage("data", f"SynthCity '{budget.synth_preset}' dataset", 1.0),
+        Stage("segmenter", "train the segmenter on day images of the train split", 1.5),
+        Stage("segment", "write the segmenter's maps for the place set and the test split", 0.5),
+    ]
     stages += [Stage(m.key, f"train {m.name}", 3.0 if m.key == "tscm-teacher" else 2.0) for m in DEMO_MODELS]
     stages += [
         Stage("eval", "evaluate every model on the test split", 1.5),
@@ -194,7 +233,7 @@ def run_demo(
                 dataset_dir,
                 preset=budget.synth_preset,
                 seed=seed,
-                image_size=max(2 * budget.image_size, 64),
+                image_size=budget.dataset_image_size,
                 train_places=budget.train_places,
                 views_per_place=budget.views_per_place,
                 **budget.synth,
@@ -202,10 +241,18 @@ def run_demo(
         )
     else:
         progress.run("data", lambda: None)
+    segmenter_dir = out_dir / SEGMENTER_FOLDER
+    segmenter = progress.run(
+        "segmenter", lambda: _train_segmenter(dataset_dir, segmenter_dir, budget, seed, torch_device)
+    )
+    progress.run("segment", lambda: _write_predicted_maps(dataset_dir, segmenter_dir, budget, torch_device))
+    # bfloat16 autocast where the hardware has it: about 1.4x faster steps on an AVX-512 BF16 CPU
+    # (BENCHMARKS.md, demo-timing-full), at the same recall (RESULTS.md, demo-place-recipe).
+    amp = "bf16" if has_native_bf16(torch_device) else "off"
     commands: dict[str, str] = {}
     configs = {}
     for model in DEMO_MODELS:
-        overrides = _overrides(model, budget, dataset_dir, runs, seed) + [f"device={torch_device.type}"]
+        overrides = _overrides(model, budget, dataset_dir, runs, seed) + [f"device={torch_device.type}", f"amp={amp}"]
         run_dir = runs / model.key
         config = load_config(model.preset, overrides)
         configs[model.key] = config
@@ -215,7 +262,8 @@ def run_demo(
             "vprdistill train " + model.preset + " " + " ".join(shlex.quote(o) for o in overrides) + f" --out {run_dir}"
         )
 
-    test_set = open_dataset(dataset_dir, split="test")
+    # The seg-branch reads the segmenter's maps of the test photos; every other model reads the photos.
+    test_set = open_dataset(dataset_dir, split="test", segmentation_dir=PREDICTED_MAPS_DIR)
     image_size = (budget.image_size, budget.image_size)  # of the students; each model is read at its own size
 
     def evaluate_all() -> list[ResultRow]:
@@ -223,7 +271,8 @@ def run_demo(
         for model in DEMO_MODELS:
             eval_command = (
                 f"vprdistill eval --model {runs / model.key} --dataset {dataset_dir} --split test "
-                f"--image-size {model.image_size(budget)}" + (" --input seg" if model.input_kind == "seg" else "")
+                f"--image-size {model.image_size(budget)}"
+                + (f" --input seg --segmentation-dir {PREDICTED_MAPS_DIR}" if model.input_kind == "seg" else "")
             )
             size = (model.image_size(budget),) * 2
             rows.append(
@@ -295,13 +344,66 @@ def run_demo(
             "25 m. Intervals are 95 % percentile bootstrap intervals over the test queries (10,000 "
             "resamples)."
         )
-        return write_report(out_dir, "vprdistill demo report", intro, rows, figures, grids, meta, baselines=baselines)
+        notes = [segmenter_note(segmenter)]
+        return write_report(
+            out_dir, "vprdistill demo report", intro, rows, figures, grids, meta, notes=notes, baselines=baselines
+        )
 
     md_path, html_path = progress.run("report", report)
-    results = dict(rows=[r.to_dict() for r in rows], baselines=[r.to_dict() for r in baselines], quick=quick, seed=seed)
+    results = dict(
+        rows=[r.to_dict() for r in rows],
+        baselines=[r.to_dict() for r in baselines],
+        segmenter=segmenter,
+        quick=quick,
+        seed=seed,
+    )
     atomic_write_json(out_dir / "results.json", results)
     total = progress.finish()
     print("\n" + text_table(summary_table(rows)))
     print("\nbaselines\n" + text_table(summary_table(baselines)))
     print(f"\nreport: {html_path}  (and {md_path}); total time {total / 60:.1f} min")
     return md_path, html_path, rows
+
+
+def _train_segmenter(dataset_dir: Path, out: Path, budget: DemoBudget, seed: int, device) -> dict:
+    """Train the demo's segmenter (or reuse a finished one); returns its ``segmenter_training.json`` record."""
+    from vprdistill.train.segmenter import MARKER, SegmenterTrainingConfig, train_segmenter
+
+    record = out / MARKER
+    if not record.is_file():
+        config = SegmenterTrainingConfig(
+            epochs=budget.segmenter_epochs, image_size=budget.dataset_image_size, seed=seed
+        )
+        train_segmenter(dataset_dir, out, config, device=device, eval_split="test")
+    return json.loads(record.read_text())
+
+
+def _write_predicted_maps(dataset_dir: Path, segmenter_dir: Path, budget: DemoBudget, device) -> None:
+    """The segmenter's maps of every place image and of the evaluated splits' photos (existing maps are kept)."""
+    from vprdistill.data.segmenter import segment_dataset
+
+    size = budget.dataset_image_size
+    places = dataset_dir / PLACES_FOLDER
+    segment_dataset(places, segmenter_dir, device=device, image_size=size, maps_dir=PREDICTED_PLACE_MAPS_DIR)
+    segment_dataset(
+        dataset_dir, segmenter_dir, splits=budget.segmented_splits, device=device, image_size=size,
+        maps_dir=PREDICTED_MAPS_DIR,
+    )  # fmt: skip
+
+
+def segmenter_note(record: dict) -> str:
+    """One report line: the segmenter's size, training images and mIoU on the test split, per query condition."""
+    groups = (record.get("evaluation") or {}).get("groups", {})
+
+    def miou(group: str) -> str:
+        value = groups.get(group, {}).get("miou")
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    conditions = sorted(name.split("/", 1)[1] for name in groups if name.startswith("queries/"))
+    per_condition = ", ".join(f"{c} {miou('queries/' + c)}" for c in conditions)
+    return (
+        f"Segmenter (SegFormer, {record.get('parameters', 0) / 1e6:.2f} M parameters, {record.get('images', 0)} day "
+        f"images of the train split, {record.get('config', {}).get('epochs', '?')} epochs): mIoU (%) on the test "
+        f"split's database {miou('database')}, queries {miou('queries')}; per query condition: {per_condition}. "
+        "The seg-branch learns from and is tested on these maps, not on SynthCity's ground truth."
+    )

@@ -31,6 +31,19 @@ def check_amp(amp: str, device: torch.device) -> None:
         raise ValueError(f"amp: fp16 needs a CUDA device (this run is on {device.type}); use amp: bf16 on the CPU")
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (AVX-512 BF16 or AMX on a CPU; Ampere or later on CUDA).
+
+    Elsewhere ``amp: bf16`` is emulated, and slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence looked up
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
 def autocast(amp: str, device: torch.device) -> AbstractContextManager:
     """The autocast context of ``amp`` on ``device`` (a no-op context for ``off``)."""
     if amp == "off":
