@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import shlex
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-from vprdistill.train.config import load_config
+from vprdistill.train.config import TrainConfig, load_config
 from vprdistill.train.loop import train
 
 
@@ -47,14 +48,48 @@ def train_variant(preset: str, overrides: Sequence[str], run_dir: Path) -> tuple
 
     Returns the run folder and the command that reproduces it.
     """
-    config = load_config(preset, list(overrides))
+    train_config(load_config(preset, list(overrides)), run_dir)
+    command = f"vprdistill train {preset} " + " ".join(shlex.quote(o) for o in overrides) + f" --out {run_dir}"
+    return run_dir, command
+
+
+def train_config(config: TrainConfig, run_dir: Path) -> Path:
+    """Train a resolved ``config`` into ``run_dir``, resuming a finished or interrupted run; returns ``run_dir``.
+
+    A finished run resumes with no epoch left to train, so calling this again costs only the loading.
+    """
     resume = (run_dir / "last_state.pt").is_file()
     if not resume and run_dir.exists():
         # Interrupted before its first epoch finished: nothing in it can be resumed.
         shutil.rmtree(run_dir)
     train(config, run_dir, resume=resume)
-    command = f"vprdistill train {preset} " + " ".join(shlex.quote(o) for o in overrides) + f" --out {run_dir}"
-    return run_dir, command
+    return run_dir
+
+
+def train_from_config_file(
+    config_path: Path, overrides: Sequence[str | Mapping[str, Any]], run_dir: Path
+) -> tuple[Path, str]:
+    """:func:`train_variant` of a run's ``config.yaml`` (or any config file) instead of a packaged preset.
+
+    ``overrides`` are ``key=value`` strings or mappings (``load_config``'s). Returns the run folder and the
+    command that reproduces it (mappings written as ``key=<flow YAML>``).
+    """
+    train_config(load_config(config_path, list(overrides)), run_dir)
+    return run_dir, train_command(config_path, overrides, run_dir)
+
+
+def train_command(config_path: Path, overrides: Sequence[str | Mapping[str, Any]], run_dir: Path) -> str:
+    """The ``vprdistill train`` command line of ``config_path`` with ``overrides`` into ``run_dir``."""
+    words = []
+    for item in overrides:
+        if isinstance(item, Mapping):
+            words += [
+                f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()}"
+                for key, value in item.items()
+            ]
+        else:
+            words.append(item)
+    return f"vprdistill train {config_path} " + " ".join(shlex.quote(w) for w in words) + f" --out {run_dir}"
 
 
 def mean_and_spread(values: Sequence[float]) -> str:

@@ -1,0 +1,126 @@
+"""benchmarks/places_ablation.py on a `demo --quick` folder: reuses the demo's run, trains the other seeds' runs.
+
+The folder holds only what the StructVPR study reads (the dataset, the segmenter's predicted maps, the
+seg-branch and the weighted RGB student), built by the demo's own stages, so the test stays short.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import places_ablation
+from benchmarks.report_sections import REPO_ROOT
+from vprdistill.data.readers import open_dataset
+from vprdistill.experiments import demo
+from vprdistill.train.config import load_config
+from vprdistill.train.loop import train
+
+
+def _quick_demo_subset(out: Path) -> None:
+    """The demo's quick budget, its data, segmenter and maps, and its `structvpr-seg` and `structvpr-rgb` runs."""
+    from vprdistill.data.synth import generate
+
+    budget, seed = demo.QUICK, 0
+    dataset = out / "data" / f"synthcity-{budget.synth_preset}"
+    generate(
+        dataset, preset=budget.synth_preset, seed=seed, image_size=budget.dataset_image_size,
+        train_places=budget.train_places, views_per_place=budget.views_per_place, progress=False, **budget.synth,
+    )  # fmt: skip
+    segmenter = out / demo.SEGMENTER_FOLDER
+    demo._train_segmenter(dataset, segmenter, budget, seed, "cpu")
+    demo._write_predicted_maps(dataset, segmenter, budget, "cpu")
+    models = {model.key: model for model in demo.DEMO_MODELS}
+    for key in (demo.SEG_BRANCH_KEY, "structvpr-rgb"):
+        model = models[key]
+        overrides = demo._overrides(model, budget, dataset, out / "runs", seed) + ["device=cpu", "progress=false"]
+        train(load_config(model.preset, overrides), out / "runs" / key)
+
+
+def _teacher_weighting(config: dict) -> str | None:
+    teachers = (config.get("method") or {}).get("teachers") or []
+    return teachers[0]["loss"]["weighting"]["name"] if teachers else None
+
+
+def test_structvpr_study_reuses_the_demo_run_and_trains_the_other_seeds(tmp_path):
+    out, work = tmp_path / "demo", tmp_path / "work"
+    _quick_demo_subset(out)
+    demo_run = out / "runs" / "structvpr-rgb"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in demo_run.iterdir() if p.is_file()}
+    results_md = REPO_ROOT / "RESULTS.md"
+    results_before = results_md.read_bytes() if results_md.exists() else None
+
+    record = places_ablation.main(
+        ["--demo", str(out), "--study", "structvpr", "--seeds", "0", "1", "--work", str(work), "--threads", "1",
+         "--no-write"]
+    )  # fmt: skip
+
+    # --no-write leaves RESULTS.md as it was.
+    assert (results_md.read_bytes() if results_md.exists() else None) == results_before
+    rows = {(row["variant"], row["seed"]): row for row in record["rows"]}
+    assert sorted(rows) == [(v, s) for v in ("alone", "partition", "uniform") for s in (0, 1)]
+    # The seed-0 partition row is the demo's run, read as it is: nothing in its folder was rewritten.
+    assert rows[("partition", 0)]["reused"] and Path(rows[("partition", 0)]["run_dir"]) == demo_run
+    assert {p.name: p.stat().st_mtime_ns for p in demo_run.iterdir() if p.is_file()} == mtimes
+    # Every other row was trained under WORK with the labelled teacher weighting and its own seed.
+    partition = yaml.safe_load((demo_run / "config.yaml").read_text())
+    expected = {"alone": None, "uniform": "uniform", "partition": "partition"}
+    for (variant, seed), row in rows.items():
+        if (variant, seed) == ("partition", 0):
+            continue
+        run_dir = Path(row["run_dir"])
+        assert run_dir.parent == work and (run_dir / "best.safetensors").is_file()
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["seed"] == seed
+        assert _teacher_weighting(config) == expected[variant]
+        if variant == "alone":
+            assert config["method"] == {"name": "triplet"}
+        # Apart from the seed, the run differs from the demo's partition run in its method only.
+        same = {k: v for k, v in config.items() if k not in ("seed", "method")}
+        assert same == {k: v for k, v in partition.items() if k not in ("seed", "method")}
+        if variant != "alone":
+            assert config["method"]["teachers"][0]["run"] == partition["method"]["teachers"][0]["run"]
+
+    # Every row's hits cover the test split's queries, and its R@1 is their share.
+    test_set = open_dataset(out / "data" / "synthcity-tiny", split="test", segmentation_dir=demo.PREDICTED_MAPS_DIR)
+    for row in [*record["rows"], *record["baselines"]]:
+        assert len(row["hits"]["1"]) == test_set.num_queries == record["num_queries"]
+        assert 100 * sum(row["hits"]["1"]) / test_set.num_queries == pytest.approx(row["recall"]["1"])
+    # The over-seeds mean is the arithmetic mean of the per-seed R@1.
+    for variant in ("alone", "uniform", "partition"):
+        per_seed = [rows[(variant, s)]["recall"]["1"] for s in (0, 1)]
+        summary = record["variants"][variant]
+        assert summary["mean"] == pytest.approx(sum(per_seed) / 2)
+        assert summary["seeds"] == 2
+        if per_seed[0] != per_seed[1]:
+            assert summary["low"] < summary["mean"] < summary["high"]
+    # The paired differences: partition − uniform of each seed, from the same queries' hits.
+    claim = next(c for c in record["comparisons"] if (c["better"], c["worse"]) == ("partition", "uniform"))
+    for entry in claim["per_seed"]:
+        a, b = rows[("partition", entry["seed"])]["hits"]["1"], rows[("uniform", entry["seed"])]["hits"]["1"]
+        assert entry["difference"] == pytest.approx(100 * (sum(a) - sum(b)) / len(a))
+    assert claim["mean"] == pytest.approx(sum(e["difference"] for e in claim["per_seed"]) / 2)
+    low, high = claim["low"], claim["high"]
+    assert claim["verdict"] == ("holds" if low > 0 else "fails" if high < 0 else "cannot be decided")
+    assert not math.isnan(low)
+    assert (work / "structvpr.json").is_file()
+
+    # A second call trains nothing: the plan lists every run as reused or done.
+    plan = places_ablation.main(["--demo", str(out), "--seeds", "0", "1", "--work", str(work), "--plan-only"])["plan"]
+    assert "0 to train" in plan and plan.count("done (earlier call)") == 5
+
+
+def test_the_script_reads_the_maps_folder_the_demo_writes():
+    assert places_ablation.PREDICTED_MAPS_DIR == demo.PREDICTED_MAPS_DIR
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "verdict"),
+    [(0.1, 5.0, "holds"), (0.0, 5.0, "cannot be decided"), (-3.0, -0.1, "fails"), (-3.0, 0.0, "cannot be decided"),
+     (float("nan"), float("nan"), "cannot be decided")],
+)  # fmt: skip
+def test_verdict_reads_the_interval_ends(low, high, verdict):
+    assert places_ablation._verdict(low, high) == verdict
