@@ -7,10 +7,12 @@ from pathlib import Path
 
 from vprdistill.cli.common import add_command, add_device_args
 
-DESCRIPTION = """The main job: on built-in synthetic data, train the TSCM teacher, the TSCM
-student with and without cross-metric KD, the StructVPR seg-branch and
+DESCRIPTION = """The main job: on built-in synthetic data, train a segmenter and write its
+predicted maps, then the TSCM teacher, the TSCM student with and without
+cross-metric KD, the StructVPR seg-branch (on the predicted maps) and
 weighted RGB student, and one student from both teachers; evaluate them
-overall and per query condition; write report.md and report.html."""
+overall and per query condition beside their baselines; write report.md and
+report.html."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke run of the same pipeline")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every training run")
     parser.add_argument(
-        "--dataset", type=Path, default=None, help="use this SynthCity-format dataset instead of generating one"
+        "--dataset",
+        type=Path,
+        default=None,
+        help="use this SynthCity-format dataset instead of generating one (predicted maps are written into it)",
     )
     add_device_args(parser)
 
