@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tests.train.helpers import tiny_config
-from vprdistill.train.amp_compile import StudentForward, autocast, check_amp
+from vprdistill.train.amp_compile import StudentForward, autocast, check_amp, has_native_bf16
 from vprdistill.train.config import load_config
 from vprdistill.train.loop import train
 
@@ -44,6 +44,21 @@ def test_fp16_is_refused_on_the_cpu_with_the_alternative_named():
     with pytest.raises(ValueError, match="fp16 needs a CUDA device.*bf16"):
         check_amp("fp16", torch.device("cpu"))
     check_amp("bf16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_native_bf16_on_the_cpu_follows_its_avx512_bf16_and_amx_units(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert has_native_bf16(torch.device("cpu")) is expected
+
+
+def test_native_bf16_is_false_on_a_cuda_device_when_cuda_is_absent_and_on_other_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert has_native_bf16(torch.device("cuda")) is False
+    assert has_native_bf16(torch.device("meta")) is False
 
 
 def test_bf16_autocast_computes_in_bfloat16_and_keeps_float32_weights_and_gradients():
