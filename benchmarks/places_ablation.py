@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._experiments_helpers import train_from_config_file  # noqa: E402
 from benchmarks.report_sections import load_average, machine_description, today, update_section  # noqa: E402
-from vprdistill.train.config import TrainConfig, load_config  # noqa: E402
+from vprdistill.train.config import TrainConfig, flatten_dotted, load_config  # noqa: E402
 from vprdistill.utils.atomic import atomic_write_json  # noqa: E402
 from vprdistill.utils.device import set_threads  # noqa: E402
 
@@ -194,22 +194,13 @@ def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], 
     raise ValueError(f"--study must be one of {', '.join(STUDIES)}, got {study!r}")
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict) or (prefix and not node):
-        return {prefix.rstrip("."): node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
-
-
 def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """The dotted keys in which two resolved configs differ (``method.teachers`` compared as one value)."""
 
     def flat(config: TrainConfig) -> dict[str, Any]:
         raw = config.to_dict()
         teachers = (raw.get("method") or {}).pop("teachers", None)
-        out = _flatten(raw)
+        out = flatten_dotted(raw)
         out["method.teachers"] = teachers
         return out
 

@@ -476,13 +476,13 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return {**base, **update, **{key: _deep_merge(base[key], update[key]) for key in both}}
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_dotted(node: Any, prefix: str = "") -> dict[str, Any]:
     """Nested mappings as dotted keys (``optim.lr``, ``method.loss.margin``); other values are leaves."""
     if not isinstance(node, dict) or (prefix and not node):
         return {prefix.rstrip("."): node}
     flat: dict[str, Any] = {}
     for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
+        flat.update(flatten_dotted(value, f"{prefix}{key}."))
     return flat
 
 
@@ -515,10 +515,10 @@ def resume_changes(run_config: str | Path, config: TrainConfig) -> list[tuple[st
         raise FileNotFoundError(f"cannot resume: {run_config} does not exist (is {run_config.parent} a run folder?)")
     raw = yaml.safe_load(run_config.read_text()) or {}
     try:
-        saved = _flatten(config_from_dict(raw, source=str(run_config)).to_dict())
+        saved = flatten_dotted(config_from_dict(raw, source=str(run_config)).to_dict())
     except ValueError:
-        saved = _flatten(raw)  # written by another version: compare the keys it has, as written
-    now = _flatten(config.to_dict())
+        saved = flatten_dotted(raw)  # written by another version: compare the keys it has, as written
+    now = flatten_dotted(config.to_dict())
     changed = [key for key in saved.keys() & now.keys() if saved[key] != now[key]]
     # On one side only: a field added or removed since the run started (not compared), or an
     # option of the model or method mapping given on one side only (a change).
