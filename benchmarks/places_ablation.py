@@ -28,7 +28,11 @@ Studies:
   ``soft``, ``cross_metric``, ``soft_cross_metric`` (the paper's form, the
   demo's), ``official``, ``rkd``, each as ``{name: <loss>, w_hard: 0.0}`` (the
   demo's form: multi-similarity is the student's own term, every other
-  parameter at its default); plus the teacher (the demo's run, its seed only).
+  parameter at its default) and, like the demo's, through its learned
+  projection into the teacher's space (``projection: true``; not for ``rkd``,
+  which compares distances within each model); ``direct``: the demo's loss
+  without the projection (the paper's descriptors compared directly); plus the
+  teacher (the demo's run, its seed only, compared with every student seed).
 - ``teachers``: the student of both teachers (``combined-student``) against
   each single teacher: the TSCM teacher alone (``tscm-student-cm``) and the
   structural teacher alone (the combined config keeping only its ``input: seg``
@@ -77,6 +81,7 @@ DATA_PRESETS = ("synthcity-small", "synthcity-tiny")  # `demo` and `demo --quick
 TSCM_KD_LOSSES = ("soft", "cross_metric", "soft_cross_metric", "official", "rkd")
 TARGET_MINUTES = 30  # what a study should take on a 2-core CPU; the plan says whether it fits
 DEMO_KD_LOSS = "soft_cross_metric"  # the loss of the demo's tscm-student-cm and combined-student
+DIRECT_KEY = "direct"  # the demo's KD loss without its projection: the paper's descriptors compared directly
 
 
 @dataclass
@@ -142,11 +147,31 @@ def _teachers(demo: Path, key: str) -> list[dict[str, Any]]:
     return copy.deepcopy(teachers)
 
 
-def _with_loss(teachers: list[dict[str, Any]], kind: str, loss: Callable[[dict[str, Any]], dict[str, Any]]):
-    """The teachers with the loss of those of ``input: kind`` replaced by ``loss(old_loss)``."""
+def _with_loss(
+    teachers: list[dict[str, Any]],
+    kind: str,
+    loss: Callable[[dict[str, Any]], dict[str, Any]],
+    projection: bool | None = None,
+) -> list[dict[str, Any]]:
+    """The teachers with the loss of those of ``input: kind`` replaced by ``loss(old_loss)``.
+
+    ``projection``: their ``projection`` set to it, or (None) left out, i.e. ``auto``.
+    """
     if not any(t.get("input") == kind for t in teachers):
         raise ValueError(f"no teacher with input: {kind} in {teachers}")
-    return [dict(t, loss=loss(dict(t.get("loss") or {}))) if t.get("input") == kind else t for t in teachers]
+
+    def changed(teacher: dict[str, Any]) -> dict[str, Any]:
+        out = {key: value for key, value in teacher.items() if key != "projection"}
+        out["loss"] = loss(dict(teacher.get("loss") or {}))
+        return out if projection is None else {**out, "projection": projection}
+
+    return [changed(t) if t.get("input") == kind else t for t in teachers]
+
+
+def _projection(teachers: list[dict[str, Any]]) -> bool | None:
+    """The ``projection`` of the demo's RGB (TSCM) teacher: True where it sets one, None (auto) otherwise."""
+    value = next(t.get("projection") for t in teachers if t.get("input") == "rgb")
+    return True if value is True else None
 
 
 def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], str]:
@@ -168,17 +193,29 @@ def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], 
             Variant("alone", "TSCM student alone (demo's no-KD run)", "tscm-student-nokd", reuse="tscm-student-nokd", run_name="tscm-alone"),
         ]  # fmt: skip
         for name in TSCM_KD_LOSSES:
-            change = {"method.teachers": _with_loss(teachers, "rgb", lambda _old, n=name: {"name": n, "w_hard": 0.0})}
+            # The demo's projection (student -> teacher space) for the losses that compare descriptors;
+            # RKD compares distances within each model, so it has none.
+            projection = None if name == "rkd" else _projection(teachers)
+            change = {
+                "method.teachers": _with_loss(
+                    teachers, "rgb", lambda _old, n=name: {"name": n, "w_hard": 0.0}, projection
+                )
+            }
+            suffix = "-proj" if projection else ""
+            label = f"student + {name} KD" + (" through the projection" if projection else "")
             variants.append(
                 Variant(
-                    name, f"student + {name} KD" + (" (demo)" if name == DEMO_KD_LOSS else ""), "tscm-student-cm",
-                    change, reuse="tscm-student-cm" if name == DEMO_KD_LOSS else None, run_name=f"tscm-{name}",
+                    name, label + (" (demo)" if name == DEMO_KD_LOSS else ""), "tscm-student-cm", change,
+                    reuse="tscm-student-cm" if name == DEMO_KD_LOSS else None, run_name=f"tscm-{name}{suffix}",
                 )
             )  # fmt: skip
-        variants.append(
-            Variant("teacher", "TSCM teacher (demo's run)", "tscm-teacher", reuse="tscm-teacher", run_name="tscm-teacher", demo_seed_only=True)
-        )  # fmt: skip
-        claims = [Claim(name, "alone") for name in TSCM_KD_LOSSES] + [Claim("teacher", "alone")]
+        direct = _with_loss(teachers, "rgb", lambda _old: {"name": DEMO_KD_LOSS, "w_hard": 0.0}, False)
+        variants += [
+            Variant(DIRECT_KEY, f"student + {DEMO_KD_LOSS} KD compared directly (no projection)", "tscm-student-cm", {"method.teachers": direct}, run_name=f"tscm-{DEMO_KD_LOSS}"),
+            Variant("teacher", "TSCM teacher (demo's run)", "tscm-teacher", reuse="tscm-teacher", run_name="tscm-teacher", demo_seed_only=True),
+        ]  # fmt: skip
+        claims = [Claim(name, "alone") for name in (*TSCM_KD_LOSSES, DIRECT_KEY)]
+        claims += [Claim(DEMO_KD_LOSS, DIRECT_KEY), Claim("teacher", "alone"), Claim(DEMO_KD_LOSS, "teacher")]
         return variants, claims, DEMO_KD_LOSS
     if study == "teachers":
         structural_only = [t for t in _teachers(demo, "combined-student") if t.get("input") == "seg"]
@@ -187,7 +224,7 @@ def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], 
         variants = [
             Variant("combined", "student of both teachers (demo)", "combined-student", reuse="combined-student", run_name="combined"),
             # The same config as the tscm study's soft_cross_metric rows: one folder serves both.
-            Variant("tscm-only", "student of the TSCM teacher only (demo's cross-metric run)", "tscm-student-cm", reuse="tscm-student-cm", run_name=f"tscm-{DEMO_KD_LOSS}"),
+            Variant("tscm-only", "student of the TSCM teacher only (demo's cross-metric run)", "tscm-student-cm", reuse="tscm-student-cm", run_name=f"tscm-{DEMO_KD_LOSS}{'-proj' if _projection(_teachers(demo, 'tscm-student-cm')) else ''}"),
             Variant("structural-only", "student of the structural teacher only", "combined-student", {"method.teachers": structural_only}, run_name="teachers-structural-only"),
         ]  # fmt: skip
         return variants, [Claim("combined", "tscm-only"), Claim("combined", "structural-only")], "combined"
@@ -267,6 +304,24 @@ def plan_runs(study: str, demo: Path, work: Path, seeds: Sequence[int]) -> tuple
             mean = sum(per_epoch) / len(per_epoch) if per_epoch else None
             runs.append(PlannedRun(variant, seed, run_dir, config, overrides, reused, finished, seconds, mean))
     return runs, claims, demo_seed
+
+
+def claim_pairs(
+    claim: Claim, rows: dict[tuple[str, int], Any], variants: Sequence[Variant], seeds: Sequence[int], demo_seed: int
+) -> list[tuple[int, Any, Any]]:
+    """``(seed, better row, worse row)`` for every seed both variants of ``claim`` have rows for.
+
+    A variant of the demo's seed only (the teacher: one run) is paired with every seed of the other variant,
+    so that the interval over seeds holds the other's seed-to-seed spread only.
+    """
+    fixed = {v.key for v in variants if v.demo_seed_only}
+
+    def of(key: str) -> dict[int, Any]:
+        found = {seed: row for (k, seed), row in rows.items() if k == key}
+        return {seed: found[demo_seed] for seed in seeds} if key in fixed and demo_seed in found else found
+
+    better, worse = of(claim.better), of(claim.worse)
+    return [(seed, better[seed], worse[seed]) for seed in seeds if seed in better and seed in worse]
 
 
 def plan_text(study: str, demo: Path, runs: list[PlannedRun], reference: str) -> str:
@@ -429,11 +484,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     labels = {v.key: v.label for v in variants}
     comparisons, verdicts = [], []
     for claim in claims:
-        better = {r.seed: rows[(r.variant.key, r.seed)] for r in runs if r.variant.key == claim.better}
-        worse = {r.seed: rows[(r.variant.key, r.seed)] for r in runs if r.variant.key == claim.worse}
-        # A variant of the demo's seed only (the teacher) is compared with that seed of the other, every seed
-        # of the other otherwise.
-        pairs = [(s, better[s], worse[s]) for s in seeds if s in better and s in worse]
+        pairs = claim_pairs(
+            claim, {(r.variant.key, r.seed): rows[(r.variant.key, r.seed)] for r in runs}, variants, seeds, demo_seed
+        )
         per_seed = []
         for seed, a, b in pairs:
             paired = paired_comparison(a.hits["1"], b.hits["1"])

@@ -124,3 +124,49 @@ def test_the_script_reads_the_maps_folder_the_demo_writes():
 )  # fmt: skip
 def test_verdict_reads_the_interval_ends(low, high, verdict):
     assert places_ablation._verdict(low, high) == verdict
+
+
+def _fake_demo_run(out: Path, key: str, config: dict) -> None:
+    """A demo run folder as `study_variants` reads it: config.yaml, and a best.safetensors that marks it finished."""
+    run = out / "runs" / key
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "best.safetensors").write_bytes(b"")
+
+
+def test_tscm_study_keeps_the_demo_projection_except_for_rkd_and_adds_the_direct_form(tmp_path):
+    teacher = {"run": "runs/tscm-teacher", "input": "rgb", "projection": True, "loss": {"name": "soft_cross_metric"}}
+    _fake_demo_run(tmp_path, "tscm-student-cm", {"method": {"name": "distill", "teachers": [teacher]}})
+
+    variants, claims, reference = places_ablation.study_variants("tscm", tmp_path)
+
+    by_key = {v.key: v for v in variants}
+    spec = {key: v.change["method.teachers"][0] for key, v in by_key.items() if v.change}
+    for name in ("soft", "cross_metric", "official"):
+        assert spec[name]["projection"] is True and spec[name]["loss"] == {"name": name, "w_hard": 0.0}
+        assert by_key[name].run_name == f"tscm-{name}-proj"
+    assert "projection" not in spec["rkd"]  # auto: RKD compares no descriptors across the two spaces
+    assert spec["direct"]["projection"] is False and spec["direct"]["loss"]["name"] == reference
+    assert by_key["direct"].run_name == "tscm-soft_cross_metric"  # the folders of the earlier, direct demo form
+    assert by_key[reference].reuse == "tscm-student-cm" and by_key[reference].run_name == "tscm-soft_cross_metric-proj"
+    pairs = {(c.better, c.worse) for c in claims}
+    assert {(reference, "direct"), (reference, "teacher"), ("teacher", "alone")} <= pairs
+
+
+def test_the_single_teacher_run_is_paired_with_every_student_seed():
+    variants = [
+        places_ablation.Variant("student", "s", "b"),
+        places_ablation.Variant("teacher", "t", "b", demo_seed_only=True),
+    ]
+    rows = {("student", 0): "s0", ("student", 1): "s1", ("student", 2): "s2", ("teacher", 0): "t0"}
+    claim = places_ablation.Claim("student", "teacher")
+
+    pairs = places_ablation.claim_pairs(claim, rows, variants, seeds=[0, 1, 2], demo_seed=0)
+
+    assert pairs == [(0, "s0", "t0"), (1, "s1", "t0"), (2, "s2", "t0")]
+    # Without the teacher's run, no pairs (not a pairing with nothing).
+    assert places_ablation.claim_pairs(claim, {("student", 1): "s1"}, variants, [0, 1], demo_seed=0) == []
+    # Two ordinary variants pair seed by seed only.
+    plain = [places_ablation.Variant("a", "a", "b"), places_ablation.Variant("b", "b", "b")]
+    rows = {("a", 0): "a0", ("a", 1): "a1", ("b", 1): "b1"}
+    assert places_ablation.claim_pairs(places_ablation.Claim("a", "b"), rows, plain, [0, 1], 0) == [(1, "a1", "b1")]
