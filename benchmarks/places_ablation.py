@@ -417,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if run.reused:
             commands[(run.variant.key, run.seed)] = f"(the demo's run {run.run_dir})"
             continue
+        if run.finished:  # an earlier call's run, every epoch trained: read as it is, not resumed
+            commands[(run.variant.key, run.seed)] = f"(an earlier call's run {run.run_dir})"
+            continue
         print(f"training {run.variant.key} seed {run.seed} -> {run.run_dir}", flush=True)
         _, commands[(run.variant.key, run.seed)] = train_from_config_file(config_path, run.overrides, run.run_dir)
 
