@@ -174,6 +174,11 @@ def _projection(teachers: list[dict[str, Any]]) -> bool | None:
     return True if value is True else None
 
 
+def _tscm_run_name(loss: str, projection: bool | None) -> str:
+    """Folder stem of a TSCM-distilled run: ``-proj`` marks the runs through the projection."""
+    return f"tscm-{loss}{'-proj' if projection else ''}"
+
+
 def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], str]:
     """The variants of ``study``, the claims it tests, and the variant the configs are compared against."""
     if study == "structvpr":
@@ -201,21 +206,24 @@ def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], 
                     teachers, "rgb", lambda _old, n=name: {"name": n, "w_hard": 0.0}, projection
                 )
             }
-            suffix = "-proj" if projection else ""
             label = f"student + {name} KD" + (" through the projection" if projection else "")
             variants.append(
                 Variant(
                     name, label + (" (demo)" if name == DEMO_KD_LOSS else ""), "tscm-student-cm", change,
-                    reuse="tscm-student-cm" if name == DEMO_KD_LOSS else None, run_name=f"tscm-{name}{suffix}",
+                    reuse="tscm-student-cm" if name == DEMO_KD_LOSS else None, run_name=_tscm_run_name(name, projection),
                 )
             )  # fmt: skip
-        direct = _with_loss(teachers, "rgb", lambda _old: {"name": DEMO_KD_LOSS, "w_hard": 0.0}, False)
-        variants += [
-            Variant(DIRECT_KEY, f"student + {DEMO_KD_LOSS} KD compared directly (no projection)", "tscm-student-cm", {"method.teachers": direct}, run_name=f"tscm-{DEMO_KD_LOSS}"),
-            Variant("teacher", "TSCM teacher (demo's run)", "tscm-teacher", reuse="tscm-teacher", run_name="tscm-teacher", demo_seed_only=True),
-        ]  # fmt: skip
-        claims = [Claim(name, "alone") for name in (*TSCM_KD_LOSSES, DIRECT_KEY)]
-        claims += [Claim(DEMO_KD_LOSS, DIRECT_KEY), Claim("teacher", "alone"), Claim(DEMO_KD_LOSS, "teacher")]
+        claims = [Claim(name, "alone") for name in TSCM_KD_LOSSES]
+        if _projection(teachers):  # without a projection, the demo's own rows are the direct form already
+            direct = _with_loss(teachers, "rgb", lambda _old: {"name": DEMO_KD_LOSS, "w_hard": 0.0}, False)
+            variants.append(
+                Variant(DIRECT_KEY, f"student + {DEMO_KD_LOSS} KD compared directly (no projection)", "tscm-student-cm", {"method.teachers": direct}, run_name=_tscm_run_name(DEMO_KD_LOSS, None))
+            )  # fmt: skip
+            claims += [Claim(DIRECT_KEY, "alone"), Claim(DEMO_KD_LOSS, DIRECT_KEY)]
+        variants.append(
+            Variant("teacher", "TSCM teacher (demo's run)", "tscm-teacher", reuse="tscm-teacher", run_name="tscm-teacher", demo_seed_only=True)
+        )  # fmt: skip
+        claims += [Claim("teacher", "alone"), Claim(DEMO_KD_LOSS, "teacher")]
         return variants, claims, DEMO_KD_LOSS
     if study == "teachers":
         structural_only = [t for t in _teachers(demo, "combined-student") if t.get("input") == "seg"]
@@ -224,7 +232,7 @@ def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], 
         variants = [
             Variant("combined", "student of both teachers (demo)", "combined-student", reuse="combined-student", run_name="combined"),
             # The same config as the tscm study's soft_cross_metric rows: one folder serves both.
-            Variant("tscm-only", "student of the TSCM teacher only (demo's cross-metric run)", "tscm-student-cm", reuse="tscm-student-cm", run_name=f"tscm-{DEMO_KD_LOSS}{'-proj' if _projection(_teachers(demo, 'tscm-student-cm')) else ''}"),
+            Variant("tscm-only", "student of the TSCM teacher only (demo's cross-metric run)", "tscm-student-cm", reuse="tscm-student-cm", run_name=_tscm_run_name(DEMO_KD_LOSS, _projection(_teachers(demo, "tscm-student-cm")))),
             Variant("structural-only", "student of the structural teacher only", "combined-student", {"method.teachers": structural_only}, run_name="teachers-structural-only"),
         ]  # fmt: skip
         return variants, [Claim("combined", "tscm-only"), Claim("combined", "structural-only")], "combined"
@@ -487,9 +495,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     labels = {v.key: v.label for v in variants}
     comparisons, verdicts = [], []
     for claim in claims:
-        pairs = claim_pairs(
-            claim, {(r.variant.key, r.seed): rows[(r.variant.key, r.seed)] for r in runs}, variants, seeds, demo_seed
-        )
+        pairs = claim_pairs(claim, rows, variants, seeds, demo_seed)
         per_seed = []
         for seed, a, b in pairs:
             paired = paired_comparison(a.hits["1"], b.hits["1"])

@@ -170,3 +170,16 @@ def test_the_single_teacher_run_is_paired_with_every_student_seed():
     plain = [places_ablation.Variant("a", "a", "b"), places_ablation.Variant("b", "b", "b")]
     rows = {("a", 0): "a0", ("a", 1): "a1", ("b", 1): "b1"}
     assert places_ablation.claim_pairs(places_ablation.Claim("a", "b"), rows, plain, [0, 1], 0) == [(1, "a1", "b1")]
+
+
+def test_tscm_study_of_a_demo_without_projection_has_no_separate_direct_form(tmp_path):
+    teacher = {"run": "runs/tscm-teacher", "input": "rgb", "loss": {"name": "soft_cross_metric"}}
+    _fake_demo_run(tmp_path, "tscm-student-cm", {"method": {"name": "distill", "teachers": [teacher]}})
+
+    variants, claims, reference = places_ablation.study_variants("tscm", tmp_path)
+
+    keys = [v.key for v in variants]
+    assert "direct" not in keys and not any("direct" in (c.better, c.worse) for c in claims)
+    # The demo's rows are the direct form: their folders are the unsuffixed ones, and no run name is shared.
+    assert next(v for v in variants if v.key == reference).run_name == "tscm-soft_cross_metric"
+    assert len({v.run_name for v in variants}) == len(variants)
