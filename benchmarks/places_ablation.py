@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._experiments_helpers import train_from_config_file  # noqa: E402
 from benchmarks.report_sections import load_average, machine_description, today, update_section  # noqa: E402
-from vprdistill.train.config import TrainConfig, flatten_dotted, load_config  # noqa: E402
+from vprdistill.train.config import TrainConfig, flatten_dotted, load_config, resume_changes  # noqa: E402
 from vprdistill.utils.atomic import atomic_write_json  # noqa: E402
 from vprdistill.utils.device import set_threads  # noqa: E402
 
@@ -215,7 +215,9 @@ def study_variants(study: str, demo: Path) -> tuple[list[Variant], list[Claim], 
             )  # fmt: skip
         claims = [Claim(name, "alone") for name in TSCM_KD_LOSSES]
         if _projection(teachers):  # without a projection, the demo's own rows are the direct form already
-            direct = _with_loss(teachers, "rgb", lambda _old: {"name": DEMO_KD_LOSS, "w_hard": 0.0}, False)
+            # projection left out (auto): none between the demo's equal-sized descriptors (512 -> 512), and
+            # a teacher of another size cannot be compared directly at all.
+            direct = _with_loss(teachers, "rgb", lambda _old: {"name": DEMO_KD_LOSS, "w_hard": 0.0})
             variants.append(
                 Variant(DIRECT_KEY, f"student + {DEMO_KD_LOSS} KD compared directly (no projection)", "tscm-student-cm", {"method.teachers": direct}, run_name=_tscm_run_name(DEMO_KD_LOSS, None))
             )  # fmt: skip
@@ -272,6 +274,21 @@ def _finished(run_dir: Path, epochs: int) -> bool:
     return (run_dir / "best.safetensors").is_file() and len(_epoch_seconds(run_dir)) >= epochs
 
 
+def _check_earlier_run(run_dir: Path, config: TrainConfig) -> None:
+    """An earlier call's folder is read or resumed only if it was trained with the config planned now.
+
+    A demo run trained again with another recipe changes every variant's config; a folder from before
+    would otherwise be read as the new variant's result.
+    """
+    try:
+        resume_changes(run_dir / "config.yaml", config)
+    except ValueError as error:
+        raise ValueError(
+            f"{run_dir} was trained with another config than this study plans for it (the demo's runs changed "
+            f"since?); delete it or pass another --work. {error}"
+        ) from None
+
+
 def _check_paths(config: TrainConfig, source: Path) -> None:
     """The folders a new run reads exist (a demo run with a relative --out names them from its own folder)."""
     named = {"data.dataset": config.data.dataset, "data.places": config.data.places}
@@ -302,6 +319,8 @@ def plan_runs(study: str, demo: Path, work: Path, seeds: Sequence[int]) -> tuple
             config = load_config(base_dir / "config.yaml", overrides)
             reused = variant.reuse is not None and seed == demo_seed
             run_dir = _demo_run(demo, variant.reuse) if reused else work / f"{variant.run_name}-seed{seed}"
+            if not reused and (run_dir / "config.yaml").is_file():
+                _check_earlier_run(run_dir, config)
             finished = reused or _finished(run_dir, config.epochs)
             seconds = None
             if not finished and per_epoch:

@@ -117,6 +117,24 @@ def test_build_transform_normalises_to_size(tmp_path: Path) -> None:
     assert not torch.equal(first, second)
 
 
+def test_randaugment_ops_change_the_augmented_view_and_never_the_evaluation_transform() -> None:
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8))
+    plain = build_transform(32)(photo)
+    torch.testing.assert_close(build_transform(32, augment=False, augment_ops=3)(photo), plain, atol=0, rtol=0)
+    for seed in range(4):
+        # The same seed draws the same crop and jitter; only RandAugment's operations tell the two apart.
+        torch.manual_seed(seed)
+        crop_and_jitter = build_transform(32, augment=True)(photo)
+        torch.manual_seed(seed)
+        with_ops = build_transform(32, augment=True, augment_ops=3)(photo)
+        torch.manual_seed(seed)
+        again = build_transform(32, augment=True, augment_ops=3)(photo)
+        assert with_ops.shape == (3, 32, 32)
+        torch.testing.assert_close(with_ops, again, atol=0, rtol=0)
+        assert (with_ops - crop_and_jitter).abs().max() > 0.05
+
+
 def test_segmentation_transform_one_hot_nearest() -> None:
     ids = np.array([[0, 13], [10, 255]], dtype=np.uint8)  # road, car, sky, void (Cityscapes trainIds)
     class_map = StructuralClassMap.from_yaml()

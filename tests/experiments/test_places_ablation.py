@@ -112,6 +112,15 @@ def test_structvpr_study_reuses_the_demo_run_and_trains_the_other_seeds(tmp_path
     plan = places_ablation.main(["--demo", str(out), "--seeds", "0", "1", "--work", str(work), "--plan-only"])["plan"]
     assert "0 to train" in plan and plan.count("done (earlier call)") == 5
 
+    # A folder trained with another config than the one planned for it (the demo's run changed since) is
+    # neither read as the variant's result nor resumed: the error names the folder and the key.
+    stale = work / "structvpr-uniform-seed1" / "config.yaml"
+    stale_config = yaml.safe_load(stale.read_text())
+    stale_config["method"]["teachers"][0]["loss"]["weighting"] = {"name": "partition"}
+    stale.write_text(yaml.safe_dump(stale_config))
+    with pytest.raises(ValueError, match=r"structvpr-uniform-seed1 was trained with another config.*method\.teachers"):
+        places_ablation.main(["--demo", str(out), "--seeds", "0", "1", "--work", str(work), "--plan-only"])
+
 
 def test_the_script_reads_the_maps_folder_the_demo_writes():
     assert places_ablation.PREDICTED_MAPS_DIR == demo.PREDICTED_MAPS_DIR
@@ -146,7 +155,8 @@ def test_tscm_study_keeps_the_demo_projection_except_for_rkd_and_adds_the_direct
         assert spec[name]["projection"] is True and spec[name]["loss"] == {"name": name, "w_hard": 0.0}
         assert by_key[name].run_name == f"tscm-{name}-proj"
     assert "projection" not in spec["rkd"]  # auto: RKD compares no descriptors across the two spaces
-    assert spec["direct"]["projection"] is False and spec["direct"]["loss"]["name"] == reference
+    # Left out (auto: none between equal sizes), as the earlier direct runs' configs have it.
+    assert "projection" not in spec["direct"] and spec["direct"]["loss"]["name"] == reference
     assert by_key["direct"].run_name == "tscm-soft_cross_metric"  # the folders of the earlier, direct demo form
     assert by_key[reference].reuse == "tscm-student-cm" and by_key[reference].run_name == "tscm-soft_cross_metric-proj"
     pairs = {(c.better, c.worse) for c in claims}

@@ -98,6 +98,7 @@ def test_numeric_strings_in_a_yaml_file_are_read_as_numbers(tmp_path):
         ("optim.grad_clip=big", r"optim\.grad_clip must be a number or null"),
         ("progress=maybe", r"progress must be true or false, got 'maybe' \(str\)"),
         ("data.augment=1", r"data\.augment must be true or false"),
+        ("data.augment_ops=-1", r"data\.augment_ops must be >= 0"),
         (
             "data.image_size=[64, x]",
             r"data\.image_size\[1\] must be an integer, got 'x'",

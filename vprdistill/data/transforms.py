@@ -30,11 +30,15 @@ def image_size_hw(image_size: Sequence[int] | int) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def build_transform(image_size: tuple[int, int] | int, augment: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+def build_transform(
+    image_size: tuple[int, int] | int, augment: bool = False, augment_ops: int = 0
+) -> Callable[[Image.Image], torch.Tensor]:
     """A PIL RGB image → ``(3, H, W)`` float32 tensor normalised with ImageNet statistics.
 
     ``augment`` (training only, when a config asks) replaces the resize with a
-    random crop of 80-100 % of the area and adds mild colour jitter.
+    random crop of 80-100 % of the area and adds mild colour jitter; with it,
+    ``augment_ops`` > 0 adds torchvision's RandAugment with that many operations
+    per image (the GSV-Cities recipe of MixVPR and SALAD uses 3).
     """
     import torch
     from torchvision.transforms import v2
@@ -45,6 +49,8 @@ def build_transform(image_size: tuple[int, int] | int, augment: bool = False) ->
             v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
         ]
+        if augment_ops:
+            geometry.append(v2.RandAugment(num_ops=augment_ops, interpolation=v2.InterpolationMode.BILINEAR))
     else:
         geometry = [v2.Resize(size, antialias=True)]
     return v2.Compose(

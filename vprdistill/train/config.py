@@ -54,6 +54,9 @@ class DataConfig:
     input: str = "rgb"  # rgb | seg: what the trained model consumes
     structural_source: str = "cityscapes"  # label set of the segmentation maps (input: seg)
     augment: bool = False
+    # With augment: RandAugment operations drawn per image on top of the crop and jitter (GSV-Cities,
+    # MixVPR and SALAD train with 3); 0: crop and jitter only.
+    augment_ops: int = 0
     num_workers: int = 0
     skip_bad_images: bool = False
     max_train_queries: int | None = None  # use a fixed random subset of training queries (small budgets)
@@ -285,7 +288,7 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 # The lower bounds of numeric keys (dotted: section.key), checked by validate_config.
 _AT_LEAST = {
     1: "epochs batch_size patience eval_batch_size threads mining.num_negatives mining.negative_samples".split(),
-    0: "data.num_workers optim.lr optim.weight_decay optim.momentum threshold_m".split(),
+    0: "data.num_workers data.augment_ops optim.lr optim.weight_decay optim.momentum threshold_m".split(),
 }
 
 

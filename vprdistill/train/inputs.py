@@ -39,7 +39,10 @@ class InputLoader:
     def __init__(self, data: DataConfig, train: bool) -> None:
         image_size = tuple(data.image_size)
         if data.input == "rgb":
-            self.load, self.transform = load_image, build_transform(image_size, augment=data.augment and train)
+            self.load, self.transform = (
+                load_image,
+                build_transform(image_size, augment=data.augment and train, augment_ops=data.augment_ops),
+            )
         else:
             class_map = StructuralClassMap.from_yaml(source=data.structural_source)
             self.load, self.transform = load_segmentation, build_segmentation_transform(image_size, class_map=class_map)
