@@ -62,7 +62,8 @@ def main() -> int:
     for run_dir in sorted(p for p in args.runs.iterdir() if p.is_dir()):
         try:
             channels = load_model(run_dir).input_channels
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError) as error:
+            print(f"skipped {run_dir}: not a loadable run folder ({error})", file=sys.stderr)
             continue
         if channels == 3:
             runs.append(run_dir)

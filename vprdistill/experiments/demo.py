@@ -54,8 +54,9 @@ class DemoBudget:
     image_size: int  # the side models train and are evaluated at
     epochs: int
     train_places: int
-    views_per_place: int
+    views_per_place: int  # views of each place SynthCity writes (one per condition in the full budget)
     places_per_batch: int
+    views_per_batch: int  # of a place's views, how many each batch holds (K of P x K)
     max_val_queries: int  # 0: no validation split, the last epoch is kept
     segmenter_epochs: int
     synth: dict = field(default_factory=dict)  # further SynthCity parameters
@@ -72,11 +73,13 @@ class DemoBudget:
 
 
 # `small` with a training region of 4 blocks: room for 700 distinct places (12 m apart per heading),
-# each seen under all 8 conditions; a batch takes 4 of a place's 8 views (RESULTS.md, place-recipe).
+# each seen under all 8 conditions; a batch holds 8 places with all 8 views, every condition of each
+# place at once (4 of the 8 views left the student trained alone at the thumbnail's level: RESULTS.md,
+# views-per-batch).
 # No validation split: on 160 validation queries the "best" epoch is noise, so the last one is kept.
 # The segmenter: 10 epochs over the train split's day images (RESULTS.md, segmenter-miou, had 25).
-FULL = DemoBudget("small", 64, 15, 700, 8, 16, 0, segmenter_epochs=10, synth={"train_blocks": 4})
-QUICK = DemoBudget("tiny", 48, 1, 12, 3, 4, 40, segmenter_epochs=1)
+FULL = DemoBudget("small", 64, 8, 700, 8, 8, 8, 0, segmenter_epochs=10, synth={"train_blocks": 4})
+QUICK = DemoBudget("tiny", 48, 1, 12, 3, 4, 3, 40, segmenter_epochs=1)
 
 # Where `vprdistill segment` writes the segmenter's maps: beside SynthCity's ground-truth ones, which
 # no demo model reads.
@@ -187,7 +190,7 @@ def _overrides(model: DemoModel, budget: DemoBudget, dataset: Path, runs: Path, 
         f"data.image_size=[{model.image_size(budget)}, {model.image_size(budget)}]",
         f"epochs={model.epochs(budget)}",
         f"data.places_per_batch={budget.places_per_batch}",
-        f"data.views_per_place={min(budget.views_per_place, 4)}",
+        f"data.views_per_place={budget.views_per_batch}",
         f"seed={seed}",
     ]
     overrides += [f"data.max_val_queries={budget.max_val_queries}"] if budget.max_val_queries else ["data.val_split="]
@@ -343,7 +346,8 @@ def run_demo(
         meta = (
             f"{machine_line()}; {datetime.date.today().isoformat()}; budget: "
             f"{'quick' if quick else 'full'} ({budget.epochs} epochs over {budget.train_places} training places x "
-            f"{budget.views_per_place} views, {budget.places_per_batch} places per batch, "
+            f"{budget.views_per_place} views, {budget.places_per_batch} places x {budget.views_per_batch} views "
+            "per batch, "
             f"{budget.image_size}x{budget.image_size} px); "
             f"{test_set.num_queries} test queries against {test_set.num_database} database images; seed {seed}"
         )
