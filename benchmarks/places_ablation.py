@@ -3,7 +3,8 @@
     uv run --no-sync python benchmarks/places_ablation.py --demo OUT --study structvpr --seeds 0 1 2 --threads 2
     uv run --no-sync python benchmarks/places_ablation.py --demo OUT --study tscm --seeds 0 1 2 --threads 2
     uv run --no-sync python benchmarks/places_ablation.py --demo OUT --study teachers --seeds 0 1 2 --threads 2
-    (add --plan-only to print the plan and the time estimate without training or evaluating)
+    (add --plan-only to print the plan and the time estimate without training or evaluating, and
+    --variants KEY ... to run only some variants and the claims between them, e.g. to fit a time budget)
 
 Every variant starts from a demo run's ``config.yaml`` (the full resolved
 config) and changes only the seed and the part the study is about; the demo's
@@ -303,12 +304,33 @@ def _check_paths(config: TrainConfig, source: Path) -> None:
             )
 
 
-def plan_runs(study: str, demo: Path, work: Path, seeds: Sequence[int]) -> tuple[list[PlannedRun], list[Claim], int]:
+def select_variants(
+    variants: list[Variant], claims: list[Claim], only: Sequence[str] | None
+) -> tuple[list[Variant], list[Claim]]:
+    """The variants named in ``only`` (None: all), and the claims between two of them.
+
+    Raises:
+        ValueError: a name that is no variant of the study (the message lists the study's).
+    """
+    if only is None:
+        return variants, claims
+    keys = [v.key for v in variants]
+    unknown = [name for name in only if name not in keys]
+    if unknown:
+        raise ValueError(f"--variants: {', '.join(unknown)} not a variant of this study; its variants: {', '.join(keys)}")
+    kept = [v for v in variants if v.key in only]
+    return kept, [c for c in claims if c.better in only and c.worse in only]
+
+
+def plan_runs(
+    study: str, demo: Path, work: Path, seeds: Sequence[int], only: Sequence[str] | None = None
+) -> tuple[list[PlannedRun], list[Claim], int]:
     """Every (variant, seed) run of ``study``: its folder, resolved config, and whether it is reused or trained.
 
+    ``only``: the variant keys to plan (None: every variant of the study).
     Returns the runs, the claims and the demo's seed.
     """
-    variants, claims, _ = study_variants(study, demo)
+    variants, claims = select_variants(*study_variants(study, demo)[:2], only)
     demo_seed = int(_run_config(demo, "structvpr-rgb" if study == "structvpr" else "tscm-student-cm")["seed"])
     runs = []
     for variant in variants:
@@ -359,7 +381,11 @@ def plan_text(study: str, demo: Path, runs: list[PlannedRun], reference: str) ->
         state = "reuse (demo run)" if run.reused else "done (earlier call)" if run.finished else "train"
         compare_to = references.get(run.seed)
         diff = config_differences(compare_to, run.config) if compare_to is not None else []
-        against = f"vs {reference} seed {run.seed}: " + (", ".join(diff) or "same config")
+        against = (
+            f"vs {reference} seed {run.seed}: " + (", ".join(diff) or "same config")
+            if compare_to is not None
+            else f"{reference} not planned"
+        )
         if run.variant.key == reference:
             against = f"vs demo {run.variant.base}: " + (", ".join(config_differences(
                 load_config(demo / "runs" / run.variant.base / "config.yaml"), run.config)) or "same config")  # fmt: skip
@@ -420,6 +446,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--section", default=None, help="RESULTS.md section (default places-ablation-<study>)")
     parser.add_argument("--no-write", action="store_true", help="leave RESULTS.md as it is (the JSON is written)")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and the estimate; train nothing")
+    parser.add_argument(
+        "--variants", nargs="+", default=None, metavar="KEY",
+        help="only these variants (and the claims between them), e.g. to fit a time budget; default all",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     from vprdistill.data.readers import open_dataset
     from vprdistill.eval.statistics import detectable_difference, mean_interval, paired_comparison
@@ -431,8 +461,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = args.work or demo / "ablation"
     section = args.section or f"places-ablation-{args.study}"
     seeds = list(dict.fromkeys(args.seeds))
-    variants, _, reference = study_variants(args.study, demo)
-    runs, claims, demo_seed = plan_runs(args.study, demo, work, seeds)
+    all_variants, all_claims, reference = study_variants(args.study, demo)
+    variants, _ = select_variants(all_variants, all_claims, args.variants)
+    runs, claims, demo_seed = plan_runs(args.study, demo, work, seeds, args.variants)
     plan = plan_text(args.study, demo, runs, reference)
     print(plan, flush=True)
     if args.plan_only:

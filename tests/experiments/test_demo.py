@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from vprdistill.cli.main import main
-from vprdistill.experiments.demo import DEMO_MODELS, PREDICTED_MAPS_DIR, PREDICTED_PLACE_MAPS_DIR
+from vprdistill.experiments.demo import (
+    DEMO_MODELS,
+    FULL,
+    PREDICTED_MAPS_DIR,
+    PREDICTED_PLACE_MAPS_DIR,
+    QUICK,
+    DemoBudget,
+)
 
 
 def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
@@ -73,6 +80,11 @@ def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
     )
     for model in DEMO_MODELS:
         config = yaml.safe_load((out / "runs" / model.key / "config.yaml").read_text())
+        # Every model trains on the budget's batch shape: P places x K of their views.
+        assert (config["data"]["places_per_batch"], config["data"]["views_per_place"]) == (
+            QUICK.places_per_batch,
+            QUICK.views_per_batch,
+        )
         if model.reads_maps:
             assert config["data"]["places_segmentation_dir"] == PREDICTED_PLACE_MAPS_DIR
             assert config["data"]["segmentation_dir"] == PREDICTED_MAPS_DIR
@@ -84,3 +96,10 @@ def test_quick_demo_writes_a_report_with_a_row_per_model(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert "R@1" in printed and "report:" in printed and "thumbnail-16" in printed
+
+
+def test_the_full_budget_puts_every_view_of_a_place_in_its_batch_and_a_budget_is_checked():
+    # Every condition of a place meets in each batch (RESULTS.md, views-per-batch).
+    assert FULL.views_per_batch == FULL.views_per_place == 8
+    with pytest.raises(ValueError, match=r"views_per_batch must be between 2 and views_per_place \(3\), got 4"):
+        DemoBudget("tiny", 48, 1, 12, 3, 4, 4, 40, segmenter_epochs=1)

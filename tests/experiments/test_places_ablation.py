@@ -193,3 +193,19 @@ def test_tscm_study_of_a_demo_without_projection_has_no_separate_direct_form(tmp
     # The demo's rows are the direct form: their folders are the unsuffixed ones, and no run name is shared.
     assert next(v for v in variants if v.key == reference).run_name == "tscm-soft_cross_metric"
     assert len({v.run_name for v in variants}) == len(variants)
+
+
+def test_variants_option_keeps_the_named_variants_and_only_the_claims_between_them(tmp_path):
+    teacher = {"run": "runs/tscm-teacher", "input": "rgb", "projection": True, "loss": {"name": "soft_cross_metric"}}
+    _fake_demo_run(tmp_path, "tscm-student-cm", {"method": {"name": "distill", "teachers": [teacher]}})
+    variants, claims, reference = places_ablation.study_variants("tscm", tmp_path)
+
+    kept, kept_claims = places_ablation.select_variants(variants, claims, ["alone", reference, "teacher"])
+
+    assert [v.key for v in kept] == ["alone", reference, "teacher"]  # in the study's order
+    pairs = {(c.better, c.worse) for c in kept_claims}
+    assert pairs == {(reference, "alone"), (reference, "teacher"), ("teacher", "alone")}
+    assert {(c.better, c.worse) for c in claims} > pairs  # the full study has more
+    assert places_ablation.select_variants(variants, claims, None) == (variants, claims)
+    with pytest.raises(ValueError, match=r"--variants: sofft not a variant of this study; its variants: alone, soft"):
+        places_ablation.select_variants(variants, claims, ["alone", "sofft"])

@@ -61,6 +61,13 @@ class DemoBudget:
     segmenter_epochs: int
     synth: dict = field(default_factory=dict)  # further SynthCity parameters
 
+    def __post_init__(self) -> None:
+        if not 2 <= self.views_per_batch <= self.views_per_place:
+            raise ValueError(
+                f"DemoBudget: views_per_batch must be between 2 and views_per_place ({self.views_per_place}), "
+                f"got {self.views_per_batch}"
+            )
+
     @property
     def dataset_image_size(self) -> int:
         """The side SynthCity renders at, and the segmenter reads: twice the models' (crops have room)."""
