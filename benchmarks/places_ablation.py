@@ -317,7 +317,9 @@ def select_variants(
     keys = [v.key for v in variants]
     unknown = [name for name in only if name not in keys]
     if unknown:
-        raise ValueError(f"--variants: {', '.join(unknown)} not a variant of this study; its variants: {', '.join(keys)}")
+        raise ValueError(
+            f"--variants: {', '.join(unknown)} not a variant of this study; its variants: {', '.join(keys)}"
+        )
     kept = [v for v in variants if v.key in only]
     return kept, [c for c in claims if c.better in only and c.worse in only]
 
